@@ -1,0 +1,19 @@
+"""memguard's ready Celery app: ``celery -A memguard worker|beat|call``.
+
+Configured from ``celeryconfig.py`` (in the working directory, or the module named by
+``CELERY_CONFIG_MODULE``) and the environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from memguard import tasks
+
+app = Celery("memguard")
+app.config_from_object(os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig"), silent=True)
+app.conf.setdefault("broker_url", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+app.conf.setdefault("result_backend", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+tasks.install(app)

@@ -1,0 +1,146 @@
+"""Configuration from the environment, validated once at start-up.
+
+A bad value fails loudly with the variable's name: a guard that silently falls back to a
+default would hide a typo until the night it matters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ZEP_CLIENTS = ("zep-python", "zep-cloud")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """One or more environment variables hold a value memguard cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    zep_api_key: str | None = field(default=None, repr=False)
+    zep_api_url: str = "https://api.getzep.com"
+    zep_client: str = "zep-python"
+    flag_zep_read: bool = True
+    flag_zep_write: bool = True
+    threshold: int = 3
+    hold_seconds: int = 300
+    probe_timeout_ms: int = 150
+    window_seconds: int = 60
+    read_timeout_ms: int = 250
+    probe_interval_seconds: float = 5.0
+    probe_grace_seconds: int = 60
+    disable_auto_downgrade: bool = False
+    redis_timeout_ms: int = 50
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every variable, report every bad one at once."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        for attr, (var, parse) in _VARIABLES.items():
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[attr] = parse(raw.strip())
+            except ValueError as exc:
+                errors.append(f"{var}={_shown(var, raw)}: {exc}")
+        if errors:
+            raise SettingsError("invalid memguard configuration: " + "; ".join(errors))
+        return cls(**values)
+
+    @property
+    def read_timeout_s(self) -> float:
+        return self.read_timeout_ms / 1000.0
+
+    @property
+    def probe_timeout_s(self) -> float:
+        return self.probe_timeout_ms / 1000.0
+
+
+def _shown(var: str, raw: str) -> str:
+    return "'***'" if var == "ZEP_API_KEY" else repr(raw)
+
+
+def _bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected true/false (or 1/0, yes/no, on/off)")
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _float_in(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        scheme, sep, rest = raw.partition("://")
+        if not sep or scheme not in schemes or not rest:
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return raw.rstrip("/")
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "redis_url": ("REDIS_URL", _url("redis", "rediss", "unix")),
+    "zep_api_key": ("ZEP_API_KEY", _text),
+    "zep_api_url": ("ZEP_API_URL", _url("http", "https")),
+    "zep_client": ("ZEP_CLIENT", _choice(*ZEP_CLIENTS)),
+    "flag_zep_read": ("FLAG_ZEP_READ", _bool),
+    "flag_zep_write": ("FLAG_ZEP_WRITE", _bool),
+    "threshold": ("MEMORY_DOWNGRADE_THRESHOLD", _int_in(1, 1000)),
+    "hold_seconds": ("MEMORY_DOWNGRADE_HOLD_SECONDS", _int_in(1, 86_400)),
+    "probe_timeout_ms": ("MEMORY_DOWNGRADE_PROBE_TIMEOUT_MS", _int_in(1, 10_000)),
+    "window_seconds": ("MEMORY_DOWNGRADE_WINDOW_SECONDS", _int_in(1, 3_600)),
+    "read_timeout_ms": ("MEMORY_ZEP_READ_TIMEOUT_MS", _int_in(1, 60_000)),
+    "probe_interval_seconds": ("MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS", _float_in(0.1, 3_600)),
+    "probe_grace_seconds": ("MEMORY_DOWNGRADE_PROBE_GRACE_SECONDS", _int_in(1, 86_400)),
+    "disable_auto_downgrade": ("DISABLE_AUTO_DOWNGRADE", _bool),
+    "redis_timeout_ms": ("MEMORY_REDIS_TIMEOUT_MS", _int_in(1, 5_000)),
+}

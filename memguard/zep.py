@@ -1,0 +1,110 @@
+"""The Zep client adapter: one read and one write over either real SDK.
+
+memguard turns client retries off (one read is one attempt, one failure is counted once)
+and passes the timeout on every call: zep-python ignores an httpx client's own timeout.
+The last HTTP status seen is kept per thread so that zep-python's raw ``JSONDecodeError``
+on a non-JSON error body can still be classified by status.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import httpx
+
+from memguard.settings import Settings
+
+_last_status: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "memguard_zep_last_status", default=None
+)
+
+
+def last_status() -> int | None:
+    """The HTTP status of the last Zep response seen in this thread/context."""
+    return _last_status.get()
+
+
+def _remember_status(response: httpx.Response) -> None:
+    _last_status.set(response.status_code)
+
+
+class ZepReader(Protocol):
+    def read_context(self, thread_id: str, timeout_s: float) -> str | None: ...
+
+    def add_messages(self, thread_id: str, messages: Sequence[dict[str, str]]) -> None: ...
+
+
+def _http(timeout_s: float) -> httpx.Client:
+    return httpx.Client(timeout=timeout_s, event_hooks={"response": [_remember_status]})
+
+
+def _options(timeout_s: float) -> dict[str, Any]:
+    return {"timeout_in_seconds": timeout_s, "max_retries": 0}
+
+
+class ZepPythonReader:
+    """zep-python 2.x: ``memory.get`` = GET {root}/api/v2/sessions/{id}/memory."""
+
+    def __init__(self, root_url: str, api_key: str, timeout_s: float) -> None:
+        from zep_python.client import Zep
+
+        self.client = Zep(base_url=root_url, api_key=api_key, timeout=timeout_s,
+                          httpx_client=_http(timeout_s))
+        # The SDK prefers the process's ZEP_API_URL over base_url; pin the configured root.
+        wrapper = self.client._client_wrapper
+        wrapper._base_url = wrapper.httpx_client.base_url = f"{root_url}/api/v2"
+        self.timeout_s = timeout_s
+
+    def read_context(self, thread_id: str, timeout_s: float) -> str | None:
+        _last_status.set(None)
+        memory = self.client.memory.get(thread_id, request_options=_options(timeout_s))
+        data = memory.dict()
+        if data.get("context"):
+            return str(data["context"])
+        lines = [f"{m.get('role') or m.get('role_type')}: {m.get('content')}"
+                 for m in data.get("messages") or []]
+        return "\n".join(lines) if lines else None
+
+    def add_messages(self, thread_id: str, messages: Sequence[dict[str, str]]) -> None:
+        from zep_python.types import Message
+
+        self.client.memory.add(
+            thread_id,
+            messages=[Message(role=m.get("name") or m["role"], role_type=m["role"], content=m["content"])
+                      for m in messages],
+            request_options=_options(self.timeout_s),
+        )
+
+
+class ZepCloudReader:
+    """zep-cloud 4.x: ``thread.get_context`` = GET {root}/api/v4/threads/{id}/context."""
+
+    def __init__(self, root_url: str, api_key: str, timeout_s: float) -> None:
+        from zep_cloud import Zep
+
+        self.client = Zep(base_url=f"{root_url}/api/v4", api_key=api_key, max_retries=0,
+                          timeout=timeout_s, httpx_client=_http(timeout_s))
+        self.timeout_s = timeout_s
+
+    def read_context(self, thread_id: str, timeout_s: float) -> str | None:
+        _last_status.set(None)
+        return self.client.thread.get_context(thread_id, request_options=_options(timeout_s)).context
+
+    def add_messages(self, thread_id: str, messages: Sequence[dict[str, str]]) -> None:
+        from zep_cloud.types import AddMessage
+
+        self.client.thread.add_messages(
+            thread_id,
+            messages=[AddMessage(role=m["role"], content=m["content"], name=m.get("name"))
+                      for m in messages],
+            request_options=_options(self.timeout_s),
+        )
+
+
+def make_reader(settings: Settings) -> ZepReader:
+    if not settings.zep_api_key:
+        raise ValueError("ZEP_API_KEY is not set: memguard needs it to build the Zep client")
+    cls = ZepCloudReader if settings.zep_client == "zep-cloud" else ZepPythonReader
+    return cls(settings.zep_api_url, settings.zep_api_key, settings.read_timeout_s)
