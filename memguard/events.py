@@ -74,7 +74,8 @@ class GuardTrouble:
     detail: str = ""
 
 
-Event = ModeForced | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished | GuardTrouble
+Event = (ModeForced | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished
+         | GuardTrouble)
 Subscriber = Callable[[Event], None]
 
 _subscribers: list[Subscriber] = []

@@ -160,7 +160,7 @@ class Guard:
             by=by, auto=not s.disable_auto_downgrade,
         )
         if transition.status == "forced":
-            self._invalidate_view()
+            self.invalidate_view()
         if transition.repaired:
             events.emit(events.GuardTrouble("corrupt_state", "count", "failure counter was not an integer"))
         if transition.status == "forced":
@@ -184,7 +184,7 @@ class Guard:
                 raise
             self._redis_down("force", exc)
             return None
-        self._invalidate_view()
+        self.invalidate_view()
         if transition.status == "forced":
             events.emit(self.forced_event(transition))
         return transition
@@ -205,12 +205,12 @@ class Guard:
 
     def clear(self, by: dict[str, Any], reason: str = "manual_clear") -> ForcedRecord | None:
         previous = self.state.clear()
-        self._invalidate_view()
+        self.invalidate_view()
         if previous is not None:
             events.emit(events.ModeRestored(self.base.value, reason, previous.reason, by))
         return previous
 
-    def _invalidate_view(self) -> None:
+    def invalidate_view(self) -> None:
         """Read our own writes: until the watcher re-reads, go to Redis."""
         if self.watcher is not None:
             self.watcher.current = None

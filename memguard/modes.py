@@ -7,7 +7,7 @@ import enum
 from memguard.settings import Settings
 
 
-class EffectiveMode(str, enum.Enum):
+class EffectiveMode(enum.StrEnum):
     OFF = "off"
     WRITE_ONLY = "write_only"
     READ_WRITE = "read_write"

@@ -32,6 +32,7 @@ def probe_once(rt: Runtime, by: dict[str, Any] | None = None) -> dict[str, Any]:
     settings = rt.settings
     claim, token = rt.state.claim_probe(lock_ms(settings.probe_timeout_ms))
     if claim.status == "corrupt":
+        rt.guard.invalidate_view()
         events.emit(events.GuardTrouble("corrupt_state", "probe", "forced record removed"))
         return {"result": "corrupt_removed"}
     if claim.status != "claimed":
@@ -52,6 +53,7 @@ def probe_once(rt: Runtime, by: dict[str, Any] | None = None) -> dict[str, Any]:
     duration = time.perf_counter() - started
 
     t = rt.state.finish_probe(token, claim.ident, success=ok, hold_seconds=settings.hold_seconds, by=by)
+    rt.guard.invalidate_view()
     result = {"restored": "success", "reforced": "failed"}.get(t.status, t.status)
     events.emit(events.ProbeFinished(result, duration, error))
     if t.status == "restored" and t.previous is not None:

@@ -350,7 +350,8 @@ class State:
         """Apply a probe's result, unless the lock or the record changed meanwhile."""
         res = self._finish(
             keys=[self.forced_key, self.lock_key, self.counter_key],
-            args=[token, ident, int(success), hold_seconds * 1000, self.grace_ms, json.dumps(by), self.channel],
+            args=[token, ident, int(success), hold_seconds * 1000, self.grace_ms, json.dumps(by),
+                  self.channel],
         )
         status = res[0]
         if status == "reforced":

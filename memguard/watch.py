@@ -10,6 +10,7 @@ fail safe, never stale.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from memguard.state import ForcedRecord, State
 
 PING_INTERVAL_S = 0.5
 LIVENESS_S = 2.0
+# Writes that bypass the scripts (a hand-typed SET, a key expiring) publish nothing:
+# re-read at this interval so they are seen too.
+RESYNC_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Watcher:
                 raise redis.ConnectionError("no subscribe confirmation")
             self._alive()
             self._refresh()
-            last_ping = time.monotonic()
+            last_ping = last_sync = time.monotonic()
             while not self._stop.is_set():
                 msg = pubsub.get_message(timeout=0.1)
                 now = time.monotonic()
@@ -93,6 +97,10 @@ class Watcher:
                     if msg["type"] == "message":
                         self.current = None  # distrust the old view until re-read
                         self._refresh()
+                        last_sync = now
+                if now - last_sync >= RESYNC_S:
+                    self._refresh()
+                    last_sync = now
                 if now - last_ping >= PING_INTERVAL_S:
                     pubsub.ping("memguard")
                     last_ping = now
@@ -100,10 +108,8 @@ class Watcher:
                     raise redis.ConnectionError("change channel silent past liveness bound")
         finally:
             self.current = None
-            try:
+            with contextlib.suppress(redis.RedisError):
                 pubsub.close()
-            except redis.RedisError:
-                pass
 
     def _alive(self) -> None:
         self._liveness_until = time.monotonic() + LIVENESS_S

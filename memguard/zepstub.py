@@ -12,6 +12,7 @@ to fail the way a real Zep does on a bad night. It counts every request it is se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import socket
@@ -57,7 +58,8 @@ class StubState:
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            return {"fault": self.fault, "delay_ms": self.delay_ms, **self.counts,
+            return {"fault": self.fault, "delay_ms": self.delay_ms, "requests": 0, "reads": 0,
+                    "writes": 0, **self.counts,
                     "reads_by_thread": dict(self.reads_by_thread)}
 
     def reset_counts(self) -> None:
@@ -70,7 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep stdout quiet
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -243,10 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     stub = ZepStub(args.port, args.host, args.api_key)
     stub.set_fault(args.fault)
     print(f"zep stub listening on {stub.url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stub._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""Fixtures: a private redis-server, the Zep stub, and a configured memguard runtime."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from memguard import events, runtime
+from memguard.localstack import RedisServer
+from memguard.settings import Settings
+from memguard.zepstub import ZepStub
+
+API_KEY = "test-key-Zq7"
+
+# The SDK would prefer a developer's ZEP_API_URL over the stub's address.
+os.environ.pop("ZEP_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer):
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.flushall()
+
+
+@pytest.fixture
+def stub() -> Iterator[ZepStub]:
+    with ZepStub(api_key=API_KEY) as s:
+        yield s
+
+
+@pytest.fixture
+def recorded() -> Iterator[list[events.Event]]:
+    """Every event the guard emits during the test."""
+    seen: list[events.Event] = []
+    events.subscribe(seen.append)
+    yield seen
+    events.unsubscribe(seen.append)
+
+
+def make_settings(redis_url: str, stub: ZepStub, **kw) -> Settings:
+    base = dict(redis_url=redis_url, zep_api_url=stub.url, zep_api_key=API_KEY, read_timeout_ms=200,
+                probe_timeout_ms=150, hold_seconds=300, probe_grace_seconds=60)
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture
+def configure(redis_db, redis_server: RedisServer, stub: ZepStub):
+    """Build the process runtime against the private Redis and the stub."""
+    built: list[runtime.Runtime] = []
+
+    def _configure(**kw) -> runtime.Runtime:
+        rt = runtime.configure(make_settings(kw.pop("redis_url", redis_server.url), stub, **kw))
+        assert rt.watcher.wait_ready(), "watcher did not subscribe"
+        built.append(rt)
+        return rt
+
+    yield _configure
+    for rt in built:
+        rt.close()

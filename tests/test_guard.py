@@ -1,0 +1,253 @@
+"""The request-path guard against a real Redis and the real Zep clients talking to the stub."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from memguard import events, flags, service
+from memguard.modes import EffectiveMode
+from memguard.prober import probe_once
+from memguard.state import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
+
+CLIENTS = ["zep-python", "zep-cloud"]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def of(kind, seen):
+    return [e for e in seen if isinstance(e, kind)]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_auth_failure_downgrades_at_once(configure, stub, recorded, client):
+    configure(zep_client=client)
+    before = sample("memory_zep_downgrades_total", reason="auth")
+    stub.set_fault("401")
+    context, meta = service.fetch_thread_context("t-1")
+    assert context is None
+    assert meta["used"] is False and meta["reason"] == "auth" and meta["status"] == 401
+    record = flags.get_forced_mode()
+    assert record is not None and record["reason"] == "auth" and record["mode"] == "write_only"
+    assert flags.effective_mode() is EffectiveMode.WRITE_ONLY
+    assert sample("memory_zep_downgrades_total", reason="auth") == before + 1
+    forced = of(events.ModeForced, recorded)
+    assert [(e.prev_mode, e.next_mode, e.reason) for e in forced] == [("read_write", "write_only", "auth")]
+
+    stub.set_fault("ok")
+    reads = stub.stats()["reads"]
+    context, meta = service.fetch_thread_context("t-1")
+    assert context is None
+    assert meta == {"used": False, "source": "write_only_forced", "reason": "auth",
+                    "until": record["until"]}
+    assert stub.stats()["reads"] == reads
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_three_timeouts_downgrade(configure, stub, recorded, client):
+    configure(zep_client=client, read_timeout_ms=100)
+    stub.set_fault("slow", delay_ms=1000)
+    metas = [service.fetch_thread_context("t-2")[1] for _ in range(3)]
+    assert [m["reason"] for m in metas] == ["timeout"] * 3
+    record = flags.get_forced_mode()
+    assert record is not None and record["reason"] == "consecutive_failures"
+    forced = of(events.ModeForced, recorded)
+    assert len(forced) == 1 and forced[0].fail_count == 3
+    assert [e.fail_count for e in of(events.FailureRecorded, recorded)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("fault,reason,triggers", [
+    ("403", "auth", "force"),
+    ("500", "http_5xx", "count"),
+    ("500_text", "http_5xx", "count"),
+    ("503", "http_5xx", "count"),
+    ("503_text", "http_5xx", "count"),
+    ("reset", "connection", "count"),
+    ("429", "rate_limited", "ignore"),
+    ("404", "http_4xx", "ignore"),
+    ("bad_json", "bad_payload", "ignore"),
+])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_fault_classification(configure, stub, recorded, client, fault, reason, triggers):
+    configure(zep_client=client)
+    stub.set_fault(fault)
+    before = sample("memory_zep_context_failures_total", reason=reason)
+    context, meta = service.fetch_thread_context("t-3")
+    assert context is None and meta["reason"] == reason
+    assert of(events.FailureRecorded, recorded)[0].action == triggers
+    assert sample("memory_zep_context_failures_total", reason=reason) == before + 1
+    assert stub.stats()["reads"] == 1, "client retries must be off"
+
+
+def test_success_resets_the_count(configure, stub, redis_db):
+    configure(read_timeout_ms=100)
+    stub.set_fault("503")
+    for _ in range(2):
+        service.fetch_thread_context("t-4")
+    assert int(redis_db.get(CONSECUTIVE_FAILURES_KEY)) == 2
+    stub.set_fault("ok")
+    assert service.fetch_thread_context("t-4")[0] == "context for t-4"
+    assert redis_db.get(CONSECUTIVE_FAILURES_KEY) is None
+    stub.set_fault("503")
+    for _ in range(2):
+        service.fetch_thread_context("t-4")
+    assert flags.get_forced_mode() is None
+
+
+def test_count_window_is_on_the_redis_clock(configure, redis_db):
+    configure(window_seconds=1)
+    assert flags.increment_consecutive_failures() == 1
+    ttl = redis_db.pttl(CONSECUTIVE_FAILURES_KEY)
+    assert 0 < ttl <= 1000
+    time.sleep(1.1)
+    assert flags.increment_consecutive_failures() == 1
+
+
+def test_probe_success_restores(configure, stub, recorded):
+    rt = configure(hold_seconds=1)
+    stub.set_fault("401")
+    service.fetch_thread_context("t-5")
+    assert probe_once(rt)["result"] == "held"
+    stub.set_fault("ok")
+    time.sleep(1.05)
+    # Past the hold, reads stay blocked until the probe succeeds.
+    assert service.fetch_thread_context("t-5")[1]["source"] == "write_only_forced"
+    result = probe_once(rt)
+    assert result["result"] == "success"
+    assert stub.stats()["reads_by_thread"]["memguard-probe"] == 1
+    assert flags.get_forced_mode() is None
+    assert service.fetch_thread_context("t-5")[0] == "context for t-5"
+    restored = of(events.ModeRestored, recorded)
+    assert [(e.mode, e.reason) for e in restored] == [("read_write", "probe_success")]
+    assert probe_once(rt)["result"] == "idle"
+
+
+def test_probe_failure_holds_again(configure, stub, recorded):
+    rt = configure(hold_seconds=1)
+    flags.force_write_only("manual_ops", ttl_seconds=1)
+    stub.set_fault("hang")
+    time.sleep(1.05)
+    started = time.monotonic()
+    result = probe_once(rt)
+    assert time.monotonic() - started < 1.0, "the probe must respect its 150 ms budget"
+    assert result["result"] == "failed"
+    record = flags.get_forced_mode()
+    assert record["reason"] == "probe_failed" and record["holds"] == 2
+    assert [e.reason for e in of(events.ModeForced, recorded)] == ["manual_ops", "probe_failed"]
+
+
+def test_forced_reads_never_reach_zep(configure, stub):
+    configure()
+    flags.force_write_only("manual_ops", ttl_seconds=60)
+    for i in range(200):
+        context, meta = service.fetch_thread_context(f"t-{i}")
+        assert context is None and meta["source"] == "write_only_forced"
+    assert stub.stats()["reads"] == 0
+
+
+def test_automatic_trigger_never_shortens_an_ops_hold(configure, stub):
+    configure()
+    ops_record = flags.force_write_only("manual_ops", ttl_seconds=3600)
+    stub.set_fault("401")
+    # Reads are blocked, so drive the trigger the way a late in-flight read would.
+    flags.increment_consecutive_failures()
+    rt_record = flags.get_forced_mode()
+    assert rt_record["until"] == ops_record["until"] and rt_record["reason"] == "manual_ops"
+
+
+def test_ops_force_overwrites(configure):
+    configure()
+    first = flags.force_write_only("manual_ops", ttl_seconds=3600)
+    second = flags.force_write_only("zep_maintenance", ttl_seconds=60)
+    assert second["reason"] == "zep_maintenance" and second["until"] < first["until"]
+    assert flags.clear_forced_mode() is True
+    assert flags.get_forced_mode() is None
+
+
+def test_base_mode_off_is_never_raised(configure):
+    configure(flag_zep_write=False)
+    flags.force_write_only("manual_ops", ttl_seconds=60)
+    assert flags.base_mode() is EffectiveMode.OFF
+    assert flags.effective_mode() is EffectiveMode.OFF
+
+
+def test_read_flag_off_skips_zep(configure, stub):
+    configure(flag_zep_read=False)
+    assert flags.effective_mode() is EffectiveMode.WRITE_ONLY
+    assert service.fetch_thread_context("t")[1]["source"] == "read_disabled"
+    assert stub.stats()["reads"] == 0
+
+
+def test_unprobed_hold_lapses_after_grace(configure, stub, recorded):
+    configure(probe_grace_seconds=1)
+    flags.force_write_only("manual_ops", ttl_seconds=1)
+    assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
+    time.sleep(2.1)
+    context, _ = service.fetch_thread_context("t")
+    assert context == "context for t"
+    assert [e.reason for e in of(events.ModeRestored, recorded)] == ["lapsed"]
+
+
+def test_disable_auto_downgrade_counts_but_never_forces(configure, stub, recorded):
+    configure(disable_auto_downgrade=True)
+    stub.set_fault("401")
+    service.fetch_thread_context("t")
+    stub.set_fault("503")
+    for _ in range(4):
+        service.fetch_thread_context("t")
+    assert flags.get_forced_mode() is None
+    assert [e.fail_count for e in of(events.FailureRecorded, recorded) if e.action == "count"] == [1, 2, 3, 4]
+    assert any(e.kind == "auto_downgrade_disabled" for e in of(events.GuardTrouble, recorded))
+
+
+def test_corrupt_record_is_survived(configure, stub, redis_db, recorded):
+    configure()
+    redis_db.set(FORCED_MODE_KEY, "{not json")
+    deadline = time.monotonic() + 3
+    while not of(events.GuardTrouble, recorded) and time.monotonic() < deadline:
+        context, meta = service.fetch_thread_context("t")
+        assert context == "context for t" and meta["used"] is True
+        time.sleep(0.05)
+    assert flags.get_forced_mode() is None
+    assert any(e.kind == "corrupt_state" for e in of(events.GuardTrouble, recorded))
+    # An operator force replaces the corrupt value.
+    flags.force_write_only("manual_ops", ttl_seconds=60)
+    assert json.loads(redis_db.get(FORCED_MODE_KEY))["reason"] == "manual_ops"
+
+
+def test_wrong_type_in_counter_is_repaired(configure, stub, redis_db, recorded):
+    configure()
+    redis_db.hset(CONSECUTIVE_FAILURES_KEY, "x", "1")
+    stub.set_fault("503")
+    context, meta = service.fetch_thread_context("t")
+    assert context is None and meta["reason"] == "http_5xx"
+    assert redis_db.get(CONSECUTIVE_FAILURES_KEY) == "1"
+    assert any(e.kind == "corrupt_state" and e.op == "count" for e in of(events.GuardTrouble, recorded))
+
+
+def test_force_from_elsewhere_is_seen_and_a_broken_channel_fails_safe(configure, stub, redis_db):
+    configure()
+    assert service.fetch_thread_context("t")[1]["used"] is True
+    # Another process forces (here: its script run from a separate client).
+    from memguard.state import State
+
+    other = State(redis_db)
+    other.force("manual_ops", 60, {"via": "test"}, auto=False)
+    deadline = time.monotonic() + 5
+    while service.fetch_thread_context("t")[1]["used"] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
+    other.clear()
+    time.sleep(0.2)
+    assert service.fetch_thread_context("t")[1]["used"] is True
+    # Kill the subscription and change the state behind its back (no publish).
+    redis_db.client_kill_filter(_type="pubsub")
+    redis_db.set(FORCED_MODE_KEY, json.dumps({"mode": "write_only", "reason": "manual_ops",
+                                              "until": time.time() + 60, "forced_at": time.time()}))
+    time.sleep(0.3)
+    assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
