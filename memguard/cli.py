@@ -1,0 +1,83 @@
+"""The ``memguard`` command line: status, force, clear, probe, drill, metrics."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from typing import Any
+
+from memguard.settings import SettingsError
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    print(f"mode:        {st['mode']} (base {st['base_mode']})")
+    if st["forced"]:
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(st["until"]))
+        print(f"forced:      yes, reason {st['reason']}, by {st.get('by') or '?'}")
+        print(f"until:       {until} ({st['seconds_left']}s left, phase {st['phase']}, "
+              f"hold #{st['holds']})")
+        print(f"lapses in:   {st['lapses_in']}s if no probe acts")
+    else:
+        print("forced:      no")
+    print(f"failures:    {st['fail_count']} of {st['threshold']} in the current window")
+    if "corrupt_record" in st:
+        print(f"WARNING:     corrupt forced record in Redis: {st['corrupt_record']!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="memguard", description="Fleet-wide Zep read guard.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("status", help="the fleet's mode, record and failure count")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("force", help="force write_only fleet-wide")
+    p.add_argument("--reason", default="manual_ops")
+    p.add_argument("--ttl", type=int, default=600, help="hold seconds (default 600)")
+    sub.add_parser("clear", help="end the forced mode now")
+    sub.add_parser("probe", help="probe Zep now if a hold has expired")
+    p = sub.add_parser("drill", help="run the auth, failure and recovery drills end to end")
+    p.add_argument("--redis-url", help="run against this Redis (a canary) instead of a local stack")
+    p.add_argument("--zep-url", help="with --redis-url: the canary's Zep root URL")
+    p.add_argument("--zep-key", help="with --redis-url: the canary's Zep API key (else ZEP_API_KEY)")
+    p.add_argument("--hold", type=int, default=5, help="hold seconds for the local stack (default 5)")
+    p = sub.add_parser("metrics", help="serve /metrics")
+    p.add_argument("--port", type=int, default=9464)
+    p.add_argument("--addr", default="0.0.0.0")
+    args = parser.parse_args(argv)
+
+    from memguard import logs, ops
+    from memguard.guard import origin
+
+    logs.configure(level="WARNING", stream=sys.stderr)
+    by = origin("cli", user=getpass.getuser())
+    try:
+        if args.cmd == "status":
+            st = ops.status()
+            print(json.dumps(st)) if args.json else _print_status(st)
+        elif args.cmd == "force":
+            print(json.dumps(ops.force(by=by, reason=args.reason, ttl_seconds=args.ttl)))
+        elif args.cmd == "clear":
+            print(json.dumps(ops.clear(by=by)))
+        elif args.cmd == "probe":
+            print(json.dumps(ops.probe(by=by)))
+        elif args.cmd == "drill":
+            from memguard import drill
+
+            if args.zep_url and not args.redis_url:
+                parser.error("--zep-url needs --redis-url")
+            return drill.run(args.redis_url, args.zep_url, args.zep_key, hold=args.hold)
+        elif args.cmd == "metrics":
+            from memguard import metrics
+
+            print(f"serving /metrics on {args.addr}:{args.port}", file=sys.stderr)
+            metrics.serve_forever(args.port, args.addr)
+    except (ops.OperatorError, SettingsError) as exc:
+        print(f"memguard: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
