@@ -182,7 +182,8 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
             stack.append(hang_stub)
             hold = real_zep.hold_seconds
             interval = real_zep.probe_interval_seconds
-            tl.say(f"canary drill: Redis {redis_url}, Zep {real_zep.zep_api_url} (probing by the canary's beat)")
+            tl.say(f"canary drill: Redis {redis_url}, Zep {real_zep.zep_api_url} "
+                   "(probing by the canary's beat)")
 
             def set_fault(fault: str) -> None:
                 if fault == "401":
@@ -252,5 +253,6 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
     for r in results:
         print(f"{'PASS' if r.ok else 'FAIL'}  {r.name} drill: {r.detail}", flush=True)
     failed = [r.name for r in results if not r.ok]
-    print("drills: " + (f"{len(failed)} failed ({', '.join(failed)})" if failed else "all passed"), flush=True)
+    summary = f"{len(failed)} failed ({', '.join(failed)})" if failed else "all passed"
+    print(f"drills: {summary}", flush=True)
     return 1 if failed else 0

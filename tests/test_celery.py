@@ -1,0 +1,162 @@
+"""The prober and operator tasks with real Celery worker and beat processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from celery import Celery
+
+from memguard import flags, runtime, service
+from memguard.localstack import CeleryProcess, RedisServer, stack_env, wait_for
+from memguard.settings import Settings
+from memguard.state import PROBE_LOCK_KEY
+from memguard.zepstub import ZepStub
+
+from .conftest import API_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def stack(tmp_path, stub):
+    with RedisServer() as server:
+        procs: list[CeleryProcess] = []
+
+        def env(**extra: str) -> dict[str, str]:
+            e = stack_env(server.url, stub.url, API_KEY, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5",
+                          **extra)
+            e["PYTHONPATH"] = str(ROOT)
+            return e
+
+        def spawn(kind: str, name: str, *args: str, **extra: str) -> CeleryProcess:
+            p = CeleryProcess(kind, env(**extra), str(tmp_path), name, *args)
+            procs.append(p)
+            return p.start()
+
+        def use(**kw) -> runtime.Runtime:
+            s = Settings.from_env(env(**{k: str(v) for k, v in kw.items()}))
+            rt = runtime.configure(s)
+            rt.watcher.wait_ready()
+            return rt
+
+        yield SimpleNamespace(server=server, stub=stub, spawn=spawn, env=env, use=use,
+                              sender=Celery(broker=server.url, backend=server.url))
+        for p in procs:
+            p.stop()
+        runtime.get().close()
+
+
+@pytest.fixture(autouse=True)
+def _cwd(monkeypatch):
+    """Celery processes start from the project root, where celeryconfig.py is."""
+    monkeypatch.chdir(ROOT)
+
+
+def probes(stub: ZepStub) -> int:
+    return stub.stats()["reads_by_thread"].get("memguard-probe", 0)
+
+
+def test_drill_passes_end_to_end():
+    out = subprocess.run([sys.executable, "-m", "memguard.cli", "drill"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ("auth", "failure", "recovery"):
+        assert f"PASS  {name} drill" in out.stdout
+    assert "probe reads=1" in out.stdout
+    assert "fleet mode -> read_write" in out.stdout
+
+
+def test_two_beats_two_workers_one_probe_per_expiry(stack):
+    hold = 2
+    stack.spawn("worker", "w1", "-P", "solo", MEMORY_DOWNGRADE_HOLD_SECONDS=str(hold))
+    stack.spawn("worker", "w2", "-P", "prefork", "-c", "2", MEMORY_DOWNGRADE_HOLD_SECONDS=str(hold))
+    stack.spawn("beat", "b1", MEMORY_DOWNGRADE_HOLD_SECONDS=str(hold))
+    stack.spawn("beat", "b2", MEMORY_DOWNGRADE_HOLD_SECONDS=str(hold))
+    stack.use(MEMORY_DOWNGRADE_HOLD_SECONDS=hold)
+    stack.stub.set_fault("503")
+    flags.force_write_only("manual_ops", ttl_seconds=hold)
+    # Extra probe tasks racing the beat's own, as a second scheduler would send them.
+    deadline = time.monotonic() + 3 * hold + 1.5
+    while time.monotonic() < deadline:
+        for _ in range(3):
+            stack.sender.send_task("memguard.probe")
+        time.sleep(0.25)
+    record = flags.get_forced_mode()
+    assert record["reason"] == "probe_failed"
+    failed_probes = probes(stack.stub)
+    assert failed_probes == record["holds"] - 1 >= 2
+    stack.stub.set_fault("ok")
+    wait_for(lambda: flags.get_forced_mode() is None, 3 * hold + 5, "the probe to restore")
+    assert probes(stack.stub) == failed_probes + 1
+    assert service.fetch_thread_context("t")[1]["used"] is True
+
+
+def test_worker_killed_mid_probe_releases_by_expiry(stack):
+    # A 400 ms probe budget gives a 4 s probe lock and a window to kill the worker in.
+    extra = {"MEMORY_DOWNGRADE_PROBE_TIMEOUT_MS": "400", "MEMORY_DOWNGRADE_HOLD_SECONDS": "1"}
+    worker = stack.spawn("worker", "victim", "-P", "solo", **extra)
+    stack.spawn("beat", "b1", **extra)
+    stack.use(MEMORY_DOWNGRADE_HOLD_SECONDS=1)
+    stack.stub.set_fault("hang")
+    flags.force_write_only("manual_ops", ttl_seconds=1)
+    wait_for(lambda: probes(stack.stub) >= 1, 10, "a probe to reach the stub", interval=0.005)
+    worker.kill()
+    client = stack.server.client()
+    assert client.exists(PROBE_LOCK_KEY) == 1
+    stack.stub.set_fault("ok")
+    stack.spawn("worker", "rescuer", "-P", "solo", **extra)
+    wait_for(lambda: flags.get_forced_mode() is None, 15, "a later tick to probe and restore")
+    assert client.exists(PROBE_LOCK_KEY) == 0
+    assert probes(stack.stub) == 2
+
+
+def _call(stack, kwargs: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "celery", "-A", "memguard", "call", "memguard.force",
+                           "--kwargs", kwargs], cwd=ROOT, env=stack.env(), capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ('{"bogus": 1}', "unknown argument(s) bogus"),
+    ('{"reason": "manual_ops", "ttl_seconds": -5}', "ttl_seconds must be between"),
+    ('{"reason": "manual_ops", "ttl_seconds": 1000000000}', "ttl_seconds must be between"),
+    ('{"reason": "", "ttl_seconds": 60}', "reason must be a non-empty string"),
+    ('{"reason": "manual_ops", "ttl_seconds": "600"}', "ttl_seconds must be a whole number"),
+])
+def test_celery_call_force_refuses_bad_input(stack, kwargs, message):
+    stack.spawn("worker", "ops", "-P", "solo")
+    stack.use()
+    out = _call(stack, kwargs)
+    assert out.returncode == 0, out.stderr
+    task_id = out.stdout.strip().splitlines()[-1]
+    result = stack.sender.AsyncResult(task_id)
+    with pytest.raises(Exception) as err:
+        result.get(timeout=20)
+    assert message in str(err.value)
+    assert flags.get_forced_mode() is None
+
+
+def test_celery_call_force_good_and_non_json(stack):
+    stack.spawn("worker", "ops", "-P", "solo")
+    stack.use()
+    bad = _call(stack, "{reason: manual_ops")
+    assert bad.returncode == 2 and "Invalid value" in bad.stderr
+    assert flags.get_forced_mode() is None
+    out = _call(stack, json.dumps({"reason": "manual_ops", "ttl_seconds": 600}))
+    task_id = out.stdout.strip().splitlines()[-1]
+    result = stack.sender.AsyncResult(task_id).get(timeout=20)
+    assert result["forced"] is True and result["reason"] == "manual_ops"
+    record = flags.get_forced_mode()
+    assert record["reason"] == "manual_ops"
+    assert record["until"] - record["forced_at"] == pytest.approx(600, abs=0.01)
+    assert record["by"]["via"] == "task" and record["by"]["task_id"] == task_id
+    status = stack.sender.send_task("memguard.status").get(timeout=20)
+    assert status["mode"] == "write_only" and status["seconds_left"] > 590
+    assert stack.sender.send_task("memguard.clear").get(timeout=20)["cleared"] is True
+    assert flags.get_forced_mode() is None
