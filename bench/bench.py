@@ -1,0 +1,224 @@
+"""memguard benchmark: guard cost against a bare Redis round trip, the seed design and pybreaker.
+
+Starts its own redis-server; every figure is measured in this run and compared as ratios.
+    python bench/bench.py [--json] [--reads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from memguard import events, runtime
+from memguard.localstack import RedisServer
+from memguard.settings import Settings
+from memguard.state import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY, State
+
+
+def pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def timed(fn: Callable[[], Any], n: int, warmup: int = 500) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        out.append((clock() - t0) / 1000.0)  # µs
+    return out
+
+
+def summary(samples: list[float], base: float = 0.0) -> dict[str, float]:
+    return {
+        "p50_us": round(max(0.0, pct(samples, 0.5) - base), 3),
+        "p99_us": round(max(0.0, pct(samples, 0.99) - base), 3),
+    }
+
+
+def commands(client: redis.Redis, only: str | None = None) -> int:
+    """Commands the server ran (those inside scripts too), or only calls of ``only``."""
+    stats = client.info("commandstats")
+    if only is not None:
+        return stats.get(f"cmdstat_{only}", {}).get("calls", 0)
+    return sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_"))
+
+
+def _reader(url: str, conn: Any) -> None:
+    """Another process: report when its guard first sees each change."""
+    rt = runtime.configure(Settings(redis_url=url, zep_api_key="x"))
+    rt.watcher.wait_ready()
+    conn.send("ready")
+    while True:
+        want = conn.recv()
+        if want is None:
+            break
+        deadline = time.monotonic() + 5
+        while (rt.guard.forced() is not None) != want and time.monotonic() < deadline:
+            pass
+        conn.send(time.perf_counter() if time.monotonic() < deadline else None)
+    rt.close()
+
+
+def propagation(url: str, state: State, trials: int) -> dict[str, Any]:
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_reader, args=(url, child))
+    proc.start()
+    parent.recv()
+    force_ms, clear_ms = [], []
+    for _ in range(trials):
+        for want, sink in ((True, force_ms), (False, clear_ms)):
+            parent.send(want)
+            time.sleep(0.02)
+            t0 = time.perf_counter()
+            if want:
+                state.force("bench", 60, {"via": "bench"}, auto=False)
+            else:
+                state.clear()
+            seen = parent.recv()
+            sink.append(float("inf") if seen is None else (seen - t0) * 1000)
+    parent.send(None)
+    proc.join(10)
+
+    def dist(xs: list[float]) -> dict[str, float]:
+        return {
+            "p50_ms": round(pct(xs, 0.5), 3),
+            "p99_ms": round(pct(xs, 0.99), 3),
+            "max_ms": round(max(xs), 3),
+        }
+
+    return {"force_seen": dist(force_ms), "clear_seen": dist(clear_ms), "trials": trials}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--reads", type=int, default=20000)
+    args = ap.parse_args()
+    n = args.reads
+    events._subscribers.clear()  # measure the guard, not a log line per read
+    res: dict[str, Any] = {"reads": n}
+    with RedisServer() as server:
+        raw = redis.Redis(port=server.port)
+        settings = Settings(redis_url=server.url, zep_api_key="x", threshold=10**6)
+        rt = runtime.build(settings)
+        rt.watcher.wait_ready()
+        guard = rt.guard
+
+        def noop() -> str:
+            return "ctx"
+
+        call = timed(noop, n)
+        base = pct(call, 0.5)
+        res["function_call"] = summary(call)
+        rtt = timed(lambda: raw.get(FORCED_MODE_KEY), n)
+        res["bare_redis_get"] = summary(rtt)
+
+        before = commands(raw)
+        t0 = time.monotonic()
+        mg = timed(lambda: guard.call("t", noop), n, warmup=0)
+        elapsed = time.monotonic() - t0
+        res["memguard"] = summary(mg, base)
+        res["memguard"]["redis_commands_per_read"] = round((commands(raw) - before - 1) / n, 4)
+        res["memguard"]["background_commands_per_s"] = round((commands(raw) - before - 1) / elapsed, 1)
+
+        def seed() -> None:
+            raw.get(FORCED_MODE_KEY)
+            noop()
+            raw.delete(CONSECUTIVE_FAILURES_KEY)
+
+        before = commands(raw)
+        sd = timed(seed, n, warmup=0)
+        res["seed_get_del"] = summary(sd, base)
+        res["seed_get_del"]["redis_commands_per_read"] = round((commands(raw) - before - 1) / n, 3)
+
+        import pybreaker
+
+        breaker = pybreaker.CircuitBreaker(
+            fail_max=3,
+            reset_timeout=300,
+            state_storage=pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, raw, namespace="bench"),
+        )
+        before = commands(raw)
+        pb = timed(lambda: breaker.call(noop), n, warmup=0)
+        res["pybreaker_redis"] = summary(pb, base)
+        res["pybreaker_redis"]["redis_commands_per_read"] = round((commands(raw) - before - 1) / n, 3)
+
+        res["ratios"] = {
+            "memguard_p50_over_bare_rtt": round(
+                res["memguard"]["p50_us"] / res["bare_redis_get"]["p50_us"], 4
+            ),
+            "seed_over_memguard_p50": round(
+                res["seed_get_del"]["p50_us"] / max(res["memguard"]["p50_us"], 1e-3), 1
+            ),
+            "pybreaker_over_memguard_p50": round(
+                res["pybreaker_redis"]["p50_us"] / max(res["memguard"]["p50_us"], 1e-3), 1
+            ),
+        }
+
+        # Failure path: round trips per recorded failure.
+        failures = 200
+        before, trips = commands(raw), commands(raw, "evalsha")
+        for _ in range(failures):
+            guard.record_failure(TimeoutError("bench"))
+        res["failure_path"] = {
+            "round_trips_per_failure": round((commands(raw, "evalsha") - trips) / failures, 3),
+            "commands_per_failure_incl_script": round((commands(raw) - before - 2) / failures, 3),
+        }
+        rt.state.reset_failures()
+
+        res["propagation"] = propagation(
+            server.url, State(redis.Redis(port=server.port, decode_responses=True)), trials=50
+        )
+
+        # Redis down: after the first error, reads go on at local cost.
+        server.stop()
+        time.sleep(2.5)  # let the watcher notice and drop its view
+        guard.call("t", noop)  # the first read pays the error and starts the back-off
+        down = timed(lambda: guard.call("t", noop), 5000, warmup=0)
+        res["redis_down"] = summary(down, base)
+        rt.watcher.stop()
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"memguard benchmark ({n} reads per case, private redis-server on loopback)")
+    print(f"{'case':34} {'p50 µs':>9} {'p99 µs':>9} {'cmds/read':>10}")
+    for key, label in (
+        ("function_call", "in-process function call"),
+        ("bare_redis_get", "bare Redis GET round trip"),
+        ("memguard", "memguard overhead (healthy)"),
+        ("seed_get_del", "seed design overhead (GET+DEL)"),
+        ("pybreaker_redis", "pybreaker+CircuitRedisStorage ovh"),
+        ("redis_down", "memguard overhead, Redis down"),
+    ):
+        r = res[key]
+        print(f"{label:34} {r['p50_us']:9.2f} {r['p99_us']:9.2f} {r.get('redis_commands_per_read', ''):>10}")
+    r = res["ratios"]
+    print(f"memguard p50 / bare RTT p50:         {r['memguard_p50_over_bare_rtt']} (target <= 0.05)")
+    print(f"seed / memguard p50:                 {r['seed_over_memguard_p50']}x (target >= 30x)")
+    print(f"pybreaker / memguard p50:            {r['pybreaker_over_memguard_p50']}x (target >= 30x)")
+    print(
+        f"memguard background commands:       {res['memguard']['background_commands_per_s']}/s per process "
+        "(pub/sub ping + resync)"
+    )
+    fp = res["failure_path"]
+    print(f"failure path: {fp['round_trips_per_failure']} round trips (EVALSHA) per failure, "
+          f"{fp['commands_per_failure_incl_script']} commands counting those inside the script")
+    for what in ("force", "clear"):
+        d = res["propagation"][f"{what}_seen"]
+        print(f"{what} seen by another process: p50 {d['p50_ms']} ms, p99 {d['p99_ms']} ms, "
+              f"max {d['max_ms']} ms ({res['propagation']['trials']} trials; target <= 100 ms)")
+
+
+if __name__ == "__main__":
+    main()
