@@ -10,8 +10,10 @@ import os
 
 from celery import Celery
 
-from memguard import tasks
+from memguard import logs, tasks
 
+# JSON from the first line on: Celery warns (privileges, config) before its logging signal.
+logs.configure()
 app = Celery("memguard")
 app.config_from_object(os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig"), silent=True)
 app.conf.setdefault("broker_url", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))

@@ -93,7 +93,7 @@ class CeleryProcess:
         self.kind = kind
         self.name = name
         self.log_path = Path(logdir) / f"{name}.log"
-        args = [sys.executable, "-m", "celery", "-A", "memguard", kind, "-l", "info"]
+        args = [sys.executable, "-m", "celery", "-A", "memguard", "--quiet", kind, "-l", "info"]
         if kind == "worker":
             args += ["-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
         else:

@@ -94,6 +94,7 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
         # One line per HTTP request would drown the signal.
         "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
     })
+    logging.captureWarnings(True)  # Python warnings become JSON lines too
     structlog.configure(
         processors=[structlog.stdlib.filter_by_level, *SHARED_PROCESSORS,
                     structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from celery import Celery
 
 from memguard import events, runtime
-from memguard.localstack import RedisServer
+from memguard.localstack import CeleryProcess, RedisServer, stack_env
 from memguard.settings import Settings
 from memguard.zepstub import ZepStub
 
 API_KEY = "test-key-Zq7"
+ROOT = Path(__file__).resolve().parent.parent
 
 # The SDK would prefer a developer's ZEP_API_URL over the stub's address.
 os.environ.pop("ZEP_API_URL", None)
@@ -68,3 +72,34 @@ def configure(redis_db, redis_server: RedisServer, stub: ZepStub):
     yield _configure
     for rt in built:
         rt.close()
+
+
+@pytest.fixture
+def stack(tmp_path, stub, monkeypatch):
+    """A private Redis plus real Celery processes started from the project root (celeryconfig.py)."""
+    monkeypatch.chdir(ROOT)
+    with RedisServer() as server:
+        procs: list[CeleryProcess] = []
+
+        def env(**extra: str) -> dict[str, str]:
+            e = stack_env(server.url, stub.url, API_KEY, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5",
+                          **extra)
+            e["PYTHONPATH"] = str(ROOT)
+            return e
+
+        def spawn(kind: str, name: str, *args: str, **extra: str) -> CeleryProcess:
+            p = CeleryProcess(kind, env(**extra), str(tmp_path), name, *args)
+            procs.append(p)
+            return p.start()
+
+        def use(**kw) -> runtime.Runtime:
+            s = Settings.from_env(env(**{k: str(v) for k, v in kw.items()}))
+            rt = runtime.configure(s)
+            rt.watcher.wait_ready()
+            return rt
+
+        yield SimpleNamespace(server=server, stub=stub, spawn=spawn, env=env, use=use,
+                              sender=Celery(broker=server.url, backend=server.url))
+        for p in procs:
+            p.stop()
+        runtime.get().close()

@@ -6,56 +6,15 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from celery import Celery
 
-from memguard import flags, runtime, service
-from memguard.localstack import CeleryProcess, RedisServer, stack_env, wait_for
-from memguard.settings import Settings
+from memguard import flags, service
+from memguard.localstack import wait_for
 from memguard.state import PROBE_LOCK_KEY
 from memguard.zepstub import ZepStub
 
-from .conftest import API_KEY
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def stack(tmp_path, stub):
-    with RedisServer() as server:
-        procs: list[CeleryProcess] = []
-
-        def env(**extra: str) -> dict[str, str]:
-            e = stack_env(server.url, stub.url, API_KEY, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5",
-                          **extra)
-            e["PYTHONPATH"] = str(ROOT)
-            return e
-
-        def spawn(kind: str, name: str, *args: str, **extra: str) -> CeleryProcess:
-            p = CeleryProcess(kind, env(**extra), str(tmp_path), name, *args)
-            procs.append(p)
-            return p.start()
-
-        def use(**kw) -> runtime.Runtime:
-            s = Settings.from_env(env(**{k: str(v) for k, v in kw.items()}))
-            rt = runtime.configure(s)
-            rt.watcher.wait_ready()
-            return rt
-
-        yield SimpleNamespace(server=server, stub=stub, spawn=spawn, env=env, use=use,
-                              sender=Celery(broker=server.url, backend=server.url))
-        for p in procs:
-            p.stop()
-        runtime.get().close()
-
-
-@pytest.fixture(autouse=True)
-def _cwd(monkeypatch):
-    """Celery processes start from the project root, where celeryconfig.py is."""
-    monkeypatch.chdir(ROOT)
+from .conftest import ROOT
 
 
 def probes(stub: ZepStub) -> int:

@@ -1,0 +1,76 @@
+"""Metrics from a prefork worker's exporter, and JSON logs without secrets."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from memguard import flags
+from memguard.localstack import free_port, wait_for
+
+from .conftest import API_KEY
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_prefork_exporter_shows_fleet_mode_and_summed_counters(stack, tmp_path):
+    port = free_port()
+    mp_dir = tmp_path / "prom"
+    mp_dir.mkdir()
+    worker = stack.spawn("worker", "metrics", "-P", "prefork", "-c", "2",
+                         MEMGUARD_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(mp_dir))
+    stack.use()
+    wait_for(lambda: _up(port), 10, "the worker's exporter")
+    before = scrape(port)
+    assert before[("memory_mode_gauge", (("mode", "read_write"),))] == 1
+    assert before[("memory_mode_gauge", (("mode", "write_only"),))] == 0
+
+    force = {"reason": "manual_ops", "ttl_seconds": 60}
+    for _ in range(2):
+        stack.sender.send_task("memguard.force", kwargs=force).get(timeout=20)
+        stack.sender.send_task("memguard.clear").get(timeout=20)
+    stack.sender.send_task("memguard.force", kwargs=force).get(timeout=20)
+    after = scrape(port)
+    assert after[("memory_mode_gauge", (("mode", "write_only"),))] == 1
+    assert after[("memory_mode_gauge", (("mode", "read_write"),))] == 0
+    assert after[("memory_zep_downgrades_total", (("reason", "manual_ops"),))] == 3
+    assert after[("memory_mode_restored_total", (("reason", "manual_clear"),))] == 2
+    assert after[("memory_mode_hold_seconds_left", ())] > 50
+    # A force made outside the worker shows too: the gauge reads Redis, not process memory.
+    flags.clear_forced_mode()
+    assert scrape(port)[("memory_mode_gauge", (("mode", "read_write"),))] == 1
+    worker_log = worker.output()
+    lines = [ln for ln in worker_log.splitlines() if ln.strip()]
+    assert lines, "the worker logged nothing"
+    for ln in lines:
+        record = json.loads(ln)  # every line is one JSON object, Celery's own included
+        assert "event" in record and "level" in record
+    assert any(json.loads(ln).get("task_name") == "memguard.force" for ln in lines)
+    forced = [json.loads(ln) for ln in lines if '"memory_mode_forced"' in ln]
+    assert forced and {"prev_mode", "next_mode", "reason", "hold_seconds", "until"} <= forced[0].keys()
+    assert API_KEY not in worker_log
+
+
+def _up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.parametrize("field,value", [("token", "s3cr3t-Zq"), ("authorization", "Api-Key s3cr3t-Zq")])
+def test_redaction_drops_secret_fields(field, value, capsys):
+    from memguard import logs
+
+    logs.configure(stream=None)
+    logs.log.warning("probe", **{field: value}, url="redis://:s3cr3t-Zq@host:6379/0",
+                     note="header Api-Key s3cr3t-Zq sent")
+    out = capsys.readouterr().out
+    assert "s3cr3t-Zq" not in out and "[REDACTED]" in out
