@@ -34,6 +34,17 @@ TROUBLE = Counter("memory_guard_errors_total", "The guard's own trouble: Redis e
 OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a read (sampled)",
                      buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
+# Series exist at 0 from the start, so increase() sees the first downgrade of a process.
+for _reason in ("auth", "consecutive_failures", "probe_failed", "manual_ops"):
+    DOWNGRADES.labels(_reason)
+for _reason in ("auth", "timeout", "connection", "http_5xx", "rate_limited", "http_4xx", "bad_payload"):
+    FAILURES.labels(_reason)
+for _result in ("success", "failed"):
+    PROBES.labels(_result)
+for _reason in ("probe_success", "manual_clear", "lapsed"):
+    RESTORED.labels(_reason)
+TROUBLE.labels("redis_error", "check")
+
 
 def on_event(event: events.Event) -> None:
     if isinstance(event, events.ReadFinished):
