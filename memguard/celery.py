@@ -11,11 +11,13 @@ import os
 from celery import Celery
 
 from memguard import logs, tasks
+from memguard.settings import Settings
 
 # JSON from the first line on: Celery warns (privileges, config) before its logging signal.
 logs.configure()
 app = Celery("memguard")
 app.config_from_object(os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig"), silent=True)
-app.conf.setdefault("broker_url", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-app.conf.setdefault("result_backend", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+_redis_url = Settings.from_env().redis_url
+app.conf.setdefault("broker_url", _redis_url)
+app.conf.setdefault("result_backend", _redis_url)
 tasks.install(app)

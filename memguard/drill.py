@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from celery import Celery
 
 from memguard import events, ops, runtime, service
 from memguard.localstack import CeleryProcess, RedisServer, stack_env
+from memguard.prober import PROBE_THREAD_ID
 from memguard.settings import Settings
 from memguard.zepstub import ZepStub
 
@@ -75,7 +76,7 @@ class _Watch(threading.Thread):
                 self.timeline.say(f"fleet mode -> {st['mode']}{extra} fail_count={st['fail_count']}")
                 last = view
             if self.stub is not None:
-                probes = self.stub.stats()["reads_by_thread"].get("memguard-probe", 0)
+                probes = self.stub.reads_of(PROBE_THREAD_ID)
                 if probes != self.probes:
                     self.timeline.say(f"probe read reached Zep (probe #{probes})")
                     self.probes = probes
@@ -176,8 +177,8 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
     try:
         if redis_url:
             settings = Settings.from_env({**os.environ, "REDIS_URL": redis_url})
-            real_zep = Settings(**{**settings.__dict__, "zep_api_url": zep_url or settings.zep_api_url,
-                                   "zep_api_key": zep_key or settings.zep_api_key})
+            real_zep = replace(settings, zep_api_url=zep_url or settings.zep_api_url,
+                               zep_api_key=zep_key or settings.zep_api_key)
             hang_stub = ZepStub().start()
             stack.append(hang_stub)
             hold = real_zep.hold_seconds
@@ -187,10 +188,10 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
 
             def set_fault(fault: str) -> None:
                 if fault == "401":
-                    runtime.configure(Settings(**{**real_zep.__dict__, "zep_api_key": DRILL_KEY}))
+                    runtime.configure(replace(real_zep, zep_api_key=DRILL_KEY))
                 elif fault == "hang":
                     hang_stub.set_fault("hang")
-                    runtime.configure(Settings(**{**real_zep.__dict__, "zep_api_url": hang_stub.url}))
+                    runtime.configure(replace(real_zep, zep_api_url=hang_stub.url))
                 else:
                     runtime.configure(real_zep)
 
@@ -224,7 +225,7 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
             set_fault = stub.set_fault
 
             def probes() -> int:
-                return stub.stats()["reads_by_thread"].get("memguard-probe", 0)
+                return stub.reads_of(PROBE_THREAD_ID)
 
             sender = Celery(broker=redis_server.url, backend=redis_server.url)
             threshold = runtime.get().settings.threshold

@@ -6,7 +6,7 @@ from typing import Any
 
 from memguard import runtime
 from memguard.guard import origin
-from memguard.modes import EffectiveMode, base_mode_of, combine
+from memguard.modes import EffectiveMode
 from memguard.ops import check_force_args
 from memguard.state import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
 
@@ -31,13 +31,12 @@ __all__ = [
 
 def base_mode() -> EffectiveMode:
     """The mode the environment flags allow (FLAG_ZEP_WRITE, FLAG_ZEP_READ)."""
-    return base_mode_of(runtime.get().settings)
+    return runtime.get().guard.base
 
 
 def effective_mode() -> EffectiveMode:
     """``write_only`` while a forced record is active (never raising the mode), else the base."""
-    rt = runtime.get()
-    return combine(base_mode_of(rt.settings), rt.guard.forced() is not None)
+    return runtime.get().guard.effective_mode()
 
 
 def get_forced_mode() -> dict[str, Any] | None:

@@ -131,15 +131,13 @@ class Guard:
     def record_failure(self, exc: BaseException, thread_id: str | None = None) -> Verdict:
         verdict = classify(exc, last_status())
         error = type(exc).__name__
-        if verdict.action is Action.IGNORE:
-            events.emit(events.FailureRecorded(verdict.reason, verdict.action.value, verdict.status,
-                                               thread_id, error=error))
-        elif verdict.action is Action.FORCE:
-            events.emit(events.FailureRecorded(verdict.reason, verdict.action.value, verdict.status,
-                                               thread_id, error=error))
-            self.force(verdict.reason, self.settings.hold_seconds, origin("auto"), auto=True)
-        else:
+        if verdict.action is Action.COUNT:
             self._count(verdict, thread_id, error)
+            return verdict
+        events.emit(events.FailureRecorded(verdict.reason, verdict.action.value, verdict.status,
+                                           thread_id, error=error))
+        if verdict.action is Action.FORCE:
+            self.force(verdict.reason, self.settings.hold_seconds, origin("auto"), auto=True)
         return verdict
 
     def _count(self, verdict: Verdict, thread_id: str | None, error: str) -> None:
@@ -159,11 +157,10 @@ class Guard:
             window_seconds=s.window_seconds, threshold=s.threshold, hold_seconds=s.hold_seconds,
             by=by, auto=not s.disable_auto_downgrade,
         )
-        if transition.status == "forced":
-            self.invalidate_view()
         if transition.repaired:
             events.emit(events.GuardTrouble("corrupt_state", "count", "failure counter was not an integer"))
         if transition.status == "forced":
+            self.invalidate_view()
             events.emit(self.forced_event(transition, fail_count=transition.fail_count))
         elif transition.status == "disabled":
             events.emit(events.GuardTrouble("auto_downgrade_disabled", "count",

@@ -47,15 +47,7 @@ def _scrub(text: str, secrets: list[str]) -> str:
 
 def redact(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: drop secret-named fields, scrub secret values from the rest."""
-    secrets = _secret_values()
-    for key, value in list(event_dict.items()):
-        if _SECRET_KEYS.search(str(key)) and key not in ("task_id",):
-            event_dict[key] = REDACTED
-        elif isinstance(value, str):
-            event_dict[key] = _scrub(value, secrets)
-        elif isinstance(value, dict | list | tuple):
-            event_dict[key] = _scrub_nested(value, secrets)
-    return event_dict
+    return _scrub_nested(event_dict, _secret_values())
 
 
 def _scrub_nested(value: Any, secrets: list[str]) -> Any:

@@ -99,6 +99,9 @@ class FleetStateCollector(Collector):
         yield count
 
 
+_default_registered = False
+
+
 def registry() -> CollectorRegistry:
     """The registry to serve: multiprocess-aware when PROMETHEUS_MULTIPROC_DIR is set."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -113,9 +116,6 @@ def registry() -> CollectorRegistry:
         REGISTRY.register(FleetStateCollector())
         _default_registered = True
     return REGISTRY
-
-
-_default_registered = False
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> Any:

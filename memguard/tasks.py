@@ -35,15 +35,17 @@ def _refuse_positional(args: tuple[Any, ...]) -> None:
                                 "use --kwargs")
 
 
-def _operator_call(task: Task, name: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _operator_call(task: Task, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                   changes: bool = True) -> Any:
+    """Run an operator action; refusals and changes are logged with who sent them."""
     try:
         _refuse_positional(args)
-        result = fn(by=_by(task), **kwargs) if name != "status" else fn(**kwargs)
+        result = fn(by=_by(task), **kwargs) if changes else fn(**kwargs)
     except ops.OperatorError as exc:
         log.error("memguard_operator_refused", task=task.name, error=str(exc),
                   task_id=task.request.id, sent_from=task.request.origin)
         raise
-    if name != "status":
+    if changes:
         log.info("memguard_operator_action", task=task.name, task_id=task.request.id,
                  sent_from=task.request.origin, result=result)
     return result
@@ -52,19 +54,19 @@ def _operator_call(task: Task, name: str, fn: Any, args: tuple[Any, ...], kwargs
 @shared_task(name="memguard.force", bind=True)
 def force(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Force write_only fleet-wide: kwargs reason (default manual_ops), ttl_seconds (600)."""
-    return _operator_call(self, "force", ops.force, args, kwargs)
+    return _operator_call(self, ops.force, args, kwargs)
 
 
 @shared_task(name="memguard.clear", bind=True)
 def clear(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Remove the forced record now."""
-    return _operator_call(self, "clear", ops.clear, args, kwargs)
+    return _operator_call(self, ops.clear, args, kwargs)
 
 
 @shared_task(name="memguard.status", bind=True)
 def status(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """The fleet's mode, record, seconds left and failure count."""
-    return _operator_call(self, "status", ops.status, args, kwargs)
+    return _operator_call(self, ops.status, args, kwargs, changes=False)
 
 
 @shared_task(name="memguard.probe", bind=True, ignore_result=True)

@@ -23,8 +23,6 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
-
 FAULTS = (
     "ok", "401", "403", "404", "429", "500", "500_text", "503", "503_text",
     "slow", "hang", "reset", "bad_json",
@@ -211,28 +209,16 @@ class ZepStub:
     def stats(self) -> dict[str, Any]:
         return self.state.stats()
 
+    def reads_of(self, thread_id: str) -> int:
+        """How many reads of ``thread_id`` reached the stub (the prober reads its own thread)."""
+        with self.state.lock:
+            return self.state.reads_by_thread[thread_id]
+
     def __enter__(self) -> ZepStub:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class StubControl:
-    """Drive a stub running in another process over its control endpoints."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-
-    def set_fault(self, fault: str, delay_ms: int = 0) -> None:
-        r = httpx.post(f"{self.url}/_stub/fault", json={"fault": fault, "delay_ms": delay_ms}, timeout=5)
-        r.raise_for_status()
-
-    def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/_stub/stats", timeout=5).json()
-
-    def reset_counts(self) -> None:
-        httpx.post(f"{self.url}/_stub/reset", timeout=5).raise_for_status()
 
 
 def main(argv: list[str] | None = None) -> None:

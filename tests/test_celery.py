@@ -11,6 +11,7 @@ import pytest
 
 from memguard import flags, service
 from memguard.localstack import wait_for
+from memguard.prober import PROBE_THREAD_ID
 from memguard.state import PROBE_LOCK_KEY
 from memguard.zepstub import ZepStub
 
@@ -18,7 +19,7 @@ from .conftest import ROOT
 
 
 def probes(stub: ZepStub) -> int:
-    return stub.stats()["reads_by_thread"].get("memguard-probe", 0)
+    return stub.reads_of(PROBE_THREAD_ID)
 
 
 def test_drill_passes_end_to_end():

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from memguard import events, flags, service
 from memguard.modes import EffectiveMode
-from memguard.prober import probe_once
+from memguard.prober import PROBE_THREAD_ID, probe_once
 from memguard.state import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
 
 CLIENTS = ["zep-python", "zep-cloud"]
@@ -119,7 +119,7 @@ def test_probe_success_restores(configure, stub, recorded):
     assert service.fetch_thread_context("t-5")[1]["source"] == "write_only_forced"
     result = probe_once(rt)
     assert result["result"] == "success"
-    assert stub.stats()["reads_by_thread"]["memguard-probe"] == 1
+    assert stub.reads_of(PROBE_THREAD_ID) == 1
     assert flags.get_forced_mode() is None
     assert service.fetch_thread_context("t-5")[0] == "context for t-5"
     restored = of(events.ModeRestored, recorded)
