@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("drill", help="run the auth, failure and recovery drills end to end")
     p.add_argument("--redis-url", help="run against this Redis (a canary) instead of a local stack")
     p.add_argument("--zep-url", help="with --redis-url: the canary's Zep root URL")
-    p.add_argument("--zep-key", help="with --redis-url: the canary's Zep API key (else ZEP_API_KEY)")
+    p.add_argument("--zep-key", help="the canary's Zep API key (else ZEP_API_KEY); locally, the key "
+                   "the stub accepts")
+    p.add_argument("--logdir", help="local stack: where the worker and beat write their logs")
     p.add_argument("--hold", type=int, default=5, help="hold seconds for the local stack (default 5)")
     p = sub.add_parser("metrics", help="serve /metrics")
     p.add_argument("--port", type=int, default=9464)
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.zep_url and not args.redis_url:
                 parser.error("--zep-url needs --redis-url")
-            return drill.run(args.redis_url, args.zep_url, args.zep_key, hold=args.hold)
+            return drill.run(args.redis_url, args.zep_url, args.zep_key, hold=args.hold,
+                             logdir=args.logdir)
         elif args.cmd == "metrics":
             from memguard import metrics
 

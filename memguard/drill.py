@@ -167,7 +167,7 @@ def recovery_drill(tl: Timeline, set_fault: Callable[[str], None], hold: float, 
 
 
 def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str | None = None,
-        hold: int = HOLD_SECONDS, out: Any = None) -> int:
+        hold: int = HOLD_SECONDS, out: Any = None, logdir: str | None = None) -> int:
     tl = Timeline(out)
     interval = 1.0
     show = _on_event(tl)
@@ -202,15 +202,16 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
         else:
             redis_server = RedisServer().start()
             stack.append(redis_server)
-            stub = ZepStub(api_key=DRILL_KEY).start()
+            key = zep_key or DRILL_KEY
+            stub = ZepStub(api_key=key).start()
             stack.append(stub)
             tl.say(f"local stack: redis-server {redis_server.url}, Zep stub {stub.url}, hold {hold}s")
-            env = stack_env(redis_server.url, stub.url, DRILL_KEY,
+            env = stack_env(redis_server.url, stub.url, key,
                             MEMORY_DOWNGRADE_HOLD_SECONDS=str(hold),
                             MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS=str(interval),
                             MEMORY_ZEP_READ_TIMEOUT_MS="200")
             os.environ.update({k: env[k] for k in ("REDIS_URL", "ZEP_API_URL", "ZEP_API_KEY")})
-            logdir = tempfile.mkdtemp(prefix="memguard-drill-")
+            logdir = logdir or tempfile.mkdtemp(prefix="memguard-drill-")
             cwd = str(Path(__file__).resolve().parent.parent)
             env["PYTHONPATH"] = cwd + os.pathsep + env.get("PYTHONPATH", "")
             os.chdir(cwd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -22,14 +23,48 @@ def probes(stub: ZepStub) -> int:
     return stub.reads_of(PROBE_THREAD_ID)
 
 
-def test_drill_passes_end_to_end():
-    out = subprocess.run([sys.executable, "-m", "memguard.cli", "drill"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=180)
+PLANTED_KEY = "planted-zep-key-7Qx2Lm"
+# Celery's SIGTERM handler writes this straight to stdout, outside logging: not a log line.
+CELERY_CONSOLE_NOTICE = re.compile(r"worker: (Warm|Cold) shutdown \(MainProcess\)")
+
+
+def test_drill_passes_end_to_end_with_json_logs_and_no_secret(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "memguard.cli", "drill", "--zep-key", PLANTED_KEY,
+                          "--logdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("auth", "failure", "recovery"):
         assert f"PASS  {name} drill" in out.stdout
     assert "probe reads=1" in out.stdout
     assert "fleet mode -> read_write" in out.stdout
+
+    # Every log line of the drill (its own, the worker's and the beat's) is one JSON object.
+    logs = {"drill": out.stderr, **{p.name: p.read_text() for p in tmp_path.glob("*.log")}}
+    assert {"drill-worker.log", "drill-beat.log"} <= logs.keys()
+    records = []
+    for source, text in logs.items():
+        assert PLANTED_KEY not in text, f"the Zep API key leaked into {source}"
+        for line in filter(str.strip, text.splitlines()):
+            if CELERY_CONSOLE_NOTICE.fullmatch(line):
+                continue
+            record = json.loads(line)
+            assert {"event", "level", "timestamp"} <= record.keys(), (source, record)
+            records.append(record)
+    assert PLANTED_KEY not in out.stdout
+    by_event: dict[str, list[dict]] = {}
+    for r in records:
+        by_event.setdefault(r["event"], []).append(r)
+    documented = {
+        "memory_mode_forced": {"prev_mode", "next_mode", "reason", "hold_seconds", "until"},
+        "memory_mode_restored": {"mode", "reason"},
+        "zep_auth_failure_auto_downgrade": set(),
+        "zep_consecutive_failures_auto_downgrade": {"fail_count"},
+    }
+    for event, fields in documented.items():
+        assert by_event.get(event), f"no {event} line in the drill's logs"
+        assert all(fields <= r.keys() for r in by_event[event]), event
+    assert {r["reason"] for r in by_event["memory_mode_forced"]} == {"auth", "consecutive_failures"}
+    assert "probe_success" in {r["reason"] for r in by_event["memory_mode_restored"]}
+    assert any(r.get("task_name") == "memguard.probe" for r in by_event["memory_mode_restored"])
 
 
 def test_two_beats_two_workers_one_probe_per_expiry(stack):

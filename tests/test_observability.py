@@ -43,9 +43,22 @@ def test_prefork_exporter_shows_fleet_mode_and_summed_counters(stack, tmp_path):
     assert after[("memory_zep_downgrades_total", (("reason", "manual_ops"),))] == 3
     assert after[("memory_mode_restored_total", (("reason", "manual_clear"),))] == 2
     assert after[("memory_mode_hold_seconds_left", ())] > 50
-    # A force made outside the worker shows too: the gauge reads Redis, not process memory.
+    # A clear made outside the worker shows too: the gauge reads Redis, not process memory.
     flags.clear_forced_mode()
     assert scrape(port)[("memory_mode_gauge", (("mode", "read_write"),))] == 1
+
+    # Recovery by the beat-driven probe, run in a pool child, flips the gauge back as well.
+    stack.spawn("beat", "metrics-beat")
+    short = {"reason": "manual_ops", "ttl_seconds": 1}
+    stack.sender.send_task("memguard.force", kwargs=short).get(timeout=20)
+    assert scrape(port)[("memory_mode_gauge", (("mode", "write_only"),))] == 1
+    wait_for(lambda: flags.get_forced_mode() is None, 15, "the probe to restore")
+    recovered = scrape(port)
+    assert recovered[("memory_mode_gauge", (("mode", "read_write"),))] == 1
+    assert recovered[("memory_mode_gauge", (("mode", "write_only"),))] == 0
+    assert recovered[("memory_zep_probes_total", (("result", "success"),))] == 1
+    assert recovered[("memory_mode_restored_total", (("reason", "probe_success"),))] == 1
+    assert recovered[("memory_zep_downgrades_total", (("reason", "manual_ops"),))] == 4
     worker_log = worker.output()
     lines = [ln for ln in worker_log.splitlines() if ln.strip()]
     assert lines, "the worker logged nothing"
