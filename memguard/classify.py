@@ -1,15 +1,36 @@
-"""What a failed Zep read means for the guard: the one place that decides.
+"""What a failed read means for the guard: the one place that decides.
 
-Classification goes by the HTTP status the client reports (``status_code`` on its
-``ApiError``), never by exception class: zep-python 2.x and zep-cloud 4.x raise different
-classes for the same status. zep-python leaks a raw ``JSONDecodeError`` for some non-JSON
+Classification goes by the HTTP status the exception carries, never by its class:
+zep-python 2.x and zep-cloud 4.x raise different classes for the same status, and an
+application's own read may use httpx, requests or the standard library.
+
+| the read raised                                                   | reason       | action |
+| ----------------------------------------------------------------- | ------------ | ------ |
+| status 401 or 403                                                 | auth         | force  |
+| status 408                                                        | timeout      | count  |
+| status 5xx (a non-JSON 5xx body too)                              | http_5xx     | count  |
+| status 429                                                        | rate_limited | ignore |
+| any other status                                                  | http_4xx     | ignore |
+| a transport timeout (httpx, requests, urllib3, TimeoutError)      | timeout      | count  |
+| a connection error (httpx, requests, urllib3, ConnectionError)    | connection   | count  |
+| a payload that cannot be parsed (ValueError)                      | bad_payload  | ignore |
+| anything else                                                     | other        | ignore |
+| a read that returned but overran its budget (``timeout_ms``)      | timeout      | count  |
+
+The status is found, in order, on ``exc.status_code`` (the Zep SDKs' ``ApiError``, and any
+exception with an integer ``status_code``), ``exc.response.status_code`` (httpx's
+``HTTPStatusError``, requests' ``HTTPError``) and ``exc.status`` (``urllib.error.HTTPError``,
+aiohttp, urllib3 responses). zep-python leaks a raw ``JSONDecodeError`` for some non-JSON
 error bodies, so the adapter records the last HTTP status it saw and passes it in here.
 """
 
 from __future__ import annotations
 
 import enum
+import http.client
 import json
+import sys
+import urllib.error
 from dataclasses import dataclass
 
 import httpx
@@ -28,26 +49,56 @@ class Verdict:
     status: int | None = None
 
 
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status an exception carries, from any of the common clients, or None."""
+    for holder, attr in ((exc, "status_code"), (getattr(exc, "response", None), "status_code"),
+                         (exc, "status")):
+        status = getattr(holder, attr, None)
+        if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+            return status
+    return None
+
+
 def classify(exc: BaseException, last_status: int | None = None) -> Verdict:
-    """Map a read failure to the action DESIGN.md's trigger table prescribes."""
-    status = getattr(exc, "status_code", None)
-    if not isinstance(status, int):
-        status = None
+    """Map a read failure to the action of the table above."""
+    status = status_of(exc)
     if status is None and isinstance(exc, json.JSONDecodeError):
         status = last_status
         if status is None or 200 <= status < 300:
             return Verdict(Action.IGNORE, "bad_payload", status)
     if status is not None:
         return _by_status(status)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, _timeouts()):
         return Verdict(Action.COUNT, "timeout")
-    if isinstance(exc, httpx.TransportError):
-        return Verdict(Action.COUNT, "connection")
-    if isinstance(exc, TimeoutError):
-        return Verdict(Action.COUNT, "timeout")
-    if isinstance(exc, ConnectionError):
+    if isinstance(exc, _connection_errors()):
         return Verdict(Action.COUNT, "connection")
     return Verdict(Action.IGNORE, "bad_payload" if isinstance(exc, ValueError) else "other")
+
+
+def _timeouts() -> tuple[type[BaseException], ...]:
+    """Timeout classes of httpx, the standard library and, when the app uses them, requests/urllib3."""
+    found: list[type[BaseException]] = [httpx.TimeoutException, TimeoutError]
+    requests = sys.modules.get("requests")
+    if requests is not None:
+        found.append(requests.exceptions.Timeout)
+    urllib3 = sys.modules.get("urllib3")
+    if urllib3 is not None:
+        found.append(urllib3.exceptions.TimeoutError)
+    return tuple(found)
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors: a refused or reset connection, a broken protocol, a DNS failure."""
+    found: list[type[BaseException]] = [httpx.TransportError, ConnectionError, http.client.HTTPException,
+                                        urllib.error.URLError]
+    requests = sys.modules.get("requests")
+    if requests is not None:
+        found.append(requests.exceptions.ConnectionError)
+    urllib3 = sys.modules.get("urllib3")
+    if urllib3 is not None:
+        found.extend((urllib3.exceptions.ProtocolError, urllib3.exceptions.NewConnectionError,
+                      urllib3.exceptions.MaxRetryError))
+    return tuple(found)
 
 
 def _by_status(status: int) -> Verdict:

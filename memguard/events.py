@@ -69,7 +69,7 @@ class ReadFinished:
 class GuardTrouble:
     """The guard's own parts misbehaved: Redis errors, corrupt keys, lost events."""
 
-    kind: str  # redis_error, corrupt_state, repaired_counter, auto_downgrade_disabled
+    kind: str  # redis_error, corrupt_state, auto_downgrade_disabled, config_error
     op: str
     detail: str = ""
 

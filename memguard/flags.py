@@ -31,7 +31,7 @@ __all__ = [
 
 def base_mode() -> EffectiveMode:
     """The mode the environment flags allow (FLAG_ZEP_WRITE, FLAG_ZEP_READ)."""
-    return runtime.get().guard.base
+    return runtime.get().state.base
 
 
 def effective_mode() -> EffectiveMode:
@@ -49,20 +49,21 @@ def force_write_only(reason: str, ttl_seconds: int = DEFAULT_HOLD_SECONDS,
                      by: dict[str, Any] | None = None) -> dict[str, Any]:
     """Force write_only fleet-wide for ``ttl_seconds``, replacing any record (operator action)."""
     reason, ttl_seconds = check_force_args(reason, ttl_seconds)
-    transition = runtime.get().guard.force(reason, ttl_seconds, by or origin("api"), auto=False)
-    assert transition is not None and transition.record is not None
+    transition = runtime.get().state.force(reason, ttl_seconds, by or origin("api"), auto=False)
+    assert transition.record is not None
     return transition.record.as_dict()
 
 
 def clear_forced_mode(by: dict[str, Any] | None = None) -> bool:
     """Remove the forced record now; True if there was one."""
-    return runtime.get().guard.clear(by or origin("api")) is not None
+    return runtime.get().state.clear(by or origin("api")).previous is not None
 
 
 def increment_consecutive_failures() -> int:
     """Count one failure atomically (forcing at the threshold) and return the new count."""
-    return runtime.get().guard.count_failure(origin("api")).fail_count
+    return runtime.get().state.record_failure(origin("api")).fail_count
 
 
 def reset_consecutive_failures() -> None:
+    """End the failure window, as a successful read does."""
     runtime.get().state.reset_failures()

@@ -116,6 +116,7 @@ class _Sampler:
 
 
 _sampler = _Sampler(BLOCKED_LOG_INTERVAL_S)
+_config_errors_logged: set[str] = set()
 
 
 def on_event(event: events.Event) -> None:
@@ -142,6 +143,10 @@ def on_event(event: events.Event) -> None:
     elif isinstance(event, events.ProbeFinished):
         log.info("memory_probe_finished", result=event.result,
                  duration_ms=round(event.duration_seconds * 1000, 1), error=event.error)
+    elif isinstance(event, events.GuardTrouble) and event.kind == "config_error":
+        if event.detail not in _config_errors_logged:  # once per process: it will not fix itself
+            _config_errors_logged.add(event.detail)
+            log.error("memguard_config_error", op=event.op, detail=event.detail)
     elif isinstance(event, events.GuardTrouble):
         suppressed = _sampler.take(f"trouble:{event.kind}:{event.op}")
         if suppressed is not None:

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 from memguard import events
-from memguard.modes import EffectiveMode, combine
+from memguard.modes import EffectiveMode
 
 DOWNGRADES = Counter("memory_zep_downgrades_total", "Fleet downgrades to write_only, by reason",
                      ["reason"])
@@ -80,7 +80,7 @@ class FleetStateCollector(Collector):
         up.add_metric([], 1)
         yield up
         record = snap.record
-        current = combine(rt.guard.base, record is not None)
+        current = rt.state.mode(record)
         mode = GaugeMetricFamily("memory_mode_gauge", "1 for the fleet's current effective mode",
                                  labels=["mode"])
         for m in EffectiveMode:

@@ -1,8 +1,8 @@
 """Operator actions (force, clear, status, probe) with their input checks.
 
-Celery's ``celery call`` sends any keyword names and values unchecked, so every entry
-point (tasks, command line, flags API) goes through these checks; a refused call raises
-``OperatorError`` naming what is wrong and changes nothing.
+Celery's ``celery call`` sends any keyword names and values unchecked, so every operator
+entry point (tasks, command line) goes through these checks; a refused call raises
+``OperatorError`` naming every problem at once and changes nothing.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from typing import Any
 
 from memguard import runtime
 from memguard.guard import origin
-from memguard.modes import combine
-from memguard.prober import probe_once
+from memguard.prober import Probe, probe_once
 
+# An operator's force (``memguard.force``, ``memguard force``) holds this long by default.
+# The flags API keeps the seed's ``force_write_only(reason, ttl_seconds=300)``.
+OPERATOR_HOLD_SECONDS = 600
 MAX_TTL_SECONDS = 86_400
 MAX_REASON_LEN = 64
 FORCE_KEYS = frozenset({"reason", "ttl_seconds"})
@@ -22,51 +24,73 @@ FORCE_KEYS = frozenset({"reason", "ttl_seconds"})
 class OperatorError(ValueError):
     """An operator's request was refused; nothing was changed."""
 
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+def force_problems(reason: Any, ttl_seconds: Any) -> list[str]:
+    """Every problem with a force's arguments (empty when they are good)."""
+    problems = []
+    if not isinstance(reason, str) or not reason.strip():
+        problems.append(f"reason must be a non-empty string, got {reason!r}")
+    elif len(reason.strip()) > MAX_REASON_LEN:
+        problems.append(f"reason must be at most {MAX_REASON_LEN} characters, got {len(reason.strip())}")
+    elif not reason.isprintable() or not reason.isascii():
+        problems.append(f"reason must be printable ASCII, got {reason!r}")
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        problems.append(f"ttl_seconds must be a whole number of seconds, got {ttl_seconds!r}")
+    elif not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        problems.append(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}, got {ttl_seconds}")
+    return problems
+
 
 def check_force_args(reason: Any, ttl_seconds: Any) -> tuple[str, int]:
-    if not isinstance(reason, str) or not reason.strip():
-        raise OperatorError(f"reason must be a non-empty string, got {reason!r}")
-    reason = reason.strip()
-    if len(reason) > MAX_REASON_LEN:
-        raise OperatorError(f"reason must be at most {MAX_REASON_LEN} characters, got {len(reason)}")
-    if not reason.isprintable() or not reason.isascii():
-        raise OperatorError(f"reason must be printable ASCII, got {reason!r}")
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
-        raise OperatorError(f"ttl_seconds must be a whole number of seconds, got {ttl_seconds!r}")
-    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
-        raise OperatorError(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}, got {ttl_seconds}")
-    return reason, ttl_seconds
+    problems = force_problems(reason, ttl_seconds)
+    if problems:
+        raise OperatorError(*problems)
+    return reason.strip(), ttl_seconds
+
+
+def key_problems(kwargs: dict[str, Any], allowed: frozenset[str]) -> list[str]:
+    unknown = sorted(set(kwargs) - allowed)
+    if not unknown:
+        return []
+    return [f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed)) or 'none'}"]
 
 
 def check_keys(kwargs: dict[str, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise OperatorError(f"unknown argument(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+    problems = key_problems(kwargs, allowed)
+    if problems:
+        raise OperatorError(*problems)
 
 
 def force(by: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-    check_keys(kwargs, FORCE_KEYS)
-    reason, ttl = check_force_args(kwargs.get("reason", "manual_ops"), kwargs.get("ttl_seconds", 600))
-    transition = runtime.get().guard.force(reason, ttl, by or origin("ops"), auto=False)
-    assert transition is not None and transition.record is not None
-    return {"forced": True, **transition.record.as_dict()}
+    reason = kwargs.get("reason", "manual_ops")
+    ttl = kwargs.get("ttl_seconds", OPERATOR_HOLD_SECONDS)
+    problems = key_problems(kwargs, FORCE_KEYS) + force_problems(reason, ttl)
+    if problems:
+        raise OperatorError(*problems)
+    t = runtime.get().state.force(reason.strip(), ttl, by or origin("ops"), auto=False)
+    assert t.record is not None
+    return {"forced": True, **t.record.as_dict()}
 
 
 def clear(by: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     check_keys(kwargs, frozenset())
-    previous = runtime.get().guard.clear(by or origin("ops"))
-    return {"cleared": previous is not None, "previous_reason": previous.reason if previous else None}
+    t = runtime.get().state.clear(by or origin("ops"))
+    return {"cleared": t.previous is not None,
+            "previous_reason": t.previous.reason if t.previous else None}
 
 
-def status(**kwargs: Any) -> dict[str, Any]:
+def status(by: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     check_keys(kwargs, frozenset())
     rt = runtime.get()
     snap = rt.state.snapshot()
     record = snap.record
     out: dict[str, Any] = {
-        "mode": combine(rt.guard.base, record is not None).value,
-        "base_mode": rt.guard.base.value,
+        "mode": rt.state.mode(record).value,
+        "base_mode": rt.state.base.value,
         "forced": record is not None,
         "fail_count": snap.fail_count,
         "threshold": rt.settings.threshold,
@@ -89,6 +113,6 @@ def status(**kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def probe(by: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+def probe(by: dict[str, Any] | None = None, probe: Probe | None = None, **kwargs: Any) -> dict[str, Any]:
     check_keys(kwargs, frozenset())
-    return probe_once(runtime.get(), by)
+    return probe_once(runtime.get(), by, probe)

@@ -4,21 +4,27 @@ Only the prober (scheduled by beat) probes; the request path never does. The loc
 and released by Lua scripts that check its owner, and the result is applied only if the
 lock and the record are still the ones the probe started from (a probe that outlived its
 lock, or raced an operator's force, changes nothing).
+
+An application whose reads are not Zep SDK calls gives its own probe: a callable taking
+the timeout in seconds that raises on failure (``memguard.install(app, probe=...)``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from memguard import events
+from memguard import zep
 from memguard.classify import classify
 from memguard.guard import origin
 from memguard.runtime import Runtime
-from memguard.zep import last_status
+from memguard.state import Status
 
 PROBE_THREAD_ID = "memguard-probe"
 MIN_LOCK_MS = 2_000
+
+Probe = Callable[[float], object]
 
 
 def lock_ms(probe_timeout_ms: int) -> int:
@@ -26,41 +32,39 @@ def lock_ms(probe_timeout_ms: int) -> int:
     return max(MIN_LOCK_MS, 10 * probe_timeout_ms)
 
 
-def probe_once(rt: Runtime, by: dict[str, Any] | None = None) -> dict[str, Any]:
+def zep_probe(rt: Runtime) -> Probe:
+    """memguard's own probe: read the probe thread's context with memguard's Zep reader."""
+    reader = rt.reader
+    return lambda timeout_s: reader.read_context(PROBE_THREAD_ID, timeout_s)
+
+
+def probe_once(rt: Runtime, by: dict[str, Any] | None = None, probe: Probe | None = None) -> dict[str, Any]:
     """Probe Zep if a hold has expired; returns what happened (result: idle/held/busy/...)."""
     by = by or origin("probe")
     settings = rt.settings
+    read = probe or zep_probe(rt)
     claim, token = rt.state.claim_probe(lock_ms(settings.probe_timeout_ms))
-    if claim.status == "corrupt":
-        rt.guard.invalidate_view()
-        events.emit(events.GuardTrouble("corrupt_state", "probe", "forced record removed"))
+    if claim.status is Status.CORRUPT:
         return {"result": "corrupt_removed"}
-    if claim.status != "claimed":
-        out: dict[str, Any] = {"result": claim.status}
+    if claim.status is not Status.CLAIMED:
+        out: dict[str, Any] = {"result": claim.status.value}
         if claim.record is not None:
             out["until"] = claim.record.until
         return out
 
     started = time.perf_counter()
     error = ""
+    zep.forget_status()
     try:
-        rt.reader.read_context(PROBE_THREAD_ID, settings.probe_timeout_s)
+        read(settings.probe_timeout_s)
         ok = True
     except Exception as exc:
-        verdict = classify(exc, last_status())
+        verdict = classify(exc, zep.last_status())
         ok = verdict.status == 404  # Zep answered: the probe thread simply does not exist
         error = "" if ok else f"{verdict.reason}:{type(exc).__name__}"
-    duration = time.perf_counter() - started
-
-    t = rt.state.finish_probe(token, claim.ident, success=ok, hold_seconds=settings.hold_seconds, by=by)
-    rt.guard.invalidate_view()
-    result = {"restored": "success", "reforced": "failed"}.get(t.status, t.status)
-    events.emit(events.ProbeFinished(result, duration, error))
-    if t.status == "restored" and t.previous is not None:
-        events.emit(events.ModeRestored(rt.guard.base.value, "probe_success", t.previous.reason, by))
-    elif t.status == "reforced":
-        events.emit(rt.guard.forced_event(t))
-    out = {"result": result, "duration_ms": round(duration * 1000, 1), "error": error}
+    t = rt.state.finish_probe(token, claim, success=ok, started=started, error=error, by=by)
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    out = {"result": t.status.probe_result, "duration_ms": duration_ms, "error": error}
     if t.record is not None:
         out["until"] = t.record.until
     return out

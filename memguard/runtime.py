@@ -1,7 +1,9 @@
-"""The process's memguard objects, built once from the settings and rebuilt after a fork.
+"""The process's memguard objects, built on first use and rebuilt after a fork.
 
-Celery prefork children and gunicorn workers fork after import: the child gets a fresh
-watcher thread and Redis connections, never the parent's.
+Nothing is built at import: the first guarded read, ``configure()`` or ``install()`` builds
+the runtime. Celery prefork children and gunicorn workers fork after that: the child drops
+the parent's objects (its watcher thread does not exist there) and builds its own on its
+first read, so a function decorated at import time is as cheap in a child as in the parent.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Runtime:
 
     @property
     def reader(self) -> ZepReader:
+        """memguard's own Zep reader; raises SettingsError when it cannot be built."""
         if self._reader is None:
             self._reader = make_reader(self.settings)
         return self._reader
@@ -55,49 +58,67 @@ class Runtime:
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+_settings: Settings | None = None  # kept across a fork so the child rebuilds the same
+_fork_hook_registered = False
 
 
 def build(settings: Settings, *, watch: bool = True) -> Runtime:
-    state = State(redis_client(settings), grace_seconds=settings.probe_grace_seconds)
+    state = State(redis_client(settings), settings)
     watcher = Watcher(state, redis_client(settings, socket_timeout_s=1.0), settings.probe_grace_seconds)
+    state.on_change = watcher.invalidate
     if watch:
         watcher.start()
     return Runtime(settings, Guard(settings, state, watcher), watcher)
 
 
 def get() -> Runtime:
-    """The process-wide runtime, built from the environment on first use."""
-    global _runtime
-    if _runtime is None:
-        with _lock:
-            if _runtime is None:
-                _install_default_hooks()
-                _runtime = build(Settings.from_env())
-    return _runtime
+    """The process-wide runtime, built on first use (from the environment unless configured).
+
+    Raises ``SettingsError`` naming the variable when the configuration is bad.
+    """
+    rt = _runtime
+    if rt is not None:
+        return rt
+    with _lock:
+        if _runtime is None:
+            _subscribe_hooks()
+            _install(_settings or Settings.from_env())
+        assert _runtime is not None
+        return _runtime
 
 
 def configure(settings: Settings | None = None, *, watch: bool = True) -> Runtime:
     """Replace the process-wide runtime (tests, drills, applications with their own settings)."""
-    global _runtime
+    global _settings
     with _lock:
         if _runtime is not None:
             _runtime.close()
-        _install_default_hooks()
-        _runtime = build(settings or Settings.from_env(), watch=watch)
-        return _runtime
+        _subscribe_hooks()
+        _settings = settings or Settings.from_env()
+        return _install(_settings, watch=watch)
 
 
-def _install_default_hooks() -> None:
+def _subscribe_hooks() -> None:
+    """Logs and metrics hear every event from the first use on (a config error included)."""
     from memguard import logs, metrics
 
     events.subscribe(logs.on_event)
     events.subscribe(metrics.on_event)
 
 
+def _install(settings: Settings, *, watch: bool = True) -> Runtime:
+    global _runtime, _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook_registered = True
+    _runtime = build(settings, watch=watch)
+    return _runtime
+
+
 def _after_fork_in_child() -> None:
-    global _runtime
+    """Forget the parent's runtime; the child's first read builds its own (no work in the hook)."""
+    global _runtime, _settings, _lock
     if _runtime is not None:
-        _runtime = build(_runtime.settings)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+        _settings = _runtime.settings
+    _runtime = None
+    _lock = threading.Lock()  # the parent may have held it while forking

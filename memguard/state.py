@@ -1,20 +1,31 @@
-"""The fleet-wide downgrade state in Redis.
+"""The fleet-wide downgrade state in Redis, and the one object that changes it.
 
 Every transition is one Lua script, registered once and run atomically on the server, so
 that N workers failing together produce exactly one downgrade and no failure is lost. Time
 comes from the Redis server's clock (``TIME``) so workers with skewed clocks still agree.
 Each script that changes the forced record publishes on ``CHANGES_CHANNEL`` in the same
 round trip; that is what keeps in-process views fresh (see ``memguard.watch``).
+
+``State`` is the only writer: it runs the script, tells the local view to re-read, and emits
+the event (``memguard.events``) that metrics, logs and other hooks subscribe to. Guard,
+prober, flags, tasks and CLI call it and never finish a transition by hand.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from memguard import events
+from memguard.modes import EffectiveMode, base_mode_of, combine
+from memguard.settings import Settings
 
 FORCED_MODE_KEY = "mem:mode:forced:v1"
 CONSECUTIVE_FAILURES_KEY = "mem:read:consec_failures"
@@ -60,6 +71,7 @@ end
 """
 
 # KEYS: forced. ARGV: reason, hold_ms, grace_ms, by(json), auto(1/0), channel.
+# -> {"held", current} (auto and a record exists) | {"forced", new, previous or ""}
 _FORCE = """
 local now = now_ms()
 local raw = redis.call('GET', KEYS[1])
@@ -70,36 +82,38 @@ return {'forced', new, raw or ''}
 """
 
 # KEYS: counter, forced. ARGV: window_ms, threshold, hold_ms, grace_ms, by, auto, channel.
+# -> {status, count, record or "", repaired ("1" or ""), previous or ""};
+#    status: "counted" (below threshold), "held" (a record exists), "disabled", "forced"
 _RECORD_FAILURE = """
 local repaired = ''
 local count = redis.pcall('INCR', KEYS[1])
 if type(count) == 'table' then
   redis.call('DEL', KEYS[1])
   count = redis.call('INCR', KEYS[1])
-  repaired = 'repaired'
+  repaired = '1'
 end
 if count == 1 or redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
   redis.call('PUBLISH', ARGV[7], 'failures')
 end
-if count < tonumber(ARGV[2]) then return {count, 'counted', '', repaired} end
+if count < tonumber(ARGV[2]) then return {'counted', count, '', repaired, ''} end
 local raw = redis.call('GET', KEYS[2])
 local prev = decode(raw)
-if prev then return {count, 'held', raw, repaired} end
-if ARGV[6] ~= '1' then return {count, 'disabled', '', repaired} end
+if prev then return {'held', count, raw, repaired, ''} end
+if ARGV[6] ~= '1' then return {'disabled', count, '', repaired, ''} end
 local new = force(KEYS[2], now_ms(), 'consecutive_failures', tonumber(ARGV[3]),
                   tonumber(ARGV[4]), ARGV[5], nil, ARGV[7])
-return {count, 'forced', new, repaired, raw or ''}
+return {'forced', count, new, repaired, raw or ''}
 """
 
-# KEYS: counter. ARGV: channel.
+# KEYS: counter. ARGV: channel. -> number of keys deleted (0 or 1)
 _RESET_FAILURES = """
 local n = redis.call('DEL', KEYS[1])
 if n > 0 then redis.call('PUBLISH', ARGV[1], 'reset') end
 return n
 """
 
-# KEYS: forced, counter. ARGV: channel.
+# KEYS: forced, counter. ARGV: channel. -> the removed record or ""
 _CLEAR = """
 local raw = redis.call('GET', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -107,7 +121,7 @@ if raw then redis.call('PUBLISH', ARGV[1], 'cleared') end
 return raw or ''
 """
 
-# KEYS: forced, counter. Returns the record, the counter, its ttl and the server time.
+# KEYS: forced, counter. -> {record or "", counter or "" ("?" if not a string), counter pttl, now_ms}
 _SNAPSHOT = """
 local raw = redis.call('GET', KEYS[1])
 local count = redis.pcall('GET', KEYS[2])
@@ -116,6 +130,7 @@ return {raw or '', count or '', redis.call('PTTL', KEYS[2]), tostring(now_ms())}
 """
 
 # KEYS: forced. ARGV: grace_ms, channel. Ends an expired hold nobody probed in time.
+# -> the removed record, or "" (none, or not yet past hold plus grace)
 _LAPSE = """
 local raw = redis.call('GET', KEYS[1])
 local rec = decode(raw)
@@ -126,6 +141,7 @@ return raw
 """
 
 # KEYS: forced, lock. ARGV: token, lock_ms, channel.
+# -> {"idle"} | {"corrupt", raw} (removed) | {"held", raw} | {"busy", raw} | {"claimed", raw, id}
 _PROBE_CLAIM = """
 local now = now_ms()
 local raw = redis.call('GET', KEYS[1])
@@ -144,6 +160,7 @@ return {'busy', raw}
 """
 
 # KEYS: forced, lock, counter. ARGV: token, id, success(1/0), hold_ms, grace_ms, by, channel.
+# -> {"lost", ""} | {"superseded", raw} | {"restored", raw} | {"reforced", new, previous}
 _PROBE_FINISH = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost', ''} end
 redis.call('DEL', KEYS[2])
@@ -161,13 +178,41 @@ return {'reforced', new, raw}
 """
 
 
+class Status(enum.StrEnum):
+    """What a transition script did (the first element of its reply)."""
+
+    FORCED = "forced"  # a record was written
+    HELD = "held"  # a record already holds (automatic trigger) or the hold has not ended (probe)
+    COUNTED = "counted"  # a failure was counted below the threshold
+    DISABLED = "disabled"  # the threshold was reached with DISABLE_AUTO_DOWNGRADE set
+    CLEARED = "cleared"  # an operator removed the record
+    LAPSED = "lapsed"  # an expired hold nobody probed within the grace period was ended
+    IDLE = "idle"  # nothing to do: no record
+    CORRUPT = "corrupt"  # an unreadable record was found and removed
+    CLAIMED = "claimed"  # this prober holds the probe lock
+    BUSY = "busy"  # another prober holds it
+    LOST = "lost"  # the probe outlived its lock: its result was dropped
+    SUPERSEDED = "superseded"  # the record changed during the probe: its result was dropped
+    RESTORED = "restored"  # the probe succeeded and the record was removed
+    REFORCED = "reforced"  # the probe failed and the fleet holds again
+
+    @property
+    def probe_result(self) -> str:
+        """The ``result`` label of a finished probe: success, failed, lost or superseded."""
+        return {"restored": "success", "reforced": "failed"}.get(self.value, self.value)
+
+
 class CorruptRecord(ValueError):
     """A memguard key holds a value memguard did not write."""
 
 
 @dataclass(frozen=True)
 class ForcedRecord:
-    """The forced-mode record as stored in Redis (times are Redis epoch seconds)."""
+    """The forced-mode record as stored in Redis (times are Redis epoch seconds).
+
+    Records in the original format (``mode``, ``reason``, ``until``, ``forced_at`` only) are
+    read as well: the other fields have defaults.
+    """
 
     mode: str
     reason: str
@@ -230,11 +275,10 @@ class Snapshot:
 class Transition:
     """What a script did: its status, the record it left and the one it replaced."""
 
-    status: str
+    status: Status
     record: ForcedRecord | None = None
     previous: ForcedRecord | None = None
     fail_count: int = 0
-    repaired: bool = False
     ident: str = ""
 
 
@@ -248,24 +292,24 @@ def _record(raw: str | None) -> ForcedRecord | None:
 
 
 class State:
-    """Atomic operations on the forced record, the failure counter and the probe lock."""
+    """Every change to the forced record, the failure counter and the probe lock.
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        grace_seconds: int = 60,
-        forced_key: str = FORCED_MODE_KEY,
-        counter_key: str = CONSECUTIVE_FAILURES_KEY,
-        lock_key: str = PROBE_LOCK_KEY,
-        channel: str = CHANGES_CHANNEL,
-    ) -> None:
+    Each method is one script run; on a change it calls ``on_change`` (the process's view
+    re-reads) and emits the event. Redis errors are raised: the caller decides whether to
+    fail open (the request path) or report (operators).
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings, *,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.client = client
-        self.grace_ms = grace_seconds * 1000
-        self.forced_key = forced_key
-        self.counter_key = counter_key
-        self.lock_key = lock_key
-        self.channel = channel
+        self.settings = settings
+        self.base = base_mode_of(settings)
+        self.on_change = on_change or (lambda: None)
+        self.grace_ms = settings.probe_grace_seconds * 1000
+        self.forced_key = FORCED_MODE_KEY
+        self.counter_key = CONSECUTIVE_FAILURES_KEY
+        self.lock_key = PROBE_LOCK_KEY
+        self.channel = CHANGES_CHANNEL
         reg = client.register_script
         self._force = reg(_PRELUDE + _FORCE)
         self._record_failure = reg(_PRELUDE + _RECORD_FAILURE)
@@ -275,6 +319,8 @@ class State:
         self._lapse = reg(_PRELUDE + _LAPSE)
         self._claim = reg(_PRELUDE + _PROBE_CLAIM)
         self._finish = reg(_PRELUDE + _PROBE_FINISH)
+
+    # -- reads ----------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
         raw, count, ttl, now = self._snapshot(keys=[self.forced_key, self.counter_key])
@@ -291,71 +337,115 @@ class State:
             fail_count = 0
         return Snapshot(record, corrupt, fail_count, int(ttl), int(now) / 1000.0)
 
+    def mode(self, record: ForcedRecord | None) -> EffectiveMode:
+        return combine(self.base, record is not None)
+
+    # -- transitions ----------------------------------------------------------------------
+
     def force(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool) -> Transition:
-        """Write a record; an automatic trigger never replaces (or shortens) an existing one."""
-        res = self._force(
+        """Write a record; an automatic trigger never replaces (or shortens) an existing one,
+        and does nothing under DISABLE_AUTO_DOWNGRADE."""
+        if auto and self.settings.disable_auto_downgrade:
+            events.emit(events.GuardTrouble("auto_downgrade_disabled", "force", reason))
+            return Transition(Status.DISABLED)
+        status, *rest = self._force(
             keys=[self.forced_key],
             args=[reason, hold_seconds * 1000, self.grace_ms, json.dumps(by), int(auto), self.channel],
         )
-        if res[0] == "held":
-            return Transition("held", record=_record(res[1]))
-        return Transition("forced", record=_record(res[1]), previous=_record(res[2]))
+        if status == Status.HELD:
+            return Transition(Status.HELD, record=_record(rest[0]))
+        t = Transition(Status.FORCED, record=_record(rest[0]), previous=_record(rest[1]))
+        self.on_change()
+        self._forced(t)
+        return t
 
-    def record_failure(
-        self, *, window_seconds: int, threshold: int, hold_seconds: int, by: dict[str, Any], auto: bool
-    ) -> Transition:
-        """Count one failure and, at the threshold, force: one round trip."""
-        res = self._record_failure(
+    def record_failure(self, by: dict[str, Any]) -> Transition:
+        """Count one failure fleet-wide and, at the threshold, force: one round trip."""
+        s = self.settings
+        status, count, raw, repaired, previous = self._record_failure(
             keys=[self.counter_key, self.forced_key],
-            args=[
-                window_seconds * 1000,
-                threshold,
-                hold_seconds * 1000,
-                self.grace_ms,
-                json.dumps(by),
-                int(auto),
-                self.channel,
-            ],
+            args=[s.window_seconds * 1000, s.threshold, s.hold_seconds * 1000, self.grace_ms,
+                  json.dumps(by), int(not s.disable_auto_downgrade), self.channel],
         )
-        count, status, raw, repaired = res[0], res[1], res[2], res[3]
-        previous = _record(res[4]) if len(res) > 4 else None
-        return Transition(
-            status, record=_record(raw), previous=previous, fail_count=int(count), repaired=bool(repaired)
-        )
+        t = Transition(Status(status), record=_record(raw), previous=_record(previous),
+                       fail_count=int(count))
+        self.on_change()  # the count changed too: a success must now reset it
+        if repaired:
+            events.emit(events.GuardTrouble("corrupt_state", "count", "failure counter was not an integer"))
+        if t.status is Status.FORCED:
+            self._forced(t)
+        elif t.status is Status.DISABLED:
+            events.emit(events.GuardTrouble("auto_downgrade_disabled", "count", f"fail_count={count}"))
+        return t
 
     def reset_failures(self) -> bool:
+        """End the failure window (a read succeeded); True if there was a count."""
         return bool(self._reset(keys=[self.counter_key], args=[self.channel]))
 
-    def clear(self) -> ForcedRecord | None:
-        """Remove the record (and the failure count); returns what was removed."""
-        return _record(self._clear(keys=[self.forced_key, self.counter_key], args=[self.channel]))
+    def clear(self, by: dict[str, Any]) -> Transition:
+        """Remove the record and the failure count now (an operator's clear)."""
+        previous = _record(self._clear(keys=[self.forced_key, self.counter_key], args=[self.channel]))
+        self.on_change()
+        if previous is None:
+            return Transition(Status.IDLE)
+        events.emit(events.ModeRestored(self.base.value, "manual_clear", previous.reason, by))
+        return Transition(Status.CLEARED, previous=previous)
 
-    def lapse(self) -> ForcedRecord | None:
-        """End a record whose hold plus grace has passed on the Redis clock; returns it."""
-        return _record(self._lapse(keys=[self.forced_key], args=[self.grace_ms, self.channel]))
+    def lapse(self, by: dict[str, Any]) -> Transition:
+        """End a record whose hold plus grace has passed on the Redis clock."""
+        previous = _record(self._lapse(keys=[self.forced_key], args=[self.grace_ms, self.channel]))
+        if previous is None:
+            return Transition(Status.IDLE)
+        self.on_change()
+        events.emit(events.ModeRestored(self.base.value, "lapsed", previous.reason, by))
+        return Transition(Status.LAPSED, previous=previous)
 
     def claim_probe(self, lock_ms: int) -> tuple[Transition, str]:
         """Take the fleet-wide probe lock if a hold has expired; returns the lock token."""
         token = secrets.token_hex(16)
-        res = self._claim(keys=[self.forced_key, self.lock_key], args=[token, lock_ms, self.channel])
-        status = res[0]
-        raw = res[1] if len(res) > 1 else ""
-        if status == "corrupt":
-            return Transition("corrupt"), token
-        return Transition(status, record=_record(raw), ident=res[2] if len(res) > 2 else ""), token
+        status, *rest = self._claim(keys=[self.forced_key, self.lock_key],
+                                    args=[token, lock_ms, self.channel])
+        if status == Status.CORRUPT:
+            self.on_change()
+            events.emit(events.GuardTrouble("corrupt_state", "probe", "forced record removed"))
+            return Transition(Status.CORRUPT), token
+        record = _record(rest[0]) if rest else None
+        return Transition(Status(status), record=record, ident=rest[1] if len(rest) > 1 else ""), token
 
-    def finish_probe(
-        self, token: str, ident: str, *, success: bool, hold_seconds: int, by: dict[str, Any]
-    ) -> Transition:
+    def finish_probe(self, token: str, claim: Transition, *, success: bool, started: float,
+                     error: str, by: dict[str, Any]) -> Transition:
         """Apply a probe's result, unless the lock or the record changed meanwhile."""
-        res = self._finish(
+        status, *rest = self._finish(
             keys=[self.forced_key, self.lock_key, self.counter_key],
-            args=[token, ident, int(success), hold_seconds * 1000, self.grace_ms, json.dumps(by),
-                  self.channel],
+            args=[token, claim.ident, int(success), self.settings.hold_seconds * 1000, self.grace_ms,
+                  json.dumps(by), self.channel],
         )
-        status = res[0]
-        if status == "reforced":
-            return Transition(status, record=_record(res[1]), previous=_record(res[2]))
-        if status == "restored":
-            return Transition(status, previous=_record(res[1]))
-        return Transition(status, record=_record(res[1]))
+        duration = time.perf_counter() - started
+        if status == Status.REFORCED:
+            t = Transition(Status.REFORCED, record=_record(rest[0]), previous=_record(rest[1]))
+        elif status == Status.RESTORED:
+            t = Transition(Status.RESTORED, previous=_record(rest[0]))
+        else:
+            t = Transition(Status(status), record=_record(rest[0]))
+        self.on_change()
+        events.emit(events.ProbeFinished(t.status.probe_result, duration, error))
+        if t.status is Status.RESTORED and t.previous is not None:
+            events.emit(events.ModeRestored(self.base.value, "probe_success", t.previous.reason, by))
+        elif t.status is Status.REFORCED:
+            self._forced(t)
+        return t
+
+    def _forced(self, t: Transition) -> None:
+        record = t.record
+        if record is None:
+            return
+        events.emit(events.ModeForced(
+            prev_mode=self.mode(t.previous).value,
+            next_mode=self.mode(record).value,
+            reason=record.reason,
+            hold_seconds=record.until - record.forced_at,
+            until=record.until,
+            holds=record.holds,
+            fail_count=t.fail_count or None,
+            by=record.by,
+        ))

@@ -1,27 +1,36 @@
-"""The whole Celery integration: the four tasks, the beat entry, logging and metrics hooks.
+"""The whole Celery integration: the four tasks, the probe's beat entry, beat settings that
+keep the RedBeat lock, start-up checks, logging and metrics hooks.
 
 An application's own Celery app gets everything with one call::
 
-    import memguard.tasks
-    memguard.tasks.install(app)
+    import memguard
+    memguard.install(app)
 
-Settings come from the environment (DESIGN.md) and, for Celery-side choices, from
-``app.conf`` keys prefixed ``memguard_`` (``memguard_probe_interval``).
+Settings come from the environment (see docs/settings.md); Celery-side choices from
+``app.conf`` keys prefixed ``memguard_`` (``memguard_probe_interval``). Nothing here runs at
+import: ``install`` registers the tasks on that app and connects its signal handlers.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
-from celery import Celery, Task, shared_task, signals
+from celery import Celery, Task, signals
 
 from memguard import logs, metrics, ops
 from memguard.guard import origin
-from memguard.settings import Settings
+from memguard.prober import Probe
+from memguard.settings import Settings, SettingsError
+from memguard.zep import make_reader
 
 PROBE_SCHEDULE_NAME = "memguard-probe"
+# Beat settings memguard gives an app that has not chosen its own: beat wakes every second
+# and the RedBeat lock outlives five wake-ups, so a standby takes over within ~5 s.
+BEAT_DEFAULTS = {"beat_max_loop_interval": 1, "redbeat_lock_timeout": 5}
 log = structlog.get_logger("memguard")
 
 
@@ -29,18 +38,14 @@ def _by(task: Task) -> dict[str, Any]:
     return origin("task", task_id=task.request.id, sent_from=task.request.origin or None)
 
 
-def _refuse_positional(args: tuple[Any, ...]) -> None:
-    if args:
-        raise ops.OperatorError(f"positional arguments are not accepted, got {list(args)!r}; "
-                                "use --kwargs")
-
-
-def _operator_call(task: Task, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                   changes: bool = True) -> Any:
-    """Run an operator action; refusals and changes are logged with who sent them."""
+def _operator_call(task: Task, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                   *, changes: bool = True) -> Any:
+    """Run an operator action; refusals, and changes when ``changes``, are logged with who sent them."""
     try:
-        _refuse_positional(args)
-        result = fn(by=_by(task), **kwargs) if changes else fn(**kwargs)
+        if args:
+            raise ops.OperatorError(f"positional arguments are not accepted, got {list(args)!r}; "
+                                    "use --kwargs")
+        result = fn(by=_by(task), **kwargs)
     except ops.OperatorError as exc:
         log.error("memguard_operator_refused", task=task.name, error=str(exc),
                   task_id=task.request.id, sent_from=task.request.origin)
@@ -51,51 +56,114 @@ def _operator_call(task: Task, fn: Any, args: tuple[Any, ...], kwargs: dict[str,
     return result
 
 
-@shared_task(name="memguard.force", bind=True)
-def force(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Force write_only fleet-wide: kwargs reason (default manual_ops), ttl_seconds (600)."""
-    return _operator_call(self, ops.force, args, kwargs)
-
-
-@shared_task(name="memguard.clear", bind=True)
-def clear(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Remove the forced record now."""
-    return _operator_call(self, ops.clear, args, kwargs)
-
-
-@shared_task(name="memguard.status", bind=True)
-def status(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """The fleet's mode, record, seconds left and failure count."""
-    return _operator_call(self, ops.status, args, kwargs, changes=False)
-
-
-@shared_task(name="memguard.probe", bind=True, ignore_result=True)
-def probe(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Beat's tick: probe Zep once fleet-wide if a hold has expired, else do nothing."""
-    _refuse_positional(args)
-    return ops.probe(by=_by(self), **kwargs)
-
-
 def probe_entry(settings: Settings, interval: float | None = None) -> dict[str, Any]:
     interval = float(interval or settings.probe_interval_seconds)
     # A tick that waited longer than one interval in the queue is stale: drop it.
     return {"task": "memguard.probe", "schedule": interval, "options": {"expires": interval}}
 
 
-def install(app: Celery, *, configure_logging: bool = True) -> None:
-    """Add memguard's beat entry and safe defaults to ``app``; the tasks register on import."""
-    settings = Settings.from_env()
-    conf = app.conf
-    schedule = dict(conf.beat_schedule or {})
-    schedule.setdefault(PROBE_SCHEDULE_NAME, probe_entry(settings, conf.get("memguard_probe_interval")))
-    conf.beat_schedule = schedule
-    conf.setdefault("redbeat_redis_url", settings.redis_url)
-    # Defaults give a 25-minute failover between beats; keep it to seconds.
-    conf.setdefault("beat_max_loop_interval", 1)
-    conf.setdefault("redbeat_lock_timeout", 5)
-    if configure_logging:
+def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False) -> Celery:
+    """Give ``app`` memguard's tasks, the probe's beat entry and safe beat settings.
+
+    ``probe`` replaces memguard's Zep read as the probe (a callable taking the timeout in
+    seconds that raises on failure). ``json_logs`` takes over Celery's logging and sends
+    every line as JSON with secrets redacted. A bad configuration is reported in one line
+    when a worker or beat of this app starts, not here.
+    """
+    try:
+        settings: Settings | None = Settings.from_env()
+    except SettingsError:
+        settings = None
+    _register_tasks(app, probe)
+
+    def add_schedule(conf: Any) -> None:
+        entry = probe_entry(settings or Settings(), conf.get("memguard_probe_interval"))
+        conf.beat_schedule = {PROBE_SCHEDULE_NAME: entry, **(conf.beat_schedule or {})}
+
+    app.add_defaults({**BEAT_DEFAULTS, "redbeat_redis_url": (settings or Settings()).redis_url})
+    if app.configured:
+        add_schedule(app.conf)
+    else:
+        app.on_after_configure.connect(lambda sender, **_: add_schedule(sender.conf), weak=False)
+
+    def check_worker(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            _exit_on_config_error(probe)
+            port = os.environ.get("MEMGUARD_METRICS_PORT")
+            if port:
+                metrics.serve(int(port))
+
+    def check_beat(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            _exit_on_config_error(probe)
+            _exit_on_losing_lock(app, sender)
+
+    signals.worker_init.connect(check_worker, weak=False)
+    signals.beat_init.connect(check_beat, weak=False)
+    signals.worker_process_shutdown.connect(_mark_dead, weak=False)
+    if json_logs:
         signals.setup_logging.connect(_setup_logging, weak=False)
         signals.task_prerun.connect(_bind_task, weak=False)
+    return app
+
+
+def _register_tasks(app: Celery, probe: Probe | None) -> None:
+    @app.task(name="memguard.force", bind=True, shared=False)
+    def force(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Force write_only fleet-wide: kwargs reason (default manual_ops), ttl_seconds (600)."""
+        return _operator_call(self, ops.force, args, kwargs)
+
+    @app.task(name="memguard.clear", bind=True, shared=False)
+    def clear(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Remove the forced record now."""
+        return _operator_call(self, ops.clear, args, kwargs)
+
+    @app.task(name="memguard.status", bind=True, shared=False)
+    def status(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The fleet's mode, record, seconds left and failure count."""
+        return _operator_call(self, ops.status, args, kwargs, changes=False)
+
+    @app.task(name="memguard.probe", bind=True, shared=False, ignore_result=True)
+    def probe_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Beat's tick: probe Zep once fleet-wide if a hold has expired, else do nothing."""
+        return _operator_call(self, ops.probe, args, {**kwargs, "probe": probe}, changes=False)
+
+
+def _exit_on_config_error(probe: Probe | None) -> None:
+    """Stop a worker or beat before it is ready, with one line naming the variable."""
+    try:
+        settings = Settings.from_env()
+        if probe is None:
+            make_reader(settings)  # memguard's own probe reads Zep: it needs ZEP_API_KEY
+    except SettingsError as exc:
+        _exit(str(exc))
+
+
+def _exit_on_losing_lock(app: Celery, beat: Any) -> None:
+    """Refuse settings under which RedBeat would lose its lock between two wake-ups."""
+    if "redbeat" not in str(getattr(beat, "scheduler_cls", "")).lower():
+        return
+    conf = app.conf
+    loop = float(beat.max_interval or conf.beat_max_loop_interval or 300)
+    lock = float(conf.redbeat_lock_timeout or loop * 5)
+    probe_interval = float(conf.beat_schedule.get(PROBE_SCHEDULE_NAME, {}).get("schedule", 0) or 0)
+    if lock <= loop:
+        _exit(f"redbeat_lock_timeout ({lock:g} s) must be longer than beat_max_loop_interval ({loop:g} s), "
+              "or beat loses its lock between two wake-ups: raise redbeat_lock_timeout (5 x the loop "
+              "interval) or lower beat_max_loop_interval")
+    if lock <= probe_interval:
+        _exit(f"redbeat_lock_timeout ({lock:g} s) must be longer than the memguard probe interval "
+              f"({probe_interval:g} s): raise redbeat_lock_timeout or lower "
+              "MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS")
+
+
+def _exit(message: str) -> None:
+    print(f"memguard: {message}", file=sys.stderr, flush=True)
+    os._exit(78)  # EX_CONFIG: before Celery's handlers can add a traceback
+
+
+def _mark_dead(pid: int | None = None, **_: Any) -> None:
+    metrics.mark_process_dead(pid or os.getpid())
 
 
 def _setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
@@ -106,17 +174,3 @@ def _setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
 def _bind_task(task_id: str | None = None, task: Task | None = None, **_: Any) -> None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(task_id=task_id, task_name=getattr(task, "name", None))
-
-
-@signals.worker_init.connect
-def _check_settings(**_: Any) -> None:
-    """Fail at worker start, naming the variable, rather than at the first read."""
-    Settings.from_env()
-    port = os.environ.get("MEMGUARD_METRICS_PORT")
-    if port:
-        metrics.serve(int(port))
-
-
-@signals.worker_process_shutdown.connect
-def _mark_dead(pid: int | None = None, **_: Any) -> None:
-    metrics.mark_process_dead(pid or os.getpid())

@@ -59,6 +59,10 @@ class Watcher:
         if self._thread is not None:
             self._thread.join(timeout=2)
 
+    def invalidate(self) -> None:
+        """This process just changed the state: distrust the view until the watcher re-reads."""
+        self.current = None
+
     def wait_ready(self, timeout: float = 2.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

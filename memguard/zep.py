@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from memguard.settings import Settings
+from memguard.settings import Settings, SettingsError
 
 _last_status: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "memguard_zep_last_status", default=None
@@ -24,6 +24,11 @@ _last_status: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 def last_status() -> int | None:
     """The HTTP status of the last Zep response seen in this thread/context."""
     return _last_status.get()
+
+
+def forget_status() -> None:
+    """Start a read with no status remembered, so an earlier read's cannot leak into it."""
+    _last_status.set(None)
 
 
 def _remember_status(response: httpx.Response) -> None:
@@ -58,7 +63,6 @@ class ZepPythonReader:
         self.timeout_s = timeout_s
 
     def read_context(self, thread_id: str, timeout_s: float) -> str | None:
-        _last_status.set(None)
         memory = self.client.memory.get(thread_id, request_options=_options(timeout_s))
         data = memory.dict()
         if data.get("context"):
@@ -89,7 +93,6 @@ class ZepCloudReader:
         self.timeout_s = timeout_s
 
     def read_context(self, thread_id: str, timeout_s: float) -> str | None:
-        _last_status.set(None)
         return self.client.thread.get_context(thread_id, request_options=_options(timeout_s)).context
 
     def add_messages(self, thread_id: str, messages: Sequence[dict[str, str]]) -> None:
@@ -105,6 +108,7 @@ class ZepCloudReader:
 
 def make_reader(settings: Settings) -> ZepReader:
     if not settings.zep_api_key:
-        raise ValueError("ZEP_API_KEY is not set: memguard needs it to build the Zep client")
+        raise SettingsError("invalid memguard configuration: ZEP_API_KEY is not set "
+                            "(memguard's Zep reader needs it)")
     cls = ZepCloudReader if settings.zep_client == "zep-cloud" else ZepPythonReader
     return cls(settings.zep_api_url, settings.zep_api_key, settings.read_timeout_s)

@@ -234,15 +234,16 @@ def test_force_from_elsewhere_is_seen_and_a_broken_channel_fails_safe(configure,
     configure()
     assert service.fetch_thread_context("t")[1]["used"] is True
     # Another process forces (here: its script run from a separate client).
+    from memguard.settings import Settings
     from memguard.state import State
 
-    other = State(redis_db)
+    other = State(redis_db, Settings())
     other.force("manual_ops", 60, {"via": "test"}, auto=False)
     deadline = time.monotonic() + 5
     while service.fetch_thread_context("t")[1]["used"] and time.monotonic() < deadline:
         time.sleep(0.001)
     assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
-    other.clear()
+    other.clear({"via": "test"})
     time.sleep(0.2)
     assert service.fetch_thread_context("t")[1]["used"] is True
     # Kill the subscription and change the state behind its back (no publish).

@@ -53,7 +53,6 @@ def test_playbook_commands_name_real_tasks_and_subcommands():
     text = (RUNBOOK / "playbook.md").read_text()
     tasks = set(re.findall(r"call (memguard\.\w+)", text))
     assert tasks == {"memguard.force", "memguard.clear", "memguard.status"}
-    import memguard.tasks  # noqa: F401 - registers the shared tasks
     from memguard.celery import app
 
     assert tasks <= set(app.tasks)

@@ -1,0 +1,29 @@
+"""Celery settings of memguard's ready app (``celery -A memguard ...``), from the environment.
+
+Packaged, so the ready app finds them from any working directory. To change them, write a
+module that starts with ``from memguard.celeryconfig import *`` and name it in
+``CELERY_CONFIG_MODULE``. Beat's loop interval and RedBeat lock timeout come from
+``memguard.install`` (1 s and 5 s) unless set here.
+"""
+
+import os
+
+_redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url
+result_backend = os.environ.get("CELERY_RESULT_BACKEND") or _redis_url
+result_expires = 3600
+
+# JSON only: an operator's `celery call` must never be able to send a pickle.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+worker_hijack_root_logger = False
+worker_prefetch_multiplier = 1
+broker_connection_retry_on_startup = True
+
+# One active beat fleet-wide (RedBeat's lock); a standby takes over within ~5 s.
+beat_scheduler = "redbeat.RedBeatScheduler"
+redbeat_key_prefix = "memguard:redbeat:"
