@@ -87,13 +87,15 @@ class RedisServer:
 
 
 class CeleryProcess:
-    """``celery -A memguard worker|beat`` as a real subprocess with its own log file."""
+    """``celery -A <app> worker|beat`` as a real subprocess with its own log file."""
 
-    def __init__(self, kind: str, env: dict[str, str], logdir: str, name: str, *extra: str) -> None:
+    def __init__(self, kind: str, env: dict[str, str], logdir: str, name: str, *extra: str,
+                 app: str = "memguard", cwd: str | None = None) -> None:
         self.kind = kind
         self.name = name
+        self.cwd = cwd
         self.log_path = Path(logdir) / f"{name}.log"
-        args = [sys.executable, "-m", "celery", "-A", "memguard", "--quiet", kind, "-l", "info"]
+        args = [sys.executable, "-m", "celery", "-A", app, "--quiet", kind, "-l", "info"]
         if kind == "worker":
             args += ["-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
         else:
@@ -104,8 +106,8 @@ class CeleryProcess:
 
     def start(self, ready_timeout: float = 30) -> CeleryProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         marker = "ready." if self.kind == "worker" else "beat: Starting..."
         wait_for(lambda: marker in self.output() or self.proc.poll() is not None, ready_timeout,
                  f"celery {self.kind} {self.name}")
@@ -118,6 +120,9 @@ class CeleryProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (the main process and its pool children)."""

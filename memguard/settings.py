@@ -53,7 +53,7 @@ class Settings:
             except ValueError as exc:
                 errors.append(f"{var}={_shown(var, raw)}: {exc}")
         if errors:
-            raise SettingsError("invalid memguard configuration: " + "; ".join(errors))
+            raise SettingsError("invalid configuration: " + "; ".join(errors))
         return cls(**values)
 
     @property

@@ -29,8 +29,10 @@ from memguard.zep import make_reader
 
 PROBE_SCHEDULE_NAME = "memguard-probe"
 # Beat settings memguard gives an app that has not chosen its own: beat wakes every second
-# and the RedBeat lock outlives five wake-ups, so a standby takes over within ~5 s.
-BEAT_DEFAULTS = {"beat_max_loop_interval": 1, "redbeat_lock_timeout": 5}
+# and the RedBeat lock outlives five wake-ups and one probe interval, so a standby takes
+# over within ~6 s (Celery's and RedBeat's own defaults would make that 25 minutes).
+LOOP_INTERVAL_S = 1.0
+LOCK_LOOPS = 5
 log = structlog.get_logger("memguard")
 
 
@@ -76,15 +78,21 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
         settings = None
     _register_tasks(app, probe)
 
-    def add_schedule(conf: Any) -> None:
+    def configure_beat(conf: Any) -> None:
         entry = probe_entry(settings or Settings(), conf.get("memguard_probe_interval"))
         conf.beat_schedule = {PROBE_SCHEDULE_NAME: entry, **(conf.beat_schedule or {})}
+        if conf.get("redbeat_lock_timeout") is None:  # RedBeat's default would be 5 x 300 s
+            loop = float(conf.beat_max_loop_interval)
+            conf.redbeat_lock_timeout = max(LOCK_LOOPS * loop, entry["schedule"] + loop)
 
-    app.add_defaults({**BEAT_DEFAULTS, "redbeat_redis_url": (settings or Settings()).redis_url})
+    # Celery's own default (0, meaning 300 s) counts as set for conf.setdefault: add a
+    # default that ranks above Celery's and below anything the app sets itself.
+    app.add_defaults({"beat_max_loop_interval": LOOP_INTERVAL_S,
+                      "redbeat_redis_url": (settings or Settings()).redis_url})
     if app.configured:
-        add_schedule(app.conf)
+        configure_beat(app.conf)
     else:
-        app.on_after_configure.connect(lambda sender, **_: add_schedule(sender.conf), weak=False)
+        app.on_after_configure.connect(lambda sender, **_: configure_beat(sender.conf), weak=False)
 
     def check_worker(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:

@@ -108,7 +108,7 @@ class ZepCloudReader:
 
 def make_reader(settings: Settings) -> ZepReader:
     if not settings.zep_api_key:
-        raise SettingsError("invalid memguard configuration: ZEP_API_KEY is not set "
+        raise SettingsError("invalid configuration: ZEP_API_KEY is not set "
                             "(memguard's Zep reader needs it)")
     cls = ZepCloudReader if settings.zep_client == "zep-cloud" else ZepPythonReader
     return cls(settings.zep_api_url, settings.zep_api_key, settings.read_timeout_s)

@@ -1,0 +1,289 @@
+"""memguard added to an existing Celery app the way a user does it (examples/existing_app)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import requests
+from celery import Celery
+
+import memguard
+from memguard import events, flags, runtime
+from memguard.localstack import CeleryProcess, RedisServer, stack_env, wait_for
+from memguard.settings import Settings
+from memguard.zepstub import ZepStub
+
+from .conftest import API_KEY, ROOT, make_settings
+
+EXAMPLE = ROOT / "examples" / "existing_app"
+
+
+def commands(client) -> int:
+    """Commands the server has run, not counting the INFO calls that ask."""
+    stats = client.info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+
+
+# -- the example app with real processes ------------------------------------------------------
+
+
+@pytest.fixture
+def example(tmp_path, stub):
+    """The example app's world: its broker Redis, memguard's Redis, the stub; run from tmp_path."""
+    with RedisServer() as broker, RedisServer() as state:
+        env = stack_env(state.url, stub.url, API_KEY, CELERY_BROKER_URL=broker.url,
+                        CELERY_RESULT_BACKEND=broker.url, PYTHONPATH=str(EXAMPLE),
+                        MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="1")
+        env.pop("CELERY_CONFIG_MODULE", None)
+        procs: list[CeleryProcess] = []
+
+        def spawn(kind: str, name: str, *args: str, app: str = "myapp", **extra: str) -> CeleryProcess:
+            p = CeleryProcess(kind, {**env, **extra}, str(tmp_path), name, *args, app=app, cwd=str(tmp_path))
+            procs.append(p)
+            return p.start()
+
+        sender = Celery(broker=broker.url, backend=broker.url)
+        yield type("Example", (), {"broker": broker, "state": state, "env": env, "spawn": spawn,
+                                   "sender": sender, "dir": tmp_path})
+        for p in procs:
+            p.stop()
+
+
+def test_example_app_prefork_two_beats_free_reads_and_failover(example, stub):
+    worker = example.spawn("worker", "w", "-P", "prefork", "-c", "2")
+    beats = [example.spawn("beat", name, "-S", "redbeat.RedBeatScheduler") for name in ("b1", "b2")]
+    started = time.monotonic()
+    client = example.state.client()
+
+    # Reads in forked pool children, through a function decorated at import time.
+    for how in ("decorated", "fetch_thread_context"):
+        for _ in range(4):  # warm both children up: their first read builds their runtime
+            example.sender.send_task("myapp.read_many", args=[10, how]).get(timeout=20)
+        before = commands(client)
+        result = example.sender.send_task("myapp.read_many", args=[5000, how]).get(timeout=60)
+        per_read = (commands(client) - before) / result["reads"]
+        assert result["used"] == result["reads"], result
+        assert per_read <= 0.05, f"{how}: {per_read:.4f} Redis commands per healthy read"
+
+    # Both beats keep running for a minute: the lock is never lost.
+    while time.monotonic() - started < 60:
+        assert all(b.alive() for b in beats), [b.output()[-2000:] for b in beats if not b.alive()]
+        time.sleep(1)
+    active = [b for b in beats if "Sending due task memguard-probe" in b.output()]
+    assert len(active) == 1, "exactly one beat schedules the probe"
+    standby = next(b for b in beats if b is not active[0])
+
+    # Kill the active beat while the fleet is forced: the standby takes over and probes.
+    rt = runtime.configure(make_settings(example.state.url, stub))
+    flags.force_write_only("manual_ops", ttl_seconds=1)
+    killed = time.monotonic()
+    active[0].kill()
+    wait_for(lambda: flags.get_forced_mode() is None, 15, "the standby beat's probe to restore")
+    assert time.monotonic() - killed < 15
+    assert "Sending due task memguard-probe" in standby.output()
+    assert stub.reads_of("memguard-probe") >= 1
+    assert worker.alive() and standby.alive()
+    rt.close()
+
+
+def test_worker_without_zep_key_exits_with_one_line(example):
+    env = {k: v for k, v in example.env.items() if k != "ZEP_API_KEY"}
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "memguard", "worker", "-l", "info"],
+                         cwd=example.dir, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    ours = [ln for ln in out.stderr.splitlines() if "memguard" in ln]
+    assert ours == ["memguard: invalid configuration: ZEP_API_KEY is not set (memguard's Zep reader "
+                    "needs it)"], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert "ready." not in out.stdout + out.stderr
+
+
+def test_example_worker_with_a_bad_setting_exits_naming_it(example):
+    env = {**example.env, "MEMORY_DOWNGRADE_THRESHOLD": "three"}
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "myapp", "worker", "-l", "info"],
+                         cwd=example.dir, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert [ln for ln in out.stderr.splitlines() if ln.startswith("memguard:")] == [
+        "memguard: invalid configuration: MEMORY_DOWNGRADE_THRESHOLD='three': expected a whole number"]
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_beat_refuses_settings_that_lose_the_lock(example):
+    (example.dir / "tightbeat.py").write_text(
+        "from myapp import app\napp.conf.beat_max_loop_interval = 5\napp.conf.redbeat_lock_timeout = 3\n")
+    env = {**example.env, "PYTHONPATH": f"{EXAMPLE}{os.pathsep}{example.dir}"}
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "tightbeat", "beat", "-S",
+                          "redbeat.RedBeatScheduler", "-l", "info"], cwd=example.dir, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if "memguard:" in ln]
+    assert len(lines) == 1 and "redbeat_lock_timeout (3 s) must be longer than beat_max_loop_interval (5 s)" \
+        in lines[0], out.stdout + out.stderr
+    assert "Acquired lock" not in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_ready_app_beat_runs_from_another_directory(example):
+    beat = example.spawn("beat", "ready-beat", app="memguard")
+    time.sleep(8)  # past a lock timeout: a lost lock would have ended it
+    assert beat.alive(), beat.output()[-2000:]
+    assert "Sending due task memguard-probe" in beat.output()
+
+
+# -- install() on an app object ---------------------------------------------------------------
+
+
+def test_install_applies_beat_defaults_and_keeps_the_apps_own_choices():
+    app = Celery("plain")
+    app.conf.beat_schedule = {"mine": {"task": "x", "schedule": 10}}
+    memguard.install(app)
+    assert app.conf.beat_max_loop_interval == 1
+    assert app.conf.redbeat_lock_timeout == 6  # > 5 loops and > one 5 s probe interval
+    assert set(app.conf.beat_schedule) == {"mine", "memguard-probe"}
+    assert {"memguard.force", "memguard.clear", "memguard.status", "memguard.probe"} <= set(app.tasks)
+
+    chosen = Celery("chosen")
+    chosen.conf.update(beat_max_loop_interval=2, redbeat_lock_timeout=30)
+    memguard.install(chosen)
+    assert (chosen.conf.beat_max_loop_interval, chosen.conf.redbeat_lock_timeout) == (2, 30)
+    # Tasks are registered on the app installed into, not on every app in the process.
+    assert "memguard.force" not in Celery("other").tasks
+
+
+def test_importing_memguard_changes_nothing_global():
+    code = (
+        "import logging, threading\n"
+        "from celery import signals\n"
+        "import memguard, memguard.flags, memguard.service\n"
+        "@memguard.guarded\n"
+        "def read(thread_id): return 1\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
+        "for s in (signals.setup_logging, signals.worker_init, signals.beat_init, signals.task_prerun):\n"
+        "    assert not s.receivers, s\n"
+        "from memguard import runtime\n"
+        "assert runtime._runtime is None\n"
+        "print('clean')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "ZEP_API_KEY": "x", "REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert out.stdout.strip() == "clean", out.stderr
+
+
+# -- any HTTP client --------------------------------------------------------------------------
+
+
+def _httpx_read(stub: ZepStub, key: str = API_KEY):
+    client = httpx.Client(base_url=stub.url, headers={"Authorization": f"Api-Key {key}"})
+
+    def read(thread_id: str) -> dict:
+        r = client.get(f"/api/v2/sessions/{thread_id}/memory", timeout=5)
+        r.raise_for_status()
+        return r.json()
+
+    return read
+
+
+def _requests_read(stub: ZepStub, key: str = API_KEY):
+    session = requests.Session()
+    session.headers["Authorization"] = f"Api-Key {key}"
+
+    def read(thread_id: str) -> dict:
+        r = session.get(f"{stub.url}/api/v2/sessions/{thread_id}/memory", timeout=5)
+        r.raise_for_status()
+        return r.json()
+
+    return read
+
+
+@pytest.mark.parametrize("make_read", [_httpx_read, _requests_read], ids=["httpx", "requests"])
+def test_plain_http_clients_trip_the_guard(configure, stub, recorded, make_read):
+    configure()
+    read = memguard.guarded(make_read(stub))
+    value, meta = read("t-1")
+    assert value["context"] == "context for t-1" and meta == {"used": True, "source": "zep"}
+
+    stub.set_fault("401")
+    value, meta = read("t-1")
+    assert value is None and meta["reason"] == "auth" and meta["status"] == 401
+    assert flags.get_forced_mode()["reason"] == "auth"
+
+    flags.clear_forced_mode()
+    stub.set_fault("503")
+    metas = [read("t-1")[1] for _ in range(3)]
+    assert [m["reason"] for m in metas] == ["http_5xx"] * 3
+    assert flags.get_forced_mode()["reason"] == "consecutive_failures"
+
+    flags.clear_forced_mode()
+    stub.set_fault("reset")
+    assert read("t-1")[1]["reason"] == "connection"
+
+
+@pytest.mark.parametrize("make_read", [_httpx_read, _requests_read], ids=["httpx", "requests"])
+def test_a_read_over_its_budget_counts_as_a_timeout(configure, stub, recorded, make_read):
+    configure()
+    read = memguard.guarded(timeout_ms=250)(make_read(stub))
+    stub.set_fault("slow", delay_ms=2000)
+    started = time.monotonic()
+    value, meta = read("t-2")
+    assert time.monotonic() - started >= 2.0
+    assert value["context"] == "context for t-2", "the caller still gets its value"
+    assert meta["used"] is True and meta["overran_ms"] >= 2000
+    failures = [e for e in recorded if isinstance(e, events.FailureRecorded)]
+    assert [(f.reason, f.action, f.fail_count) for f in failures] == [("timeout", "count", 1)]
+
+
+def test_transport_timeouts_of_requests_count(configure, stub):
+    configure()
+    stub.set_fault("hang")
+    session = requests.Session()
+    session.headers["Authorization"] = f"Api-Key {API_KEY}"
+
+    @memguard.guarded
+    def read(thread_id: str) -> dict:
+        r = session.get(f"{stub.url}/api/v2/sessions/{thread_id}/memory", timeout=0.1)
+        r.raise_for_status()
+        return r.json()
+
+    assert read("t")[1]["reason"] == "timeout"
+
+
+def test_guarded_rejects_a_bad_budget():
+    with pytest.raises(ValueError, match="timeout_ms"):
+        memguard.guarded(timeout_ms=0)
+
+
+# -- configuration errors at request time -----------------------------------------------------
+
+
+def test_config_error_returns_none_and_is_logged_once(redis_server, redis_db, stub, capsys):
+    from memguard import logs
+
+    logs.configure(stream=sys.stdout)
+    rt = runtime.configure(Settings(redis_url=redis_server.url, zep_api_url=stub.url, zep_api_key=None))
+    try:
+        results = [memguard.fetch_thread_context("t") for _ in range(3)]
+    finally:
+        rt.close()
+    assert all(ctx is None and meta["source"] == "config_error" and "ZEP_API_KEY" in meta["error"]
+               for ctx, meta in results)
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if "memguard_config_error" in ln]
+    assert len(lines) == 1 and "ZEP_API_KEY" in lines[0]["detail"]
+    assert stub.stats()["reads"] == 0
+
+
+# -- the README's snippet is the example app's code -------------------------------------------
+
+
+def test_readme_snippet_is_the_example_apps_code():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- example-app -->\n```python\n(.*?)```", readme, re.S)
+    assert block, "the README has no example-app snippet"
+    assert block.group(1) in (EXAMPLE / "myapp.py").read_text()
