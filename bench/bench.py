@@ -15,10 +15,17 @@ from typing import Any
 
 import redis
 
+import memguard
 from memguard import events, runtime
 from memguard.localstack import RedisServer
 from memguard.settings import Settings
 from memguard.state import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY, State
+
+
+@memguard.guarded
+def decorated_read(thread_id: str) -> str:
+    """Decorated at import, as an application's module would be."""
+    return "ctx"
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -69,6 +76,28 @@ def _reader(url: str, conn: Any) -> None:
     rt.close()
 
 
+def _forked_reads(url: str, n: int, conn: Any) -> None:
+    """In a forked child: time reads through ``decorated_read`` and count Redis commands."""
+    raw = redis.Redis.from_url(url)
+    decorated_read("t")  # the child's first read builds its runtime
+    runtime.get().watcher.wait_ready()
+    before = commands(raw)
+    samples = timed(lambda: decorated_read("t"), n, warmup=0)
+    conn.send((samples, (commands(raw) - before - 1) / n))
+
+
+def forked(url: str, settings: Settings, n: int) -> tuple[list[float], float]:
+    runtime.configure(settings).watcher.wait_ready()  # the parent has a runtime, as after import
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_forked_reads, args=(url, n, child))
+    proc.start()
+    samples, per_read = parent.recv()
+    proc.join(10)
+    runtime.get().close()
+    return samples, per_read
+
+
 def propagation(url: str, state: State, trials: int) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
@@ -84,7 +113,7 @@ def propagation(url: str, state: State, trials: int) -> dict[str, Any]:
             if want:
                 state.force("bench", 60, {"via": "bench"}, auto=False)
             else:
-                state.clear()
+                state.clear({"via": "bench"})
             seen = parent.recv()
             sink.append(float("inf") if seen is None else (seen - t0) * 1000)
     parent.send(None)
@@ -178,8 +207,12 @@ def main() -> None:
         rt.state.reset_failures()
 
         res["propagation"] = propagation(
-            server.url, State(redis.Redis(port=server.port, decode_responses=True)), trials=50
+            server.url, State(redis.Redis(port=server.port, decode_responses=True), settings), trials=50
         )
+
+        fk, fk_per_read = forked(server.url, settings, n)
+        res["forked_child_decorated"] = summary(fk, base)
+        res["forked_child_decorated"]["redis_commands_per_read"] = round(fk_per_read, 4)
 
         # Redis down: after the first error, reads go on at local cost.
         server.stop()
@@ -197,6 +230,7 @@ def main() -> None:
         ("function_call", "in-process function call"),
         ("bare_redis_get", "bare Redis GET round trip"),
         ("memguard", "memguard overhead (healthy)"),
+        ("forked_child_decorated", "decorated at import, forked child"),
         ("seed_get_del", "seed design overhead (GET+DEL)"),
         ("pybreaker_redis", "pybreaker+CircuitRedisStorage ovh"),
         ("redis_down", "memguard overhead, Redis down"),
