@@ -1,4 +1,8 @@
-"""The ``memguard`` command line: status, force, clear, probe, drill, metrics."""
+"""The ``memguard`` command line: status, force, clear, probe, history, drill, metrics.
+
+Every failure is one line on stderr and a non-zero exit: 2 for refused input or a bad
+setting, 3 when Redis cannot be reached (its URL shown with the password masked).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import sys
 import time
 from typing import Any
 
-from memguard.settings import SettingsError
+import redis
+
+from memguard.settings import SettingsError, masked_url
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -23,20 +29,36 @@ def _print_status(st: dict[str, Any]) -> None:
     else:
         print("forced:      no")
     print(f"failures:    {st['fail_count']} of {st['threshold']} in the current window")
+    seen = st["prober_seen_seconds_ago"]
+    prober = "no probe tick seen recently: is celery beat running?" if seen is None \
+        else f"last tick {seen}s ago"
+    print(f"prober:      {prober}")
+    last = st["last_operator_action"]
+    if last is not None:
+        from memguard.audit import describe
+
+        print(f"last op:     {describe(last)}")
     if "corrupt_record" in st:
         print(f"WARNING:     corrupt forced record in Redis: {st['corrupt_record']!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    from memguard.ops import OPERATOR_HOLD_SECONDS
+
     parser = argparse.ArgumentParser(prog="memguard", description="Fleet-wide Zep read guard.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("status", help="the fleet's mode, record and failure count")
+    p = sub.add_parser("status", help="the fleet's mode, record, failure count, prober and last "
+                       "operator action")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("force", help="force write_only fleet-wide")
     p.add_argument("--reason", default="manual_ops")
-    p.add_argument("--ttl", type=int, default=600, help="hold seconds (default 600)")
+    p.add_argument("--ttl", type=int, default=OPERATOR_HOLD_SECONDS,
+                   help=f"hold seconds (default {OPERATOR_HOLD_SECONDS})")
     sub.add_parser("clear", help="end the forced mode now")
     sub.add_parser("probe", help="probe Zep now if a hold has expired")
+    p = sub.add_parser("history", help="transitions, probe results and operator actions, oldest first")
+    p.add_argument("-n", type=int, default=20, help="how many entries (default 20)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = sub.add_parser("drill", help="run the auth, failure and recovery drills end to end")
     p.add_argument("--redis-url", help="run against this Redis (a canary) instead of a local stack")
     p.add_argument("--zep-url", help="with --redis-url: the canary's Zep root URL")
@@ -47,16 +69,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("metrics", help="serve /metrics")
     p.add_argument("--port", type=int, default=9464)
     p.add_argument("--addr", default="0.0.0.0")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
-    from memguard import logs, ops
+    from memguard import logs, ops, runtime
     from memguard.guard import origin
 
-    logs.configure(level="WARNING", stream=sys.stderr)
+    logs.configure(level="ERROR", stream=sys.stderr)
     by = origin("cli", user=getpass.getuser())
+    url = None
     try:
+        if args.cmd in ("status", "force", "clear", "probe", "history"):
+            url = runtime.configure(watch=False).settings.redis_url  # one-shot: no watcher thread
         if args.cmd == "status":
-            st = ops.status()
+            st = ops.status(by=by)
             print(json.dumps(st)) if args.json else _print_status(st)
         elif args.cmd == "force":
             print(json.dumps(ops.force(by=by, reason=args.reason, ttl_seconds=args.ttl)))
@@ -64,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(ops.clear(by=by)))
         elif args.cmd == "probe":
             print(json.dumps(ops.probe(by=by)))
+        elif args.cmd == "history":
+            from memguard import audit
+
+            if args.n < 1:
+                raise ops.OperatorError(f"-n must be at least 1, got {args.n}")
+            for item in audit.history(runtime.get().state.client, args.n):
+                print(json.dumps(item) if args.json else audit.describe(item))
         elif args.cmd == "drill":
             from memguard import drill
 
@@ -79,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ops.OperatorError, SettingsError) as exc:
         print(f"memguard: {exc}", file=sys.stderr)
         return 2
+    except redis.RedisError as exc:
+        print(f"memguard: cannot reach Redis at {masked_url(url or '?')}: {type(exc).__name__}",
+              file=sys.stderr)
+        return 3
     return 0
 
 

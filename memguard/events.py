@@ -66,6 +66,17 @@ class ReadFinished:
 
 
 @dataclass(frozen=True)
+class OperatorAction:
+    """An operator asked for something (force, clear, probe, status): accepted or refused."""
+
+    action: str
+    accepted: bool
+    errors: tuple[str, ...] = ()
+    by: dict[str, Any] | None = None
+    arguments: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class GuardTrouble:
     """The guard's own parts misbehaved: Redis errors, corrupt keys, lost events."""
 
@@ -75,7 +86,7 @@ class GuardTrouble:
 
 
 Event = (ModeForced | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished
-         | GuardTrouble)
+         | OperatorAction | GuardTrouble)
 Subscriber = Callable[[Event], None]
 
 _subscribers: list[Subscriber] = []

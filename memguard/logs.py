@@ -143,6 +143,13 @@ def on_event(event: events.Event) -> None:
     elif isinstance(event, events.ProbeFinished):
         log.info("memory_probe_finished", result=event.result,
                  duration_ms=round(event.duration_seconds * 1000, 1), error=event.error)
+    elif isinstance(event, events.OperatorAction):
+        if event.accepted:
+            log.info("memguard_operator_action", action=event.action, arguments=event.arguments,
+                     by=event.by)
+        else:
+            log.warning("memguard_operator_refused", action=event.action, errors=list(event.errors),
+                        arguments=event.arguments, by=event.by)
     elif isinstance(event, events.GuardTrouble) and event.kind == "config_error":
         if event.detail not in _config_errors_logged:  # once per process: it will not fix itself
             _config_errors_logged.add(event.detail)

@@ -97,6 +97,15 @@ class FleetStateCollector(Collector):
         count = GaugeMetricFamily("memory_zep_consecutive_failures", "The fleet's failure count")
         count.add_metric([], snap.fail_count)
         yield count
+        prober = GaugeMetricFamily("memory_prober_up", "1 while the prober's heartbeat is fresh (a probe "
+                                   "tick within the last 12 probe intervals), 0 when no prober is running")
+        prober.add_metric([], 0 if snap.probe_heartbeat is None else 1)
+        yield prober
+        if snap.probe_heartbeat is not None:
+            age = GaugeMetricFamily("memory_prober_heartbeat_age_seconds",
+                                    "Seconds since the last probe tick")
+            age.add_metric([], max(0.0, snap.redis_now - snap.probe_heartbeat))
+            yield age
 
 
 _default_registered = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memguard import runtime
+from memguard import audit, events, runtime
 from memguard.guard import origin
 from memguard.prober import Probe, probe_once
 
@@ -19,6 +19,7 @@ OPERATOR_HOLD_SECONDS = 600
 MAX_TTL_SECONDS = 86_400
 MAX_REASON_LEN = 64
 FORCE_KEYS = frozenset({"reason", "ttl_seconds"})
+Positional = tuple[Any, ...]  # what `celery call -a` sent: always refused, named with the rest
 
 
 class OperatorError(ValueError):
@@ -59,32 +60,40 @@ def key_problems(kwargs: dict[str, Any], allowed: frozenset[str]) -> list[str]:
     return [f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed)) or 'none'}"]
 
 
-def check_keys(kwargs: dict[str, Any], allowed: frozenset[str]) -> None:
-    problems = key_problems(kwargs, allowed)
+def _accept(action: str, by: dict[str, Any] | None, kwargs: dict[str, Any], problems: list[str],
+            positional: Positional = ()) -> None:
+    """Refuse with every problem named (and recorded with who asked), or record the acceptance."""
+    if positional:
+        problems = [f"positional arguments are not accepted, got {list(positional)!r}; use --kwargs",
+                    *problems]
+    event = events.OperatorAction(action, not problems, tuple(problems), by, dict(kwargs))
     if problems:
+        events.emit(event)
         raise OperatorError(*problems)
+    if action != "probe":  # beat's ticks are not operator actions; their results are recorded
+        events.emit(event)
 
 
-def force(by: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+def force(by: dict[str, Any] | None = None, positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
+    by = by or origin("ops")
     reason = kwargs.get("reason", "manual_ops")
     ttl = kwargs.get("ttl_seconds", OPERATOR_HOLD_SECONDS)
-    problems = key_problems(kwargs, FORCE_KEYS) + force_problems(reason, ttl)
-    if problems:
-        raise OperatorError(*problems)
-    t = runtime.get().state.force(reason.strip(), ttl, by or origin("ops"), auto=False)
+    _accept("force", by, kwargs, key_problems(kwargs, FORCE_KEYS) + force_problems(reason, ttl), positional)
+    t = runtime.get().state.force(reason.strip(), ttl, by, auto=False)
     assert t.record is not None
     return {"forced": True, **t.record.as_dict()}
 
 
-def clear(by: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-    check_keys(kwargs, frozenset())
-    t = runtime.get().state.clear(by or origin("ops"))
+def clear(by: dict[str, Any] | None = None, positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
+    by = by or origin("ops")
+    _accept("clear", by, kwargs, key_problems(kwargs, frozenset()), positional)
+    t = runtime.get().state.clear(by)
     return {"cleared": t.previous is not None,
             "previous_reason": t.previous.reason if t.previous else None}
 
 
-def status(by: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-    check_keys(kwargs, frozenset())
+def status(by: dict[str, Any] | None = None, positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
+    _accept("status", by, kwargs, key_problems(kwargs, frozenset()), positional)
     rt = runtime.get()
     snap = rt.state.snapshot()
     record = snap.record
@@ -95,6 +104,9 @@ def status(by: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         "fail_count": snap.fail_count,
         "threshold": rt.settings.threshold,
         "redis_time": snap.redis_now,
+        "prober_seen_seconds_ago": None if snap.probe_heartbeat is None
+        else round(max(0.0, snap.redis_now - snap.probe_heartbeat), 1),
+        "last_operator_action": audit.last_operator_action(rt.state.client),
     }
     if snap.corrupt is not None:
         out["corrupt_record"] = snap.corrupt[:120]
@@ -113,6 +125,7 @@ def status(by: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def probe(by: dict[str, Any] | None = None, probe: Probe | None = None, **kwargs: Any) -> dict[str, Any]:
-    check_keys(kwargs, frozenset())
+def probe(by: dict[str, Any] | None = None, probe: Probe | None = None, positional: Positional = (),
+          **kwargs: Any) -> dict[str, Any]:
+    _accept("probe", by, kwargs, key_problems(kwargs, frozenset()), positional)
     return probe_once(runtime.get(), by, probe)

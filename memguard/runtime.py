@@ -99,11 +99,12 @@ def configure(settings: Settings | None = None, *, watch: bool = True) -> Runtim
 
 
 def _subscribe_hooks() -> None:
-    """Logs and metrics hear every event from the first use on (a config error included)."""
-    from memguard import logs, metrics
+    """Logs, metrics and the audit trail hear every event from the first use on."""
+    from memguard import audit, logs, metrics
 
     events.subscribe(logs.on_event)
     events.subscribe(metrics.on_event)
+    events.subscribe(audit.on_event)
 
 
 def _install(settings: Settings, *, watch: bool = True) -> Runtime:

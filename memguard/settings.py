@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ZEP_CLIENTS = ("zep-python", "zep-cloud")
 _TRUE = {"1", "true", "yes", "on"}
@@ -65,8 +66,20 @@ class Settings:
         return self.probe_timeout_ms / 1000.0
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to print and log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
 def _shown(var: str, raw: str) -> str:
-    return "'***'" if var == "ZEP_API_KEY" else repr(raw)
+    if var == "ZEP_API_KEY":
+        return "'***'"
+    return repr(masked_url(raw)) if "://" in raw else repr(raw)
 
 
 def _bool(raw: str) -> bool:

@@ -30,7 +30,12 @@ from memguard.settings import Settings
 FORCED_MODE_KEY = "mem:mode:forced:v1"
 CONSECUTIVE_FAILURES_KEY = "mem:read:consec_failures"
 PROBE_LOCK_KEY = "mem:probe:lock"
+PROBE_HEARTBEAT_KEY = "mem:probe:heartbeat"
+AUDIT_KEY = "mem:audit"
+AUDIT_MAXLEN = 10_000
 CHANGES_CHANNEL = "mem:mode:changes"
+# The prober's heartbeat outlives this many probe intervals: its absence means no prober.
+HEARTBEAT_INTERVALS = 12
 
 _PRELUDE = """
 local function now_ms()
@@ -121,12 +126,15 @@ if raw then redis.call('PUBLISH', ARGV[1], 'cleared') end
 return raw or ''
 """
 
-# KEYS: forced, counter. -> {record or "", counter or "" ("?" if not a string), counter pttl, now_ms}
+# KEYS: forced, counter, heartbeat.
+# -> {record or "", counter or "" ("?" if not a string), counter pttl, now_ms, heartbeat_ms or ""}
 _SNAPSHOT = """
 local raw = redis.call('GET', KEYS[1])
 local count = redis.pcall('GET', KEYS[2])
 if type(count) == 'table' then count = '?' end
-return {raw or '', count or '', redis.call('PTTL', KEYS[2]), tostring(now_ms())}
+local beat = redis.pcall('GET', KEYS[3])
+if type(beat) == 'table' then beat = '' end
+return {raw or '', count or '', redis.call('PTTL', KEYS[2]), tostring(now_ms()), beat or ''}
 """
 
 # KEYS: forced. ARGV: grace_ms, channel. Ends an expired hold nobody probed in time.
@@ -140,10 +148,12 @@ redis.call('PUBLISH', ARGV[2], 'lapsed')
 return raw
 """
 
-# KEYS: forced, lock. ARGV: token, lock_ms, channel.
+# KEYS: forced, lock, heartbeat. ARGV: token, lock_ms, channel, heartbeat_ms. Every tick
+# also renews the prober's heartbeat (read by the metrics: no heartbeat, no prober).
 # -> {"idle"} | {"corrupt", raw} (removed) | {"held", raw} | {"busy", raw} | {"claimed", raw, id}
 _PROBE_CLAIM = """
 local now = now_ms()
+redis.call('SET', KEYS[3], now, 'PX', ARGV[4])
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'idle'} end
 local rec = decode(raw)
@@ -269,6 +279,7 @@ class Snapshot:
     fail_count: int
     fail_ttl_ms: int
     redis_now: float
+    probe_heartbeat: float | None = None  # Redis time of the prober's last tick, if recent
 
 
 @dataclass(frozen=True)
@@ -323,7 +334,8 @@ class State:
     # -- reads ----------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        raw, count, ttl, now = self._snapshot(keys=[self.forced_key, self.counter_key])
+        raw, count, ttl, now, beat = self._snapshot(
+            keys=[self.forced_key, self.counter_key, PROBE_HEARTBEAT_KEY])
         corrupt = None
         record = None
         if raw:
@@ -335,7 +347,8 @@ class State:
             fail_count = int(count) if count else 0
         except ValueError:
             fail_count = 0
-        return Snapshot(record, corrupt, fail_count, int(ttl), int(now) / 1000.0)
+        heartbeat = int(beat) / 1000.0 if beat.isdigit() else None
+        return Snapshot(record, corrupt, fail_count, int(ttl), int(now) / 1000.0, heartbeat)
 
     def mode(self, record: ForcedRecord | None) -> EffectiveMode:
         return combine(self.base, record is not None)
@@ -403,8 +416,9 @@ class State:
     def claim_probe(self, lock_ms: int) -> tuple[Transition, str]:
         """Take the fleet-wide probe lock if a hold has expired; returns the lock token."""
         token = secrets.token_hex(16)
-        status, *rest = self._claim(keys=[self.forced_key, self.lock_key],
-                                    args=[token, lock_ms, self.channel])
+        heartbeat_ms = int(HEARTBEAT_INTERVALS * self.settings.probe_interval_seconds * 1000)
+        status, *rest = self._claim(keys=[self.forced_key, self.lock_key, PROBE_HEARTBEAT_KEY],
+                                    args=[token, lock_ms, self.channel, heartbeat_ms])
         if status == Status.CORRUPT:
             self.on_change()
             events.emit(events.GuardTrouble("corrupt_state", "probe", "forced record removed"))

@@ -1,0 +1,146 @@
+"""The alert rules in a real Prometheus server scraping live memguard processes.
+
+promtool's unit tests (test_runbook.py) prove each rule's exact timing on synthetic series;
+this test proves the expressions against what live processes really export. Prometheus
+scrapes and evaluates every second, and the rules are loaded with every duration divided by
+60 (``for: 15m`` becomes 15 s, ``[1h]`` becomes 60 s); the expressions are unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from memguard.localstack import free_port, wait_for
+
+from .conftest import ROOT
+
+SCALE = 60
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def scaled(rules: str, factor: int = SCALE) -> str:
+    """The rule file with every ``for:`` and range duration divided by ``factor``."""
+
+    def shrink(m: re.Match[str]) -> str:
+        seconds = int(m.group(1)) * _UNITS[m.group(2)]
+        return f"{max(1, seconds // factor)}s"
+
+    rules = re.sub(r"(?<=for: )(\d+)([smh])\b", shrink, rules)
+    return re.sub(r"(?<=\[)(\d+)([smh])(?=\])", shrink, rules)
+
+
+def test_scaling_keeps_the_expressions():
+    text = "expr: increase(x[5m]) > 0\n        for: 15m\n        expr: y[1h]\n        for: 1m\n"
+    assert scaled(text) == ("expr: increase(x[5s]) > 0\n        for: 15s\n"
+                            "        expr: y[60s]\n        for: 1s\n")
+
+
+class Prometheus:
+    def __init__(self, tmp_path, targets: list[str]) -> None:
+        self.port = free_port()
+        rules = tmp_path / "alerts.yml"
+        rules.write_text(scaled((ROOT / "runbook" / "alerts.yml").read_text()))
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {rules}\n"
+            "scrape_configs:\n  - job_name: memguard\n    static_configs:\n"
+            f"      - targets: [{', '.join(repr(t) for t in targets)}]\n"
+        )
+        self.log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._ready, 30, "prometheus to be ready")
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def api(self, path: str, **params: str) -> object:
+        r = httpx.get(f"http://127.0.0.1:{self.port}/api/v1/{path}", params=params, timeout=5)
+        r.raise_for_status()
+        return r.json()["data"]
+
+    def alerts(self, state: str = "firing") -> list[dict]:
+        return [a for a in self.api("alerts")["alerts"] if a["state"] == state]
+
+    def firing(self, name: str, **labels: str) -> bool:
+        return any(a["labels"]["alertname"] == name and labels.items() <= a["labels"].items()
+                   for a in self.alerts())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+        self.log.close()
+
+
+READER = """
+import sys, time
+from memguard import metrics, service
+metrics.serve(int(sys.argv[1]), "127.0.0.1")
+while True:
+    service.fetch_thread_context("live-reader")
+    time.sleep(0.02)
+"""
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs the Debian package prometheus")
+def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
+    hold = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "2"}
+    reader_port, worker_port = free_port(), free_port()
+    stack.spawn("worker", "prom-worker", "-P", "solo", MEMGUARD_METRICS_PORT=str(worker_port), **hold)
+    beat = stack.spawn("beat", "prom-beat", **hold)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(reader_port)], env=stack.env(**hold),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = Prometheus(tmp_path, [f"127.0.0.1:{reader_port}", f"127.0.0.1:{worker_port}"])
+    try:
+        targets = lambda: prom.api("targets")["activeTargets"]  # noqa: E731
+        wait_for(lambda: [t["health"] for t in targets()] == ["up", "up"], 30, "both targets scraped")
+        time.sleep(3)
+        assert prom.alerts() == [], "nothing fires on a healthy fleet"
+
+        # Four operator downgrades within the (scaled) hour: flapping.
+        for _ in range(4):
+            stack.sender.send_task("memguard.force", kwargs={"reason": "manual_ops", "ttl_seconds": 60}
+                                   ).get(timeout=20)
+            stack.sender.send_task("memguard.clear").get(timeout=20)
+        flapped = time.monotonic()
+        wait_for(lambda: prom.firing("MemoryDowngradeFlapping"), 20, "MemoryDowngradeFlapping")
+
+        # A 401: the reader downgrades the fleet at once.
+        stack.stub.set_fault("401")
+        wait_for(lambda: prom.firing("MemoryAutoDowngrade", reason="auth"), 20,
+                 "MemoryAutoDowngrade{reason=auth}")
+        # Zep stays bad: probes fail, the fleet holds again and again, and is stuck.
+        wait_for(lambda: prom.firing("MemoryStuckInDowngrade"), 40, "MemoryStuckInDowngrade")
+        assert prom.firing("MemoryAutoDowngrade", reason="probe_failed")
+        # Zep is back: the next probe restores, and both resolve.
+        stack.stub.set_fault("ok")
+        wait_for(lambda: not prom.firing("MemoryStuckInDowngrade"), 20, "MemoryStuckInDowngrade to resolve")
+        wait_for(lambda: not prom.firing("MemoryAutoDowngrade"), 30, "MemoryAutoDowngrade to resolve")
+
+        # Beat stops: no probe tick renews the heartbeat (12 x 0.5 s), the prober is missing.
+        assert not prom.firing("MemoryProberMissing")
+        beat.stop()
+        wait_for(lambda: prom.firing("MemoryProberMissing"), 30, "MemoryProberMissing")
+        stack.spawn("beat", "prom-beat-2", **hold)
+        wait_for(lambda: not prom.firing("MemoryProberMissing"), 30, "MemoryProberMissing to resolve")
+
+        # The flapping window (60 s scaled) passes with no more downgrades.
+        left = max(5, 75 - (time.monotonic() - flapped))
+        wait_for(lambda: not prom.firing("MemoryDowngradeFlapping"), left, "flapping to resolve")
+        assert prom.alerts() == []
+    finally:
+        prom.stop()
+        reader.terminate()
+        reader.wait(10)
