@@ -79,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     from memguard import logs, ops, runtime
     from memguard.guard import origin
 
-    logs.configure(level="ERROR", stream=sys.stderr)
+    one_shot = args.cmd in ("status", "force", "clear", "probe", "history")
+    # One-shot commands print their own outcome; a warning line would only repeat it.
+    logs.configure(level="ERROR" if one_shot else "WARNING", stream=sys.stderr)
     by = origin("cli", user=getpass.getuser())
     url = None
     try:
-        if args.cmd in ("status", "force", "clear", "probe", "history"):
-            url = runtime.configure(watch=False).settings.redis_url  # one-shot: no watcher thread
+        if one_shot:
+            url = runtime.configure(watch=False).settings.redis_url  # no watcher thread needed
         if args.cmd == "status":
             st = ops.status(by=by)
             print(json.dumps(st)) if args.json else _print_status(st)

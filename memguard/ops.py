@@ -63,6 +63,7 @@ def key_problems(kwargs: dict[str, Any], allowed: frozenset[str]) -> list[str]:
 def _accept(action: str, by: dict[str, Any] | None, kwargs: dict[str, Any], problems: list[str],
             positional: Positional = ()) -> None:
     """Refuse with every problem named (and recorded with who asked), or record the acceptance."""
+    runtime.get()  # the audit trail and the logs hear the outcome
     if positional:
         problems = [f"positional arguments are not accepted, got {list(positional)!r}; use --kwargs",
                     *problems]

@@ -1,0 +1,103 @@
+"""What an operator sees: the audit trail, refusals recorded with who sent them, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from memguard import audit, flags, service
+from memguard.localstack import free_port
+
+from .test_adoption import example  # noqa: F401 - the example app's fixture
+
+
+def memguard_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "memguard.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_refused_celery_call_is_in_history_within_a_second_without_a_result_backend(example):  # noqa: F811
+    env = {k: v for k, v in example.env.items() if k != "CELERY_RESULT_BACKEND"}
+    worker = example.spawn("worker", "ops", "-P", "solo", CELERY_RESULT_BACKEND="")
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "myapp", "call", "memguard.force", "--kwargs",
+                          '{"reason": "", "ttl_seconds": -5}'], cwd=example.dir, env=env,
+                         capture_output=True, text=True, timeout=60)
+    sent = time.monotonic()
+    assert out.returncode == 0, out.stderr
+    task_id = out.stdout.strip().splitlines()[-1]
+    refused = None
+    while refused is None and time.monotonic() - sent < 5:
+        hist = memguard_cli(env, "history", "--json", "-n", "5")
+        assert hist.returncode == 0, hist.stderr
+        refused = next((json.loads(ln) for ln in hist.stdout.splitlines()
+                        if json.loads(ln).get("outcome") == "refused"), None)
+    seen_after = time.monotonic() - sent
+    assert refused is not None, "the refusal never reached the history"
+    assert seen_after <= 1.0, f"seen after {seen_after:.2f}s"
+    assert refused["action"] == "force" and refused["by"]["task_id"] == task_id
+    assert refused["by"]["host"] and refused["by"]["pid"] and refused["by"]["sent_from"]
+    errors = " | ".join(refused["errors"])
+    assert "reason must be a non-empty string" in errors and "ttl_seconds must be between 1 and" in errors
+    assert example.state.client().get(flags.FORCED_MODE_KEY) is None, "a refused call changed nothing"
+
+    # The worker log: one structured refusal line, no traceback.
+    time.sleep(0.3)
+    log = worker.output()
+    assert "Traceback" not in log
+    assert len([ln for ln in log.splitlines() if "memguard_operator_refused" in ln]) == 1
+
+    # memguard status shows it as the last operator action.
+    st = json.loads(memguard_cli(env, "status", "--json").stdout)
+    assert st["last_operator_action"]["outcome"] == "refused"
+    assert st["last_operator_action"]["by"]["task_id"] == task_id
+
+
+def test_history_records_every_transition_and_probe(configure, stub, redis_db):
+    from memguard.prober import probe_once
+
+    rt = configure(hold_seconds=1)
+    stub.set_fault("401")
+    service.fetch_thread_context("t")  # forced: auth
+    time.sleep(1.05)
+    probe_once(rt)  # failed: reforced
+    stub.set_fault("ok")
+    time.sleep(1.05)
+    probe_once(rt)  # success: restored
+    flags.force_write_only("manual_ops", 60)
+    flags.clear_forced_mode()
+    kinds = [(e["event"], e.get("reason") or e.get("result")) for e in audit.history(redis_db, 20)]
+    assert kinds == [("forced", "auth"), ("probe", "failed"), ("forced", "probe_failed"),
+                     ("probe", "success"), ("restored", "probe_success"), ("forced", "manual_ops"),
+                     ("manual_clear", "manual_clear")]
+    stamps = [e["time"] for e in audit.history(redis_db, 20)]
+    assert stamps == sorted(stamps)
+
+
+@pytest.mark.parametrize("command", [["status"], ["force", "--ttl", "60"], ["clear"], ["probe"],
+                                     ["history"]])
+def test_cli_with_redis_unreachable_prints_one_line(command):
+    url = f"redis://:secret-pw@127.0.0.1:{free_port()}/0"
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": url, "ZEP_API_KEY": "x"}
+    started = time.monotonic()
+    out = memguard_cli(env, *command)
+    assert out.returncode == 3
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [
+        f"memguard: cannot reach Redis at {url.replace('secret-pw', '***')}: ConnectionError"]
+    assert "secret-pw" not in out.stderr
+    assert time.monotonic() - started < 10
+
+
+def test_cli_refusal_names_every_error_and_changes_nothing(redis_server, redis_db):
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_server.url, "ZEP_API_KEY": "x"}
+    out = memguard_cli(env, "force", "--reason", "", "--ttl", "0")
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        "memguard: reason must be a non-empty string, got ''; ttl_seconds must be between 1 and 86400, got 0"]
+    assert redis_db.get(flags.FORCED_MODE_KEY) is None
+    last = audit.last_operator_action(redis_db)
+    assert last["outcome"] == "refused" and last["by"]["via"] == "cli"
