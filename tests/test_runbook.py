@@ -28,8 +28,11 @@ def test_promtool_rule_tests_pass():
 
 
 def test_every_dashboard_metric_exists_in_a_real_scrape(configure, stub):
-    configure()
+    from memguard.prober import probe_once
+
+    rt = configure()
     metrics.registry()
+    probe_once(rt)  # a probe tick: the heartbeat exists
     stub.set_fault("503")
     service.fetch_thread_context("t")
     stub.set_fault("ok")
