@@ -22,14 +22,14 @@ from memguard.watch import Watcher
 from memguard.zep import ZepReader, make_reader
 
 
-def redis_client(settings: Settings, socket_timeout_s: float | None = None) -> redis.Redis:
+def redis_client(settings: Settings) -> redis.Redis:
     """A client with short timeouts: a slow Redis must not slow the request path."""
     timeout = settings.redis_timeout_ms / 1000.0
     return redis.Redis.from_url(
         settings.redis_url,
         decode_responses=True,
         socket_connect_timeout=timeout,
-        socket_timeout=socket_timeout_s or timeout,
+        socket_timeout=timeout,
         retry_on_timeout=False,
     )
 
@@ -64,8 +64,8 @@ _fork_hook_registered = False
 
 def build(settings: Settings, *, watch: bool = True) -> Runtime:
     state = State(redis_client(settings), settings)
-    watcher = Watcher(state, redis_client(settings, socket_timeout_s=1.0), settings.probe_grace_seconds)
-    state.on_change = watcher.invalidate
+    watcher = Watcher(state, settings.redis_url, settings.probe_grace_seconds)
+    state.on_change = watcher.apply_notice
     if watch:
         watcher.start()
     return Runtime(settings, Guard(settings, state, watcher), watcher)

@@ -3,10 +3,11 @@
 Every transition is one Lua script, registered once and run atomically on the server, so
 that N workers failing together produce exactly one downgrade and no failure is lost. Time
 comes from the Redis server's clock (``TIME``) so workers with skewed clocks still agree.
-Each script that changes the forced record publishes on ``CHANGES_CHANNEL`` in the same
-round trip; that is what keeps in-process views fresh (see ``memguard.watch``).
+Each script that changes the record or the counter publishes a notice with the new values
+on ``CHANGES_CHANNEL`` in the same round trip; that is what keeps in-process views fresh
+without a read per process (see ``memguard.watch``).
 
-``State`` is the only writer: it runs the script, tells the local view to re-read, and emits
+``State`` is the only writer: it runs the script, hands its notice to the local view, and emits
 the event (``memguard.events``) that metrics, logs and other hooks subscribe to. Guard,
 prober, flags, tasks and CLI call it and never finish a transition by hand.
 """
@@ -33,11 +34,18 @@ PROBE_LOCK_KEY = "mem:probe:lock"
 PROBE_HEARTBEAT_KEY = "mem:probe:heartbeat"
 AUDIT_KEY = "mem:audit"
 AUDIT_MAXLEN = 10_000
+VERSION_KEY = "mem:state:version"
 CHANGES_CHANNEL = "mem:mode:changes"
 # The prober's heartbeat outlives this many probe intervals: its absence means no prober.
 HEARTBEAT_INTERVALS = 12
 
+# Every script gets the same keys: KEYS = forced, counter, version, probe lock, probe
+# heartbeat; ARGV[1] = the change channel, then the script's own arguments. A script that
+# changes the record or the counter ends with notify(): it bumps the version and publishes
+# (and returns) a notice carrying the new values, so every process's view applies the change
+# without reading Redis (see memguard.watch).
 _PRELUDE = """
+local FORCED, COUNTER, VERSION, LOCK, BEAT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -60,7 +68,15 @@ local function lapse_ms(rec, grace_ms)
   if type(rec.lapse_at) == 'number' then return rec.lapse_at * 1000 end
   return rec['until'] * 1000 + grace_ms
 end
-local function force(key, now, reason, hold_ms, grace_ms, by, prev, channel)
+-- The notice: forced = the new record ('' when removed), count/ttl = the counter, when changed.
+local function notify(change)
+  change.v = redis.call('INCR', VERSION)
+  change.now = now_ms()
+  local notice = cjson.encode(change)
+  redis.call('PUBLISH', ARGV[1], notice)
+  return notice
+end
+local function write_record(now, reason, hold_ms, grace_ms, by, prev)
   local holds = 1
   if prev and reason == 'probe_failed' then holds = (tonumber(prev.holds) or 1) + 1 end
   local rec = {mode = 'write_only', reason = reason, forced_at = now / 1000,
@@ -69,122 +85,110 @@ local function force(key, now, reason, hold_ms, grace_ms, by, prev, channel)
   rec['until'] = (now + hold_ms) / 1000
   local raw = cjson.encode(rec)
   -- Safety net only: readers or the prober normally end the record (and log it) first.
-  redis.call('SET', key, raw, 'PXAT', now + hold_ms + 2 * grace_ms)
-  redis.call('PUBLISH', channel, 'forced')
+  redis.call('SET', FORCED, raw, 'PXAT', now + hold_ms + 2 * grace_ms)
   return raw
 end
 """
 
-# KEYS: forced. ARGV: reason, hold_ms, grace_ms, by(json), auto(1/0), channel.
-# -> {"held", current} (auto and a record exists) | {"forced", new, previous or ""}
+# ARGV: channel, reason, hold_ms, grace_ms, by(json), auto(1/0).
+# -> {"held", current, "", ""} (auto and a record exists) | {"forced", new, previous or "", notice}
 _FORCE = """
-local now = now_ms()
-local raw = redis.call('GET', KEYS[1])
+local raw = redis.call('GET', FORCED)
 local prev = decode(raw)
-if ARGV[5] == '1' and prev then return {'held', raw} end
-local new = force(KEYS[1], now, ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], prev, ARGV[6])
-return {'forced', new, raw or ''}
+if ARGV[6] == '1' and prev then return {'held', raw, '', ''} end
+local new = write_record(now_ms(), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], prev)
+return {'forced', new, raw or '', notify({forced = new})}
 """
 
-# KEYS: counter, forced. ARGV: window_ms, threshold, hold_ms, grace_ms, by, auto, channel.
-# -> {status, count, record or "", repaired ("1" or ""), previous or ""};
+# ARGV: channel, window_ms, threshold, hold_ms, grace_ms, by, auto.
+# -> {status, count, record or "", repaired ("1" or ""), previous or "", notice};
 #    status: "counted" (below threshold), "held" (a record exists), "disabled", "forced"
 _RECORD_FAILURE = """
 local repaired = ''
-local count = redis.pcall('INCR', KEYS[1])
+local count = redis.pcall('INCR', COUNTER)
 if type(count) == 'table' then
-  redis.call('DEL', KEYS[1])
-  count = redis.call('INCR', KEYS[1])
+  redis.call('DEL', COUNTER)
+  count = redis.call('INCR', COUNTER)
   repaired = '1'
 end
-if count == 1 or redis.call('PTTL', KEYS[1]) < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  redis.call('PUBLISH', ARGV[7], 'failures')
+if count == 1 or redis.call('PTTL', COUNTER) < 0 then redis.call('PEXPIRE', COUNTER, ARGV[2]) end
+local change = {count = count, ttl = redis.call('PTTL', COUNTER)}
+local status, raw, previous = 'counted', '', ''
+if count >= tonumber(ARGV[3]) then
+  raw = redis.call('GET', FORCED)
+  if decode(raw) then
+    status = 'held'
+  elseif ARGV[7] ~= '1' then
+    status, raw = 'disabled', ''
+  else
+    previous = raw or ''
+    raw = write_record(now_ms(), 'consecutive_failures', tonumber(ARGV[4]), tonumber(ARGV[5]),
+                       ARGV[6], nil)
+    change.forced, status = raw, 'forced'
+  end
 end
-if count < tonumber(ARGV[2]) then return {'counted', count, '', repaired, ''} end
-local raw = redis.call('GET', KEYS[2])
-local prev = decode(raw)
-if prev then return {'held', count, raw, repaired, ''} end
-if ARGV[6] ~= '1' then return {'disabled', count, '', repaired, ''} end
-local new = force(KEYS[2], now_ms(), 'consecutive_failures', tonumber(ARGV[3]),
-                  tonumber(ARGV[4]), ARGV[5], nil, ARGV[7])
-return {'forced', count, new, repaired, raw or ''}
+return {status, count, raw or '', repaired, previous, notify(change)}
 """
 
-# KEYS: counter. ARGV: channel. -> number of keys deleted (0 or 1)
+# ARGV: channel. -> {1, notice} if there was a count, else {0, ""}
 _RESET_FAILURES = """
-local n = redis.call('DEL', KEYS[1])
-if n > 0 then redis.call('PUBLISH', ARGV[1], 'reset') end
-return n
+if redis.call('DEL', COUNTER) == 0 then return {0, ''} end
+return {1, notify({count = 0, ttl = -2})}
 """
 
-# KEYS: forced, counter. ARGV: channel. -> the removed record or ""
+# ARGV: channel. -> {removed record or "", notice or ""}
 _CLEAR = """
-local raw = redis.call('GET', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
-if raw then redis.call('PUBLISH', ARGV[1], 'cleared') end
-return raw or ''
+local raw = redis.call('GET', FORCED)
+if redis.call('DEL', FORCED, COUNTER) == 0 then return {'', ''} end
+return {raw or '', notify({forced = '', count = 0, ttl = -2})}
 """
 
-# KEYS: forced, counter, heartbeat.
-# -> {record or "", counter or "" ("?" if not a string), counter pttl, now_ms, heartbeat_ms or ""}
-_SNAPSHOT = """
-local raw = redis.call('GET', KEYS[1])
-local count = redis.pcall('GET', KEYS[2])
-if type(count) == 'table' then count = '?' end
-local beat = redis.pcall('GET', KEYS[3])
-if type(beat) == 'table' then beat = '' end
-return {raw or '', count or '', redis.call('PTTL', KEYS[2]), tostring(now_ms()), beat or ''}
-"""
-
-# KEYS: forced. ARGV: grace_ms, channel. Ends an expired hold nobody probed in time.
-# -> the removed record, or "" (none, or not yet past hold plus grace)
+# ARGV: channel, grace_ms. Ends an expired hold nobody probed in time.
+# -> {removed record, notice}, or {"", ""} (none, or not yet past hold plus grace)
 _LAPSE = """
-local raw = redis.call('GET', KEYS[1])
+local raw = redis.call('GET', FORCED)
 local rec = decode(raw)
-if not rec or now_ms() < lapse_ms(rec, tonumber(ARGV[1])) then return '' end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], 'lapsed')
-return raw
+if not rec or now_ms() < lapse_ms(rec, tonumber(ARGV[2])) then return {'', ''} end
+redis.call('DEL', FORCED)
+return {raw, notify({forced = ''})}
 """
 
-# KEYS: forced, lock, heartbeat. ARGV: token, lock_ms, channel, heartbeat_ms. Every tick
-# also renews the prober's heartbeat (read by the metrics: no heartbeat, no prober).
-# -> {"idle"} | {"corrupt", raw} (removed) | {"held", raw} | {"busy", raw} | {"claimed", raw, id}
+# ARGV: channel, token, lock_ms, heartbeat_ms. Every tick also renews the prober's
+# heartbeat (read by the metrics: no heartbeat, no prober).
+# -> {"idle", "", "", ""} | {"corrupt", raw, "", notice} (removed) | {"held", raw, "", ""}
+#    | {"busy", raw, "", ""} | {"claimed", raw, id, ""}
 _PROBE_CLAIM = """
 local now = now_ms()
-redis.call('SET', KEYS[3], now, 'PX', ARGV[4])
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {'idle'} end
+redis.call('SET', BEAT, now, 'PX', ARGV[4])
+local raw = redis.call('GET', FORCED)
+if not raw then return {'idle', '', '', ''} end
 local rec = decode(raw)
 if rec == false then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[3], 'cleared')
-  return {'corrupt', raw}
+  redis.call('DEL', FORCED)
+  return {'corrupt', raw, '', notify({forced = ''})}
 end
-if now < rec['until'] * 1000 then return {'held', raw} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {'claimed', raw, ident(rec)}
+if now < rec['until'] * 1000 then return {'held', raw, '', ''} end
+if redis.call('SET', LOCK, ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {'claimed', raw, ident(rec), ''}
 end
-return {'busy', raw}
+return {'busy', raw, '', ''}
 """
 
-# KEYS: forced, lock, counter. ARGV: token, id, success(1/0), hold_ms, grace_ms, by, channel.
-# -> {"lost", ""} | {"superseded", raw} | {"restored", raw} | {"reforced", new, previous}
+# ARGV: channel, token, id, success(1/0), hold_ms, grace_ms, by.
+# -> {"lost", "", "", ""} | {"superseded", raw, "", ""} | {"restored", raw, "", notice}
+#    | {"reforced", new, previous, notice}
 _PROBE_FINISH = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost', ''} end
-redis.call('DEL', KEYS[2])
-local raw = redis.call('GET', KEYS[1])
+if redis.call('GET', LOCK) ~= ARGV[2] then return {'lost', '', '', ''} end
+redis.call('DEL', LOCK)
+local raw = redis.call('GET', FORCED)
 local rec = decode(raw)
-if not rec or ident(rec) ~= ARGV[2] then return {'superseded', raw or ''} end
-if ARGV[3] == '1' then
-  redis.call('DEL', KEYS[1], KEYS[3])
-  redis.call('PUBLISH', ARGV[7], 'cleared')
-  return {'restored', raw}
+if not rec or ident(rec) ~= ARGV[3] then return {'superseded', raw or '', '', ''} end
+if ARGV[4] == '1' then
+  redis.call('DEL', FORCED, COUNTER)
+  return {'restored', raw, '', notify({forced = '', count = 0, ttl = -2})}
 end
-local new = force(KEYS[1], now_ms(), 'probe_failed', tonumber(ARGV[4]), tonumber(ARGV[5]),
-                  ARGV[6], rec, ARGV[7])
-return {'reforced', new, raw}
+local new = write_record(now_ms(), 'probe_failed', tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], rec)
+return {'reforced', new, raw, notify({forced = new})}
 """
 
 
@@ -280,6 +284,8 @@ class Snapshot:
     fail_ttl_ms: int
     redis_now: float
     probe_heartbeat: float | None = None  # Redis time of the prober's last tick, if recent
+    version: int = 0  # of the last notice sent (writes that bypass the scripts do not bump it)
+    record_ttl_ms: int = -2  # the record key's own expiry (-1: none), e.g. a hand SET ... EX
 
 
 @dataclass(frozen=True)
@@ -305,37 +311,42 @@ def _record(raw: str | None) -> ForcedRecord | None:
 class State:
     """Every change to the forced record, the failure counter and the probe lock.
 
-    Each method is one script run; on a change it calls ``on_change`` (the process's view
-    re-reads) and emits the event. Redis errors are raised: the caller decides whether to
-    fail open (the request path) or report (operators).
+    Each method is one script run; on a change it hands the script's notice to ``on_change``
+    (this process's view applies it at once) and emits the event. Redis errors are raised:
+    the caller decides whether to fail open (the request path) or report (operators).
     """
 
     def __init__(self, client: redis.Redis, settings: Settings, *,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[str], None] | None = None) -> None:
         self.client = client
         self.settings = settings
         self.base = base_mode_of(settings)
-        self.on_change = on_change or (lambda: None)
+        self.on_change = on_change or (lambda notice: None)
         self.grace_ms = settings.probe_grace_seconds * 1000
-        self.forced_key = FORCED_MODE_KEY
-        self.counter_key = CONSECUTIVE_FAILURES_KEY
-        self.lock_key = PROBE_LOCK_KEY
+        self.keys = [FORCED_MODE_KEY, CONSECUTIVE_FAILURES_KEY, VERSION_KEY, PROBE_LOCK_KEY,
+                     PROBE_HEARTBEAT_KEY]
         self.channel = CHANGES_CHANNEL
-        reg = client.register_script
-        self._force = reg(_PRELUDE + _FORCE)
-        self._record_failure = reg(_PRELUDE + _RECORD_FAILURE)
-        self._reset = reg(_RESET_FAILURES)
-        self._clear = reg(_CLEAR)
-        self._snapshot = reg(_PRELUDE + _SNAPSHOT)
-        self._lapse = reg(_PRELUDE + _LAPSE)
-        self._claim = reg(_PRELUDE + _PROBE_CLAIM)
-        self._finish = reg(_PRELUDE + _PROBE_FINISH)
+        self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in (
+            ("force", _FORCE), ("record_failure", _RECORD_FAILURE), ("reset", _RESET_FAILURES),
+            ("clear", _CLEAR), ("lapse", _LAPSE), ("claim", _PROBE_CLAIM), ("finish", _PROBE_FINISH))}
+
+    def _run(self, script: str, *args: Any) -> list[Any]:
+        """Run one transition script; its last reply element is the notice of what changed."""
+        reply = self._scripts[script](keys=self.keys, args=[self.channel, *args])
+        if reply[-1]:
+            self.on_change(reply[-1])
+        return reply
 
     # -- reads ----------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        raw, count, ttl, now, beat = self._snapshot(
-            keys=[self.forced_key, self.counter_key, PROBE_HEARTBEAT_KEY])
+        """One round trip of plain reads (no Lua: a script costs an idle Redis ~70 µs of CPU)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget(FORCED_MODE_KEY, CONSECUTIVE_FAILURES_KEY, PROBE_HEARTBEAT_KEY, VERSION_KEY)
+        pipe.pttl(CONSECUTIVE_FAILURES_KEY)
+        pipe.pttl(FORCED_MODE_KEY)
+        pipe.time()
+        (raw, count, beat, version), ttl, record_ttl, (secs, micros) = pipe.execute()
         corrupt = None
         record = None
         if raw:
@@ -347,8 +358,9 @@ class State:
             fail_count = int(count) if count else 0
         except ValueError:
             fail_count = 0
-        heartbeat = int(beat) / 1000.0 if beat.isdigit() else None
-        return Snapshot(record, corrupt, fail_count, int(ttl), int(now) / 1000.0, heartbeat)
+        heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() else None
+        return Snapshot(record, corrupt, fail_count, int(ttl), secs + micros // 1000 / 1000.0, heartbeat,
+                        int(version) if version and version.isdigit() else 0, int(record_ttl))
 
     def mode(self, record: ForcedRecord | None) -> EffectiveMode:
         return combine(self.base, record is not None)
@@ -361,28 +373,22 @@ class State:
         if auto and self.settings.disable_auto_downgrade:
             events.emit(events.GuardTrouble("auto_downgrade_disabled", "force", reason))
             return Transition(Status.DISABLED)
-        status, *rest = self._force(
-            keys=[self.forced_key],
-            args=[reason, hold_seconds * 1000, self.grace_ms, json.dumps(by), int(auto), self.channel],
-        )
+        status, raw, previous, _ = self._run("force", reason, hold_seconds * 1000, self.grace_ms,
+                                             json.dumps(by), int(auto))
         if status == Status.HELD:
-            return Transition(Status.HELD, record=_record(rest[0]))
-        t = Transition(Status.FORCED, record=_record(rest[0]), previous=_record(rest[1]))
-        self.on_change()
+            return Transition(Status.HELD, record=_record(raw))
+        t = Transition(Status.FORCED, record=_record(raw), previous=_record(previous))
         self._forced(t)
         return t
 
     def record_failure(self, by: dict[str, Any]) -> Transition:
         """Count one failure fleet-wide and, at the threshold, force: one round trip."""
         s = self.settings
-        status, count, raw, repaired, previous = self._record_failure(
-            keys=[self.counter_key, self.forced_key],
-            args=[s.window_seconds * 1000, s.threshold, s.hold_seconds * 1000, self.grace_ms,
-                  json.dumps(by), int(not s.disable_auto_downgrade), self.channel],
-        )
+        status, count, raw, repaired, previous, _ = self._run(
+            "record_failure", s.window_seconds * 1000, s.threshold, s.hold_seconds * 1000, self.grace_ms,
+            json.dumps(by), int(not s.disable_auto_downgrade))
         t = Transition(Status(status), record=_record(raw), previous=_record(previous),
                        fail_count=int(count))
-        self.on_change()  # the count changed too: a success must now reset it
         if repaired:
             events.emit(events.GuardTrouble("corrupt_state", "count", "failure counter was not an integer"))
         if t.status is Status.FORCED:
@@ -393,12 +399,11 @@ class State:
 
     def reset_failures(self) -> bool:
         """End the failure window (a read succeeded); True if there was a count."""
-        return bool(self._reset(keys=[self.counter_key], args=[self.channel]))
+        return bool(self._run("reset")[0])
 
     def clear(self, by: dict[str, Any]) -> Transition:
         """Remove the record and the failure count now (an operator's clear)."""
-        previous = _record(self._clear(keys=[self.forced_key, self.counter_key], args=[self.channel]))
-        self.on_change()
+        previous = _record(self._run("clear")[0])
         if previous is None:
             return Transition(Status.IDLE)
         events.emit(events.ModeRestored(self.base.value, "manual_clear", previous.reason, by))
@@ -406,10 +411,9 @@ class State:
 
     def lapse(self, by: dict[str, Any]) -> Transition:
         """End a record whose hold plus grace has passed on the Redis clock."""
-        previous = _record(self._lapse(keys=[self.forced_key], args=[self.grace_ms, self.channel]))
+        previous = _record(self._run("lapse", self.grace_ms)[0])
         if previous is None:
             return Transition(Status.IDLE)
-        self.on_change()
         events.emit(events.ModeRestored(self.base.value, "lapsed", previous.reason, by))
         return Transition(Status.LAPSED, previous=previous)
 
@@ -417,31 +421,24 @@ class State:
         """Take the fleet-wide probe lock if a hold has expired; returns the lock token."""
         token = secrets.token_hex(16)
         heartbeat_ms = int(HEARTBEAT_INTERVALS * self.settings.probe_interval_seconds * 1000)
-        status, *rest = self._claim(keys=[self.forced_key, self.lock_key, PROBE_HEARTBEAT_KEY],
-                                    args=[token, lock_ms, self.channel, heartbeat_ms])
+        status, raw, ident, _ = self._run("claim", token, lock_ms, heartbeat_ms)
         if status == Status.CORRUPT:
-            self.on_change()
             events.emit(events.GuardTrouble("corrupt_state", "probe", "forced record removed"))
             return Transition(Status.CORRUPT), token
-        record = _record(rest[0]) if rest else None
-        return Transition(Status(status), record=record, ident=rest[1] if len(rest) > 1 else ""), token
+        return Transition(Status(status), record=_record(raw), ident=ident), token
 
     def finish_probe(self, token: str, claim: Transition, *, success: bool, started: float,
                      error: str, by: dict[str, Any]) -> Transition:
         """Apply a probe's result, unless the lock or the record changed meanwhile."""
-        status, *rest = self._finish(
-            keys=[self.forced_key, self.lock_key, self.counter_key],
-            args=[token, claim.ident, int(success), self.settings.hold_seconds * 1000, self.grace_ms,
-                  json.dumps(by), self.channel],
-        )
+        status, raw, previous, _ = self._run("finish", token, claim.ident, int(success),
+                                             self.settings.hold_seconds * 1000, self.grace_ms, json.dumps(by))
         duration = time.perf_counter() - started
         if status == Status.REFORCED:
-            t = Transition(Status.REFORCED, record=_record(rest[0]), previous=_record(rest[1]))
+            t = Transition(Status.REFORCED, record=_record(raw), previous=_record(previous))
         elif status == Status.RESTORED:
-            t = Transition(Status.RESTORED, previous=_record(rest[0]))
+            t = Transition(Status.RESTORED, previous=_record(raw))
         else:
-            t = Transition(Status(status), record=_record(rest[0]))
-        self.on_change()
+            t = Transition(Status(status), record=_record(raw))
         events.emit(events.ProbeFinished(t.status.probe_result, duration, error))
         if t.status is Status.RESTORED and t.previous is not None:
             events.emit(events.ModeRestored(self.base.value, "probe_success", t.previous.reason, by))

@@ -1,30 +1,54 @@
-"""A process-local view of the fleet state, kept fresh by Redis pub/sub.
+"""A process-local view of the fleet state, kept fresh by the Redis server itself.
 
-Every script that changes the forced record publishes on the change channel in the same
-round trip, so a subscriber hears of a force within a millisecond or so. The watcher thread
-re-reads the state on each notice and pings the subscription; the view carries a deadline
-(``valid_until``) past which the guard must not trust it. If the channel breaks, stalls or
-the process forks, the view lapses and the guard falls back to reading Redis on each read:
-fail safe, never stale.
+One connection per process, subscribed to two things:
+- memguard's change channel: every transition script publishes a notice with the new values
+  and a version, so a change costs the fleet one script run, not one read per process;
+- Redis client tracking (``CLIENT TRACKING ON BCAST PREFIX mem:``, redirected to this same
+  connection): the server reports *any* change to memguard's keys — a hand ``SET``/``DEL``,
+  older code writing the original record, a key expiring, ``FLUSHALL``. A change no notice
+  explains is re-read at once.
+
+Liveness without polling: when no message has arrived for a second or so, one process (the
+first whose randomised timer fires) publishes a heartbeat that every process receives, so
+the fleet sends about one command a second in all. A view whose connection has been silent
+for ``LIVENESS_S`` lapses, and the guard reads Redis on each read instead (fail safe, never
+stale) until the watcher has reconnected, re-enabled tracking and re-read the state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from memguard import events
-from memguard.state import ForcedRecord, State
+from memguard.state import (
+    CHANGES_CHANNEL,
+    CONSECUTIVE_FAILURES_KEY,
+    FORCED_MODE_KEY,
+    CorruptRecord,
+    ForcedRecord,
+    Snapshot,
+    State,
+)
 
-PING_INTERVAL_S = 0.5
 LIVENESS_S = 2.0
-# Writes that bypass the scripts (a hand-typed SET, a key expiring) publish nothing:
-# re-read at this interval so they are seen too.
-RESYNC_S = 1.0
+HEARTBEAT_AFTER_S = (1.0, 1.4)  # silence after which this process publishes the heartbeat
+# Writes that bypass the scripts are reported by tracking; this slow re-read only bounds the
+# one case tracking cannot tell apart: a foreign write to a key in the same instant a script
+# wrote it.
+RESYNC_S = 30.0
+INVALIDATE_CHANNEL = "__redis__:invalidate"
+TRACKED_PREFIX = "mem:"
+VIEW_KEYS = frozenset({FORCED_MODE_KEY, CONSECUTIVE_FAILURES_KEY})
+HEARTBEAT = "heartbeat"
 
 
 @dataclass(frozen=True)
@@ -34,19 +58,33 @@ class View:
     failures_until: float  # monotonic; before it the failure counter may be non-zero
 
 
-class Watcher:
-    """One daemon thread per process holding the subscription."""
+def _keepalive_options() -> dict[int, int]:
+    """Let the kernel notice a dead peer in about 2 s without any Redis command."""
+    opts = {}
+    for name, value in (("TCP_KEEPIDLE", 1), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 1)):
+        if hasattr(socket, name):
+            opts[getattr(socket, name)] = value
+    return opts
 
-    def __init__(self, state: State, client: redis.Redis, grace_seconds: float) -> None:
+
+class Watcher:
+    """One daemon thread per process holding the tracked, subscribed connection."""
+
+    def __init__(self, state: State, redis_url: str, grace_seconds: float) -> None:
         self.state = state
-        self.client = client
+        self.redis_url = redis_url
         self.grace_seconds = grace_seconds
         self.current: View | None = None
-        self._liveness_until = 0.0
+        self._lock = threading.Lock()
+        self._record: ForcedRecord | None = None
         self._record_lapse_mono = float("inf")
+        self._failures_until = 0.0
+        self._version = -1
+        self._explained: set[str] = set()
+        self._liveness_until = 0.0
+        self._last_corrupt: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_corrupt: str | None = None
 
     def start(self) -> None:
         self._stop.clear()
@@ -57,11 +95,7 @@ class Watcher:
         self._stop.set()
         self.current = None
         if self._thread is not None:
-            self._thread.join(timeout=2)
-
-    def invalidate(self) -> None:
-        """This process just changed the state: distrust the view until the watcher re-reads."""
-        self.current = None
+            self._thread.join(timeout=3)
 
     def wait_ready(self, timeout: float = 2.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -70,6 +104,74 @@ class Watcher:
                 return True
             time.sleep(0.005)
         return False
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def apply_notice(self, notice: str) -> None:
+        """A transition's notice (from this process's own write, or from the channel)."""
+        try:
+            change = json.loads(notice)
+            version = int(change["v"])
+        except (ValueError, KeyError, TypeError):
+            events.emit(events.GuardTrouble("corrupt_state", "notice", notice[:120]))
+            return
+        with self._lock:
+            if version <= self._version:
+                return  # already applied (our own write, seen again on the channel)
+            self._version = version
+            mono = time.monotonic()
+            if "forced" in change:
+                self._explained.add(FORCED_MODE_KEY)
+                self._set_record(change["forced"] or None, change["now"] / 1000.0, mono)
+            if "count" in change:
+                self._explained.add(CONSECUTIVE_FAILURES_KEY)
+                self._set_failures(int(change["count"]), int(change["ttl"]), mono)
+            self._publish_view()
+
+    def _apply_snapshot(self, snap: Snapshot) -> bool:
+        """Apply a re-read unless a newer notice has been applied since it was taken."""
+        with self._lock:
+            if snap.version < self._version:
+                return False
+            self._version = snap.version
+            mono = time.monotonic()
+            if snap.corrupt is not None and snap.corrupt != self._last_corrupt:
+                events.emit(events.GuardTrouble("corrupt_state", "watch", snap.corrupt[:120]))
+            self._last_corrupt = snap.corrupt
+            self._record = snap.record
+            if snap.record is not None:
+                self._record_lapse_mono = mono + snap.record.lapse_time(self.grace_seconds) - snap.redis_now
+                if snap.record_ttl_ms > 0:  # Redis reports the expiry up to ~100 ms late: don't wait
+                    self._record_lapse_mono = min(self._record_lapse_mono, mono + snap.record_ttl_ms / 1000)
+            self._set_failures(snap.fail_count, snap.fail_ttl_ms, mono)
+            self._publish_view()
+            return True
+
+    def _set_record(self, raw: str | None, redis_now: float, mono: float) -> None:
+        try:
+            self._record = ForcedRecord.parse(raw) if raw else None
+        except CorruptRecord:
+            self._record = None
+        if self._record is not None:
+            self._record_lapse_mono = mono + self._record.lapse_time(self.grace_seconds) - redis_now
+
+    def _set_failures(self, count: int, ttl_ms: int, mono: float) -> None:
+        if count <= 0 and ttl_ms <= 0:
+            self._failures_until = 0.0
+        else:
+            self._failures_until = mono + ttl_ms / 1000.0 if ttl_ms > 0 else float("inf")
+
+    def _publish_view(self) -> None:
+        """Expose the view, valid while the connection is live (and the record not lapsed)."""
+        if time.monotonic() >= self._liveness_until:
+            self.current = None
+            return
+        deadline = self._liveness_until
+        if self._record is not None:
+            deadline = min(deadline, self._record_lapse_mono)
+        self.current = View(self._record, deadline, self._failures_until)
+
+    # -- the connection ---------------------------------------------------------------------
 
     def _run(self) -> None:
         backoff = 0.1
@@ -83,61 +185,102 @@ class Watcher:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    def _connect(self) -> redis.Connection:
+        # RESP2: subscribe replies and tracking messages come back as plain replies.
+        pool = redis.ConnectionPool.from_url(
+            self.redis_url, decode_responses=True, socket_timeout=1.0, socket_connect_timeout=1.0,
+            socket_keepalive=True, socket_keepalive_options=_keepalive_options(), protocol=2)
+        conn: redis.Connection = pool.make_connection()
+        conn.connect()
+        conn.send_command("CLIENT", "ID")
+        client_id = conn.read_response()
+        conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX",
+                          TRACKED_PREFIX)
+        if conn.read_response() not in ("OK", b"OK"):
+            raise redis.ConnectionError("CLIENT TRACKING was refused")
+        conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL, CHANGES_CHANNEL)
+        for _ in range(2):
+            reply = conn.read_response()
+            if not reply or reply[0] != "subscribe":
+                raise redis.ConnectionError(f"unexpected subscribe reply {reply!r}")
+        return conn
+
     def _follow(self) -> None:
-        pubsub = self.client.pubsub()
+        conn = self._connect()
+        with self._lock:
+            self._version = -1  # whatever was applied before, the re-read below decides
         try:
-            pubsub.subscribe(self.state.channel)
-            confirmed = pubsub.get_message(timeout=1.0)
-            if not confirmed or confirmed["type"] != "subscribe":
-                raise redis.ConnectionError("no subscribe confirmation")
             self._alive()
-            self._refresh()
-            last_ping = last_sync = time.monotonic()
+            self._resync()
+            last_sync = time.monotonic()
+            heartbeat_at = self._next_heartbeat()
             while not self._stop.is_set():
-                msg = pubsub.get_message(timeout=0.1)
-                now = time.monotonic()
-                if msg is not None:
+                if conn.can_read(timeout=0.05):
                     self._alive()
-                    if msg["type"] == "message":
-                        self.current = None  # distrust the old view until re-read
-                        self._refresh()
-                        last_sync = now
+                    heartbeat_at = self._next_heartbeat()
+                    if self._handle(conn.read_response()):
+                        self._resync()
+                        last_sync = time.monotonic()
+                now = time.monotonic()
+                if now >= heartbeat_at:
+                    self._send_heartbeat()
+                    heartbeat_at = self._next_heartbeat()
                 if now - last_sync >= RESYNC_S:
-                    self._refresh()
+                    self._resync()
                     last_sync = now
-                if now - last_ping >= PING_INTERVAL_S:
-                    pubsub.ping("memguard")
-                    last_ping = now
-                if now > self._liveness_until:
-                    raise redis.ConnectionError("change channel silent past liveness bound")
+                if now >= self._liveness_until:
+                    raise redis.ConnectionError("no message within the liveness bound")
+                if self.current is not None and now >= self.current.valid_until:
+                    with self._lock:
+                        self._publish_view()
         finally:
             self.current = None
-            with contextlib.suppress(redis.RedisError):
-                pubsub.close()
+            with contextlib.suppress(redis.RedisError, OSError):
+                conn.disconnect()
+
+    def _handle(self, message: Any) -> bool:
+        """Apply one pushed message; True when the state must be re-read."""
+        if not isinstance(message, list) or len(message) < 3 or message[0] != "message":
+            return False
+        channel, data = message[1], message[2]
+        if channel == CHANGES_CHANNEL:
+            if data != HEARTBEAT:
+                self.apply_notice(data)
+            return False
+        if data is None:  # FLUSHALL / FLUSHDB: everything is gone
+            return True
+        changed = VIEW_KEYS.intersection(data)
+        with self._lock:
+            unexplained = changed - self._explained
+            self._explained.clear()
+            if unexplained == {CONSECUTIVE_FAILURES_KEY} and time.monotonic() >= self._failures_until - 0.1:
+                self._set_failures(0, -2, time.monotonic())  # the failure window expired
+                self._publish_view()
+                return False
+        return bool(unexplained)
+
+    def _resync(self) -> None:
+        """Re-read; a read overtaken by a newer notice is read again. A version that went
+        backwards and stays there (FLUSHALL, a Redis restart) is taken as it is."""
+        for _ in range(3):
+            snap = self.state.snapshot()
+            if self._apply_snapshot(snap):
+                return
+        with self._lock:
+            self._version = -1
+        self._apply_snapshot(snap)
 
     def _alive(self) -> None:
         self._liveness_until = time.monotonic() + LIVENESS_S
         view = self.current
-        if view is not None:
-            self.current = View(view.record, self._deadline(view.record), view.failures_until)
+        if view is not None or self._version >= 0:
+            with self._lock:
+                self._publish_view()
 
-    def _deadline(self, record: ForcedRecord | None) -> float:
-        deadline = self._liveness_until
-        if record is not None:
-            deadline = min(deadline, self._record_lapse_mono)
-        return deadline
+    def _send_heartbeat(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.state.client.publish(CHANGES_CHANNEL, HEARTBEAT)
 
-    def _refresh(self) -> None:
-        snap = self.state.snapshot()
-        mono = time.monotonic()
-        if snap.corrupt is not None and snap.corrupt != self._last_corrupt:
-            events.emit(events.GuardTrouble("corrupt_state", "watch", snap.corrupt[:120]))
-        self._last_corrupt = snap.corrupt
-        record = snap.record
-        if record is not None:
-            self._record_lapse_mono = mono + record.lapse_time(self.grace_seconds) - snap.redis_now
-        failures_until = 0.0
-        if snap.fail_count or snap.fail_ttl_ms > 0:
-            ttl = snap.fail_ttl_ms / 1000 if snap.fail_ttl_ms > 0 else float("inf")
-            failures_until = mono + ttl
-        self.current = View(record, self._deadline(record), failures_until)
+    @staticmethod
+    def _next_heartbeat() -> float:
+        return time.monotonic() + random.uniform(*HEARTBEAT_AFTER_S)
