@@ -40,11 +40,11 @@ from memguard.state import (
 )
 
 LIVENESS_S = 2.0
-HEARTBEAT_AFTER_S = (1.0, 1.4)  # silence after which this process publishes the heartbeat
+HEARTBEAT_AFTER_S = (1.1, 1.5)  # silence after which this process publishes the heartbeat
 # Writes that bypass the scripts are reported by tracking; this slow re-read only bounds the
 # one case tracking cannot tell apart: a foreign write to a key in the same instant a script
 # wrote it.
-RESYNC_S = 30.0
+RESYNC_S = 60.0
 INVALIDATE_CHANNEL = "__redis__:invalidate"
 TRACKED_PREFIX = "mem:"
 VIEW_KEYS = frozenset({FORCED_MODE_KEY, CONSECUTIVE_FAILURES_KEY})
@@ -215,7 +215,11 @@ class Watcher:
             last_sync = time.monotonic()
             heartbeat_at = self._next_heartbeat()
             while not self._stop.is_set():
-                if conn.can_read(timeout=0.05):
+                # Sleep until a message or the next thing due: about one wake-up a second.
+                due = min(heartbeat_at, last_sync + RESYNC_S, self._liveness_until, time.monotonic() + 1.0)
+                if self.current is not None:
+                    due = min(due, self.current.valid_until)
+                if conn.can_read(timeout=max(0.001, due - time.monotonic())):
                     self._alive()
                     heartbeat_at = self._next_heartbeat()
                     if self._handle(conn.read_response()):
