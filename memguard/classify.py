@@ -9,7 +9,8 @@ application's own read may use httpx, requests or the standard library.
 | status 401 or 403                                                 | auth         | force  |
 | status 408                                                        | timeout      | count  |
 | status 5xx (a non-JSON 5xx body too)                              | http_5xx     | count  |
-| status 429                                                        | rate_limited | ignore |
+| status 429 with Retry-After (seconds or an HTTP date)             | rate_limited | force for that long |
+| status 429 without Retry-After                                    | rate_limited | ignore |
 | any other status                                                  | http_4xx     | ignore |
 | a transport timeout (httpx, requests, urllib3, TimeoutError)      | timeout      | count  |
 | a connection error (httpx, requests, urllib3, ConnectionError)    | connection   | count  |
@@ -21,11 +22,15 @@ The status is found, in order, on ``exc.status_code`` (the Zep SDKs' ``ApiError`
 exception with an integer ``status_code``), ``exc.response.status_code`` (httpx's
 ``HTTPStatusError``, requests' ``HTTPError``) and ``exc.status`` (``urllib.error.HTTPError``,
 aiohttp, urllib3 responses). zep-python leaks a raw ``JSONDecodeError`` for some non-JSON
-error bodies, so the adapter records the last HTTP status it saw and passes it in here.
+error bodies and its errors carry no headers, so the adapter records the last HTTP status and
+Retry-After it saw and passes them in here. Retry-After is read from ``exc.headers`` (zep-cloud)
+or ``exc.response.headers`` (httpx, requests) first.
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import enum
 import http.client
 import json
@@ -47,6 +52,7 @@ class Verdict:
     action: Action
     reason: str  # the `reason` label of memory_zep_context_failures_total
     status: int | None = None
+    hold_seconds: float | None = None  # a FORCE's own hold (a 429's Retry-After), else the setting
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -59,13 +65,42 @@ def status_of(exc: BaseException) -> int | None:
     return None
 
 
-def classify(exc: BaseException, last_status: int | None = None) -> Verdict:
-    """Map a read failure to the action of the table above."""
+def retry_after(exc: BaseException, fallback: str | None = None) -> float | None:
+    """Seconds a 429's Retry-After asks for (seconds or an HTTP date), or None."""
+    raw = fallback
+    for headers in (getattr(exc, "headers", None), getattr(getattr(exc, "response", None), "headers", None)):
+        if headers is not None and hasattr(headers, "get"):
+            raw = headers.get("retry-after") or headers.get("Retry-After") or raw
+            break
+    if not raw:
+        return None
+    raw = str(raw).strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return seconds if seconds >= 1 else None
+
+
+def classify(exc: BaseException, last: tuple[int, str | None] | None = None) -> Verdict:
+    """Map a read failure to the action of the table above (``last``: the adapter's last
+    response status and Retry-After)."""
     status = status_of(exc)
+    last_status, last_retry = last if last else (None, None)
     if status is None and isinstance(exc, json.JSONDecodeError):
         status = last_status
         if status is None or 200 <= status < 300:
             return Verdict(Action.IGNORE, "bad_payload", status)
+    if status == 429:
+        wait = retry_after(exc, last_retry if last_status == 429 else None)
+        if wait is not None:
+            return Verdict(Action.FORCE, "rate_limited", 429, wait)
     if status is not None:
         return _by_status(status)
     if isinstance(exc, _timeouts()):

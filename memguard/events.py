@@ -26,6 +26,15 @@ class ModeForced:
 
 
 @dataclass(frozen=True)
+class WouldForce:
+    """DISABLE_AUTO_DOWNGRADE is set: this trigger would have forced write_only."""
+
+    reason: str
+    hold_seconds: float
+    fail_count: int | None = None
+
+
+@dataclass(frozen=True)
 class ModeRestored:
     mode: str
     reason: str  # probe_success, manual_clear, lapsed
@@ -80,12 +89,12 @@ class OperatorAction:
 class GuardTrouble:
     """The guard's own parts misbehaved: Redis errors, corrupt keys, lost events."""
 
-    kind: str  # redis_error, corrupt_state, auto_downgrade_disabled, config_error
+    kind: str  # redis_error, corrupt_state, config_error
     op: str
     detail: str = ""
 
 
-Event = (ModeForced | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished
+Event = (ModeForced | WouldForce | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished
          | OperatorAction | GuardTrouble)
 Subscriber = Callable[[Event], None]
 

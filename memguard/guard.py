@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -23,6 +23,9 @@ from memguard.modes import EffectiveMode
 from memguard.settings import Settings
 from memguard.state import ForcedRecord, State
 from memguard.watch import Watcher
+
+if TYPE_CHECKING:
+    from memguard.latency import LatencyMeter
 
 REDIS_BACKOFF_S = 1.0
 OVERHEAD_SAMPLE_EVERY = 16
@@ -37,10 +40,12 @@ def origin(via: str, **extra: Any) -> dict[str, Any]:
 
 
 class Guard:
-    def __init__(self, settings: Settings, state: State, watcher: Watcher | None = None) -> None:
+    def __init__(self, settings: Settings, state: State, watcher: Watcher | None = None,
+                 latency: LatencyMeter | None = None) -> None:
         self.settings = settings
         self.state = state
         self.watcher = watcher
+        self.latency = latency
         self.base = state.base
         self._down_until = 0.0
         self._reads = 0
@@ -94,11 +99,15 @@ class Guard:
         try:
             value = fn(*args, **(kwargs or {}))
         except Exception as exc:
+            if self.latency is not None:
+                self.latency.record(time.perf_counter() - called)
             verdict = self.record_failure(exc, thread_id)
             return None, {"used": False, "source": "zep_error", "reason": verdict.reason,
                           "status": verdict.status, "error": type(exc).__name__}
         resumed = time.perf_counter()
         took = resumed - called
+        if self.latency is not None:
+            self.latency.record(took)
         if budget_s is not None and took > budget_s:
             self._count(Verdict(Action.COUNT, "timeout"), thread_id, "budget_overrun")
             return value, {"used": True, "source": "zep", "overran_ms": round(took * 1000, 1)}
@@ -124,7 +133,7 @@ class Guard:
             self._redis_down("reset", exc)
 
     def record_failure(self, exc: BaseException, thread_id: str | None = None) -> Verdict:
-        verdict = classify(exc, zep.last_status())
+        verdict = classify(exc, zep.last_response())
         error = type(exc).__name__
         if verdict.action is Action.COUNT:
             self._count(verdict, thread_id, error)
@@ -132,8 +141,11 @@ class Guard:
         events.emit(events.FailureRecorded(verdict.reason, verdict.action.value, verdict.status,
                                            thread_id, error=error))
         if verdict.action is Action.FORCE:
+            hold = self.settings.hold_seconds
+            if verdict.hold_seconds is not None:  # a 429's Retry-After, within the cap
+                hold = max(1, min(round(verdict.hold_seconds), self.settings.hold_cap_seconds))
             try:
-                self.state.force(verdict.reason, self.settings.hold_seconds, origin("auto"), auto=True)
+                self.state.force(verdict.reason, hold, origin("auto"), auto=True)
             except redis.RedisError as err:
                 self._redis_down("force", err)
         return verdict

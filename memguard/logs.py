@@ -31,6 +31,8 @@ _AUTH_HEADER = re.compile(r"(Api-Key|Bearer|Basic)\s+[^\s'\",}]+", re.I)
 
 def _secret_values() -> list[str]:
     values = [os.environ.get("ZEP_API_KEY", "")]
+    values += [u.strip().partition("=")[2] if "=" in u.split("://")[0] else u.strip()
+               for u in os.environ.get("MEMORY_WEBHOOK_URLS", "").split(",")]
     for var in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         m = _URL_PASSWORD.search(os.environ.get(var, ""))
         if m:
@@ -129,6 +131,9 @@ def on_event(event: events.Event) -> None:
         elif event.reason == "consecutive_failures":
             log.error("zep_consecutive_failures_auto_downgrade", fail_count=event.fail_count,
                       until=event.until)
+    elif isinstance(event, events.WouldForce):
+        log.warning("memory_mode_would_force", reason=event.reason, hold_seconds=event.hold_seconds,
+                    fail_count=event.fail_count, dry_run=True)
     elif isinstance(event, events.ModeRestored):
         log.info("memory_mode_restored", mode=event.mode, reason=event.reason,
                  previous_reason=event.previous_reason, by=event.by)

@@ -22,6 +22,8 @@ from memguard.modes import EffectiveMode
 
 DOWNGRADES = Counter("memory_zep_downgrades_total", "Fleet downgrades to write_only, by reason",
                      ["reason"])
+WOULD = Counter("memory_zep_would_downgrade_total", "Downgrades DISABLE_AUTO_DOWNGRADE prevented "
+                "(dry run), by reason", ["reason"])
 FAILURES = Counter("memory_zep_context_failures_total", "Failed Zep context reads, by reason",
                    ["reason"])
 PROBES = Counter("memory_zep_probes_total", "Probe reads after a hold, by result", ["result"])
@@ -35,8 +37,10 @@ OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a 
                      buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
 # Series exist at 0 from the start, so increase() sees the first downgrade of a process.
-for _reason in ("auth", "consecutive_failures", "probe_failed", "manual_ops"):
+for _reason in ("auth", "consecutive_failures", "probe_failed", "manual_ops", "latency", "rate_limited"):
     DOWNGRADES.labels(_reason)
+for _reason in ("auth", "consecutive_failures", "latency", "rate_limited"):
+    WOULD.labels(_reason)
 for _reason in ("auth", "timeout", "connection", "http_5xx", "rate_limited", "http_4xx", "bad_payload"):
     FAILURES.labels(_reason)
 for _result in ("success", "failed"):
@@ -55,6 +59,8 @@ def on_event(event: events.Event) -> None:
         FAILURES.labels(event.reason).inc()
     elif isinstance(event, events.ModeForced):
         DOWNGRADES.labels(event.reason).inc()
+    elif isinstance(event, events.WouldForce):
+        WOULD.labels(event.reason).inc()
     elif isinstance(event, events.ModeRestored):
         RESTORED.labels(event.reason).inc()
     elif isinstance(event, events.ProbeFinished):
@@ -86,6 +92,14 @@ class FleetStateCollector(Collector):
         for m in EffectiveMode:
             mode.add_metric([m.value], 1 if m is current else 0)
         yield mode
+        hold = GaugeMetricFamily("memory_mode_hold_seconds", "The current hold's length (it doubles "
+                                 "after each failed probe, up to MEMORY_DOWNGRADE_HOLD_MAX_SECONDS)")
+        hold.add_metric([], record.until - record.forced_at if record else 0.0)
+        yield hold
+        holds = GaugeMetricFamily("memory_mode_holds", "Holds in a row (1 + failed probes); 0 when "
+                                  "not forced")
+        holds.add_metric([], record.holds if record else 0)
+        yield holds
         left = GaugeMetricFamily("memory_mode_hold_seconds_left", "Seconds left in the hold "
                                  "(0 when not forced or awaiting the probe)")
         left.add_metric([], max(0.0, record.until - snap.redis_now) if record else 0.0)

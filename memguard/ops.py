@@ -121,6 +121,8 @@ def status(by: dict[str, Any] | None = None, positional: Positional = (), **kwar
             phase="held" if snap.redis_now < record.until else "awaiting_probe",
             lapses_in=round(max(0.0, lapse - snap.redis_now), 1),
             holds=record.holds,
+            hold_seconds=round(record.until - record.forced_at, 3),
+            next_probe_at=record.until,
             by=record.by,
         )
     return out

@@ -59,7 +59,7 @@ def probe_once(rt: Runtime, by: dict[str, Any] | None = None, probe: Probe | Non
         read(settings.probe_timeout_s)
         ok = True
     except Exception as exc:
-        verdict = classify(exc, zep.last_status())
+        verdict = classify(exc, zep.last_response())
         ok = verdict.status == 404  # Zep answered: the probe thread simply does not exist
         error = "" if ok else f"{verdict.reason}:{type(exc).__name__}"
     t = rt.state.finish_probe(token, claim, success=ok, started=started, error=error, by=by)

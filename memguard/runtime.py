@@ -16,6 +16,7 @@ import redis
 
 from memguard import events
 from memguard.guard import Guard
+from memguard.latency import LatencyMeter
 from memguard.settings import Settings
 from memguard.state import State
 from memguard.watch import Watcher
@@ -39,6 +40,7 @@ class Runtime:
     settings: Settings
     guard: Guard
     watcher: Watcher
+    latency: LatencyMeter | None = None
     _reader: ZepReader | None = field(default=None, repr=False)
 
     @property
@@ -54,6 +56,8 @@ class Runtime:
 
     def close(self) -> None:
         self.watcher.stop()
+        if self.latency is not None:
+            self.latency.stop()
 
 
 _lock = threading.Lock()
@@ -66,9 +70,12 @@ def build(settings: Settings, *, watch: bool = True) -> Runtime:
     state = State(redis_client(settings), settings)
     watcher = Watcher(state, settings.redis_url, settings.probe_grace_seconds)
     state.on_change = watcher.apply_notice
+    latency = LatencyMeter(state, settings.latency_threshold_ms) if settings.latency_threshold_ms else None
     if watch:
         watcher.start()
-    return Runtime(settings, Guard(settings, state, watcher), watcher)
+        if latency is not None:
+            latency.start()
+    return Runtime(settings, Guard(settings, state, watcher, latency), watcher, latency)
 
 
 def get() -> Runtime:

@@ -38,6 +38,12 @@ class Settings:
     probe_grace_seconds: int = 60
     disable_auto_downgrade: bool = False
     redis_timeout_ms: int = 50
+    hold_max_seconds: int = 3600
+    latency_threshold_ms: int = 0
+    latency_min_reads: int = 5
+    latency_window_seconds: int = 30
+    webhook_urls: tuple[tuple[str, str], ...] = ()  # (format, url), format slack or pagerduty
+    notify_stuck_seconds: int = 900
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +61,9 @@ class Settings:
                 errors.append(f"{var}={_shown(var, raw)}: {exc}")
         if errors:
             raise SettingsError("invalid configuration: " + "; ".join(errors))
+        default = values.pop("webhook_format", "auto")
+        values["webhook_urls"] = tuple((fmt or _format_for(url, default), url)
+                                       for fmt, url in values.get("webhook_urls", ()))
         return cls(**values)
 
     @property
@@ -62,8 +71,20 @@ class Settings:
         return self.read_timeout_ms / 1000.0
 
     @property
+    def hold_cap_seconds(self) -> int:
+        """The longest hold: backoff and Retry-After stop here (never below the base hold)."""
+        return max(self.hold_max_seconds, self.hold_seconds)
+
+    @property
     def probe_timeout_s(self) -> float:
         return self.probe_timeout_ms / 1000.0
+
+
+def _format_for(url: str, default: str) -> str:
+    """auto: PagerDuty's Events API by its host, Slack-compatible JSON for anything else."""
+    if default != "auto":
+        return default
+    return "pagerduty" if (urlsplit(url).hostname or "").endswith("pagerduty.com") else "slack"
 
 
 def masked_url(url: str) -> str:
@@ -77,7 +98,7 @@ def masked_url(url: str) -> str:
 
 
 def _shown(var: str, raw: str) -> str:
-    if var == "ZEP_API_KEY":
+    if var in ("ZEP_API_KEY", "MEMORY_WEBHOOK_URLS"):  # a Slack webhook URL is a secret
         return "'***'"
     return repr(masked_url(raw)) if "://" in raw else repr(raw)
 
@@ -140,6 +161,24 @@ def _text(raw: str) -> str:
     return raw
 
 
+WEBHOOK_FORMATS = ("slack", "pagerduty")
+
+
+def _webhooks(raw: str) -> tuple[tuple[str, str], ...]:
+    """``[slack=|pagerduty=]https://...`` comma-separated; the format is MEMORY_WEBHOOK_FORMAT's
+    (applied after parsing) unless the entry names its own."""
+    out = []
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        fmt, sep, url = entry.partition("=")
+        if not sep or "://" in fmt:
+            fmt, url = "", entry
+        elif fmt not in WEBHOOK_FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; expected slack= or pagerduty=")
+        _url("http", "https")(url)
+        out.append((fmt, url))
+    return tuple(out)
+
+
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "redis_url": ("REDIS_URL", _url("redis", "rediss", "unix")),
     "zep_api_key": ("ZEP_API_KEY", _text),
@@ -156,4 +195,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "probe_grace_seconds": ("MEMORY_DOWNGRADE_PROBE_GRACE_SECONDS", _int_in(1, 86_400)),
     "disable_auto_downgrade": ("DISABLE_AUTO_DOWNGRADE", _bool),
     "redis_timeout_ms": ("MEMORY_REDIS_TIMEOUT_MS", _int_in(1, 5_000)),
+    "hold_max_seconds": ("MEMORY_DOWNGRADE_HOLD_MAX_SECONDS", _int_in(1, 86_400)),
+    "latency_threshold_ms": ("MEMORY_LATENCY_THRESHOLD_MS", _int_in(0, 60_000)),
+    "latency_min_reads": ("MEMORY_LATENCY_MIN_READS", _int_in(1, 1_000_000)),
+    "latency_window_seconds": ("MEMORY_LATENCY_WINDOW_SECONDS", _int_in(1, 3_600)),
+    "webhook_urls": ("MEMORY_WEBHOOK_URLS", _webhooks),
+    "webhook_format": ("MEMORY_WEBHOOK_FORMAT", _choice("auto", *WEBHOOK_FORMATS)),
+    "notify_stuck_seconds": ("MEMORY_NOTIFY_STUCK_SECONDS", _int_in(1, 7 * 86_400)),
 }

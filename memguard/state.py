@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -33,19 +34,23 @@ CONSECUTIVE_FAILURES_KEY = "mem:read:consec_failures"
 PROBE_LOCK_KEY = "mem:probe:lock"
 PROBE_HEARTBEAT_KEY = "mem:probe:heartbeat"
 AUDIT_KEY = "mem:audit"
+NOTIFY_CURSOR_KEY = "mem:notify:cursor"
+NOTIFY_STUCK_KEY = "mem:notify:stuck"
 AUDIT_MAXLEN = 10_000
 VERSION_KEY = "mem:state:version"
+LATENCY_KEY = "mem:read:latency"
+LATENCY_SLOTS = 6  # the latency window is summed in this many time slots
 CHANGES_CHANNEL = "mem:mode:changes"
 # The prober's heartbeat outlives this many probe intervals: its absence means no prober.
 HEARTBEAT_INTERVALS = 12
 
 # Every script gets the same keys: KEYS = forced, counter, version, probe lock, probe
-# heartbeat; ARGV[1] = the change channel, then the script's own arguments. A script that
+# heartbeat, latency; ARGV[1] = the change channel, then the script's own arguments. A script that
 # changes the record or the counter ends with notify(): it bumps the version and publishes
 # (and returns) a notice carrying the new values, so every process's view applies the change
 # without reading Redis (see memguard.watch).
 _PRELUDE = """
-local FORCED, COUNTER, VERSION, LOCK, BEAT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local FORCED, COUNTER, VERSION, LOCK, BEAT, LATENCY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -77,9 +82,12 @@ local function notify(change)
   return notice
 end
 local function write_record(now, reason, hold_ms, grace_ms, by, prev)
-  local holds = 1
-  if prev and reason == 'probe_failed' then holds = (tonumber(prev.holds) or 1) + 1 end
-  local rec = {mode = 'write_only', reason = reason, forced_at = now / 1000,
+  local holds, since = 1, now / 1000
+  if prev and reason == 'probe_failed' then
+    holds = (tonumber(prev.holds) or 1) + 1
+    since = tonumber(prev.since) or tonumber(prev.forced_at) or since
+  end
+  local rec = {mode = 'write_only', reason = reason, forced_at = now / 1000, since = since,
                hold_seconds = hold_ms / 1000, lapse_at = (now + hold_ms + grace_ms) / 1000,
                holds = holds, by = cjson.decode(by), id = redis.sha1hex(now .. by .. reason)}
   rec['until'] = (now + hold_ms) / 1000
@@ -139,6 +147,7 @@ return {1, notify({count = 0, ttl = -2})}
 # ARGV: channel. -> {removed record or "", notice or ""}
 _CLEAR = """
 local raw = redis.call('GET', FORCED)
+redis.call('DEL', LATENCY)
 if redis.call('DEL', FORCED, COUNTER) == 0 then return {'', ''} end
 return {raw or '', notify({forced = '', count = 0, ttl = -2})}
 """
@@ -151,6 +160,66 @@ local rec = decode(raw)
 if not rec or now_ms() < lapse_ms(rec, tonumber(ARGV[2])) then return {'', ''} end
 redis.call('DEL', FORCED)
 return {raw, notify({forced = ''})}
+"""
+
+# ARGV: channel, reads, slow reads, window_ms, min_reads, hold_ms, grace_ms, by, auto, slot_ms.
+# Adds a process's batch of read latencies to the fleet's window (a hash of per-slot counts)
+# and forces, reason latency, when at least min_reads reads in the window have a median
+# above the threshold, i.e. more than half of them were slow.
+# -> {status, reads, slow, record or "", previous or "", notice or ""};
+#    status: "counted", "held" (a record exists), "disabled", "forced"
+_LATENCY = """
+local now = now_ms()
+local slot_ms = tonumber(ARGV[10])
+local slot = math.floor(now / slot_ms)
+redis.call('HINCRBY', LATENCY, slot .. ':t', ARGV[2])
+redis.call('HINCRBY', LATENCY, slot .. ':s', ARGV[3])
+redis.call('PEXPIRE', LATENCY, tonumber(ARGV[4]) + 2 * slot_ms)
+local oldest = math.floor((now - tonumber(ARGV[4])) / slot_ms)
+local reads, slow = 0, 0
+local fields = redis.call('HGETALL', LATENCY)
+for i = 1, #fields, 2 do
+  local s, kind = string.match(fields[i], '^(%d+):(%a)$')
+  if s == nil or tonumber(s) < oldest then
+    redis.call('HDEL', LATENCY, fields[i])
+  elseif kind == 't' then
+    reads = reads + tonumber(fields[i + 1])
+  else
+    slow = slow + tonumber(fields[i + 1])
+  end
+end
+if reads < tonumber(ARGV[5]) or slow * 2 <= reads then return {'counted', reads, slow, '', '', ''} end
+local raw = redis.call('GET', FORCED)
+if decode(raw) then return {'held', reads, slow, raw, '', ''} end
+if ARGV[9] ~= '1' then return {'disabled', reads, slow, '', '', ''} end
+local new = write_record(now, 'latency', tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], nil)
+return {'forced', reads, slow, new, raw or '', notify({forced = new})}
+"""
+
+# KEYS: audit stream, notify cursor, stuck marker. ARGV: max entries, stuck episode ("" if
+# none is stuck). Hands each transition to exactly one caller fleet-wide: the cursor moves
+# past what is returned in the same step. The first call starts at the end of the stream.
+# -> {stuck (1 if this caller should announce the episode, else 0), id1, fields1, id2, ...}
+_NOTIFY_CLAIM = """
+local cursor = redis.call('GET', KEYS[2])
+local out = {0}
+if ARGV[2] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', 7 * 86400)
+  out[1] = 1
+end
+if not cursor then
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  redis.call('SET', KEYS[2], last[1] and last[1][1] or '0-0')
+  return out
+end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. cursor, '+', 'COUNT', ARGV[1])
+for _, e in ipairs(entries) do
+  table.insert(out, e[1])
+  table.insert(out, e[2])
+  cursor = e[1]
+end
+redis.call('SET', KEYS[2], cursor)
+return out
 """
 
 # ARGV: channel, token, lock_ms, heartbeat_ms. Every tick also renews the prober's
@@ -174,7 +243,9 @@ end
 return {'busy', raw, '', ''}
 """
 
-# ARGV: channel, token, id, success(1/0), hold_ms, grace_ms, by.
+# ARGV: channel, token, id, success(1/0), hold_ms, grace_ms, by, cap_ms, jitter (0.9..1).
+# A failed probe doubles the hold of the one before (300 -> 600 -> 1200 s ...) up to the
+# cap, less up to 10 % so fleets sharing a Zep do not probe in step.
 # -> {"lost", "", "", ""} | {"superseded", raw, "", ""} | {"restored", raw, "", notice}
 #    | {"reforced", new, previous, notice}
 _PROBE_FINISH = """
@@ -184,10 +255,12 @@ local raw = redis.call('GET', FORCED)
 local rec = decode(raw)
 if not rec or ident(rec) ~= ARGV[3] then return {'superseded', raw or '', '', ''} end
 if ARGV[4] == '1' then
-  redis.call('DEL', FORCED, COUNTER)
+  redis.call('DEL', FORCED, COUNTER, LATENCY)
   return {'restored', raw, '', notify({forced = '', count = 0, ttl = -2})}
 end
-local new = write_record(now_ms(), 'probe_failed', tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], rec)
+local hold = math.min(tonumber(ARGV[8]), tonumber(ARGV[5]) * 2 ^ (tonumber(rec.holds) or 1))
+hold = math.floor(hold * tonumber(ARGV[9]))
+local new = write_record(now_ms(), 'probe_failed', hold, tonumber(ARGV[6]), ARGV[7], rec)
 return {'reforced', new, raw, notify({forced = new})}
 """
 
@@ -235,6 +308,7 @@ class ForcedRecord:
     lapse_at: float | None
     holds: int
     by: dict[str, Any]
+    since: float  # when this run of holds began (a failed probe's re-force keeps it)
 
     @classmethod
     def parse(cls, raw: str) -> ForcedRecord:
@@ -253,6 +327,7 @@ class ForcedRecord:
                 lapse_at=None if lapse_at is None else float(lapse_at),
                 holds=int(data.get("holds", 1)),
                 by=data.get("by") if isinstance(data.get("by"), dict) else {},
+                since=float(data.get("since", forced_at)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, CorruptRecord):
@@ -270,6 +345,8 @@ class ForcedRecord:
             "forced_at": self.forced_at,
             "lapse_at": self.lapse_at,
             "holds": self.holds,
+            "hold_seconds": round(self.until - self.forced_at, 3),
+            "since": self.since,
             "by": self.by,
         }
 
@@ -324,11 +401,13 @@ class State:
         self.on_change = on_change or (lambda notice: None)
         self.grace_ms = settings.probe_grace_seconds * 1000
         self.keys = [FORCED_MODE_KEY, CONSECUTIVE_FAILURES_KEY, VERSION_KEY, PROBE_LOCK_KEY,
-                     PROBE_HEARTBEAT_KEY]
+                     PROBE_HEARTBEAT_KEY, LATENCY_KEY]
         self.channel = CHANGES_CHANNEL
+        self._notify_claim = client.register_script(_NOTIFY_CLAIM)
         self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in (
             ("force", _FORCE), ("record_failure", _RECORD_FAILURE), ("reset", _RESET_FAILURES),
-            ("clear", _CLEAR), ("lapse", _LAPSE), ("claim", _PROBE_CLAIM), ("finish", _PROBE_FINISH))}
+            ("clear", _CLEAR), ("lapse", _LAPSE), ("claim", _PROBE_CLAIM), ("finish", _PROBE_FINISH),
+            ("latency", _LATENCY))}
 
     def _run(self, script: str, *args: Any) -> list[Any]:
         """Run one transition script; its last reply element is the notice of what changed."""
@@ -371,7 +450,7 @@ class State:
         """Write a record; an automatic trigger never replaces (or shortens) an existing one,
         and does nothing under DISABLE_AUTO_DOWNGRADE."""
         if auto and self.settings.disable_auto_downgrade:
-            events.emit(events.GuardTrouble("auto_downgrade_disabled", "force", reason))
+            events.emit(events.WouldForce(reason, hold_seconds))
             return Transition(Status.DISABLED)
         status, raw, previous, _ = self._run("force", reason, hold_seconds * 1000, self.grace_ms,
                                              json.dumps(by), int(auto))
@@ -394,8 +473,32 @@ class State:
         if t.status is Status.FORCED:
             self._forced(t)
         elif t.status is Status.DISABLED:
-            events.emit(events.GuardTrouble("auto_downgrade_disabled", "count", f"fail_count={count}"))
+            events.emit(events.WouldForce("consecutive_failures", s.hold_seconds, int(count)))
         return t
+
+    def record_latencies(self, reads: int, slow: int, by: dict[str, Any]) -> Transition:
+        """Add a batch of read latencies to the fleet's window; force when its median is slow."""
+        s = self.settings
+        window_ms = s.latency_window_seconds * 1000
+        status, _, _, raw, previous, _ = self._run(
+            "latency", reads, slow, window_ms, s.latency_min_reads, s.hold_seconds * 1000, self.grace_ms,
+            json.dumps(by), int(not s.disable_auto_downgrade), max(1, window_ms // LATENCY_SLOTS))
+        t = Transition(Status(status), record=_record(raw), previous=_record(previous))
+        if t.status is Status.FORCED:
+            self._forced(t)
+        elif t.status is Status.DISABLED:
+            events.emit(events.WouldForce("latency", s.hold_seconds))
+        return t
+
+    def claim_notifications(self, stuck_episode: str, limit: int = 50) -> tuple[bool, list[dict[str, str]]]:
+        """The audit entries no caller has taken yet (each goes to exactly one caller), and
+        whether this caller should announce ``stuck_episode``."""
+        stuck, *flat = self._notify_claim(keys=[AUDIT_KEY, NOTIFY_CURSOR_KEY, NOTIFY_STUCK_KEY],
+                                          args=[limit, stuck_episode])
+        entries = []
+        for entry_id, fields in zip(flat[::2], flat[1::2], strict=True):
+            entries.append({"id": entry_id, **dict(zip(fields[::2], fields[1::2], strict=True))})
+        return bool(stuck), entries
 
     def reset_failures(self) -> bool:
         """End the failure window (a read succeeded); True if there was a count."""
@@ -430,8 +533,11 @@ class State:
     def finish_probe(self, token: str, claim: Transition, *, success: bool, started: float,
                      error: str, by: dict[str, Any]) -> Transition:
         """Apply a probe's result, unless the lock or the record changed meanwhile."""
+        s = self.settings
+        jitter = random.uniform(0.9, 1.0)
         status, raw, previous, _ = self._run("finish", token, claim.ident, int(success),
-                                             self.settings.hold_seconds * 1000, self.grace_ms, json.dumps(by))
+                                             s.hold_seconds * 1000, self.grace_ms, json.dumps(by),
+                                             s.hold_cap_seconds * 1000, repr(jitter))
         duration = time.perf_counter() - started
         if status == Status.REFORCED:
             t = Transition(Status.REFORCED, record=_record(raw), previous=_record(previous))

@@ -18,10 +18,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import redis
 import structlog
 from celery import Celery, Task, signals
 
-from memguard import logs, metrics, ops
+from memguard import events, logs, metrics, notify, ops, runtime
 from memguard.guard import origin
 from memguard.prober import Probe
 from memguard.settings import Settings, SettingsError
@@ -123,8 +124,14 @@ def _register_tasks(app: Celery, probe: Probe | None) -> None:
 
     @app.task(name="memguard.probe", ignore_result=True, **opts)
     def probe_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Beat's tick: probe Zep once fleet-wide if a hold has expired, else do nothing."""
-        return _operator_call(self, ops.probe, args, kwargs, probe=probe)
+        """Beat's tick: probe Zep once fleet-wide if a hold has expired, then send the
+        notifications no other prober has taken."""
+        result = _operator_call(self, ops.probe, args, kwargs, probe=probe)
+        try:
+            notify.deliver(runtime.get())
+        except redis.RedisError as exc:
+            events.emit(events.GuardTrouble("redis_error", "notify", type(exc).__name__))
+        return result
 
 
 def _exit_on_config_error(probe: Probe | None) -> None:

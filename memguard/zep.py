@@ -2,8 +2,9 @@
 
 memguard turns client retries off (one read is one attempt, one failure is counted once)
 and passes the timeout on every call: zep-python ignores an httpx client's own timeout.
-The last HTTP status seen is kept per thread so that zep-python's raw ``JSONDecodeError``
-on a non-JSON error body can still be classified by status.
+The last HTTP status (and Retry-After) seen is kept per thread so that zep-python's raw
+``JSONDecodeError`` on a non-JSON error body can still be classified by status, and a 429's
+Retry-After is known although zep-python's ``ApiError`` carries no headers.
 """
 
 from __future__ import annotations
@@ -16,23 +17,24 @@ import httpx
 
 from memguard.settings import Settings, SettingsError
 
-_last_status: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "memguard_zep_last_status", default=None
+# (status, Retry-After header) of the last Zep response seen in this thread/context.
+_last_response: contextvars.ContextVar[tuple[int, str | None] | None] = contextvars.ContextVar(
+    "memguard_zep_last_response", default=None
 )
 
 
-def last_status() -> int | None:
-    """The HTTP status of the last Zep response seen in this thread/context."""
-    return _last_status.get()
+def last_response() -> tuple[int, str | None] | None:
+    """The status and Retry-After of the last Zep response seen in this thread/context."""
+    return _last_response.get()
 
 
 def forget_status() -> None:
-    """Start a read with no status remembered, so an earlier read's cannot leak into it."""
-    _last_status.set(None)
+    """Start a read with nothing remembered, so an earlier read's status cannot leak into it."""
+    _last_response.set(None)
 
 
 def _remember_status(response: httpx.Response) -> None:
-    _last_status.set(response.status_code)
+    _last_response.set((response.status_code, response.headers.get("retry-after")))
 
 
 class ZepReader(Protocol):

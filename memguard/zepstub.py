@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import email.utils
 import json
 import re
 import socket
@@ -24,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 FAULTS = (
-    "ok", "401", "403", "404", "429", "500", "500_text", "503", "503_text",
+    "ok", "401", "403", "404", "429", "429_retry", "429_retry_date", "500", "500_text", "503", "503_text",
     "slow", "hang", "reset", "bad_json",
 )
 _HANG_LIMIT_S = 30.0
@@ -134,7 +135,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "reset":
             self._reset()
             return
-        if fault in ("401", "403", "404", "429", "500", "503"):
+        if fault.startswith("429_retry"):
+            # Retry-After of delay_ms (default 30 s), in seconds or as an HTTP date.
+            wait = max(1, delay_ms // 1000) if delay_ms else 30
+            value = email.utils.formatdate(time.time() + wait, usegmt=True) if fault.endswith("date") \
+                else str(wait)
+            self._send(429, {"message": "rate limited"}, {"Retry-After": value})
+        elif fault in ("401", "403", "404", "429", "500", "503"):
             self._send(int(fault), {"message": f"stub fault {fault}"})
         elif fault.endswith("_text"):
             self._send_raw(int(fault[:3]), b"<html>upstream error</html>", "text/html")
@@ -162,11 +169,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.close()
         self.close_connection = True
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        self._send_raw(status, json.dumps(payload).encode(), "application/json")
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
 
-    def _send_raw(self, status: int, body: bytes, ctype: str) -> None:
+    def _send_raw(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -202,7 +202,8 @@ def test_disable_auto_downgrade_counts_but_never_forces(configure, stub, recorde
         service.fetch_thread_context("t")
     assert flags.get_forced_mode() is None
     assert [e.fail_count for e in of(events.FailureRecorded, recorded) if e.action == "count"] == [1, 2, 3, 4]
-    assert any(e.kind == "auto_downgrade_disabled" for e in of(events.GuardTrouble, recorded))
+    assert [e.reason for e in of(events.WouldForce, recorded)] == ["auth", "consecutive_failures",
+                                                                   "consecutive_failures"]
 
 
 def test_corrupt_record_is_survived(configure, stub, redis_db, recorded):

@@ -1,0 +1,119 @@
+"""Webhook notifications: downgrade, restore and "stuck", from the Celery side only.
+
+The probe task calls ``deliver`` on every tick, after probing: it takes the transitions no
+other prober has taken from the audit trail (``State.claim_notifications`` moves a cursor in
+the same step, so each goes to exactly one process fleet-wide) and POSTs them to every URL in
+``MEMORY_WEBHOOK_URLS``, as Slack-compatible JSON or a PagerDuty Events v2 event, with a
+timeout and a few retries. Nothing here runs on the request path, and no payload carries a
+secret: reasons, modes and times only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any
+from urllib.parse import urldefrag, urlsplit
+
+import httpx
+import redis
+
+from memguard import events
+from memguard.runtime import Runtime
+
+NOTIFY_LOCK_KEY = "mem:notify:lock"
+LOCK_S = 120  # longer than a delivery takes; a deliverer that died frees it after this
+TIMEOUT_S = 2.0
+ATTEMPTS = 3
+BACKOFF_S = (0.2, 0.5)
+NOTIFIED = {"forced": "downgrade", "restored": "restore", "lapsed": "restore", "manual_clear": "restore"}
+PAGERDUTY_DEDUP_KEY = "memguard-fleet-write-only"  # one incident: triggers and resolves pair up
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def messages(rt: Runtime) -> list[dict[str, Any]]:
+    """What to announce now: claimed transitions, and the current hold if it is stuck."""
+    snap = rt.state.snapshot()
+    record = snap.record
+    stuck_for = snap.redis_now - record.since if record is not None else 0.0
+    stuck_now = record is not None and stuck_for >= rt.settings.notify_stuck_seconds
+    episode = repr(record.since) if stuck_now and record is not None else ""
+    stuck, entries = rt.state.claim_notifications(episode)
+    out = []
+    for e in entries:
+        kind = NOTIFIED.get(e.get("event", ""))
+        if kind is None:
+            continue
+        if kind == "downgrade":
+            until = float(json.loads(e.get("until", "0")))
+            text = (f"memguard: Zep reads downgraded to write_only fleet-wide (reason {e.get('reason')}, "
+                    f"hold {e.get('holds', '1')}), until {_when(until)}")
+        else:
+            text = (f"memguard: Zep reads restored ({e.get('reason')}; the hold was "
+                    f"{e.get('previous_reason')})")
+        out.append({"kind": kind, "reason": e.get("reason"), "text": text, "id": e["id"]})
+    if stuck and record is not None:
+        out.append({"kind": "stuck", "reason": record.reason, "id": episode,
+                    "text": f"memguard: still write_only after {stuck_for / 60:.0f} minutes "
+                            f"(reason {record.reason}, {record.holds} holds in a row)"})
+    return out
+
+
+def payload(fmt: str, url: str, msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The URL to POST to and the body, for the receiver's format."""
+    if fmt == "pagerduty":
+        target, routing_key = urldefrag(url)
+        return target, {
+            "routing_key": routing_key,
+            "event_action": "resolve" if msg["kind"] == "restore" else "trigger",
+            "dedup_key": PAGERDUTY_DEDUP_KEY,
+            "payload": {"summary": msg["text"], "source": "memguard",
+                        "severity": "critical" if msg["kind"] == "stuck" else "warning",
+                        "custom_details": {"kind": msg["kind"], "reason": msg["reason"]}},
+        }
+    return url, {"text": msg["text"], "memguard": {"kind": msg["kind"], "reason": msg["reason"]}}
+
+
+def post(client: httpx.Client, fmt: str, url: str, msg: dict[str, Any]) -> bool:
+    target, body = payload(fmt, url, msg)
+    error = ""
+    for attempt in range(ATTEMPTS):
+        try:
+            response = client.post(target, json=body, timeout=TIMEOUT_S)
+            if response.status_code < 300:
+                return True
+            error = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
+        if attempt < len(BACKOFF_S):
+            time.sleep(BACKOFF_S[attempt])
+    # The host only: a Slack webhook's path is its secret.
+    events.emit(events.GuardTrouble("webhook_failed", msg["kind"], f"{urlsplit(url).hostname}: {error}"))
+    return False
+
+
+def deliver(rt: Runtime) -> int:
+    """Announce what is due to every webhook; returns the number of POSTs accepted.
+
+    One prober delivers at a time (a Redis lock; the others skip their turn), so a receiver
+    gets the messages in the order of the transitions: a resolve never overtakes its trigger.
+    """
+    if not rt.settings.webhook_urls:
+        return 0
+    lock = rt.state.client.lock(NOTIFY_LOCK_KEY, timeout=LOCK_S)
+    if not lock.acquire(blocking=False):
+        return 0
+    sent = 0
+    try:
+        with httpx.Client() as client:
+            for msg in messages(rt):
+                for fmt, url in rt.settings.webhook_urls:
+                    sent += post(client, fmt, url, msg)
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            lock.release()
+    return sent

@@ -1,0 +1,258 @@
+"""The design's enhancements: latency trip, probe backoff, rate limits, dry run, webhooks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from prometheus_client import REGISTRY
+
+from memguard import events, flags, service
+from memguard.prober import probe_once
+from memguard.settings import Settings
+from memguard.state import State
+
+from .conftest import API_KEY
+
+CLIENTS = ["zep-python", "zep-cloud"]
+
+
+def of(kind, seen):
+    return [e for e in seen if isinstance(e, kind)]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+# -- latency trip ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_slow_reads_trip_the_latency_trigger(configure, stub, client):
+    rt = configure(zep_client=client, read_timeout_ms=2000, latency_threshold_ms=300, latency_min_reads=5)
+    stub.set_fault("slow", delay_ms=400)
+    for _ in range(4):
+        assert service.fetch_thread_context("t")[1]["used"] is True
+    rt.latency.flush()
+    assert flags.get_forced_mode() is None, "4 reads are fewer than MEMORY_LATENCY_MIN_READS"
+    service.fetch_thread_context("t")
+    rt.latency.flush()
+    record = flags.get_forced_mode()
+    assert record is not None and record["reason"] == "latency"
+    assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
+
+
+def test_latency_trip_is_fleet_wide_and_needs_a_slow_median(configure, stub, redis_db):
+    rt = configure(read_timeout_ms=2000, latency_threshold_ms=300, latency_min_reads=5)
+    other = State(redis_db, rt.settings)  # another process's batch, through the same script
+    other.record_latencies(3, 1, {"via": "test"})
+    stub.set_fault("slow", delay_ms=400)
+    for _ in range(2):
+        service.fetch_thread_context("t")
+    rt.latency.flush()  # 5 reads, 3 slow: the median is slow
+    assert flags.get_forced_mode()["reason"] == "latency"
+    flags.clear_forced_mode()  # a clear also empties the latency window
+    stub.set_fault("ok")
+    for _ in range(10):
+        service.fetch_thread_context("t")
+    rt.latency.flush()
+    assert flags.get_forced_mode() is None
+
+
+def test_latency_trip_is_off_by_default(configure, stub):
+    rt = configure(read_timeout_ms=2000)
+    assert rt.latency is None
+    stub.set_fault("slow", delay_ms=400)
+    for _ in range(6):
+        service.fetch_thread_context("t")
+    time.sleep(1.2)
+    assert flags.get_forced_mode() is None
+
+
+# -- probe backoff ------------------------------------------------------------------------------
+
+
+def test_failed_probes_double_the_hold_up_to_the_cap_and_success_resets(configure, stub):
+    rt = configure(hold_seconds=1, hold_max_seconds=3)
+    flags.force_write_only("manual_ops", ttl_seconds=1)
+    stub.set_fault("503")
+    holds = []
+    for _ in range(3):
+        record = flags.get_forced_mode()
+        time.sleep(max(0.0, record["until"] - time.time()) + 0.05)
+        assert probe_once(rt)["result"] == "failed"
+        record = flags.get_forced_mode()
+        holds.append((record["holds"], record["hold_seconds"]))
+    assert [h for h, _ in holds] == [2, 3, 4]
+    assert 1.8 <= holds[0][1] <= 2.0  # 1 s doubled, less up to 10 % jitter
+    assert 2.7 <= holds[1][1] <= 3.0  # 4 s capped at 3
+    assert 2.7 <= holds[2][1] <= 3.0
+    st = json.loads(json.dumps(__import__("memguard.ops", fromlist=["status"]).status()))
+    assert st["holds"] == 4 and st["hold_seconds"] == holds[2][1] and st["next_probe_at"] == st["until"]
+    stub.set_fault("ok")
+    time.sleep(max(0.0, flags.get_forced_mode()["until"] - time.time()) + 0.05)
+    assert probe_once(rt)["result"] == "success"
+    stub.set_fault("401")
+    service.fetch_thread_context("t")
+    record = flags.get_forced_mode()
+    assert record["holds"] == 1 and record["hold_seconds"] == 1
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_429_with_retry_after_seconds_forces_for_that_long(configure, stub, client):
+    configure(zep_client=client)
+    stub.set_fault("429_retry", delay_ms=7000)
+    context, meta = service.fetch_thread_context("t")
+    assert context is None and meta["reason"] == "rate_limited"
+    record = flags.get_forced_mode()
+    assert record["reason"] == "rate_limited" and record["hold_seconds"] == 7
+
+
+def test_429_retry_after_date_is_capped_and_plain_429_triggers_nothing(configure, stub):
+    configure(hold_seconds=10, hold_max_seconds=20)
+    stub.set_fault("429")
+    before = sample("memory_zep_context_failures_total", reason="rate_limited")
+    assert service.fetch_thread_context("t")[1]["reason"] == "rate_limited"
+    assert flags.get_forced_mode() is None
+    assert sample("memory_zep_context_failures_total", reason="rate_limited") == before + 1
+    stub.set_fault("429_retry_date", delay_ms=60_000)
+    service.fetch_thread_context("t")
+    record = flags.get_forced_mode()
+    assert record["reason"] == "rate_limited" and record["hold_seconds"] == 20
+
+
+# -- dry run ------------------------------------------------------------------------------------
+
+
+def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stub, recorded, capsys):
+    from memguard import logs
+
+    configure(disable_auto_downgrade=True, read_timeout_ms=2000, latency_threshold_ms=300,
+              latency_min_reads=1)
+    logs.configure(stream=None)
+    before = {r: sample("memory_zep_would_downgrade_total", reason=r)
+              for r in ("auth", "consecutive_failures", "latency")}
+    stub.set_fault("401")
+    service.fetch_thread_context("t")
+    stub.set_fault("503")
+    for _ in range(3):
+        service.fetch_thread_context("t")
+    from memguard import runtime
+
+    runtime.get().latency.flush()
+    flags.clear_forced_mode()  # empties the latency window: the fast reads above leave it
+    stub.set_fault("slow", delay_ms=350)
+    service.fetch_thread_context("t")
+    runtime.get().latency.flush()
+    assert flags.get_forced_mode() is None
+    assert [w.reason for w in of(events.WouldForce, recorded)] == ["auth", "consecutive_failures", "latency"]
+    for reason in before:
+        assert sample("memory_zep_would_downgrade_total", reason=reason) == before[reason] + 1
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if "memory_mode_would_force" in ln]
+    assert [ln["reason"] for ln in lines] == ["auth", "consecutive_failures", "latency"]
+    # Operators can still force.
+    assert flags.force_write_only("manual_ops", 60)["reason"] == "manual_ops"
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A webhook receiver on loopback that fails its first POST and stalls on its second."""
+
+    def __init__(self) -> None:
+        self.accepted: list[tuple[str, dict]] = []
+        self.attempts = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.attempts += 1
+                    attempt = outer.attempts
+                if attempt == 1:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                if attempt == 2:
+                    time.sleep(3)  # past memguard's 2 s timeout: the sender gave up on it
+                    self.send_response(504)
+                    self.end_headers()
+                    return
+                with outer.lock:
+                    outer.accepted.append((self.path, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def kinds(self, path: str) -> list[tuple[str, str]]:
+        with self.lock:
+            out = []
+            for p, body in self.accepted:
+                if p != path:
+                    continue
+                details = body.get("memguard") or body["payload"]["custom_details"]
+                out.append((details["kind"], details["reason"]))
+            return out
+
+
+def test_webhooks_once_per_transition_with_two_workers_and_two_beats(stack):
+    receiver = Receiver()
+    env = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "2", "MEMORY_NOTIFY_STUCK_SECONDS": "3",
+           "MEMORY_WEBHOOK_URLS": f"{receiver.url}/slack,pagerduty={receiver.url}/pd#rk-test"}
+    for name in ("w1", "w2"):
+        stack.spawn("worker", name, "-P", "solo", **env)
+    for name in ("b1", "b2"):
+        stack.spawn("beat", name, **env)
+    stack.use(MEMORY_DOWNGRADE_HOLD_SECONDS=2)
+    time.sleep(1.5)  # a first tick sets the notification cursor
+    stack.stub.set_fault("503")
+    flags.force_write_only("manual_ops", ttl_seconds=2)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and ("stuck", "manual_ops") not in receiver.kinds("/slack") \
+            and ("stuck", "probe_failed") not in receiver.kinds("/slack"):
+        time.sleep(0.2)
+    stack.stub.set_fault("ok")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(k == "restore" for k, _ in receiver.kinds("/slack")):
+        time.sleep(0.2)
+    time.sleep(2)  # anything sent twice would have arrived by now
+    slack = receiver.kinds("/slack")
+    assert slack[0] == ("downgrade", "manual_ops")
+    assert slack.count(("downgrade", "probe_failed")) >= 1
+    assert sorted(set(slack)) == sorted(slack), f"a transition was announced twice: {slack}"
+    assert [k for k, _ in slack].count("stuck") == 1
+    assert [k for k, _ in slack].count("restore") == 1
+    assert receiver.kinds("/pd") == slack, "both receivers got every message once"
+    with receiver.lock:
+        bodies = json.dumps([b for _, b in receiver.accepted])
+        pd = [b for p, b in receiver.accepted if p == "/pd"]
+    assert receiver.attempts > len(receiver.accepted), "the failed and stalled POSTs were retried"
+    assert {b["routing_key"] for b in pd} == {"rk-test"}
+    assert [b["event_action"] for b in pd][-1] == "resolve"
+    assert API_KEY not in bodies and "redis://" not in bodies
+
+
+def test_webhook_urls_are_checked_and_never_shown():
+    from memguard.settings import SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"MEMORY_WEBHOOK_URLS": "teams=https://hooks.example/T0/secret-path"})
+    assert "secret-path" not in str(err.value) and "MEMORY_WEBHOOK_URLS" in str(err.value)
