@@ -24,6 +24,7 @@ worker_hijack_root_logger = False
 worker_prefetch_multiplier = 1
 broker_connection_retry_on_startup = True
 
-# One active beat fleet-wide (RedBeat's lock); a standby takes over within ~5 s.
-beat_scheduler = "redbeat.RedBeatScheduler"
+# One active beat fleet-wide (RedBeat's lock); a standby takes over within ~6 s, and every
+# beat rides through a Redis restart (memguard.beat).
+beat_scheduler = "memguard.beat.Scheduler"
 redbeat_key_prefix = "memguard:redbeat:"

@@ -98,8 +98,6 @@ class CeleryProcess:
         args = [sys.executable, "-m", "celery", "-A", app, "--quiet", kind, "-l", "info"]
         if kind == "worker":
             args += ["-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
-        else:
-            args += ["-S", "redbeat.RedBeatScheduler"]
         self.args = args + list(extra)
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 import structlog
 from celery import Celery, Task, signals
+from celery.utils.imports import symbol_by_name
 
 from memguard import events, logs, metrics, notify, ops, runtime
 from memguard.guard import origin
@@ -29,6 +30,7 @@ from memguard.settings import Settings, SettingsError
 from memguard.zep import make_reader
 
 PROBE_SCHEDULE_NAME = "memguard-probe"
+SCHEDULER = "memguard.beat.Scheduler"  # RedBeat that rides through Redis blips
 # Beat settings memguard gives an app that has not chosen its own: beat wakes every second
 # and the RedBeat lock outlives five wake-ups and one probe interval, so a standby takes
 # over within ~6 s (Celery's and RedBeat's own defaults would make that 25 minutes).
@@ -75,7 +77,7 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
 
     # Celery's own default (0, meaning 300 s) counts as set for conf.setdefault: add a
     # default that ranks above Celery's and below anything the app sets itself.
-    app.add_defaults({"beat_max_loop_interval": LOOP_INTERVAL_S,
+    app.add_defaults({"beat_max_loop_interval": LOOP_INTERVAL_S, "beat_scheduler": SCHEDULER,
                       "redbeat_redis_url": (settings or Settings()).redis_url})
     if app.configured:
         configure_beat(app.conf)
@@ -146,7 +148,12 @@ def _exit_on_config_error(probe: Probe | None) -> None:
 
 def _exit_on_losing_lock(app: Celery, beat: Any) -> None:
     """Refuse settings under which RedBeat would lose its lock between two wake-ups."""
-    if "redbeat" not in str(getattr(beat, "scheduler_cls", "")).lower():
+    from redbeat import RedBeatScheduler
+
+    scheduler = getattr(beat, "scheduler_cls", None)
+    if isinstance(scheduler, str):
+        scheduler = symbol_by_name(scheduler)
+    if not (isinstance(scheduler, type) and issubclass(scheduler, RedBeatScheduler)):
         return
     conf = app.conf
     loop = float(beat.max_interval or conf.beat_max_loop_interval or 300)

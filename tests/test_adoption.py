@@ -58,7 +58,7 @@ def example(tmp_path, stub):
 
 def test_example_app_prefork_two_beats_free_reads_and_failover(example, stub):
     worker = example.spawn("worker", "w", "-P", "prefork", "-c", "2")
-    beats = [example.spawn("beat", name, "-S", "redbeat.RedBeatScheduler") for name in ("b1", "b2")]
+    beats = [example.spawn("beat", name) for name in ("b1", "b2")]  # memguard.install's scheduler
     started = time.monotonic()
     client = example.state.client()
 

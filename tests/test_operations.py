@@ -59,7 +59,7 @@ def test_refused_celery_call_is_in_history_within_a_second_without_a_result_back
 def test_history_records_every_transition_and_probe(configure, stub, redis_db):
     from memguard.prober import probe_once
 
-    rt = configure(hold_seconds=1)
+    rt = configure(hold_seconds=1, hold_max_seconds=1)  # no backoff: every hold 1 s (less jitter)
     stub.set_fault("401")
     service.fetch_thread_context("t")  # forced: auth
     time.sleep(1.05)

@@ -96,7 +96,7 @@ while True:
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs the Debian package prometheus")
 def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
-    hold = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "2"}
+    hold = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "2", "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "2"}  # no backoff
     reader_port, worker_port = free_port(), free_port()
     stack.spawn("worker", "prom-worker", "-P", "solo", MEMGUARD_METRICS_PORT=str(worker_port), **hold)
     beat = stack.spawn("beat", "prom-beat", **hold)

@@ -3,7 +3,7 @@
 Run from any directory with this folder on PYTHONPATH::
 
     celery -A myapp worker -P prefork -c 2 -l info
-    celery -A myapp beat -S redbeat.RedBeatScheduler -l info
+    celery -A myapp beat -l info        # memguard.install sets -S memguard.beat.Scheduler
 
 Its Zep reads use plain httpx (not a Zep SDK), so it gives memguard its own probe.
 ``CELERY_BROKER_URL`` is the app's broker (RedBeat keeps its lock there too); memguard's
