@@ -1,0 +1,22 @@
+"""A shortened soak (bench/soak.py): prefork readers through a Redis restart, a 401 outage
+and a timeout outage."""
+
+from __future__ import annotations
+
+import sys
+
+from .conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import soak  # noqa: E402
+
+
+def test_shortened_soak(tmp_path):
+    res = soak.run(minutes=0.6, logdir=str(tmp_path))
+    soak.report(res)
+    assert res["exceptions_to_callers"] == 0
+    assert res["failures_counted"] == res["failures_injected"] > 0
+    assert [d["downgrades"] for d in res["downgrades_per_outage"]] == [1, 1]
+    assert res["probes_per_hold_expiry"] and set(res["probes_per_hold_expiry"]) == {1}
+    assert res["longest_wrong_mode_s"] < 0.5
+    assert res["beat_alive"] and res["worker_alive"]
