@@ -8,7 +8,7 @@ import sys
 from .conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-import soak  # noqa: E402
+import soak
 
 
 def test_shortened_soak(tmp_path):
