@@ -7,11 +7,11 @@ import sys
 
 from .conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "bench"))
-import soak
 
+def test_shortened_soak(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import soak
 
-def test_shortened_soak(tmp_path):
     res = soak.run(minutes=0.6, logdir=str(tmp_path))
     soak.report(res)
     assert res["exceptions_to_callers"] == 0
@@ -20,3 +20,4 @@ def test_shortened_soak(tmp_path):
     assert res["probes_per_hold_expiry"] and set(res["probes_per_hold_expiry"]) == {1}
     assert res["longest_wrong_mode_s"] < 0.5
     assert res["beat_alive"] and res["worker_alive"]
+    sys.modules.pop("soak", None)
