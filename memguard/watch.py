@@ -107,8 +107,9 @@ class Watcher:
 
     # -- changes ----------------------------------------------------------------------------
 
-    def apply_notice(self, notice: str) -> None:
-        """A transition's notice (from this process's own write, or from the channel)."""
+    def apply_notice(self, notice: str, *, from_channel: bool = False) -> None:
+        """A transition's notice: from this process's own write (applied at once), or read
+        from the channel, where it also explains the tracking message that follows it."""
         try:
             change = json.loads(notice)
             version = int(change["v"])
@@ -116,15 +117,17 @@ class Watcher:
             events.emit(events.GuardTrouble("corrupt_state", "notice", notice[:120]))
             return
         with self._lock:
+            if from_channel:  # even when our own write applied it already
+                self._explained.update(key for field, key in (("forced", FORCED_MODE_KEY),
+                                                              ("count", CONSECUTIVE_FAILURES_KEY))
+                                       if field in change)
             if version <= self._version:
                 return  # already applied (our own write, seen again on the channel)
             self._version = version
             mono = time.monotonic()
             if "forced" in change:
-                self._explained.add(FORCED_MODE_KEY)
                 self._set_record(change["forced"] or None, change["now"] / 1000.0, mono)
             if "count" in change:
-                self._explained.add(CONSECUTIVE_FAILURES_KEY)
                 self._set_failures(int(change["count"]), int(change["ttl"]), mono)
             self._publish_view()
 
@@ -249,7 +252,7 @@ class Watcher:
         channel, data = message[1], message[2]
         if channel == CHANGES_CHANNEL:
             if data != HEARTBEAT:
-                self.apply_notice(data)
+                self.apply_notice(data, from_channel=True)
             return False
         if data is None:  # FLUSHALL / FLUSHDB: everything is gone
             return True
