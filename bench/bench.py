@@ -168,6 +168,16 @@ def main() -> None:
         res["memguard"] = summary(mg, base)
         res["memguard"]["redis_commands_per_read"] = round((commands(raw) - before - 1) / n, 4)
 
+        # The latency trip on: a read adds two local counts; a thread flushes once a second.
+        lat_rt = runtime.build(Settings(redis_url=server.url, zep_api_key="x", threshold=10**6,
+                                        latency_threshold_ms=300))
+        lat_rt.watcher.wait_ready()
+        before = commands(raw)
+        lat = timed(lambda: lat_rt.guard.call("t", noop), n, warmup=0)
+        res["memguard_latency_trip"] = summary(lat, base)
+        res["memguard_latency_trip"]["redis_commands_per_read"] = round((commands(raw) - before - 1) / n, 4)
+        lat_rt.close()
+
         def seed() -> None:
             raw.get(FORCED_MODE_KEY)
             noop()
@@ -238,6 +248,7 @@ def main() -> None:
         ("bare_redis_get", "bare Redis GET round trip"),
         ("memguard", "memguard overhead (healthy)"),
         ("forked_child_decorated", "decorated at import, forked child"),
+        ("memguard_latency_trip", "memguard overhead, latency trip on"),
         ("seed_get_del", "seed design overhead (GET+DEL)"),
         ("pybreaker_redis", "pybreaker+CircuitRedisStorage ovh"),
         ("redis_down", "memguard overhead, Redis down"),

@@ -98,10 +98,11 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
 
     signals.worker_init.connect(check_worker, weak=False)
     signals.beat_init.connect(check_beat, weak=False)
-    signals.worker_process_shutdown.connect(_mark_dead, weak=False)
+    # Process-wide hooks, connected once however many apps install memguard.
+    signals.worker_process_shutdown.connect(_mark_dead, weak=False, dispatch_uid="memguard-mark-dead")
     if json_logs:
-        signals.setup_logging.connect(_setup_logging, weak=False)
-        signals.task_prerun.connect(_bind_task, weak=False)
+        signals.setup_logging.connect(_setup_logging, weak=False, dispatch_uid="memguard-json-logs")
+        signals.task_prerun.connect(_bind_task, weak=False, dispatch_uid="memguard-bind-task")
     return app
 
 
