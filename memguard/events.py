@@ -89,7 +89,7 @@ class OperatorAction:
 class GuardTrouble:
     """The guard's own parts misbehaved: Redis errors, corrupt keys, lost events."""
 
-    kind: str  # redis_error, corrupt_state, config_error
+    kind: str  # redis_error, corrupt_state, config_error, webhook_failed
     op: str
     detail: str = ""
 

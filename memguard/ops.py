@@ -26,8 +26,8 @@ class OperatorError(ValueError):
     """An operator's request was refused; nothing was changed."""
 
     def __init__(self, *problems: str) -> None:
+        # One string argument, so Celery's result backend can rebuild it from its message.
         super().__init__("; ".join(problems))
-        self.problems = list(problems)
 
 
 def force_problems(reason: Any, ttl_seconds: Any) -> list[str]:
