@@ -171,7 +171,8 @@ def _exit_on_losing_lock(app: Celery, beat: Any) -> None:
 
 
 def _exit(message: str) -> None:
-    print(f"memguard: {message}", file=sys.stderr, flush=True)
+    # The process's real stderr: beat redirects sys.stderr into its logger by then.
+    print(f"memguard: {message}", file=sys.__stderr__, flush=True)
     os._exit(78)  # EX_CONFIG: before Celery's handlers can add a traceback
 
 

@@ -106,6 +106,17 @@ def test_worker_without_zep_key_exits_with_one_line(example):
     assert "ready." not in out.stdout + out.stderr
 
 
+def test_beat_without_zep_key_exits_with_one_line(example):
+    env = {k: v for k, v in example.env.items() if k != "ZEP_API_KEY"}
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "memguard", "beat", "-l", "info"],
+                         cwd=example.dir, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    both = out.stdout + out.stderr
+    assert [ln for ln in both.splitlines() if "ZEP_API_KEY" in ln] == [
+        "memguard: invalid configuration: ZEP_API_KEY is not set (memguard's Zep reader needs it)"], both
+    assert "Traceback" not in both and "Acquired lock" not in both
+
+
 def test_example_worker_with_a_bad_setting_exits_naming_it(example):
     env = {**example.env, "MEMORY_DOWNGRADE_THRESHOLD": "three"}
     out = subprocess.run([sys.executable, "-m", "celery", "-A", "myapp", "worker", "-l", "info"],
