@@ -353,7 +353,8 @@ class ForcedRecord:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One consistent read of the state, with the Redis clock at that moment."""
+    """One round trip's read of the state, with the Redis clock then. Plain reads, not one
+    atomic step: the version tells a view whether a notice has overtaken it."""
 
     record: ForcedRecord | None
     corrupt: str | None
