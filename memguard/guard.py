@@ -144,8 +144,10 @@ class Guard:
             hold = self.settings.hold_seconds
             if verdict.hold_seconds is not None:  # a 429's Retry-After, within the cap
                 hold = max(1, min(round(verdict.hold_seconds), self.settings.hold_cap_seconds))
+            s = self.settings
+            quorum = s.quorum_hosts if verdict.reason == "auth" and s.quorum_auth else 0
             try:
-                self.state.force(verdict.reason, hold, origin("auto"), auto=True)
+                self.state.force(verdict.reason, hold, origin("auto"), auto=True, quorum=quorum)
             except redis.RedisError as err:
                 self._redis_down("force", err)
         return verdict

@@ -7,6 +7,7 @@ default would hide a typo until the night it matters.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,9 @@ class Settings:
     latency_window_seconds: int = 30
     webhook_urls: tuple[tuple[str, str], ...] = ()  # (format, url), format slack or pagerduty
     notify_stuck_seconds: int = 900
+    quorum_hosts: int = 0
+    quorum_auth: bool = False
+    instance: str = field(default_factory=socket.gethostname)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -202,4 +206,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "webhook_urls": ("MEMORY_WEBHOOK_URLS", _webhooks),
     "webhook_format": ("MEMORY_WEBHOOK_FORMAT", _choice("auto", *WEBHOOK_FORMATS)),
     "notify_stuck_seconds": ("MEMORY_NOTIFY_STUCK_SECONDS", _int_in(1, 7 * 86_400)),
+    "quorum_hosts": ("MEMORY_QUORUM_HOSTS", _int_in(0, 1_000)),
+    "quorum_auth": ("MEMORY_QUORUM_AUTH", _bool),
+    "instance": ("MEMGUARD_INSTANCE", _text),
 }

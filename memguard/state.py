@@ -39,18 +39,28 @@ NOTIFY_STUCK_KEY = "mem:notify:stuck"
 AUDIT_MAXLEN = 10_000
 VERSION_KEY = "mem:state:version"
 LATENCY_KEY = "mem:read:latency"
+FAILING_HOSTS_KEY = "mem:read:failing_hosts"
+AUTH_HOSTS_KEY = "mem:read:auth_failing_hosts"
 LATENCY_SLOTS = 6  # the latency window is summed in this many time slots
 CHANGES_CHANNEL = "mem:mode:changes"
 # The prober's heartbeat outlives this many probe intervals: its absence means no prober.
 HEARTBEAT_INTERVALS = 12
 
 # Every script gets the same keys: KEYS = forced, counter, version, probe lock, probe
-# heartbeat, latency; ARGV[1] = the change channel, then the script's own arguments. A script that
-# changes the record or the counter ends with notify(): it bumps the version and publishes
-# (and returns) a notice carrying the new values, so every process's view applies the change
-# without reading Redis (see memguard.watch).
+# heartbeat, latency, failing hosts, auth-failing hosts; ARGV[1] = the change channel, then
+# the script's own arguments. A script that changes the record or the counter ends with
+# notify(): it bumps the version and publishes (and returns) a notice carrying the new
+# values, so every process's view applies the change without reading Redis (memguard.watch).
 _PRELUDE = """
 local FORCED, COUNTER, VERSION, LOCK, BEAT, LATENCY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local FAILING_HOSTS, AUTH_HOSTS = KEYS[7], KEYS[8]
+-- The quorum policy: note this host, and say whether enough distinct hosts are in the set.
+local function quorum_met(set, quorum, instance, window_ms)
+  if quorum <= 1 then return true end
+  redis.call('SADD', set, instance)
+  if redis.call('PTTL', set) < 0 then redis.call('PEXPIRE', set, window_ms) end
+  return redis.call('SCARD', set) >= quorum
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -98,19 +108,24 @@ local function write_record(now, reason, hold_ms, grace_ms, by, prev)
 end
 """
 
-# ARGV: channel, reason, hold_ms, grace_ms, by(json), auto(1/0).
-# -> {"held", current, "", ""} (auto and a record exists) | {"forced", new, previous or "", notice}
+# ARGV: channel, reason, hold_ms, grace_ms, by(json), auto(1/0), quorum, instance, window_ms.
+# -> {"held", current, "", ""} (auto and a record exists) | {"quorum", "", "", ""} (fewer
+#    hosts than the quorum have seen it in the window) | {"forced", new, previous or "", notice}
 _FORCE = """
 local raw = redis.call('GET', FORCED)
 local prev = decode(raw)
 if ARGV[6] == '1' and prev then return {'held', raw, '', ''} end
+if not quorum_met(AUTH_HOSTS, tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])) then
+  return {'quorum', '', '', ''}
+end
 local new = write_record(now_ms(), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], prev)
 return {'forced', new, raw or '', notify({forced = new})}
 """
 
-# ARGV: channel, window_ms, threshold, hold_ms, grace_ms, by, auto.
+# ARGV: channel, window_ms, threshold, hold_ms, grace_ms, by, auto, quorum, instance.
 # -> {status, count, record or "", repaired ("1" or ""), previous or "", notice};
-#    status: "counted" (below threshold), "held" (a record exists), "disabled", "forced"
+#    status: "counted" (below threshold), "quorum" (at the threshold, from too few hosts),
+#    "held" (a record exists), "disabled", "forced"
 _RECORD_FAILURE = """
 local repaired = ''
 local count = redis.pcall('INCR', COUNTER)
@@ -121,8 +136,11 @@ if type(count) == 'table' then
 end
 if count == 1 or redis.call('PTTL', COUNTER) < 0 then redis.call('PEXPIRE', COUNTER, ARGV[2]) end
 local change = {count = count, ttl = redis.call('PTTL', COUNTER)}
+local enough = quorum_met(FAILING_HOSTS, tonumber(ARGV[8]), ARGV[9], change.ttl)
 local status, raw, previous = 'counted', '', ''
-if count >= tonumber(ARGV[3]) then
+if count >= tonumber(ARGV[3]) and not enough then
+  status = 'quorum'
+elseif count >= tonumber(ARGV[3]) then
   raw = redis.call('GET', FORCED)
   if decode(raw) then
     status = 'held'
@@ -141,13 +159,14 @@ return {status, count, raw or '', repaired, previous, notify(change)}
 # ARGV: channel. -> {1, notice} if there was a count, else {0, ""}
 _RESET_FAILURES = """
 if redis.call('DEL', COUNTER) == 0 then return {0, ''} end
+redis.call('DEL', FAILING_HOSTS)
 return {1, notify({count = 0, ttl = -2})}
 """
 
 # ARGV: channel. -> {removed record or "", notice or ""}
 _CLEAR = """
 local raw = redis.call('GET', FORCED)
-redis.call('DEL', LATENCY)
+redis.call('DEL', LATENCY, FAILING_HOSTS, AUTH_HOSTS)
 if redis.call('DEL', FORCED, COUNTER) == 0 then return {'', ''} end
 return {raw or '', notify({forced = '', count = 0, ttl = -2})}
 """
@@ -255,7 +274,7 @@ local raw = redis.call('GET', FORCED)
 local rec = decode(raw)
 if not rec or ident(rec) ~= ARGV[3] then return {'superseded', raw or '', '', ''} end
 if ARGV[4] == '1' then
-  redis.call('DEL', FORCED, COUNTER, LATENCY)
+  redis.call('DEL', FORCED, COUNTER, LATENCY, FAILING_HOSTS, AUTH_HOSTS)
   return {'restored', raw, '', notify({forced = '', count = 0, ttl = -2})}
 end
 local hold = math.min(tonumber(ARGV[8]), tonumber(ARGV[5]) * 2 ^ (tonumber(rec.holds) or 1))
@@ -271,6 +290,7 @@ class Status(enum.StrEnum):
     FORCED = "forced"  # a record was written
     HELD = "held"  # a record already holds (automatic trigger) or the hold has not ended (probe)
     COUNTED = "counted"  # a failure was counted below the threshold
+    QUORUM = "quorum"  # a trigger was met, but by fewer hosts than MEMORY_QUORUM_HOSTS
     DISABLED = "disabled"  # the threshold was reached with DISABLE_AUTO_DOWNGRADE set
     CLEARED = "cleared"  # an operator removed the record
     LAPSED = "lapsed"  # an expired hold nobody probed within the grace period was ended
@@ -402,7 +422,7 @@ class State:
         self.on_change = on_change or (lambda notice: None)
         self.grace_ms = settings.probe_grace_seconds * 1000
         self.keys = [FORCED_MODE_KEY, CONSECUTIVE_FAILURES_KEY, VERSION_KEY, PROBE_LOCK_KEY,
-                     PROBE_HEARTBEAT_KEY, LATENCY_KEY]
+                     PROBE_HEARTBEAT_KEY, LATENCY_KEY, FAILING_HOSTS_KEY, AUTH_HOSTS_KEY]
         self.channel = CHANGES_CHANNEL
         self._notify_claim = client.register_script(_NOTIFY_CLAIM)
         self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in (
@@ -447,16 +467,19 @@ class State:
 
     # -- transitions ----------------------------------------------------------------------
 
-    def force(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool) -> Transition:
+    def force(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool,
+              quorum: int = 0) -> Transition:
         """Write a record; an automatic trigger never replaces (or shortens) an existing one,
-        and does nothing under DISABLE_AUTO_DOWNGRADE."""
+        does nothing under DISABLE_AUTO_DOWNGRADE, and with ``quorum`` > 1 waits until that
+        many hosts (MEMGUARD_INSTANCE) have asked within the failure window."""
         if auto and self.settings.disable_auto_downgrade:
             events.emit(events.WouldForce(reason, hold_seconds))
             return Transition(Status.DISABLED)
         status, raw, previous, _ = self._run("force", reason, hold_seconds * 1000, self.grace_ms,
-                                             json.dumps(by), int(auto))
-        if status == Status.HELD:
-            return Transition(Status.HELD, record=_record(raw))
+                                             json.dumps(by), int(auto), quorum, self.settings.instance,
+                                             self.settings.window_seconds * 1000)
+        if status in (Status.HELD, Status.QUORUM):
+            return Transition(Status(status), record=_record(raw))
         t = Transition(Status.FORCED, record=_record(raw), previous=_record(previous))
         self._forced(t)
         return t
@@ -466,7 +489,7 @@ class State:
         s = self.settings
         status, count, raw, repaired, previous, _ = self._run(
             "record_failure", s.window_seconds * 1000, s.threshold, s.hold_seconds * 1000, self.grace_ms,
-            json.dumps(by), int(not s.disable_auto_downgrade))
+            json.dumps(by), int(not s.disable_auto_downgrade), s.quorum_hosts, s.instance)
         t = Transition(Status(status), record=_record(raw), previous=_record(previous),
                        fail_count=int(count))
         if repaired:

@@ -256,3 +256,59 @@ def test_webhook_urls_are_checked_and_never_shown():
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"MEMORY_WEBHOOK_URLS": "teams=https://hooks.example/T0/secret-path"})
     assert "secret-path" not in str(err.value) and "MEMORY_WEBHOOK_URLS" in str(err.value)
+
+
+# -- quorum policy ------------------------------------------------------------------------------
+
+
+def _host(redis_db, settings: Settings, name: str) -> State:
+    """Another process, on another host (MEMGUARD_INSTANCE), through the same scripts."""
+    from dataclasses import replace
+
+    return State(redis_db, replace(settings, instance=name))
+
+
+def test_quorum_needs_failures_from_enough_hosts(configure, redis_db):
+    rt = configure(quorum_hosts=2)
+    a, b = _host(redis_db, rt.settings, "host-a"), _host(redis_db, rt.settings, "host-b")
+    results = [a.record_failure({"via": "test"}) for _ in range(5)]
+    assert [t.status.value for t in results] == ["counted", "counted", "quorum", "quorum", "quorum"]
+    assert flags.get_forced_mode() is None, "one host alone cannot downgrade the fleet"
+    t = b.record_failure({"via": "test"})
+    assert t.status.value == "forced" and t.fail_count == 6
+    assert flags.get_forced_mode()["reason"] == "consecutive_failures"
+
+
+def test_auth_quorum_is_optional(configure, stub, redis_db):
+    rt = configure(quorum_hosts=2, quorum_auth=True)
+    stub.set_fault("401")
+    service.fetch_thread_context("t")  # this host: one of two
+    assert flags.get_forced_mode() is None
+    other = _host(redis_db, rt.settings, "host-b")
+    assert other.force("auth", 300, {"via": "test"}, auto=True, quorum=2).status.value == "forced"
+    flags.clear_forced_mode()
+    rt = configure(quorum_hosts=2)  # quorum for counted failures only: auth trips at once
+    service.fetch_thread_context("t")
+    assert flags.get_forced_mode()["reason"] == "auth"
+
+
+def _fail_as(url: str, instance: str, failures: int) -> None:
+    from memguard import runtime
+
+    env = {"REDIS_URL": url, "ZEP_API_KEY": "x", "MEMORY_QUORUM_HOSTS": "2", "MEMGUARD_INSTANCE": instance}
+    runtime.configure(Settings.from_env(env), watch=False)
+    for _ in range(failures):
+        flags.increment_consecutive_failures()
+
+
+def test_quorum_with_processes_of_different_instances(redis_server, redis_db):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for instance, failures, forced in (("worker-a", 5, False), ("worker-a", 2, False), ("worker-b", 1, True)):
+        p = ctx.Process(target=_fail_as, args=(redis_server.url, instance, failures))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+        assert (redis_db.get(flags.FORCED_MODE_KEY) is not None) is forced, instance
+    assert set(redis_db.smembers("mem:read:failing_hosts")) == {"worker-a", "worker-b"}
