@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from memguard import events
+from memguard.settings import webhook_entries
 
 log = structlog.get_logger("memguard")
 
@@ -31,8 +32,7 @@ _AUTH_HEADER = re.compile(r"(Api-Key|Bearer|Basic)\s+[^\s'\",}]+", re.I)
 
 def _secret_values() -> list[str]:
     values = [os.environ.get("ZEP_API_KEY", "")]
-    values += [u.strip().partition("=")[2] if "=" in u.split("://")[0] else u.strip()
-               for u in os.environ.get("MEMORY_WEBHOOK_URLS", "").split(",")]
+    values += [url for _, url in webhook_entries(os.environ.get("MEMORY_WEBHOOK_URLS", ""))]
     for var in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         m = _URL_PASSWORD.search(os.environ.get(var, ""))
         if m:

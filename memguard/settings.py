@@ -168,19 +168,24 @@ def _text(raw: str) -> str:
 WEBHOOK_FORMATS = ("slack", "pagerduty")
 
 
-def _webhooks(raw: str) -> tuple[tuple[str, str], ...]:
-    """``[slack=|pagerduty=]https://...`` comma-separated; the format is MEMORY_WEBHOOK_FORMAT's
-    (applied after parsing) unless the entry names its own."""
+def webhook_entries(raw: str) -> list[tuple[str, str]]:
+    """``[format=]url`` entries of MEMORY_WEBHOOK_URLS, unchecked: (format or "", url)."""
     out = []
     for entry in filter(None, (e.strip() for e in raw.split(","))):
         fmt, sep, url = entry.partition("=")
-        if not sep or "://" in fmt:
-            fmt, url = "", entry
-        elif fmt not in WEBHOOK_FORMATS:
+        out.append(("", entry) if not sep or "://" in fmt else (fmt, url))
+    return out
+
+
+def _webhooks(raw: str) -> tuple[tuple[str, str], ...]:
+    """``[slack=|pagerduty=]https://...`` comma-separated; the format is MEMORY_WEBHOOK_FORMAT's
+    (applied after parsing) unless the entry names its own."""
+    entries = webhook_entries(raw)
+    for fmt, url in entries:
+        if fmt and fmt not in WEBHOOK_FORMATS:
             raise ValueError(f"unknown format {fmt!r}; expected slack= or pagerduty=")
         _url("http", "https")(url)
-        out.append((fmt, url))
-    return tuple(out)
+    return tuple(entries)
 
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
