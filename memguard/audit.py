@@ -54,16 +54,17 @@ def on_event(event: events.Event) -> None:
     from memguard import runtime
 
     try:
-        runtime.get().state.client.xadd(AUDIT_KEY, fields, maxlen=AUDIT_MAXLEN, approximate=True)
+        state = runtime.get().state
+        state.client.xadd(state.keys.audit, fields, maxlen=AUDIT_MAXLEN, approximate=True)
     except SettingsError:
         return  # no runtime, so no Redis to write to: the log line still says it
     except redis.RedisError as exc:
         events.emit(events.GuardTrouble("redis_error", "audit", f"{type(exc).__name__}: {exc}"[:200]))
 
 
-def history(client: redis.Redis, count: int = 20) -> list[dict[str, Any]]:
+def history(client: redis.Redis, count: int = 20, key: str = AUDIT_KEY) -> list[dict[str, Any]]:
     """The newest ``count`` entries, oldest first, with their Redis time."""
-    rows = client.xrevrange(AUDIT_KEY, count=count)
+    rows = client.xrevrange(key, count=count)
     out = []
     for entry_id, fields in reversed(rows):
         item: dict[str, Any] = {"id": entry_id, "time": int(entry_id.split("-")[0]) / 1000.0}
@@ -76,9 +77,9 @@ def history(client: redis.Redis, count: int = 20) -> list[dict[str, Any]]:
     return out
 
 
-def last_operator_action(client: redis.Redis, scan: int = 500) -> dict[str, Any] | None:
+def last_operator_action(client: redis.Redis, scan: int = 500, key: str = AUDIT_KEY) -> dict[str, Any] | None:
     """The newest operator entry among the last ``scan`` entries."""
-    for item in reversed(history(client, scan)):
+    for item in reversed(history(client, scan, key)):
         if item.get("event") == "operator":
             return item
     return None

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.n < 1:
                 raise ops.OperatorError(f"-n must be at least 1, got {args.n}")
-            for item in audit.history(runtime.get().state.client, args.n):
+            state = runtime.get().state
+            for item in audit.history(state.client, args.n, state.keys.audit):
                 print(json.dumps(item) if args.json else audit.describe(item))
         elif args.cmd == "drill":
             from memguard import drill

@@ -22,7 +22,6 @@ import redis
 from memguard import events
 from memguard.runtime import Runtime
 
-NOTIFY_LOCK_KEY = "mem:notify:lock"
 LOCK_S = 120  # longer than a delivery takes; a deliverer that died frees it after this
 TIMEOUT_S = 2.0
 ATTEMPTS = 3
@@ -104,7 +103,7 @@ def deliver(rt: Runtime) -> int:
     """
     if not rt.settings.webhook_urls:
         return 0
-    lock = rt.state.client.lock(NOTIFY_LOCK_KEY, timeout=LOCK_S)
+    lock = rt.state.client.lock(rt.state.keys.notify_lock, timeout=LOCK_S)
     if not lock.acquire(blocking=False):
         return 0
     sent = 0

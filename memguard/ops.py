@@ -107,7 +107,7 @@ def status(by: dict[str, Any] | None = None, positional: Positional = (), **kwar
         "redis_time": snap.redis_now,
         "prober_seen_seconds_ago": None if snap.probe_heartbeat is None
         else round(max(0.0, snap.redis_now - snap.probe_heartbeat), 1),
-        "last_operator_action": audit.last_operator_action(rt.state.client),
+        "last_operator_action": audit.last_operator_action(rt.state.client, key=rt.state.keys.audit),
     }
     if snap.corrupt is not None:
         out["corrupt_record"] = snap.corrupt[:120]

@@ -26,8 +26,7 @@ from memguard.zep import ZepReader, make_reader
 def redis_client(settings: Settings) -> redis.Redis:
     """A client with short timeouts: a slow Redis must not slow the request path."""
     timeout = settings.redis_timeout_ms / 1000.0
-    return redis.Redis.from_url(
-        settings.redis_url,
+    return settings.redis_target.client(
         decode_responses=True,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
@@ -68,7 +67,7 @@ _fork_hook_registered = False
 
 def build(settings: Settings, *, watch: bool = True) -> Runtime:
     state = State(redis_client(settings), settings)
-    watcher = Watcher(state, settings.redis_url, settings.probe_grace_seconds)
+    watcher = Watcher(state, settings.probe_grace_seconds)
     state.on_change = watcher.apply_notice
     latency = LatencyMeter(state, settings.latency_threshold_ms) if settings.latency_threshold_ms else None
     if watch:

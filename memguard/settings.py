@@ -10,8 +10,11 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from memguard.connection import Target
 
 ZEP_CLIENTS = ("zep-python", "zep-cloud")
 _TRUE = {"1", "true", "yes", "on"}
@@ -74,6 +77,11 @@ class Settings:
     def read_timeout_s(self) -> float:
         return self.read_timeout_ms / 1000.0
 
+    @cached_property
+    def redis_target(self) -> Target:
+        """Where memguard's Redis is (one server, a Sentinel master, a Cluster)."""
+        return Target.parse(self.redis_url)
+
     @property
     def hold_cap_seconds(self) -> int:
         """The longest hold: backoff and Retry-After stop here (never below the base hold)."""
@@ -92,13 +100,18 @@ def _format_for(url: str, default: str) -> str:
 
 
 def masked_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: safe to print and log."""
+    """``url`` with its passwords (in the user part or a ``*password=`` query value) replaced
+    by ``***``: safe to print and log."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        parts = parts._replace(netloc=f"{user}:***@{netloc[2]}")
+    if "password" in parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = [(k, "***" if "password" in k else v) for k, v in pairs]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
 
 
 def _shown(var: str, raw: str) -> str:
@@ -152,6 +165,12 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _redis_url(raw: str) -> str:
+    """One server, a Sentinel master or a Cluster (memguard.connection)."""
+    Target.parse(raw)
+    return raw.rstrip("/")
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw not in choices:
@@ -189,7 +208,7 @@ def _webhooks(raw: str) -> tuple[tuple[str, str], ...]:
 
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "redis_url": ("REDIS_URL", _url("redis", "rediss", "unix")),
+    "redis_url": ("REDIS_URL", _redis_url),
     "zep_api_key": ("ZEP_API_KEY", _text),
     "zep_api_url": ("ZEP_API_URL", _url("http", "https")),
     "zep_client": ("ZEP_CLIENT", _choice(*ZEP_CLIENTS)),

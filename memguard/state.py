@@ -14,6 +14,7 @@ prober, flags, tasks and CLI call it and never finish a transition by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import random
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from memguard import events
 from memguard.modes import EffectiveMode, base_mode_of, combine
@@ -42,6 +44,7 @@ LATENCY_KEY = "mem:read:latency"
 FAILING_HOSTS_KEY = "mem:read:failing_hosts"
 AUTH_HOSTS_KEY = "mem:read:auth_failing_hosts"
 LATENCY_SLOTS = 6  # the latency window is summed in this many time slots
+NOTIFY_LOCK_KEY = "mem:notify:lock"
 CHANGES_CHANNEL = "mem:mode:changes"
 # The prober's heartbeat outlives this many probe intervals: its absence means no prober.
 HEARTBEAT_INTERVALS = 12
@@ -309,6 +312,39 @@ class Status(enum.StrEnum):
         return {"restored": "success", "reforced": "failed"}.get(self.value, self.value)
 
 
+@dataclass(frozen=True)
+class Keys:
+    """memguard's key names: the constants above on one server; on a Redis Cluster the same
+    names with ``{mem}:`` for ``mem:``, so that every script's keys share one hash slot."""
+
+    forced: str = FORCED_MODE_KEY
+    counter: str = CONSECUTIVE_FAILURES_KEY
+    version: str = VERSION_KEY
+    lock: str = PROBE_LOCK_KEY
+    heartbeat: str = PROBE_HEARTBEAT_KEY
+    latency: str = LATENCY_KEY
+    failing_hosts: str = FAILING_HOSTS_KEY
+    auth_hosts: str = AUTH_HOSTS_KEY
+    audit: str = AUDIT_KEY
+    notify_cursor: str = NOTIFY_CURSOR_KEY
+    notify_stuck: str = NOTIFY_STUCK_KEY
+    notify_lock: str = NOTIFY_LOCK_KEY
+
+    @classmethod
+    def under(cls, prefix: str) -> Keys:
+        return cls(*(prefix + f.default.removeprefix("mem:") for f in dataclasses.fields(cls)))
+
+    @property
+    def prefix(self) -> str:
+        return self.forced.removesuffix("mode:forced:v1")
+
+    @property
+    def for_scripts(self) -> list[str]:
+        """The transition scripts' KEYS, in the order the prelude names them."""
+        return [self.forced, self.counter, self.version, self.lock, self.heartbeat, self.latency,
+                self.failing_hosts, self.auth_hosts]
+
+
 class CorruptRecord(ValueError):
     """A memguard key holds a value memguard did not write."""
 
@@ -421,8 +457,7 @@ class State:
         self.base = base_mode_of(settings)
         self.on_change = on_change or (lambda notice: None)
         self.grace_ms = settings.probe_grace_seconds * 1000
-        self.keys = [FORCED_MODE_KEY, CONSECUTIVE_FAILURES_KEY, VERSION_KEY, PROBE_LOCK_KEY,
-                     PROBE_HEARTBEAT_KEY, LATENCY_KEY, FAILING_HOSTS_KEY, AUTH_HOSTS_KEY]
+        self.keys = Keys.under(settings.redis_target.key_prefix)
         self.channel = CHANGES_CHANNEL
         self._notify_claim = client.register_script(_NOTIFY_CLAIM)
         self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in (
@@ -432,7 +467,7 @@ class State:
 
     def _run(self, script: str, *args: Any) -> list[Any]:
         """Run one transition script; its last reply element is the notice of what changed."""
-        reply = self._scripts[script](keys=self.keys, args=[self.channel, *args])
+        reply = self._scripts[script](keys=self.keys.for_scripts, args=[self.channel, *args])
         if reply[-1]:
             self.on_change(reply[-1])
         return reply
@@ -441,10 +476,11 @@ class State:
 
     def snapshot(self) -> Snapshot:
         """One round trip of plain reads (no Lua: a script costs an idle Redis ~70 µs of CPU)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget(FORCED_MODE_KEY, CONSECUTIVE_FAILURES_KEY, PROBE_HEARTBEAT_KEY, VERSION_KEY)
-        pipe.pttl(CONSECUTIVE_FAILURES_KEY)
-        pipe.pttl(FORCED_MODE_KEY)
+        k = self.keys
+        pipe = self._keys_node().pipeline(transaction=False)
+        pipe.mget(k.forced, k.counter, k.heartbeat, k.version)
+        pipe.pttl(k.counter)
+        pipe.pttl(k.forced)
         pipe.time()
         (raw, count, beat, version), ttl, record_ttl, (secs, micros) = pipe.execute()
         corrupt = None
@@ -461,6 +497,13 @@ class State:
         heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() else None
         return Snapshot(record, corrupt, fail_count, int(ttl), secs + micros // 1000 / 1000.0, heartbeat,
                         int(version) if version and version.isdigit() else 0, int(record_ttl))
+
+    def _keys_node(self) -> redis.Redis:
+        """The client to pipeline plain reads on: on a Cluster, the node owning memguard's slot
+        (a cluster pipeline refuses MGET and TIME)."""
+        if isinstance(self.client, RedisCluster):
+            return self.client.get_node_from_key(self.keys.forced).redis_connection
+        return self.client
 
     def mode(self, record: ForcedRecord | None) -> EffectiveMode:
         return combine(self.base, record is not None)
@@ -517,7 +560,8 @@ class State:
     def claim_notifications(self, stuck_episode: str, limit: int = 50) -> tuple[bool, list[dict[str, str]]]:
         """The audit entries no caller has taken yet (each goes to exactly one caller), and
         whether this caller should announce ``stuck_episode``."""
-        stuck, *flat = self._notify_claim(keys=[AUDIT_KEY, NOTIFY_CURSOR_KEY, NOTIFY_STUCK_KEY],
+        k = self.keys
+        stuck, *flat = self._notify_claim(keys=[k.audit, k.notify_cursor, k.notify_stuck],
                                           args=[limit, stuck_episode])
         entries = []
         for entry_id, fields in zip(flat[::2], flat[1::2], strict=True):

@@ -78,7 +78,7 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
     # Celery's own default (0, meaning 300 s) counts as set for conf.setdefault: add a
     # default that ranks above Celery's and below anything the app sets itself.
     app.add_defaults({"beat_max_loop_interval": LOOP_INTERVAL_S, "beat_scheduler": SCHEDULER,
-                      "redbeat_redis_url": (settings or Settings()).redis_url})
+                      **(settings or Settings()).redis_target.redbeat_conf()})
     if app.configured:
         configure_beat(app.conf)
     else:

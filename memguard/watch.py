@@ -31,8 +31,6 @@ import redis
 from memguard import events
 from memguard.state import (
     CHANGES_CHANNEL,
-    CONSECUTIVE_FAILURES_KEY,
-    FORCED_MODE_KEY,
     CorruptRecord,
     ForcedRecord,
     Snapshot,
@@ -46,8 +44,6 @@ HEARTBEAT_AFTER_S = (1.1, 1.5)  # silence after which this process publishes the
 # wrote it.
 RESYNC_S = 60.0
 INVALIDATE_CHANNEL = "__redis__:invalidate"
-TRACKED_PREFIX = "mem:"
-VIEW_KEYS = frozenset({FORCED_MODE_KEY, CONSECUTIVE_FAILURES_KEY})
 HEARTBEAT = "heartbeat"
 
 
@@ -70,9 +66,9 @@ def _keepalive_options() -> dict[int, int]:
 class Watcher:
     """One daemon thread per process holding the tracked, subscribed connection."""
 
-    def __init__(self, state: State, redis_url: str, grace_seconds: float) -> None:
+    def __init__(self, state: State, grace_seconds: float) -> None:
         self.state = state
-        self.redis_url = redis_url
+        self.view_keys = {state.keys.forced: "forced", state.keys.counter: "count"}
         self.grace_seconds = grace_seconds
         self.current: View | None = None
         self._lock = threading.Lock()
@@ -118,9 +114,7 @@ class Watcher:
             return
         with self._lock:
             if from_channel:  # even when our own write applied it already
-                self._explained.update(key for field, key in (("forced", FORCED_MODE_KEY),
-                                                              ("count", CONSECUTIVE_FAILURES_KEY))
-                                       if field in change)
+                self._explained.update(key for key, field in self.view_keys.items() if field in change)
             if version <= self._version:
                 return  # already applied (our own write, seen again on the channel)
             self._version = version
@@ -190,15 +184,14 @@ class Watcher:
 
     def _connect(self) -> redis.Connection:
         # RESP2: subscribe replies and tracking messages come back as plain replies.
-        pool = redis.ConnectionPool.from_url(
-            self.redis_url, decode_responses=True, socket_timeout=1.0, socket_connect_timeout=1.0,
+        conn = self.state.settings.redis_target.connection(
+            decode_responses=True, socket_timeout=1.0, socket_connect_timeout=1.0,
             socket_keepalive=True, socket_keepalive_options=_keepalive_options(), protocol=2)
-        conn: redis.Connection = pool.make_connection()
         conn.connect()
         conn.send_command("CLIENT", "ID")
         client_id = conn.read_response()
         conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX",
-                          TRACKED_PREFIX)
+                          self.state.keys.prefix)
         if conn.read_response() not in ("OK", b"OK"):
             raise redis.ConnectionError("CLIENT TRACKING was refused")
         conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL, CHANGES_CHANNEL)
@@ -256,11 +249,11 @@ class Watcher:
             return False
         if data is None:  # FLUSHALL / FLUSHDB: everything is gone
             return True
-        changed = VIEW_KEYS.intersection(data)
+        changed = self.view_keys.keys() & data
         with self._lock:
             unexplained = changed - self._explained
             self._explained.clear()
-            if unexplained == {CONSECUTIVE_FAILURES_KEY} and time.monotonic() >= self._failures_until - 0.1:
+            if unexplained == {self.state.keys.counter} and time.monotonic() >= self._failures_until - 0.1:
                 self._set_failures(0, -2, time.monotonic())  # the failure window expired
                 self._publish_view()
                 return False

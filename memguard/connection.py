@@ -1,0 +1,179 @@
+"""Which Redis memguard talks to, from ``REDIS_URL``: one server, a Sentinel master or a Cluster.
+
+- ``redis://``, ``rediss://``, ``unix://``: one server (redis-py's own URL forms).
+- ``redis+sentinel://[user:pass@]host[:port][,host:port...]/<service>[/<db>]`` (and
+  ``rediss+sentinel://``): the master Sentinel names for ``<service>``; the sentinel port
+  defaults to 26379. The credentials are the master's; ``?sentinel_password=`` (and
+  ``sentinel_username=``) authenticate to the sentinels when they need it. Every connection
+  asks the sentinels for the master when it (re)connects, so a failover needs no restart.
+- ``redis+cluster://[user:pass@]host:port[,host:port...]`` (and ``rediss+cluster://``): Redis
+  Cluster. memguard's keys then carry the hash tag ``{mem}`` (``{mem}:mode:forced:v1``...) so
+  that every script's keys live in one slot; on one server they keep their original names.
+
+Everything that connects (the request path, the watcher, the prober, the tasks, the CLI, and
+RedBeat through ``memguard.install``) goes through a ``Target``, so they all follow the same
+master.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.sentinel import Sentinel
+
+SINGLE_SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_PORT = 26379
+KEY_PREFIX = "mem:"
+CLUSTER_KEY_PREFIX = "{mem}:"  # one hash slot for every memguard key
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed ``REDIS_URL``. ``kind`` is ``single``, ``sentinel`` or ``cluster``."""
+
+    url: str
+    kind: str = "single"
+    nodes: tuple[tuple[str, int], ...] = ()  # the sentinels, or the cluster's start-up nodes
+    service: str = ""
+    db: int = 0
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+    sentinel_auth: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        """Raises ``ValueError`` saying what is wrong with the URL."""
+        scheme, sep, rest = url.partition("://")
+        if not sep or not rest:
+            raise ValueError("expected a URL such as redis://host:6379/0")
+        if scheme in SINGLE_SCHEMES:
+            redis.connection.parse_url(url)  # redis-py's own check
+            return cls(url)
+        if scheme not in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
+            raise ValueError(f"unsupported scheme {scheme!r}; expected one of "
+                             f"{', '.join(SINGLE_SCHEMES + SENTINEL_SCHEMES + CLUSTER_SCHEMES)}")
+        parts = urlsplit(url)
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = userinfo.partition(":")
+        sentinel = scheme in SENTINEL_SCHEMES
+        nodes = tuple(_host_port(h, SENTINEL_PORT if sentinel else None) for h in hosts.split(","))
+        path = [p for p in parts.path.split("/") if p]
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        common = dict(nodes=nodes, username=unquote(username) or None, password=unquote(password) or None,
+                      ssl=scheme.startswith("rediss"))
+        if sentinel:
+            if not path or len(path) > 2:
+                raise ValueError("expected /<service>[/<db>] after the sentinels, e.g. "
+                                 "redis+sentinel://sentinel-1:26379,sentinel-2:26379/mymaster/0")
+            auth = {k.removeprefix("sentinel_"): query[k] for k in ("sentinel_username", "sentinel_password")
+                    if k in query}
+            return cls(url, "sentinel", service=unquote(path[0]), db=_db(path[1:]), sentinel_auth=auth,
+                       **common)
+        if path and path != ["0"]:
+            raise ValueError("Redis Cluster has only database 0; drop the path after the nodes")
+        return cls(url, "cluster", **common)
+
+    @property
+    def key_prefix(self) -> str:
+        return CLUSTER_KEY_PREFIX if self.kind == "cluster" else KEY_PREFIX
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A client for memguard's keys (a ``RedisCluster`` on a cluster)."""
+        if self.kind == "single":
+            return redis.Redis.from_url(self.url, **options)
+        if self.kind == "sentinel":
+            return self._sentinel(options).master_for(self.service, db=self.db, **self._auth(), **options)
+        options.pop("retry_on_timeout", None)  # a cluster client retries by its own rules
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.nodes], ssl=self.ssl,
+                            **self._auth(), **options)
+
+    def connection(self, **options: Any) -> redis.Connection:
+        """One unpooled connection to the server holding memguard's keys, for the watcher:
+        the current master, or on a cluster the node that owns the ``{mem}`` slot."""
+        if self.kind == "single":
+            return redis.ConnectionPool.from_url(self.url, **options).make_connection()
+        if self.kind == "sentinel":
+            master = self._sentinel(options).master_for(self.service, db=self.db, **self._auth(), **options)
+            return master.connection_pool.make_connection()  # asks the sentinels on connect
+        finder = self.client(socket_timeout=options.get("socket_timeout"),
+                             socket_connect_timeout=options.get("socket_connect_timeout"))
+        try:
+            node = finder.get_node_from_key(CLUSTER_KEY_PREFIX)
+        finally:
+            finder.close()
+        cls = redis.SSLConnection if self.ssl else redis.Connection
+        return cls(host=node.host, port=node.port, **self._auth(), **options)
+
+    def redbeat_conf(self) -> dict[str, Any]:
+        """Celery settings that point RedBeat at this Redis ({} on a cluster: RedBeat then
+        keeps to the broker's Redis, which must not be a cluster)."""
+        if self.kind == "single":
+            return {"redbeat_redis_url": self.url}
+        if self.kind == "cluster":
+            return {}
+        options: dict[str, Any] = {"sentinels": list(self.nodes), "service_name": self.service,
+                                   "db": self.db, "socket_timeout": 1.0, **self._auth()}
+        if self.sentinel_auth:
+            options["sentinel_kwargs"] = dict(self.sentinel_auth)
+        return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}
+
+    def celery_broker(self) -> tuple[str, dict[str, Any]]:
+        """Celery's broker URL and transport options for this Redis (kombu's sentinel form)."""
+        if self.kind == "single":
+            return self.url, {}
+        if self.kind == "cluster":
+            raise ValueError("Celery's broker cannot be a Redis Cluster: set CELERY_BROKER_URL")
+        auth = ""
+        if self.password:
+            auth = f"{self.username or ''}:{self.password}@"
+        url = ";".join(f"sentinel://{auth}{h}:{p}/{self.db}" for h, p in self.nodes)
+        options: dict[str, Any] = {"master_name": self.service}
+        if self.sentinel_auth:
+            options["sentinel_kwargs"] = dict(self.sentinel_auth)
+        return url, options
+
+    def _auth(self) -> dict[str, Any]:
+        auth: dict[str, Any] = {}
+        if self.username:
+            auth["username"] = self.username
+        if self.password:
+            auth["password"] = self.password
+        return auth
+
+    def _sentinel(self, options: dict[str, Any]) -> Sentinel:
+        timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+        extra: dict[str, Any] = {"ssl": True} if self.ssl else {}
+        return Sentinel(list(self.nodes), sentinel_kwargs={**timeouts, **self.sentinel_auth}, **extra)
+
+
+def _host_port(text: str, default_port: int | None) -> tuple[str, int]:
+    host, port = text, None
+    if text.startswith("["):  # [ipv6]:port
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host:
+        raise ValueError(f"missing host in {text!r}")
+    if port is None:
+        if default_port is None:
+            raise ValueError(f"missing port in {text!r}")
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return host, int(port)
+
+
+def _db(path: list[str]) -> int:
+    if not path:
+        return 0
+    if not path[0].isdigit():
+        raise ValueError(f"the database must be a number, not {path[0]!r}")
+    return int(path[0])
