@@ -17,7 +17,9 @@ master.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -29,6 +31,7 @@ SINGLE_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_PORT = 26379
+SENTINEL_TIMEOUT_S = 0.25
 KEY_PREFIX = "mem:"
 CLUSTER_KEY_PREFIX = "{mem}:"  # one hash slot for every memguard key
 
@@ -89,7 +92,7 @@ class Target:
         if self.kind == "single":
             return redis.Redis.from_url(self.url, **options)
         if self.kind == "sentinel":
-            return self._sentinel(options).master_for(self.service, db=self.db, **self._auth(), **options)
+            return self.sentinels.master_for(self.service, db=self.db, **self._auth(), **options)
         options.pop("retry_on_timeout", None)  # a cluster client retries by its own rules
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.nodes], ssl=self.ssl,
                             **self._auth(), **options)
@@ -100,7 +103,7 @@ class Target:
         if self.kind == "single":
             return redis.ConnectionPool.from_url(self.url, **options).make_connection()
         if self.kind == "sentinel":
-            master = self._sentinel(options).master_for(self.service, db=self.db, **self._auth(), **options)
+            master = self.sentinels.master_for(self.service, db=self.db, **self._auth(), **options)
             return master.connection_pool.make_connection()  # asks the sentinels on connect
         finder = self.client(socket_timeout=options.get("socket_timeout"),
                              socket_connect_timeout=options.get("socket_connect_timeout"))
@@ -147,10 +150,33 @@ class Target:
             auth["password"] = self.password
         return auth
 
-    def _sentinel(self, options: dict[str, Any]) -> Sentinel:
-        timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+    @cached_property
+    def sentinels(self) -> Sentinel:
+        """The one Sentinel manager of this target: every client and the watcher ask the same
+        sentinels, in the order ``prefer`` leaves them. Short timeouts: a reconnect on the
+        request path must not wait long for a sentinel that is down."""
+        kwargs = {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S,
+                  **self.sentinel_auth}
         extra: dict[str, Any] = {"ssl": True} if self.ssl else {}
-        return Sentinel(list(self.nodes), sentinel_kwargs={**timeouts, **self.sentinel_auth}, **extra)
+        return Sentinel(list(self.nodes), sentinel_kwargs=kwargs, **extra)
+
+    def prefer(self, host: str, port: int) -> None:
+        """Ask this sentinel first from now on (it announced the latest switch)."""
+        clients = self.sentinels.sentinels
+        for i, client in enumerate(clients):
+            kw = client.connection_pool.connection_kwargs
+            if (kw.get("host"), kw.get("port")) == (host, port):
+                clients.insert(0, clients.pop(i))
+                return
+
+
+def keepalive_options() -> dict[int, int]:
+    """Let the kernel notice a dead peer in about 2 s without any Redis command."""
+    opts = {}
+    for name, value in (("TCP_KEEPIDLE", 1), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 1)):
+        if hasattr(socket, name):
+            opts[getattr(socket, name)] = value
+    return opts
 
 
 def _host_port(text: str, default_port: int | None) -> tuple[str, int]:

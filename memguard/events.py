@@ -89,7 +89,7 @@ class OperatorAction:
 class GuardTrouble:
     """The guard's own parts misbehaved: Redis errors, corrupt keys, lost events."""
 
-    kind: str  # redis_error, corrupt_state, config_error, webhook_failed
+    kind: str  # redis_error, corrupt_state, config_error, webhook_failed, master_switch
     op: str
     detail: str = ""
 

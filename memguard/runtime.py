@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import redis
 
 from memguard import events
+from memguard.failover import SwitchListener
 from memguard.guard import Guard
 from memguard.latency import LatencyMeter
 from memguard.settings import Settings
@@ -40,6 +41,7 @@ class Runtime:
     guard: Guard
     watcher: Watcher
     latency: LatencyMeter | None = None
+    switches: SwitchListener | None = None
     _reader: ZepReader | None = field(default=None, repr=False)
 
     @property
@@ -54,6 +56,8 @@ class Runtime:
         return self._reader
 
     def close(self) -> None:
+        if self.switches is not None:
+            self.switches.stop()
         self.watcher.stop()
         if self.latency is not None:
             self.latency.stop()
@@ -70,11 +74,21 @@ def build(settings: Settings, *, watch: bool = True) -> Runtime:
     watcher = Watcher(state, settings.probe_grace_seconds)
     state.on_change = watcher.apply_notice
     latency = LatencyMeter(state, settings.latency_threshold_ms) if settings.latency_threshold_ms else None
+    switches = None
+    if settings.redis_target.kind == "sentinel":
+
+        def on_switch() -> None:
+            state.client.connection_pool.disconnect()  # the next command asks the sentinels
+            watcher.reconnect()
+
+        switches = SwitchListener(settings.redis_target, on_switch)
     if watch:
         watcher.start()
         if latency is not None:
             latency.start()
-    return Runtime(settings, Guard(settings, state, watcher, latency), watcher, latency)
+        if switches is not None:
+            switches.start()
+    return Runtime(settings, Guard(settings, state, watcher, latency), watcher, latency, switches)
 
 
 def get() -> Runtime:

@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from memguard import events
+from memguard.connection import keepalive_options
 from memguard.state import (
     CHANGES_CHANNEL,
     CorruptRecord,
@@ -54,15 +55,6 @@ class View:
     failures_until: float  # monotonic; before it the failure counter may be non-zero
 
 
-def _keepalive_options() -> dict[int, int]:
-    """Let the kernel notice a dead peer in about 2 s without any Redis command."""
-    opts = {}
-    for name, value in (("TCP_KEEPIDLE", 1), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 1)):
-        if hasattr(socket, name):
-            opts[getattr(socket, name)] = value
-    return opts
-
-
 class Watcher:
     """One daemon thread per process holding the tracked, subscribed connection."""
 
@@ -81,6 +73,7 @@ class Watcher:
         self._last_corrupt: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._conn: redis.Connection | None = None
 
     def start(self) -> None:
         self._stop.clear()
@@ -92,6 +85,15 @@ class Watcher:
         self.current = None
         if self._thread is not None:
             self._thread.join(timeout=3)
+
+    def reconnect(self) -> None:
+        """Drop the connection now (the master moved): the thread reconnects, re-enables
+        tracking and re-reads at once. Only the socket is shut here; the thread, blocked
+        reading it, does the rest."""
+        sock = getattr(self._conn, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def wait_ready(self, timeout: float = 2.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -186,7 +188,7 @@ class Watcher:
         # RESP2: subscribe replies and tracking messages come back as plain replies.
         conn = self.state.settings.redis_target.connection(
             decode_responses=True, socket_timeout=1.0, socket_connect_timeout=1.0,
-            socket_keepalive=True, socket_keepalive_options=_keepalive_options(), protocol=2)
+            socket_keepalive=True, socket_keepalive_options=keepalive_options(), protocol=2)
         conn.connect()
         conn.send_command("CLIENT", "ID")
         client_id = conn.read_response()
@@ -202,7 +204,7 @@ class Watcher:
         return conn
 
     def _follow(self) -> None:
-        conn = self._connect()
+        conn = self._conn = self._connect()
         with self._lock:
             self._version = -1  # whatever was applied before, the re-read below decides
         try:
@@ -235,6 +237,7 @@ class Watcher:
                         self._publish_view()
         finally:
             self.current = None
+            self._conn = None
             with contextlib.suppress(redis.RedisError, OSError):
                 conn.disconnect()
 

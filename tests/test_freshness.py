@@ -4,11 +4,13 @@ connection lapses the view (reads then go to Redis) until tracking is back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -37,10 +39,11 @@ def _reader(url: str, conn) -> None:
     rt.close()
 
 
-@pytest.fixture
-def reader(redis_server, redis_db):
+@contextlib.contextmanager
+def reader_process(url: str) -> Iterator[Callable[..., float]]:
+    """Another process following ``url``; yields ``seen(want, write, via_view=True)``."""
     parent, child = mp.get_context("fork").Pipe()
-    proc = mp.get_context("fork").Process(target=_reader, args=(redis_server.url, child))
+    proc = mp.get_context("fork").Process(target=_reader, args=(url, child))
     proc.start()
     assert parent.recv() == "ready"
 
@@ -55,9 +58,17 @@ def reader(redis_server, redis_db):
         assert from_view or not via_view, "seen by the view, not by a read per request"
         return (at - (nominal or t0)) * 1000
 
-    yield seen
-    parent.send(None)
-    proc.join(10)
+    try:
+        yield seen
+    finally:
+        parent.send(None)
+        proc.join(10)
+
+
+@pytest.fixture
+def reader(redis_server, redis_db):
+    with reader_process(redis_server.url) as seen:
+        yield seen
 
 
 def original_record(ttl: float = 60) -> str:

@@ -1,0 +1,99 @@
+"""Redis Cluster: memguard's keys share one hash slot, and the atomic counter and the
+propagation tests pass on a three-master cluster made by ``redis-cli --cluster create``."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import subprocess
+import time
+
+import pytest
+from redis.cluster import key_slot
+
+from memguard import flags, runtime
+from memguard.localstack import ClusterGroup
+from memguard.settings import Settings
+from memguard.state import FORCED_MODE_KEY, Keys
+
+from .test_fleet import FAILURES_EACH, PROCS, _fail_many
+from .test_freshness import BOUND_MS, original_record, reader_process
+
+CLUSTER_KEYS = Keys.under("{mem}:")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with ClusterGroup() as c:
+        yield c
+
+
+@pytest.fixture
+def fresh(cluster):
+    cluster.flushall()
+    yield cluster
+    cluster.flushall()
+
+
+def owner_port(cluster: ClusterGroup) -> int:
+    client = Settings(redis_url=cluster.url).redis_target.client(decode_responses=True)
+    try:
+        return client.get_node_from_key(CLUSTER_KEYS.forced).port
+    finally:
+        client.close()
+
+
+def cli(cluster: ClusterGroup, *args: str) -> None:
+    """redis-cli in cluster mode (-c follows MOVED), like an operator's hand write."""
+    subprocess.run(["redis-cli", "-c", "-p", str(cluster.nodes[0].port), *args], check=True,
+                   capture_output=True, timeout=10)
+
+
+def test_every_key_shares_one_slot_on_a_cluster_and_keeps_its_name_on_one_server():
+    cluster_keys = vars(CLUSTER_KEYS).values()
+    assert len({key_slot(k.encode()) for k in cluster_keys}) == 1
+    assert all(k.startswith("{mem}:") for k in cluster_keys)
+    assert Keys().forced == FORCED_MODE_KEY == "mem:mode:forced:v1"
+    assert Settings(redis_url="redis+cluster://127.0.0.1:7000").redis_target.key_prefix == "{mem}:"
+
+
+def test_cluster_eight_processes_fifty_failures_each_one_downgrade(fresh):
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_fail_many, args=(fresh.url, start, out)) for _ in range(PROCS)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)
+    start.set()
+    downgrades = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    owner = next(n for n in fresh.nodes if n.port == owner_port(fresh)).client()
+    assert int(owner.get(CLUSTER_KEYS.counter)) == PROCS * FAILURES_EACH
+    assert sum(downgrades) == 1
+    assert owner.get(CLUSTER_KEYS.forced) is not None
+
+
+def test_cluster_any_writer_is_seen_by_another_process_within_100ms(fresh):
+    rt = runtime.configure(Settings(redis_url=fresh.url, zep_api_key="x"))
+    try:
+        assert rt.watcher.wait_ready(5)
+        owner = str(owner_port(fresh))
+        writes = {
+            "force": (True, lambda: flags.force_write_only("manual_ops", 60)),
+            "clear": (False, lambda: flags.clear_forced_mode()),
+            "SET": (True, lambda: cli(fresh, "SET", CLUSTER_KEYS.forced, original_record(), "EX", "60")),
+            "DEL": (False, lambda: cli(fresh, "DEL", CLUSTER_KEYS.forced)),
+            "force again": (True, lambda: flags.force_write_only("manual_ops", 60)),
+            "FLUSHALL": (False, lambda: subprocess.run(["redis-cli", "-p", owner, "FLUSHALL"], check=True,
+                                                       capture_output=True)),
+        }
+        results: dict[str, list[float]] = {name: [] for name in writes}
+        with reader_process(fresh.url) as seen:
+            for _ in range(5):
+                for name, (want, write) in writes.items():
+                    results[name].append(seen(want, lambda write=write: write() and None))
+    finally:
+        rt.close()
+    worst = {k: round(max(v), 1) for k, v in results.items()}
+    print(f"cluster propagation max ms over 5 trials: {worst}")
+    assert all(w <= BOUND_MS for w in worst.values()), worst

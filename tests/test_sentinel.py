@@ -1,0 +1,104 @@
+"""Sentinel: a primary, a replica and three sentinels; ``SENTINEL FAILOVER`` under reads,
+with a worker and two beats of the ready app all following the master (its broker included)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from memguard import flags, runtime, service
+from memguard.localstack import CeleryProcess, SentinelGroup, stack_env, wait_for
+from memguard.prober import PROBE_THREAD_ID
+from memguard.settings import Settings
+from memguard.state import FORCED_MODE_KEY
+
+from .conftest import API_KEY, ROOT
+from .test_freshness import BOUND_MS, original_record, reader_process
+
+HOLD = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "1", "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "1",
+        "MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS": "0.5"}
+
+
+@pytest.fixture
+def sentinel_stack(tmp_path, stub, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with SentinelGroup() as group:
+        env = stack_env(group.url, stub.url, API_KEY, PYTHONPATH=str(ROOT), **HOLD)
+        procs = [CeleryProcess("worker", env, str(tmp_path), "w", "-P", "solo"),
+                 CeleryProcess("beat", env, str(tmp_path), "b1"),
+                 CeleryProcess("beat", env, str(tmp_path), "b2")]
+        try:
+            for p in procs:
+                p.start()
+            rt = runtime.configure(Settings.from_env(env))
+            assert rt.watcher.wait_ready(5)
+            yield group, procs, rt
+        finally:
+            for p in procs:
+                p.stop()
+            runtime.get().close()
+
+
+class Reads(threading.Thread):
+    """Guarded reads in a loop, as a request path would make them."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.count = 0
+        self.exceptions: list[BaseException] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                service.fetch_thread_context("user-1")
+            except BaseException as exc:  # counting whatever reaches a caller
+                self.exceptions.append(exc)
+            self.count += 1
+            time.sleep(0.002)
+
+
+def probed_once(stub, before: int) -> None:
+    wait_for(lambda: flags.get_forced_mode() is None, 15, "the probe to restore")
+    time.sleep(1.5)  # a second probe of the same hold would have run by now
+    assert stub.reads_of(PROBE_THREAD_ID) == before + 1
+
+
+def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(sentinel_stack, stub):
+    group, procs, rt = sentinel_stack
+    reads = Reads()
+    reads.start()
+    with reader_process(group.url) as seen:
+        before = stub.reads_of(PROBE_THREAD_ID)
+        flags.force_write_only("manual_ops", ttl_seconds=1)
+        probed_once(stub, before)  # the beats and the worker probe before the failover
+
+        # A force replicated before the failover survives it.
+        flags.force_write_only("manual_ops", ttl_seconds=60)
+        assert rt.state.client.execute_command("WAIT", 1, 2000) == 1
+        old = group.master_port()
+        new = group.failover()
+        assert new != old
+        new_master = next(s for s in (group.primary, group.replica) if s.port == new).client()
+        assert new_master.get(FORCED_MODE_KEY) is not None
+        time.sleep(0.5)  # every watcher heard +switch-master, reconnected and re-read
+        assert rt.guard.forced() is not None
+        assert seen(True, lambda: None) < BOUND_MS  # the other process still sees it
+
+        # After the failover: a clear, a hand write (seen through tracking) and a force reach
+        # the other process within the bound, and the next hold is probed exactly once.
+        assert seen(False, lambda: flags.clear_forced_mode() and None) <= BOUND_MS
+        hand_set = lambda: new_master.set(FORCED_MODE_KEY, original_record(), ex=60) and None  # noqa: E731
+        assert seen(True, hand_set) <= BOUND_MS
+        assert seen(False, lambda: new_master.delete(FORCED_MODE_KEY) and None) <= BOUND_MS
+        before = stub.reads_of(PROBE_THREAD_ID)
+        assert seen(True, lambda: flags.force_write_only("manual_ops", ttl_seconds=1) and None) <= BOUND_MS
+        probed_once(stub, before)
+    reads.halt.set()
+    reads.join(5)
+    assert reads.exceptions == []
+    assert reads.count > 500
+    assert all(p.alive() for p in procs), [p.output()[-1500:] for p in procs if not p.alive()]
+    assert rt.state.client.connection_pool.get_master_address()[1] == new
