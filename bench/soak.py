@@ -1,11 +1,13 @@
 """Soak: prefork Celery workers doing guarded reads at a steady rate while Zep and Redis misbehave.
 
-    python bench/soak.py [--minutes M] [--json]        (./run soak)
+    python bench/soak.py [--minutes M] [--sentinel] [--json]        (./run soak)
 
 Starts its own redis-server, Zep stub, a prefork worker of this module's Celery app (it
 has ``memguard.install``) and a beat. Three pool children read thread context every 20 ms
 and record what they saw (a fourth takes the probe ticks). The stub cycles healthy -> 401 ->
 healthy -> timeouts -> healthy, and Redis is killed and restarted once in the first phase.
+With ``--sentinel`` memguard, the broker and RedBeat use a Sentinel-managed primary and
+replica instead, and the first phase has a ``SENTINEL FAILOVER`` where the restart was.
 At the end it prints a summary from what the readers recorded, what the stub counted and
 memguard's audit trail.
 """
@@ -25,11 +27,19 @@ import redis
 from celery import Celery
 
 import memguard
+from memguard.connection import Target
 
 READ_EVERY_S = 0.02
 RESULTS_KEY = "soak:reads"
 
-app = Celery("soak", broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15"))
+def _broker(url: str) -> Celery:
+    broker, options = Target.parse(url).celery_broker()
+    celery = Celery("soak", broker=broker)
+    celery.conf.broker_transport_options = options
+    return celery
+
+
+app = _broker(os.environ.get("SOAK_BROKER_URL", "redis://127.0.0.1:6379/15"))
 app.conf.worker_prefetch_multiplier = 1
 memguard.install(app)
 
@@ -117,16 +127,17 @@ def _zep_reads(stub: Any) -> int:
     return stub.stats()["reads"] - stub.reads_of("memguard-probe")
 
 
-def run(minutes: float, logdir: str | None = None) -> dict[str, Any]:
+def run(minutes: float, logdir: str | None = None, sentinel: bool = False) -> dict[str, Any]:
     from memguard import audit
-    from memguard.localstack import CeleryProcess, RedisServer, stack_env, wait_for
+    from memguard.localstack import CeleryProcess, RedisServer, SentinelGroup, stack_env, wait_for
     from memguard.zepstub import ZepStub
 
     phase = max(6.0, minutes * 60 / 5)
     key = "soak-key"
     logdir = logdir or tempfile.mkdtemp(prefix="memguard-soak-")
-    with RedisServer() as server, RedisServer() as results_server, ZepStub(api_key=key) as stub:
-        env = stack_env(server.url, stub.url, key, CELERY_BROKER_URL=server.url,
+    with (SentinelGroup() if sentinel else RedisServer()) as server, RedisServer() as results_server, \
+            ZepStub(api_key=key) as stub:
+        env = stack_env(server.url, stub.url, key, SOAK_BROKER_URL=server.url,
                         SOAK_RESULTS_URL=results_server.url, PYTHONPATH=str(Path(__file__).parent),
                         MEMORY_DOWNGRADE_HOLD_SECONDS="2", MEMORY_DOWNGRADE_HOLD_MAX_SECONDS="2",
                         MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5", MEMORY_ZEP_READ_TIMEOUT_MS="100")
@@ -137,18 +148,22 @@ def run(minutes: float, logdir: str | None = None) -> dict[str, Any]:
         worker.start()
         beat.start()
         try:
-            sender = Celery(broker=server.url)
+            sender = _broker(server.url)
             total = 5 * phase + 2
             for _ in range(3):
                 sender.send_task("soak.read_for", args=[total])
             t0 = time.time()
             outages = []
-            # Healthy, with a Redis restart (kill -9, a second down, its data gone) in the middle.
+            # Healthy, with a Redis restart (kill -9, a second down, its data gone) or a
+            # Sentinel failover in the middle.
             time.sleep(phase / 2)
-            server.proc.kill()
-            server.proc.wait(10)
-            time.sleep(1)
-            server.start()
+            if isinstance(server, SentinelGroup):
+                server.failover()
+            else:
+                server.proc.kill()
+                server.proc.wait(10)
+                time.sleep(1)
+                server.start()
             time.sleep(max(0.0, t0 + phase - time.time()))
             for name, fault in (("auth (401)", "401"), ("timeouts", "hang")):
                 before = _zep_reads(stub)
@@ -161,10 +176,11 @@ def run(minutes: float, logdir: str | None = None) -> dict[str, Any]:
             results = results_server.client()
             wait_for(lambda: results.llen(RESULTS_KEY) == 3, total + 30, "the readers to finish")
             per_process = [json.loads(r) for r in results.lrange(RESULTS_KEY, 0, -1)]
-            history = audit.history(redis.Redis.from_url(server.url, decode_responses=True), 10_000)
+            history = audit.history(Target.parse(server.url).client(decode_responses=True), 10_000)
             out = summarise(per_process, history, sum(o[3] for o in outages),
                             [(n, a, b) for n, a, b, _ in outages], time.time())
             out["phase_seconds"] = phase
+            out["redis"] = "sentinel failover" if sentinel else "restart"
             out["beat_alive"] = beat.proc is not None and beat.proc.poll() is None
             out["worker_alive"] = worker.proc is not None and worker.proc.poll() is None
             return out
@@ -175,8 +191,8 @@ def run(minutes: float, logdir: str | None = None) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> None:
     print(f"soak: {res['processes']} prefork children reading every {READ_EVERY_S * 1000:.0f} ms, "
-          f"phases of {res['phase_seconds']:.0f} s (healthy + Redis restart, 401, healthy, timeouts, "
-          "healthy)")
+          f"phases of {res['phase_seconds']:.0f} s (healthy + Redis {res['redis']}, 401, healthy, "
+          "timeouts, healthy)")
     rows = [
         ("reads", res["reads"], ""),
         ("failures counted / injected", f"{res['failures_counted']} / {res['failures_injected']}", "equal"),
@@ -195,9 +211,10 @@ def report(res: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=2.0)
+    ap.add_argument("--sentinel", action="store_true", help="a Sentinel failover instead of a restart")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    res = run(args.minutes)
+    res = run(args.minutes, sentinel=args.sentinel)
     print(json.dumps(res, indent=2)) if args.json else report(res)
     sys.exit(0 if res["exceptions_to_callers"] == 0 else 1)
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import subprocess
+import sys
 import time
 
 import pytest
 from redis.cluster import key_slot
 
 from memguard import flags, runtime
-from memguard.localstack import ClusterGroup
+from memguard.localstack import CeleryProcess, ClusterGroup, stack_env, wait_for
+from memguard.prober import PROBE_THREAD_ID
 from memguard.settings import Settings
 from memguard.state import FORCED_MODE_KEY, Keys
 
+from .conftest import API_KEY, ROOT
 from .test_fleet import FAILURES_EACH, PROCS, _fail_many
 from .test_freshness import BOUND_MS, original_record, reader_process
 
@@ -97,3 +100,30 @@ def test_cluster_any_writer_is_seen_by_another_process_within_100ms(fresh):
     worst = {k: round(max(v), 1) for k, v in results.items()}
     print(f"cluster propagation max ms over 5 trials: {worst}")
     assert all(w <= BOUND_MS for w in worst.values()), worst
+
+
+def test_cluster_with_celery_on_a_plain_redis_probes_once_and_the_cli_reads_it(fresh, stub, redis_server,
+                                                                              redis_db, tmp_path):
+    """The supported combination: memguard's state on the cluster, broker and RedBeat on a plain Redis."""
+    env = stack_env(fresh.url, stub.url, API_KEY, PYTHONPATH=str(ROOT), CELERY_BROKER_URL=redis_server.url,
+                    MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5")
+    procs = [CeleryProcess("worker", env, str(tmp_path), "w", "-P", "solo", cwd=str(ROOT)),
+             CeleryProcess("beat", env, str(tmp_path), "b", cwd=str(ROOT))]
+    try:
+        for p in procs:
+            p.start()
+        forced = subprocess.run([sys.executable, "-m", "memguard.cli", "force", "--ttl", "1"], env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert forced.returncode == 0, forced.stderr
+        wait_for(lambda: stub.reads_of(PROBE_THREAD_ID) == 1, 15, "the probe on the cluster")
+        status = subprocess.run([sys.executable, "-m", "memguard.cli", "status"], env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith("mode:        read_write"), status.stdout
+        time.sleep(1.5)
+        assert stub.reads_of(PROBE_THREAD_ID) == 1
+        assert redis_db.keys("memguard:redbeat:*"), "RedBeat keeps its schedule on the plain Redis"
+        assert all(p.alive() for p in procs)
+    finally:
+        for p in procs:
+            p.stop()

@@ -3,6 +3,8 @@ with a worker and two beats of the ready app all following the master (its broke
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -102,3 +104,12 @@ def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(se
     assert reads.count > 500
     assert all(p.alive() for p in procs), [p.output()[-1500:] for p in procs if not p.alive()]
     assert rt.state.client.connection_pool.get_master_address()[1] == new
+    # The operator's CLI follows the master too.
+    env = stack_env(group.url, stub.url, API_KEY, **HOLD)
+    forced = subprocess.run([sys.executable, "-m", "memguard.cli", "force", "--ttl", "60"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert forced.returncode == 0, forced.stderr
+    assert new_master.get(FORCED_MODE_KEY) is not None
+    status = subprocess.run([sys.executable, "-m", "memguard.cli", "status"], env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert status.stdout.startswith("mode:        write_only"), status.stdout
