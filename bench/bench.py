@@ -8,6 +8,7 @@ Starts its own redis-server; every figure is measured in this run and compared a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing as mp
 import time
@@ -44,6 +45,23 @@ def timed(fn: Callable[[], Any], n: int, warmup: int = 500) -> list[float]:
         fn()
         out.append((clock() - t0) / 1000.0)  # µs
     return out
+
+
+def timed_async(make: Callable[[], Any], n: int, warmup: int = 500) -> list[float]:
+    """``timed`` for a coroutine, awaited inside one event loop."""
+
+    async def main() -> list[float]:
+        for _ in range(warmup):
+            await make()
+        out = []
+        clock = time.perf_counter_ns
+        for _ in range(n):
+            t0 = clock()
+            await make()
+            out.append((clock() - t0) / 1000.0)
+        return out
+
+    return asyncio.run(main())
 
 
 def summary(samples: list[float], base: float = 0.0) -> dict[str, float]:
@@ -178,6 +196,27 @@ def main() -> None:
         res["memguard_latency_trip"]["redis_commands_per_read"] = round((commands(raw) - before - 1) / n, 4)
         lat_rt.close()
 
+        # The failure-rate policy on: a read adds local counts, no reset of a consecutive count.
+        rate_rt = runtime.build(Settings(redis_url=server.url, zep_api_key="x", failure_rate_threshold=0.5))
+        rate_rt.watcher.wait_ready()
+        before = commands(raw)
+        rate = timed(lambda: rate_rt.guard.call("t", noop), n, warmup=0)
+        res["memguard_failure_rate"] = summary(rate, base)
+        res["memguard_failure_rate"]["redis_commands_per_read"] = round((commands(raw) - before - 1) / n, 4)
+        rate_rt.close()
+
+        # asyncio: the same guard driven by acall, inside one event loop, against an awaited no-op.
+        async def anoop() -> str:
+            return "ctx"
+
+        acall = timed_async(anoop, n)
+        abase = pct(acall, 0.5)
+        res["async_call"] = summary(acall)
+        before = commands(raw)
+        amg = timed_async(lambda: guard.acall("t", anoop), n, warmup=0)
+        res["memguard_async"] = summary(amg, abase)
+        res["memguard_async"]["redis_commands_per_read"] = round((commands(raw) - before - 1) / n, 4)
+
         def seed() -> None:
             raw.get(FORCED_MODE_KEY)
             noop()
@@ -209,6 +248,9 @@ def main() -> None:
             ),
             "pybreaker_over_memguard_p50": round(
                 res["pybreaker_redis"]["p50_us"] / max(res["memguard"]["p50_us"], 1e-3), 1
+            ),
+            "async_over_sync_overhead_p50": round(
+                res["memguard_async"]["p50_us"] / max(res["memguard"]["p50_us"], 1e-3), 2
             ),
         }
 
@@ -249,6 +291,9 @@ def main() -> None:
         ("memguard", "memguard overhead (healthy)"),
         ("forked_child_decorated", "decorated at import, forked child"),
         ("memguard_latency_trip", "memguard overhead, latency trip on"),
+        ("memguard_failure_rate", "memguard overhead, failure-rate on"),
+        ("async_call", "awaited coroutine call (asyncio)"),
+        ("memguard_async", "memguard overhead, async (acall)"),
         ("seed_get_del", "seed design overhead (GET+DEL)"),
         ("pybreaker_redis", "pybreaker+CircuitRedisStorage ovh"),
         ("redis_down", "memguard overhead, Redis down"),
@@ -259,6 +304,8 @@ def main() -> None:
     print(f"memguard p50 / bare RTT p50:         {r['memguard_p50_over_bare_rtt']} (target <= 0.05)")
     print(f"seed / memguard p50:                 {r['seed_over_memguard_p50']}x (target >= 30x)")
     print(f"pybreaker / memguard p50:            {r['pybreaker_over_memguard_p50']}x (target >= 30x)")
+    print(f"async / sync memguard overhead p50:  {r['async_over_sync_overhead_p50']}x "
+          "(one implementation, driven by acall)")
     print("memguard's idle cost per process: see --fleet")
     fp = res["failure_path"]
     print(f"failure path: {fp['round_trips_per_failure']} round trips (EVALSHA) per failure, "

@@ -24,6 +24,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.sentinel
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
@@ -96,6 +98,20 @@ class Target:
         options.pop("retry_on_timeout", None)  # a cluster client retries by its own rules
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.nodes], ssl=self.ssl,
                             **self._auth(), **options)
+
+    def aclient(self, **options: Any) -> redis.asyncio.Redis:
+        """An asyncio client (one server or the Sentinel master; a Cluster has none here)."""
+        if self.kind == "single":
+            return redis.asyncio.Redis.from_url(self.url, **options)
+        if self.kind == "sentinel":
+            order = [(kw["host"], kw["port"]) for kw in
+                     (c.connection_pool.connection_kwargs for c in self.sentinels.sentinels)]
+            kwargs = {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S,
+                      **self.sentinel_auth}
+            extra: dict[str, Any] = {"ssl": True} if self.ssl else {}
+            manager = redis.asyncio.sentinel.Sentinel(order, sentinel_kwargs=kwargs, **extra)
+            return manager.master_for(self.service, db=self.db, **self._auth(), **options)
+        raise ValueError("no asyncio client for a Redis Cluster")
 
     def connection(self, **options: Any) -> redis.Connection:
         """One unpooled connection to the server holding memguard's keys, for the watcher:

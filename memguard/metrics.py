@@ -37,9 +37,10 @@ OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a 
                      buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
 # Series exist at 0 from the start, so increase() sees the first downgrade of a process.
-for _reason in ("auth", "consecutive_failures", "probe_failed", "manual_ops", "latency", "rate_limited"):
+for _reason in ("auth", "consecutive_failures", "probe_failed", "manual_ops", "latency", "rate_limited",
+                "failure_rate"):
     DOWNGRADES.labels(_reason)
-for _reason in ("auth", "consecutive_failures", "latency", "rate_limited"):
+for _reason in ("auth", "consecutive_failures", "latency", "rate_limited", "failure_rate"):
     WOULD.labels(_reason)
 for _reason in ("auth", "timeout", "connection", "http_5xx", "rate_limited", "http_4xx", "bad_payload"):
     FAILURES.labels(_reason)

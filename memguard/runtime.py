@@ -8,8 +8,11 @@ first read, so a function decorated at import time is as cheap in a child as in 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -17,11 +20,11 @@ import redis
 from memguard import events
 from memguard.failover import SwitchListener
 from memguard.guard import Guard
-from memguard.latency import LatencyMeter
+from memguard.meter import ReadMeter
 from memguard.settings import Settings
 from memguard.state import State
 from memguard.watch import Watcher
-from memguard.zep import ZepReader, make_reader
+from memguard.zep import AsyncZepReader, ZepReader, make_async_reader, make_reader
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -40,9 +43,11 @@ class Runtime:
     settings: Settings
     guard: Guard
     watcher: Watcher
-    latency: LatencyMeter | None = None
+    meter: ReadMeter | None = None
     switches: SwitchListener | None = None
     _reader: ZepReader | None = field(default=None, repr=False)
+    _areaders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncZepReader] = field(
+        default_factory=weakref.WeakKeyDictionary, repr=False)
 
     @property
     def state(self) -> State:
@@ -55,40 +60,61 @@ class Runtime:
             self._reader = make_reader(self.settings)
         return self._reader
 
+    def areader(self) -> AsyncZepReader:
+        """memguard's asyncio Zep reader for the running event loop (its httpx client is the loop's)."""
+        loop = asyncio.get_running_loop()
+        reader = self._areaders.get(loop)
+        if reader is None:
+            reader = self._areaders[loop] = make_async_reader(self.settings)
+        return reader
+
     def close(self) -> None:
         if self.switches is not None:
             self.switches.stop()
         self.watcher.stop()
-        if self.latency is not None:
-            self.latency.stop()
+        if self.meter is not None:
+            self.meter.stop()
 
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 _settings: Settings | None = None  # kept across a fork so the child rebuilds the same
 _fork_hook_registered = False
+_loader: Callable[[], Settings] = Settings.from_env
+
+
+def load_settings() -> Settings:
+    """The settings when none are given: the environment, unless an integration (Django's
+    ``memguard.contrib.django``) set another source with ``set_settings_loader``."""
+    return _loader()
+
+
+def set_settings_loader(loader: Callable[[], Settings]) -> None:
+    global _loader
+    _loader = loader
 
 
 def build(settings: Settings, *, watch: bool = True) -> Runtime:
     state = State(redis_client(settings), settings)
     watcher = Watcher(state, settings.probe_grace_seconds)
     state.on_change = watcher.apply_notice
-    latency = LatencyMeter(state, settings.latency_threshold_ms) if settings.latency_threshold_ms else None
+    windowed = settings.latency_threshold_ms or settings.failure_rate_on
+    meter = ReadMeter(state, settings) if windowed else None
     switches = None
     if settings.redis_target.kind == "sentinel":
 
         def on_switch() -> None:
-            state.client.connection_pool.disconnect()  # the next command asks the sentinels
+            state.reconnect()  # the next command asks the sentinels
             watcher.reconnect()
 
         switches = SwitchListener(settings.redis_target, on_switch)
     if watch:
         watcher.start()
-        if latency is not None:
-            latency.start()
+        if meter is not None:
+            meter.start()
         if switches is not None:
             switches.start()
-    return Runtime(settings, Guard(settings, state, watcher, latency), watcher, latency, switches)
+    return Runtime(settings, Guard(settings, state, watcher, meter), watcher, meter, switches)
 
 
 def get() -> Runtime:
@@ -102,7 +128,7 @@ def get() -> Runtime:
     with _lock:
         if _runtime is None:
             _subscribe_hooks()
-            _install(_settings or Settings.from_env())
+            _install(_settings or load_settings())
         assert _runtime is not None
         return _runtime
 
@@ -114,7 +140,7 @@ def configure(settings: Settings | None = None, *, watch: bool = True) -> Runtim
         if _runtime is not None:
             _runtime.close()
         _subscribe_hooks()
-        _settings = settings or Settings.from_env()
+        _settings = settings or load_settings()
         return _install(_settings, watch=watch)
 
 

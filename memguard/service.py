@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from memguard import events, runtime
 from memguard.modes import EffectiveMode
@@ -19,6 +19,16 @@ from memguard.settings import SettingsError
 P = ParamSpec("P")
 R = TypeVar("R")
 Meta = dict[str, Any]
+
+
+class _Decorator(Protocol):
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Callable[P, Coroutine[Any, Any, tuple[R | None, Meta]]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, tuple[R | None, Meta]]: ...
 
 
 def fetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
@@ -36,14 +46,33 @@ def fetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     return rt.guard.call(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
 
 
+async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
+    """``fetch_thread_context`` for asyncio code, with Zep's async client on the running loop.
+
+    The same contract and the same fleet state; the healthy path makes no Redis round trip,
+    and nothing here blocks the loop (failures are recorded with ``redis.asyncio``).
+    """
+    try:
+        rt = runtime.get()
+        reader = rt.areader()
+    except SettingsError as exc:
+        return None, _config_error(exc)
+    timeout_s = rt.settings.read_timeout_s
+    return await rt.guard.acall(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
+
+
+@overload
+def guarded(
+    fn: Callable[P, Coroutine[Any, Any, R]], /
+) -> Callable[P, Coroutine[Any, Any, tuple[R | None, Meta]]]: ...
+
+
 @overload
 def guarded(fn: Callable[P, R], /) -> Callable[P, tuple[R | None, Meta]]: ...
 
 
 @overload
-def guarded(
-    *, timeout_ms: int | None = None
-) -> Callable[[Callable[P, R]], Callable[P, tuple[R | None, Meta]]]: ...
+def guarded(*, timeout_ms: int | None = None) -> _Decorator: ...
 
 
 def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None = None) -> Any:
@@ -52,7 +81,8 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
     Usable bare (``@memguard.guarded``) or with a per-read budget
     (``@memguard.guarded(timeout_ms=300)``, default ``MEMORY_ZEP_READ_TIMEOUT_MS``): a read
     that returns but overran it counts as a ``timeout`` failure, and the caller still gets
-    its value.
+    its value. On an ``async def`` read the wrapper is a coroutine function too, and the
+    guard's own Redis work is awaited (``redis.asyncio``).
     """
     if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int)
                                    or timeout_ms <= 0):
@@ -61,6 +91,20 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
     def decorate(read: Callable[..., Any]) -> Callable[..., Any]:
         first = next(iter(inspect.signature(read).parameters), None)
 
+        if inspect.iscoroutinefunction(read):
+
+            @functools.wraps(read)
+            async def awrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
+                thread_id = str(args[0] if args else kwargs.get(first, ""))
+                try:
+                    rt = runtime.get()
+                except SettingsError as exc:
+                    return None, _config_error(exc)
+                budget_s = (timeout_ms or rt.settings.read_timeout_ms) / 1000.0
+                return await rt.guard.acall(thread_id, read, args, kwargs, budget_s=budget_s)
+
+            return awrapper
+
         @functools.wraps(read)
         def wrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
             thread_id = str(args[0] if args else kwargs.get(first, ""))
@@ -68,8 +112,8 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
                 rt = runtime.get()
             except SettingsError as exc:
                 return None, _config_error(exc)
-            budget_ms = timeout_ms or rt.settings.read_timeout_ms
-            return rt.guard.call(thread_id, read, args, kwargs, budget_s=budget_ms / 1000.0)
+            budget_s = (timeout_ms or rt.settings.read_timeout_ms) / 1000.0
+            return rt.guard.call(thread_id, read, args, kwargs, budget_s=budget_s)
 
         return wrapper
 

@@ -46,6 +46,9 @@ class Settings:
     latency_threshold_ms: int = 0
     latency_min_reads: int = 5
     latency_window_seconds: int = 30
+    failure_rate_threshold: float = 0.0  # 0: off, the consecutive-failure trigger applies
+    failure_rate_window_seconds: int = 60
+    failure_rate_min_reads: int = 20
     webhook_urls: tuple[tuple[str, str], ...] = ()  # (format, url), format slack or pagerduty
     notify_stuck_seconds: int = 900
     quorum_hosts: int = 0
@@ -76,6 +79,11 @@ class Settings:
     @property
     def read_timeout_s(self) -> float:
         return self.read_timeout_ms / 1000.0
+
+    @property
+    def failure_rate_on(self) -> bool:
+        """The failure-rate policy replaces the consecutive-failure trigger (auth still trips at once)."""
+        return self.failure_rate_threshold > 0
 
     @cached_property
     def redis_target(self) -> Target:
@@ -227,6 +235,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "latency_threshold_ms": ("MEMORY_LATENCY_THRESHOLD_MS", _int_in(0, 60_000)),
     "latency_min_reads": ("MEMORY_LATENCY_MIN_READS", _int_in(1, 1_000_000)),
     "latency_window_seconds": ("MEMORY_LATENCY_WINDOW_SECONDS", _int_in(1, 3_600)),
+    "failure_rate_threshold": ("MEMORY_FAILURE_RATE_THRESHOLD", _float_in(0.0, 0.99)),
+    "failure_rate_window_seconds": ("MEMORY_FAILURE_RATE_WINDOW_SECONDS", _int_in(1, 3_600)),
+    "failure_rate_min_reads": ("MEMORY_FAILURE_RATE_MIN_READS", _int_in(1, 1_000_000)),
     "webhook_urls": ("MEMORY_WEBHOOK_URLS", _webhooks),
     "webhook_format": ("MEMORY_WEBHOOK_FORMAT", _choice("auto", *WEBHOOK_FORMATS)),
     "notify_stuck_seconds": ("MEMORY_NOTIFY_STUCK_SECONDS", _int_in(1, 7 * 86_400)),
@@ -234,3 +245,5 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "quorum_auth": ("MEMORY_QUORUM_AUTH", _bool),
     "instance": ("MEMGUARD_INSTANCE", _text),
 }
+
+VARIABLE_NAMES = frozenset(var for var, _ in _VARIABLES.values())

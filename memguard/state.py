@@ -22,14 +22,20 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
 
 from memguard import events
+from memguard.asyncredis import AsyncRedis
 from memguard.modes import EffectiveMode, base_mode_of, combine
 from memguard.settings import Settings
+from memguard.steps import ReadSnapshot, Script, Step, Steps
+from memguard.steps import arun as arun_steps
+from memguard.steps import run as run_steps
+
+T = TypeVar("T")
 
 FORCED_MODE_KEY = "mem:mode:forced:v1"
 CONSECUTIVE_FAILURES_KEY = "mem:read:consec_failures"
@@ -41,9 +47,11 @@ NOTIFY_STUCK_KEY = "mem:notify:stuck"
 AUDIT_MAXLEN = 10_000
 VERSION_KEY = "mem:state:version"
 LATENCY_KEY = "mem:read:latency"
+OUTCOMES_KEY = "mem:read:outcomes"
 FAILING_HOSTS_KEY = "mem:read:failing_hosts"
 AUTH_HOSTS_KEY = "mem:read:auth_failing_hosts"
-LATENCY_SLOTS = 6  # the latency window is summed in this many time slots
+WINDOW_SLOTS = 6  # the latency and outcome windows are summed in this many time slots
+LATENCY_SLOW_RATIO = 0.5  # more than half the reads slow: the median is slow
 NOTIFY_LOCK_KEY = "mem:notify:lock"
 CHANGES_CHANNEL = "mem:mode:changes"
 # The prober's heartbeat outlives this many probe intervals: its absence means no prober.
@@ -56,7 +64,7 @@ HEARTBEAT_INTERVALS = 12
 # values, so every process's view applies the change without reading Redis (memguard.watch).
 _PRELUDE = """
 local FORCED, COUNTER, VERSION, LOCK, BEAT, LATENCY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local FAILING_HOSTS, AUTH_HOSTS = KEYS[7], KEYS[8]
+local FAILING_HOSTS, AUTH_HOSTS, OUTCOMES = KEYS[7], KEYS[8], KEYS[9]
 -- The quorum policy: note this host, and say whether enough distinct hosts are in the set.
 local function quorum_met(set, quorum, instance, window_ms)
   if quorum <= 1 then return true end
@@ -169,7 +177,7 @@ return {1, notify({count = 0, ttl = -2})}
 # ARGV: channel. -> {removed record or "", notice or ""}
 _CLEAR = """
 local raw = redis.call('GET', FORCED)
-redis.call('DEL', LATENCY, FAILING_HOSTS, AUTH_HOSTS)
+redis.call('DEL', LATENCY, FAILING_HOSTS, AUTH_HOSTS, OUTCOMES)
 if redis.call('DEL', FORCED, COUNTER) == 0 then return {'', ''} end
 return {raw or '', notify({forced = '', count = 0, ttl = -2})}
 """
@@ -184,38 +192,43 @@ redis.call('DEL', FORCED)
 return {raw, notify({forced = ''})}
 """
 
-# ARGV: channel, reads, slow reads, window_ms, min_reads, hold_ms, grace_ms, by, auto, slot_ms.
-# Adds a process's batch of read latencies to the fleet's window (a hash of per-slot counts)
-# and forces, reason latency, when at least min_reads reads in the window have a median
-# above the threshold, i.e. more than half of them were slow.
-# -> {status, reads, slow, record or "", previous or "", notice or ""};
+# ARGV: channel, reads, bad reads, window_ms, min_reads, hold_ms, grace_ms, by, auto, slot_ms,
+# ratio, reason, window key (6: the latency window, 9: the outcome window).
+# Adds a process's batch to a fleet-wide sliding window (a hash of per-slot counts) and
+# forces ``reason`` when the window holds at least min_reads reads and more than ``ratio`` of
+# them were bad: slow reads for the latency trip (ratio 0.5: the median is slow), failed
+# reads for the failure-rate policy.
+# -> {status, reads, bad, record or "", previous or "", notice or ""};
 #    status: "counted", "held" (a record exists), "disabled", "forced"
-_LATENCY = """
+_WINDOW_TRIP = """
+local WINDOW = KEYS[tonumber(ARGV[13])]
 local now = now_ms()
-local slot_ms = tonumber(ARGV[10])
+local slot_ms, window_ms = tonumber(ARGV[10]), tonumber(ARGV[4])
 local slot = math.floor(now / slot_ms)
-redis.call('HINCRBY', LATENCY, slot .. ':t', ARGV[2])
-redis.call('HINCRBY', LATENCY, slot .. ':s', ARGV[3])
-redis.call('PEXPIRE', LATENCY, tonumber(ARGV[4]) + 2 * slot_ms)
-local oldest = math.floor((now - tonumber(ARGV[4])) / slot_ms)
-local reads, slow = 0, 0
-local fields = redis.call('HGETALL', LATENCY)
+redis.call('HINCRBY', WINDOW, slot .. ':t', ARGV[2])
+redis.call('HINCRBY', WINDOW, slot .. ':b', ARGV[3])
+redis.call('PEXPIRE', WINDOW, window_ms + 2 * slot_ms)
+local oldest = math.floor((now - window_ms) / slot_ms)
+local reads, bad = 0, 0
+local fields = redis.call('HGETALL', WINDOW)
 for i = 1, #fields, 2 do
   local s, kind = string.match(fields[i], '^(%d+):(%a)$')
   if s == nil or tonumber(s) < oldest then
-    redis.call('HDEL', LATENCY, fields[i])
+    redis.call('HDEL', WINDOW, fields[i])
   elseif kind == 't' then
     reads = reads + tonumber(fields[i + 1])
   else
-    slow = slow + tonumber(fields[i + 1])
+    bad = bad + tonumber(fields[i + 1])
   end
 end
-if reads < tonumber(ARGV[5]) or slow * 2 <= reads then return {'counted', reads, slow, '', '', ''} end
+if reads < tonumber(ARGV[5]) or bad <= reads * tonumber(ARGV[11]) then
+  return {'counted', reads, bad, '', '', ''}
+end
 local raw = redis.call('GET', FORCED)
-if decode(raw) then return {'held', reads, slow, raw, '', ''} end
-if ARGV[9] ~= '1' then return {'disabled', reads, slow, '', '', ''} end
-local new = write_record(now, 'latency', tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], nil)
-return {'forced', reads, slow, new, raw or '', notify({forced = new})}
+if decode(raw) then return {'held', reads, bad, raw, '', ''} end
+if ARGV[9] ~= '1' then return {'disabled', reads, bad, '', '', ''} end
+local new = write_record(now, ARGV[12], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], nil)
+return {'forced', reads, bad, new, raw or '', notify({forced = new})}
 """
 
 # KEYS: audit stream, notify cursor, stuck marker. ARGV: max entries, stuck episode ("" if
@@ -277,7 +290,7 @@ local raw = redis.call('GET', FORCED)
 local rec = decode(raw)
 if not rec or ident(rec) ~= ARGV[3] then return {'superseded', raw or '', '', ''} end
 if ARGV[4] == '1' then
-  redis.call('DEL', FORCED, COUNTER, LATENCY, FAILING_HOSTS, AUTH_HOSTS)
+  redis.call('DEL', FORCED, COUNTER, LATENCY, FAILING_HOSTS, AUTH_HOSTS, OUTCOMES)
   return {'restored', raw, '', notify({forced = '', count = 0, ttl = -2})}
 end
 local hold = math.min(tonumber(ARGV[8]), tonumber(ARGV[5]) * 2 ^ (tonumber(rec.holds) or 1))
@@ -329,6 +342,7 @@ class Keys:
     notify_cursor: str = NOTIFY_CURSOR_KEY
     notify_stuck: str = NOTIFY_STUCK_KEY
     notify_lock: str = NOTIFY_LOCK_KEY
+    outcomes: str = OUTCOMES_KEY
 
     @classmethod
     def under(cls, prefix: str) -> Keys:
@@ -342,7 +356,7 @@ class Keys:
     def for_scripts(self) -> list[str]:
         """The transition scripts' KEYS, in the order the prelude names them."""
         return [self.forced, self.counter, self.version, self.lock, self.heartbeat, self.latency,
-                self.failing_hosts, self.auth_hosts]
+                self.failing_hosts, self.auth_hosts, self.outcomes]
 
 
 class CorruptRecord(ValueError):
@@ -460,14 +474,44 @@ class State:
         self.keys = Keys.under(settings.redis_target.key_prefix)
         self.channel = CHANGES_CHANNEL
         self._notify_claim = client.register_script(_NOTIFY_CLAIM)
-        self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in (
+        sources = {name: _PRELUDE + body for name, body in (
             ("force", _FORCE), ("record_failure", _RECORD_FAILURE), ("reset", _RESET_FAILURES),
             ("clear", _CLEAR), ("lapse", _LAPSE), ("claim", _PROBE_CLAIM), ("finish", _PROBE_FINISH),
-            ("latency", _LATENCY))}
+            ("window", _WINDOW_TRIP))}
+        self._scripts = {name: client.register_script(source) for name, source in sources.items()}
+        self.async_redis = AsyncRedis(self, sources)
+
+    # -- performing steps (memguard.steps): blocking here, asyncio in AsyncRedis -----------
+
+    def run(self, steps: Steps[T]) -> T:
+        return run_steps(steps, self.perform)
+
+    async def arun(self, steps: Steps[T]) -> T:
+        return await arun_steps(steps, self.aperform)
+
+    def perform(self, step: Step) -> Any:
+        if isinstance(step, Script):
+            return self._scripts[step.name](keys=self.keys.for_scripts, args=[self.channel, *step.args])
+        if isinstance(step, ReadSnapshot):
+            pipe = self._keys_node().pipeline(transaction=False)
+            self.snapshot_commands(pipe)
+            return pipe.execute()
+        raise TypeError(f"State cannot perform {step!r}")
+
+    async def aperform(self, step: Step) -> Any:
+        return await self.async_redis.perform(step)
+
+    def reconnect(self) -> None:
+        """The master moved: drop every connection; the next command asks for the new one."""
+        self.client.connection_pool.disconnect()
+        self.async_redis.reset()
 
     def _run(self, script: str, *args: Any) -> list[Any]:
+        return self.run(self._script(script, *args))
+
+    def _script(self, script: str, *args: Any) -> Steps[list[Any]]:
         """Run one transition script; its last reply element is the notice of what changed."""
-        reply = self._scripts[script](keys=self.keys.for_scripts, args=[self.channel, *args])
+        reply = yield Script(script, args)
         if reply[-1]:
             self.on_change(reply[-1])
         return reply
@@ -475,14 +519,11 @@ class State:
     # -- reads ----------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
+        return self.run(self.snapshot_steps())
+
+    def snapshot_steps(self) -> Steps[Snapshot]:
         """One round trip of plain reads (no Lua: a script costs an idle Redis ~70 µs of CPU)."""
-        k = self.keys
-        pipe = self._keys_node().pipeline(transaction=False)
-        pipe.mget(k.forced, k.counter, k.heartbeat, k.version)
-        pipe.pttl(k.counter)
-        pipe.pttl(k.forced)
-        pipe.time()
-        (raw, count, beat, version), ttl, record_ttl, (secs, micros) = pipe.execute()
+        (raw, count, beat, version), ttl, record_ttl, (secs, micros) = yield ReadSnapshot()
         corrupt = None
         record = None
         if raw:
@@ -498,6 +539,13 @@ class State:
         return Snapshot(record, corrupt, fail_count, int(ttl), secs + micros // 1000 / 1000.0, heartbeat,
                         int(version) if version and version.isdigit() else 0, int(record_ttl))
 
+    def snapshot_commands(self, pipe: Any) -> None:
+        k = self.keys
+        pipe.mget(k.forced, k.counter, k.heartbeat, k.version)
+        pipe.pttl(k.counter)
+        pipe.pttl(k.forced)
+        pipe.time()
+
     def _keys_node(self) -> redis.Redis:
         """The client to pipeline plain reads on: on a Cluster, the node owning memguard's slot
         (a cluster pipeline refuses MGET and TIME)."""
@@ -512,15 +560,20 @@ class State:
 
     def force(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool,
               quorum: int = 0) -> Transition:
+        return self.run(self.force_steps(reason, hold_seconds, by, auto=auto, quorum=quorum))
+
+    def force_steps(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool,
+                    quorum: int = 0) -> Steps[Transition]:
         """Write a record; an automatic trigger never replaces (or shortens) an existing one,
         does nothing under DISABLE_AUTO_DOWNGRADE, and with ``quorum`` > 1 waits until that
         many hosts (MEMGUARD_INSTANCE) have asked within the failure window."""
         if auto and self.settings.disable_auto_downgrade:
             events.emit(events.WouldForce(reason, hold_seconds))
             return Transition(Status.DISABLED)
-        status, raw, previous, _ = self._run("force", reason, hold_seconds * 1000, self.grace_ms,
-                                             json.dumps(by), int(auto), quorum, self.settings.instance,
-                                             self.settings.window_seconds * 1000)
+        s = self.settings
+        status, raw, previous, _ = yield from self._script(
+            "force", reason, hold_seconds * 1000, self.grace_ms, json.dumps(by), int(auto), quorum,
+            s.instance, s.window_seconds * 1000)
         if status in (Status.HELD, Status.QUORUM):
             return Transition(Status(status), record=_record(raw))
         t = Transition(Status.FORCED, record=_record(raw), previous=_record(previous))
@@ -528,9 +581,12 @@ class State:
         return t
 
     def record_failure(self, by: dict[str, Any]) -> Transition:
+        return self.run(self.record_failure_steps(by))
+
+    def record_failure_steps(self, by: dict[str, Any]) -> Steps[Transition]:
         """Count one failure fleet-wide and, at the threshold, force: one round trip."""
         s = self.settings
-        status, count, raw, repaired, previous, _ = self._run(
+        status, count, raw, repaired, previous, _ = yield from self._script(
             "record_failure", s.window_seconds * 1000, s.threshold, s.hold_seconds * 1000, self.grace_ms,
             json.dumps(by), int(not s.disable_auto_downgrade), s.quorum_hosts, s.instance)
         t = Transition(Status(status), record=_record(raw), previous=_record(previous),
@@ -546,15 +602,29 @@ class State:
     def record_latencies(self, reads: int, slow: int, by: dict[str, Any]) -> Transition:
         """Add a batch of read latencies to the fleet's window; force when its median is slow."""
         s = self.settings
-        window_ms = s.latency_window_seconds * 1000
+        return self._window_trip("latency", 6, reads, slow, s.latency_window_seconds, s.latency_min_reads,
+                                 LATENCY_SLOW_RATIO, by)
+
+    def record_outcomes(self, reads: int, failed: int, by: dict[str, Any]) -> Transition:
+        """Add a batch of read outcomes to the fleet's window (the failure-rate policy); force
+        when more than MEMORY_FAILURE_RATE_THRESHOLD of its reads failed."""
+        s = self.settings
+        return self._window_trip("failure_rate", 9, reads, failed, s.failure_rate_window_seconds,
+                                 s.failure_rate_min_reads, s.failure_rate_threshold, by)
+
+    def _window_trip(self, reason: str, key_index: int, reads: int, bad: int, window_seconds: int,
+                     min_reads: int, ratio: float, by: dict[str, Any]) -> Transition:
+        s = self.settings
+        window_ms = window_seconds * 1000
         status, _, _, raw, previous, _ = self._run(
-            "latency", reads, slow, window_ms, s.latency_min_reads, s.hold_seconds * 1000, self.grace_ms,
-            json.dumps(by), int(not s.disable_auto_downgrade), max(1, window_ms // LATENCY_SLOTS))
+            "window", reads, bad, window_ms, min_reads, s.hold_seconds * 1000, self.grace_ms, json.dumps(by),
+            int(not s.disable_auto_downgrade), max(1, window_ms // WINDOW_SLOTS), repr(ratio), reason,
+            key_index)
         t = Transition(Status(status), record=_record(raw), previous=_record(previous))
         if t.status is Status.FORCED:
             self._forced(t)
         elif t.status is Status.DISABLED:
-            events.emit(events.WouldForce("latency", s.hold_seconds))
+            events.emit(events.WouldForce(reason, s.hold_seconds))
         return t
 
     def claim_notifications(self, stuck_episode: str, limit: int = 50) -> tuple[bool, list[dict[str, str]]]:
@@ -569,8 +639,11 @@ class State:
         return bool(stuck), entries
 
     def reset_failures(self) -> bool:
+        return self.run(self.reset_failures_steps())
+
+    def reset_failures_steps(self) -> Steps[bool]:
         """End the failure window (a read succeeded); True if there was a count."""
-        return bool(self._run("reset")[0])
+        return bool((yield from self._script("reset"))[0])
 
     def clear(self, by: dict[str, Any]) -> Transition:
         """Remove the record and the failure count now (an operator's clear)."""
@@ -581,8 +654,11 @@ class State:
         return Transition(Status.CLEARED, previous=previous)
 
     def lapse(self, by: dict[str, Any]) -> Transition:
+        return self.run(self.lapse_steps(by))
+
+    def lapse_steps(self, by: dict[str, Any]) -> Steps[Transition]:
         """End a record whose hold plus grace has passed on the Redis clock."""
-        previous = _record(self._run("lapse", self.grace_ms)[0])
+        previous = _record((yield from self._script("lapse", self.grace_ms))[0])
         if previous is None:
             return Transition(Status.IDLE)
         events.emit(events.ModeRestored(self.base.value, "lapsed", previous.reason, by))

@@ -63,7 +63,7 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
     when a worker or beat of this app starts, not here.
     """
     try:
-        settings: Settings | None = Settings.from_env()
+        settings: Settings | None = runtime.load_settings()
     except SettingsError:
         settings = None
     _register_tasks(app, probe)
@@ -140,7 +140,7 @@ def _register_tasks(app: Celery, probe: Probe | None) -> None:
 def _exit_on_config_error(probe: Probe | None) -> None:
     """Stop a worker or beat before it is ready, with one line naming the variable."""
     try:
-        settings = Settings.from_env()
+        settings = runtime.load_settings()
         if probe is None:
             make_reader(settings)  # memguard's own probe reads Zep: it needs ZEP_API_KEY
     except SettingsError as exc:

@@ -37,14 +37,41 @@ def _remember_status(response: httpx.Response) -> None:
     _last_response.set((response.status_code, response.headers.get("retry-after")))
 
 
+async def _aremember_status(response: httpx.Response) -> None:
+    _remember_status(response)
+
+
 class ZepReader(Protocol):
     def read_context(self, thread_id: str, timeout_s: float) -> str | None: ...
 
     def add_messages(self, thread_id: str, messages: Sequence[dict[str, str]]) -> None: ...
 
 
+class AsyncZepReader(Protocol):
+    async def read_context(self, thread_id: str, timeout_s: float) -> str | None: ...
+
+
 def _http(timeout_s: float) -> httpx.Client:
     return httpx.Client(timeout=timeout_s, event_hooks={"response": [_remember_status]})
+
+
+def _ahttp(timeout_s: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=timeout_s, event_hooks={"response": [_aremember_status]})
+
+
+def _memory_text(memory: Any) -> str | None:
+    """zep-python's memory as text: its context, else its messages one per line."""
+    data = memory.dict()
+    if data.get("context"):
+        return str(data["context"])
+    lines = [f"{m.get('role') or m.get('role_type')}: {m.get('content')}" for m in data.get("messages") or []]
+    return "\n".join(lines) if lines else None
+
+
+def _pin_root(client: Any, root_url: str) -> None:
+    """zep-python prefers the process's ZEP_API_URL over base_url; pin the configured root."""
+    wrapper = client._client_wrapper
+    wrapper._base_url = wrapper.httpx_client.base_url = f"{root_url}/api/v2"
 
 
 def _options(timeout_s: float) -> dict[str, Any]:
@@ -59,19 +86,11 @@ class ZepPythonReader:
 
         self.client = Zep(base_url=root_url, api_key=api_key, timeout=timeout_s,
                           httpx_client=_http(timeout_s))
-        # The SDK prefers the process's ZEP_API_URL over base_url; pin the configured root.
-        wrapper = self.client._client_wrapper
-        wrapper._base_url = wrapper.httpx_client.base_url = f"{root_url}/api/v2"
+        _pin_root(self.client, root_url)
         self.timeout_s = timeout_s
 
     def read_context(self, thread_id: str, timeout_s: float) -> str | None:
-        memory = self.client.memory.get(thread_id, request_options=_options(timeout_s))
-        data = memory.dict()
-        if data.get("context"):
-            return str(data["context"])
-        lines = [f"{m.get('role') or m.get('role_type')}: {m.get('content')}"
-                 for m in data.get("messages") or []]
-        return "\n".join(lines) if lines else None
+        return _memory_text(self.client.memory.get(thread_id, request_options=_options(timeout_s)))
 
     def add_messages(self, thread_id: str, messages: Sequence[dict[str, str]]) -> None:
         from zep_python.types import Message
@@ -108,9 +127,47 @@ class ZepCloudReader:
         )
 
 
+class AsyncZepPythonReader:
+    """zep-python 2.x ``AsyncZep``: the same read as ``ZepPythonReader``, awaited."""
+
+    def __init__(self, root_url: str, api_key: str, timeout_s: float) -> None:
+        from zep_python.client import AsyncZep
+
+        self.client = AsyncZep(base_url=root_url, api_key=api_key, timeout=timeout_s,
+                               httpx_client=_ahttp(timeout_s))
+        _pin_root(self.client, root_url)
+
+    async def read_context(self, thread_id: str, timeout_s: float) -> str | None:
+        return _memory_text(await self.client.memory.get(thread_id, request_options=_options(timeout_s)))
+
+
+class AsyncZepCloudReader:
+    """zep-cloud 4.x ``AsyncZep``: the same read as ``ZepCloudReader``, awaited."""
+
+    def __init__(self, root_url: str, api_key: str, timeout_s: float) -> None:
+        from zep_cloud import AsyncZep
+
+        self.client = AsyncZep(base_url=f"{root_url}/api/v4", api_key=api_key, max_retries=0,
+                               timeout=timeout_s, httpx_client=_ahttp(timeout_s))
+
+    async def read_context(self, thread_id: str, timeout_s: float) -> str | None:
+        context = await self.client.thread.get_context(thread_id, request_options=_options(timeout_s))
+        return context.context
+
+
 def make_reader(settings: Settings) -> ZepReader:
+    cls = ZepCloudReader if settings.zep_client == "zep-cloud" else ZepPythonReader
+    return cls(settings.zep_api_url, _api_key(settings), settings.read_timeout_s)
+
+
+def make_async_reader(settings: Settings) -> AsyncZepReader:
+    """An asyncio reader; its httpx client belongs to the event loop it is first used on."""
+    cls = AsyncZepCloudReader if settings.zep_client == "zep-cloud" else AsyncZepPythonReader
+    return cls(settings.zep_api_url, _api_key(settings), settings.read_timeout_s)
+
+
+def _api_key(settings: Settings) -> str:
     if not settings.zep_api_key:
         raise SettingsError("invalid configuration: ZEP_API_KEY is not set "
                             "(memguard's Zep reader needs it)")
-    cls = ZepCloudReader if settings.zep_client == "zep-cloud" else ZepPythonReader
-    return cls(settings.zep_api_url, settings.zep_api_key, settings.read_timeout_s)
+    return settings.zep_api_key

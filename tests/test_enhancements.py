@@ -37,10 +37,10 @@ def test_slow_reads_trip_the_latency_trigger(configure, stub, client):
     stub.set_fault("slow", delay_ms=400)
     for _ in range(4):
         assert service.fetch_thread_context("t")[1]["used"] is True
-    rt.latency.flush()
+    rt.meter.flush()
     assert flags.get_forced_mode() is None, "4 reads are fewer than MEMORY_LATENCY_MIN_READS"
     service.fetch_thread_context("t")
-    rt.latency.flush()
+    rt.meter.flush()
     record = flags.get_forced_mode()
     assert record is not None and record["reason"] == "latency"
     assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
@@ -53,19 +53,19 @@ def test_latency_trip_is_fleet_wide_and_needs_a_slow_median(configure, stub, red
     stub.set_fault("slow", delay_ms=400)
     for _ in range(2):
         service.fetch_thread_context("t")
-    rt.latency.flush()  # 5 reads, 3 slow: the median is slow
+    rt.meter.flush()  # 5 reads, 3 slow: the median is slow
     assert flags.get_forced_mode()["reason"] == "latency"
     flags.clear_forced_mode()  # a clear also empties the latency window
     stub.set_fault("ok")
     for _ in range(10):
         service.fetch_thread_context("t")
-    rt.latency.flush()
+    rt.meter.flush()
     assert flags.get_forced_mode() is None
 
 
 def test_latency_trip_is_off_by_default(configure, stub):
     rt = configure(read_timeout_ms=2000)
-    assert rt.latency is None
+    assert rt.meter is None
     stub.set_fault("slow", delay_ms=400)
     for _ in range(6):
         service.fetch_thread_context("t")
@@ -146,11 +146,11 @@ def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stu
         service.fetch_thread_context("t")
     from memguard import runtime
 
-    runtime.get().latency.flush()
+    runtime.get().meter.flush()
     flags.clear_forced_mode()  # empties the latency window: the fast reads above leave it
     stub.set_fault("slow", delay_ms=350)
     service.fetch_thread_context("t")
-    runtime.get().latency.flush()
+    runtime.get().meter.flush()
     assert flags.get_forced_mode() is None
     assert [w.reason for w in of(events.WouldForce, recorded)] == ["auth", "consecutive_failures", "latency"]
     for reason in before:

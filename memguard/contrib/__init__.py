@@ -1,0 +1,1 @@
+"""Integrations with frameworks memguard does not depend on (imported only when used)."""

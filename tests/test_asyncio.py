@@ -1,0 +1,148 @@
+"""asyncio: afetch_thread_context and @guarded on async def, against the stub through Zep's
+async clients, sharing the process's view and fleet state with the blocking path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import memguard
+from memguard import events, flags, runtime, service
+from memguard.localstack import RedisServer
+
+from .conftest import make_settings
+
+
+def commands(redis_db, *names: str) -> int:
+    stats = redis_db.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{n}", {}).get("calls", 0)) for n in names)
+
+
+async def loop_lag_during(coro, tick_s: float = 0.005) -> tuple[object, float]:
+    """Run ``coro`` while a ticker measures the event loop's worst lag (seconds)."""
+    worst = 0.0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not done.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(tick_s)
+            worst = max(worst, time.perf_counter() - t - tick_s)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.02)
+    try:
+        result = await coro
+    finally:
+        done.set()
+        await task
+    return result, worst
+
+
+@pytest.mark.parametrize("client", ["zep-python", "zep-cloud"])
+def test_same_triggers_and_state_as_the_blocking_path(configure, stub, client, redis_db):
+    configure(zep_client=client)
+
+    async def main() -> None:
+        ctx, meta = await service.afetch_thread_context("user-1")
+        assert (ctx, meta["source"]) == ("context for user-1", "zep")
+
+        stub.set_fault("401")
+        assert (await service.afetch_thread_context("user-1"))[1]["reason"] == "auth"
+        assert flags.get_forced_mode()["reason"] == "auth"
+        # The view is shared: blocking and async reads in this process both see the hold.
+        assert service.fetch_thread_context("user-1")[1]["source"] == "write_only_forced"
+        assert (await service.afetch_thread_context("user-1"))[1]["source"] == "write_only_forced"
+        flags.clear_forced_mode()
+
+        stub.set_fault("503")
+        for _ in range(3):
+            await service.afetch_thread_context("user-1")
+        assert flags.get_forced_mode()["reason"] == "consecutive_failures"
+
+    asyncio.run(main())
+    asyncio.run(service.afetch_thread_context("user-1"))  # a second loop gets its own clients
+
+
+def test_the_healthy_async_path_makes_no_redis_round_trip(configure, stub, redis_db):
+    configure()
+
+    async def main() -> None:
+        await service.afetch_thread_context("user-1")
+        before = commands(redis_db, "evalsha", "eval", "mget", "get", "pttl", "time")
+        for _ in range(200):
+            assert (await service.afetch_thread_context("user-1"))[1]["source"] == "zep"
+        assert commands(redis_db, "evalsha", "eval", "mget", "get", "pttl", "time") == before
+
+    asyncio.run(main())
+
+
+def test_async_guarded_functions_count_failures_and_overruns(configure, stub, recorded):
+    configure(read_timeout_ms=100)
+
+    @memguard.guarded
+    async def read(thread_id: str, delay: float = 0.0) -> str:
+        await asyncio.sleep(delay)
+        if thread_id == "broken":
+            raise TimeoutError("Zep did not answer")
+        return f"mine {thread_id}"
+
+    async def main() -> None:
+        assert await read("a") == ("mine a", {"used": True, "source": "zep"})
+        value, meta = await read("a", delay=0.2)  # overran the 100 ms budget: counted, still returned
+        assert value == "mine a" and meta["overran_ms"] >= 100
+        _, meta = await read("broken")
+        assert meta["reason"] == "timeout"
+        _, meta = await read("broken")
+        assert flags.get_forced_mode()["reason"] == "consecutive_failures"
+        assert (await read("a"))[1]["source"] == "write_only_forced"
+
+    asyncio.run(main())
+    counted = [e.fail_count for e in recorded if isinstance(e, events.FailureRecorded)]
+    assert counted == [1, 2, 3]
+
+
+def test_a_hung_zep_never_stalls_the_loop_and_a_blocking_read_would(configure, stub):
+    configure(read_timeout_ms=200)
+
+    async def main() -> tuple[float, float]:
+        await service.afetch_thread_context("user-1")  # the first read builds the loop's clients
+        stub.set_fault("hang")
+        (_, meta), async_lag = await loop_lag_during(service.afetch_thread_context("user-1"))
+        assert meta["reason"] == "timeout"
+
+        async def blocking() -> object:
+            return service.fetch_thread_context("user-1")
+
+        _, blocking_lag = await loop_lag_during(blocking())
+        return async_lag, blocking_lag
+
+    async_lag, blocking_lag = asyncio.run(main())
+    print(f"event loop lag during a hung read: async {async_lag * 1000:.1f} ms, "
+          f"blocking {blocking_lag * 1000:.1f} ms")
+    assert blocking_lag > 0.15, "the measurement sees a blocked loop"
+    assert async_lag < 0.05
+
+
+def test_redis_down_fails_open_on_the_async_path(stub, recorded):
+    with RedisServer() as server:
+        rt = runtime.configure(make_settings(server.url, stub))
+        try:
+            assert rt.watcher.wait_ready()
+            server.stop()
+
+            async def main() -> list:
+                out = [await service.afetch_thread_context("user-1") for _ in range(50)]
+                stub.set_fault("503")
+                out.append(await service.afetch_thread_context("user-1"))
+                return out
+
+            results = asyncio.run(main())
+            assert all(ctx == "context for user-1" for ctx, _ in results[:-1])
+            assert results[-1][1]["reason"] == "http_5xx"
+            assert any(isinstance(e, events.GuardTrouble) and e.kind == "redis_error" for e in recorded)
+        finally:
+            rt.close()
