@@ -11,9 +11,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from memguard import events, flags, service
+from memguard.localstack import wait_for
 from memguard.prober import probe_once
 from memguard.settings import Settings
-from memguard.state import State
+from memguard.state import NOTIFY_CURSOR_KEY, State
 
 from .conftest import API_KEY
 
@@ -222,7 +223,8 @@ def test_webhooks_once_per_transition_with_two_workers_and_two_beats(stack):
     for name in ("b1", "b2"):
         stack.spawn("beat", name, **env)
     stack.use(MEMORY_DOWNGRADE_HOLD_SECONDS=2)
-    time.sleep(1.5)  # a first tick sets the notification cursor
+    cursor_set = lambda: stack.server.client().exists(NOTIFY_CURSOR_KEY)  # noqa: E731
+    wait_for(cursor_set, 20, "a first probe tick to set the notification cursor")
     stack.stub.set_fault("503")
     flags.force_write_only("manual_ops", ttl_seconds=2)
     deadline = time.monotonic() + 20
