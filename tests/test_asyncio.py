@@ -4,6 +4,8 @@ async clients, sharing the process's view and fleet state with the blocking path
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import re
 import time
 
 import pytest
@@ -12,7 +14,7 @@ import memguard
 from memguard import events, flags, runtime, service
 from memguard.localstack import RedisServer
 
-from .conftest import make_settings
+from .conftest import API_KEY, ROOT, make_settings
 
 
 def commands(redis_db, *names: str) -> int:
@@ -146,3 +148,26 @@ def test_redis_down_fails_open_on_the_async_path(stub, recorded):
             assert any(isinstance(e, events.GuardTrouble) and e.kind == "redis_error" for e in recorded)
         finally:
             rt.close()
+
+
+def test_the_fastapi_example_works_verbatim(configure, stub, monkeypatch):
+    configure()
+    monkeypatch.setenv("ZEP_API_URL", stub.url)
+    monkeypatch.setenv("ZEP_API_KEY", API_KEY)
+    path = ROOT / "examples" / "fastapi_app" / "app.py"
+    spec = importlib.util.spec_from_file_location("memguard_fastapi_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- example-fastapi -->\n```python\n(.*?)```", readme, re.S)
+    assert block and block.group(1) in path.read_text(), "the README shows examples/fastapi_app/app.py"
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(example.app) as http:
+        assert http.get("/answer/u1").json()["source"] == "zep"
+        assert http.get("/context/u1").json() == {"context": "context for u1", "source": "zep"}
+        stub.set_fault("401")
+        assert http.get("/answer/u1").json()["source"] == "zep_error"
+        assert http.get("/context/u1").json() == {"context": None, "source": "write_only_forced"}
+        assert flags.get_forced_mode()["reason"] == "auth"

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -54,6 +55,17 @@ def test_manage_py_memguard_takes_settings_memguard_and_the_environment_wins(env
 
     other = manage(env, "memguard", "drill")
     assert other.returncode != 0 and "unknown memguard command 'drill'" in other.stderr
+
+
+def test_the_readme_django_lines_are_the_projects():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- example-django -->\n```python\n(.*?)```", readme, re.S)
+    assert block, "the README has no Django example"
+    project = "\n".join(p.read_text() for p in (PROJECT / "mysite").glob("*.py"))
+    code = [ln for ln in block.group(1).splitlines()
+            if ln.strip() and not ln.startswith("#") and "..." not in ln]
+    assert code and all(ln in project for ln in code), code
+    assert '"memguard.contrib.django"' in block.group(1) and "memguard.contrib.django" in project
 
 
 def test_a_bad_settings_memguard_entry_is_named_in_one_line(env, redis_db):
