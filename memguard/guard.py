@@ -6,13 +6,14 @@ itself is unreachable the guard fails open: reads go on, the caller never sees a
 error, and a short local back-off keeps every read from paying a connect timeout.
 State changes are made by ``State``; the guard only decides when to ask for them.
 
-Blocking and asyncio reads share this one implementation (``memguard.steps``): ``call`` and
-``acall`` drive the same steps, with the blocking Redis client or ``redis.asyncio``.
+Blocking and asyncio reads share one implementation: ``call`` and ``acall`` are the same few
+lines, one calling and one awaiting, around shared decisions; every Redis step (a failure, a
+force, a reset) is a generator of ``memguard.steps`` that ``call`` drives with the blocking
+client and ``acall`` with ``redis.asyncio``.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import time
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from memguard.meter import ReadMeter
 
 REDIS_BACKOFF_S = 1.0
+UNKNOWN = object()  # the view cannot say: Redis must be asked
 OVERHEAD_SAMPLE_EVERY = 16
 
 R = TypeVar("R")
@@ -54,17 +56,25 @@ class Guard:
         self.base = state.base
         self._down_until = 0.0
         self._reads = 0
+        self._rate_on = settings.failure_rate_on
 
     # -- the state as this process sees it ------------------------------------------------
 
     def forced(self) -> ForcedRecord | None:
         """The active forced record, or None; from the in-process view while it is valid."""
-        return steps.run(self._forced_steps(), self.state.perform)
+        record = self._viewed()
+        if record is UNKNOWN:
+            return steps.run(self._forced_from_redis(), self.state.perform)
+        return record
 
-    def _forced_steps(self) -> Steps[ForcedRecord | None]:
+    def _viewed(self) -> Any:
+        """The view's record (or None) while the view is valid, else ``UNKNOWN``."""
         view = self.watcher.current if self.watcher is not None else None
         if view is not None and time.monotonic() < view.valid_until:
             return view.record
+        return UNKNOWN
+
+    def _forced_from_redis(self) -> Steps[ForcedRecord | None]:
         if time.monotonic() < self._down_until:
             return None
         try:
@@ -91,75 +101,97 @@ class Guard:
         A read that returns but overran ``budget_s`` gives the caller its value and counts
         as a ``timeout`` failure: a Zep that answers in 2 s is degraded, not healthy.
         """
-        return steps.run(self._call_steps(thread_id, fn, args, kwargs, budget_s), self._perform)
+        started = time.perf_counter()
+        if self.base is not EffectiveMode.READ_WRITE:
+            return None, self._read_disabled()
+        record = self._viewed()  # the healthy path: no Redis, no steps to drive
+        if record is UNKNOWN:
+            record = steps.run(self._forced_from_redis(), self.state.perform)
+        if record is not None:
+            return None, self._blocked(thread_id, record)
+        zep.forget_status()
+        called = time.perf_counter()
+        try:
+            value = fn(*args, **(kwargs or {}))
+        except Exception as exc:
+            return None, steps.run(self._failed(exc, thread_id, called), self.state.perform)
+        meta, then = self._returned(thread_id, started, called, budget_s)
+        if then is not None:
+            steps.run(then, self.state.perform)
+        return value, meta
 
     async def acall(self, thread_id: str, fn: Callable[..., Awaitable[R]], args: Sequence[Any] = (),
                     kwargs: Mapping[str, Any] | None = None,
                     budget_s: float | None = None) -> tuple[R | None, Meta]:
-        """``call`` for a coroutine function, on this event loop: the same steps, awaited."""
-        return await steps.arun(self._call_steps(thread_id, fn, args, kwargs, budget_s), self._aperform)
-
-    def _perform(self, step: steps.Step) -> Any:
-        if isinstance(step, steps.Read):
-            return step.fn(*step.args, **step.kwargs)
-        return self.state.perform(step)
-
-    async def _aperform(self, step: steps.Step) -> Any:
-        if isinstance(step, steps.Read):
-            result = step.fn(*step.args, **step.kwargs)
-            return await result if inspect.isawaitable(result) else result
-        return await self.state.aperform(step)
-
-    def _call_steps(self, thread_id: str, fn: Callable[..., Any], args: Sequence[Any],
-                    kwargs: Mapping[str, Any] | None, budget_s: float | None) -> Steps[tuple[Any, Meta]]:
+        """``call`` for a coroutine function: the same decisions, with the read and any Redis
+        step awaited (``redis.asyncio``)."""
         started = time.perf_counter()
         if self.base is not EffectiveMode.READ_WRITE:
-            return None, {"used": False, "source": "read_disabled", "mode": self.base.value}
-        record = yield from self._forced_steps()
+            return None, self._read_disabled()
+        record = self._viewed()
+        if record is UNKNOWN:
+            record = await steps.arun(self._forced_from_redis(), self.state.aperform)
         if record is not None:
-            events.emit(events.ReadBlocked(thread_id, record.reason, record.until))
-            return None, {"used": False, "source": "write_only_forced", "reason": record.reason,
-                          "until": record.until}
+            return None, self._blocked(thread_id, record)
         zep.forget_status()
         called = time.perf_counter()
         try:
-            value = yield steps.Read(fn, args, kwargs or {})
+            value = await fn(*args, **(kwargs or {}))
         except Exception as exc:
-            took = time.perf_counter() - called
-            verdict = yield from self._failure_steps(exc, thread_id)
-            if self.meter is not None:
-                self.meter.record(took, failed=verdict.action is not Action.IGNORE)
-            return None, {"used": False, "source": "zep_error", "reason": verdict.reason,
-                          "status": verdict.status, "error": type(exc).__name__}
+            return None, await steps.arun(self._failed(exc, thread_id, called), self.state.aperform)
+        meta, then = self._returned(thread_id, started, called, budget_s)
+        if then is not None:
+            await steps.arun(then, self.state.aperform)
+        return value, meta
+
+    def _read_disabled(self) -> Meta:
+        return {"used": False, "source": "read_disabled", "mode": self.base.value}
+
+    def _blocked(self, thread_id: str, record: ForcedRecord) -> Meta:
+        events.emit(events.ReadBlocked(thread_id, record.reason, record.until))
+        return {"used": False, "source": "write_only_forced", "reason": record.reason, "until": record.until}
+
+    def _failed(self, exc: Exception, thread_id: str, called: float) -> Steps[Meta]:
+        took = time.perf_counter() - called
+        verdict = yield from self._failure_steps(exc, thread_id)
+        if self.meter is not None:
+            self.meter.record(took, failed=verdict.action is not Action.IGNORE)
+        return {"used": False, "source": "zep_error", "reason": verdict.reason, "status": verdict.status,
+                "error": type(exc).__name__}
+
+    def _returned(self, thread_id: str, started: float, called: float,
+                  budget_s: float | None) -> tuple[Meta, Steps[None] | None]:
+        """A read returned: its meta, and the Redis steps still to run (usually none)."""
         resumed = time.perf_counter()
         took = resumed - called
         overran = budget_s is not None and took > budget_s
         if self.meter is not None:
-            self.meter.record(took, failed=overran)
+            self.meter.record(took, overran)
         if overran:
-            yield from self._count_steps(Verdict(Action.COUNT, "timeout"), thread_id, "budget_overrun")
-            return value, {"used": True, "source": "zep", "overran_ms": round(took * 1000, 1)}
-        yield from self._success_steps()
+            then = self._count_steps(Verdict(Action.COUNT, "timeout"), thread_id, "budget_overrun")
+            return {"used": True, "source": "zep", "overran_ms": round(took * 1000, 1)}, then
         self._reads += 1
         if self._reads % OVERHEAD_SAMPLE_EVERY == 0:
             events.emit(events.ReadFinished(True, called - started + time.perf_counter() - resumed))
-        return value, {"used": True, "source": "zep"}
+        return {"used": True, "source": "zep"}, self._reset_steps() if self._may_have_failures() else None
 
     # -- outcomes -------------------------------------------------------------------------
 
     def record_success(self) -> None:
-        steps.run(self._success_steps(), self.state.perform)
-
-    def _success_steps(self) -> Steps[None]:
         """Reset the fleet's failure count, but only write when there may be one."""
-        if self.settings.failure_rate_on:
-            return  # no consecutive count to reset: the meter counted the read
+        if self._may_have_failures():
+            steps.run(self._reset_steps(), self.state.perform)
+
+    def _may_have_failures(self) -> bool:
+        if self._rate_on:
+            return False  # no consecutive count to reset: the meter counted the read
         now = time.monotonic()
         view = self.watcher.current if self.watcher is not None else None
         if view is not None and now < view.valid_until and now >= view.failures_until:
-            return
-        if now < self._down_until:
-            return
+            return False
+        return now >= self._down_until
+
+    def _reset_steps(self) -> Steps[None]:
         try:
             yield from self.state.reset_failures_steps()
         except redis.RedisError as exc:
@@ -193,7 +225,7 @@ class Guard:
         """A failure that counts: towards the consecutive trigger, or (failure-rate policy on)
         only in the meter, which the caller feeds."""
         count = None
-        if not self.settings.failure_rate_on and time.monotonic() >= self._down_until:
+        if not self._rate_on and time.monotonic() >= self._down_until:
             try:
                 count = (yield from self.state.record_failure_steps(origin("auto"))).fail_count
             except redis.RedisError as exc:

@@ -1,17 +1,18 @@
 """One implementation of the request path for blocking and asyncio callers.
 
-The guard's logic (and the state transitions it asks for) is written once, as generators
-that yield what they need done — a Redis script, the snapshot read, the application's own
-read — and get back the result, or have the exception thrown in where they yielded. ``run``
-performs those steps with the blocking Redis client and plain calls; ``arun`` with
-``redis.asyncio`` and ``await``. So classification, triggers, events and fail-open handling
-cannot drift apart between the two: there is one copy of each.
+Every Redis step the request path may take (count a failure, force, reset the count, read
+the state when the view cannot say, end a lapsed hold) is written once, as a generator that
+yields what it needs done — a transition script or the snapshot read — and gets back the
+reply, or has the Redis error thrown in where it yielded. ``run`` performs those steps with
+the blocking client, ``arun`` awaits them on ``redis.asyncio``. So the scripts, triggers,
+events and fail-open handling cannot drift apart between the blocking and asyncio paths:
+there is one copy of each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -30,16 +31,7 @@ class ReadSnapshot:
     """The snapshot's plain reads, in one round trip."""
 
 
-@dataclass(frozen=True)
-class Read:
-    """The application's read: ``fn(*args, **kwargs)``, awaited when it returns an awaitable."""
-
-    fn: Callable[..., Any]
-    args: Sequence[Any] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-
-Step = Script | ReadSnapshot | Read
+Step = Script | ReadSnapshot
 Steps = Generator[Step, Any, T]
 
 
