@@ -91,28 +91,30 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
     def decorate(read: Callable[..., Any]) -> Callable[..., Any]:
         first = next(iter(inspect.signature(read).parameters), None)
 
+        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[runtime.Runtime, str, float]:
+            """The runtime (raises SettingsError), the thread id and the read's budget."""
+            rt = runtime.get()
+            thread_id = str(args[0] if args else kwargs.get(first, ""))
+            return rt, thread_id, (timeout_ms or rt.settings.read_timeout_ms) / 1000.0
+
         if inspect.iscoroutinefunction(read):
 
             @functools.wraps(read)
             async def awrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
-                thread_id = str(args[0] if args else kwargs.get(first, ""))
                 try:
-                    rt = runtime.get()
+                    rt, thread_id, budget_s = resolve(args, kwargs)
                 except SettingsError as exc:
                     return None, _config_error(exc)
-                budget_s = (timeout_ms or rt.settings.read_timeout_ms) / 1000.0
                 return await rt.guard.acall(thread_id, read, args, kwargs, budget_s=budget_s)
 
             return awrapper
 
         @functools.wraps(read)
         def wrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
-            thread_id = str(args[0] if args else kwargs.get(first, ""))
             try:
-                rt = runtime.get()
+                rt, thread_id, budget_s = resolve(args, kwargs)
             except SettingsError as exc:
                 return None, _config_error(exc)
-            budget_s = (timeout_ms or rt.settings.read_timeout_ms) / 1000.0
             return rt.guard.call(thread_id, read, args, kwargs, budget_s=budget_s)
 
         return wrapper

@@ -3,7 +3,6 @@ propagation tests pass on a three-master cluster made by ``redis-cli --cluster c
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from memguard.settings import Settings
 from memguard.state import FORCED_MODE_KEY, Keys
 
 from .conftest import API_KEY, ROOT
-from .test_fleet import FAILURES_EACH, PROCS, _fail_many
+from .test_fleet import FAILURES_EACH, PROCS, fail_together
 from .test_freshness import BOUND_MS, original_record, reader_process
 
 CLUSTER_KEYS = Keys.under("{mem}:")
@@ -60,16 +59,7 @@ def test_every_key_shares_one_slot_on_a_cluster_and_keeps_its_name_on_one_server
 
 
 def test_cluster_eight_processes_fifty_failures_each_one_downgrade(fresh):
-    ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_fail_many, args=(fresh.url, start, out)) for _ in range(PROCS)]
-    for p in procs:
-        p.start()
-    time.sleep(1.0)
-    start.set()
-    downgrades = [out.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(30)
+    downgrades = fail_together(fresh.url)
     owner = next(n for n in fresh.nodes if n.port == owner_port(fresh)).client()
     assert int(owner.get(CLUSTER_KEYS.counter)) == PROCS * FAILURES_EACH
     assert sum(downgrades) == 1

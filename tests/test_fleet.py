@@ -27,10 +27,11 @@ def _fail_many(redis_url: str, start, out) -> None:
     rt.close()
 
 
-def test_eight_processes_fifty_failures_each_one_downgrade(redis_server, redis_db):
+def fail_together(redis_url: str) -> list[int]:
+    """PROCS processes record FAILURES_EACH failures each, all at once: downgrades each saw."""
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_fail_many, args=(redis_server.url, start, out)) for _ in range(PROCS)]
+    procs = [ctx.Process(target=_fail_many, args=(redis_url, start, out)) for _ in range(PROCS)]
     for p in procs:
         p.start()
     time.sleep(1.0)
@@ -38,6 +39,11 @@ def test_eight_processes_fifty_failures_each_one_downgrade(redis_server, redis_d
     downgrades = [out.get(timeout=60) for _ in procs]
     for p in procs:
         p.join(30)
+    return downgrades
+
+
+def test_eight_processes_fifty_failures_each_one_downgrade(redis_server, redis_db):
+    downgrades = fail_together(redis_server.url)
     assert int(redis_db.get(CONSECUTIVE_FAILURES_KEY)) == PROCS * FAILURES_EACH
     assert sum(downgrades) == 1
     assert redis_db.get(FORCED_MODE_KEY) is not None
