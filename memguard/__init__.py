@@ -3,8 +3,10 @@
 The public surface::
 
     memguard.install(app, probe=None)          # an existing Celery app: tasks, beat entry, checks
-    @memguard.guarded / @memguard.guarded(timeout_ms=300)   # guard your own read fn(thread_id, ...)
+    @memguard.guarded / @memguard.guarded(timeout_ms=300)   # guard your own read fn(thread_id, ...),
+                                                            # def or async def
     memguard.fetch_thread_context(thread_id)   # memguard's own Zep read -> (context | None, meta)
+    await memguard.afetch_thread_context(thread_id)   # the same on an asyncio event loop
     memguard.flags                             # modes and the forced record (the seed's API)
 
 Importing it changes nothing in the application: no logging set-up, signal handlers,
@@ -12,7 +14,7 @@ threads or connections until ``install`` or the first guarded call.
 """
 
 from memguard import flags
-from memguard.service import fetch_thread_context, guarded
+from memguard.service import afetch_thread_context, fetch_thread_context, guarded
 from memguard.tasks import install
 
-__all__ = ["fetch_thread_context", "flags", "guarded", "install"]
+__all__ = ["afetch_thread_context", "fetch_thread_context", "flags", "guarded", "install"]
