@@ -32,7 +32,6 @@ from memguard.asyncredis import AsyncRedis
 from memguard.modes import EffectiveMode, base_mode_of, combine
 from memguard.settings import Settings
 from memguard.steps import ReadSnapshot, Script, Step, Steps
-from memguard.steps import arun as arun_steps
 from memguard.steps import run as run_steps
 
 T = TypeVar("T")
@@ -485,9 +484,6 @@ class State:
 
     def run(self, steps: Steps[T]) -> T:
         return run_steps(steps, self.perform)
-
-    async def arun(self, steps: Steps[T]) -> T:
-        return await arun_steps(steps, self.aperform)
 
     def perform(self, step: Step) -> Any:
         if isinstance(step, Script):
