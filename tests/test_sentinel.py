@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from memguard import flags, runtime, service
+from memguard import events, flags, runtime, service
 from memguard.localstack import CeleryProcess, SentinelGroup, stack_env, wait_for
 from memguard.prober import PROBE_THREAD_ID
 from memguard.settings import Settings
@@ -68,7 +68,8 @@ def probed_once(stub, before: int) -> None:
     assert stub.reads_of(PROBE_THREAD_ID) == before + 1
 
 
-def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(sentinel_stack, stub):
+def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(sentinel_stack, stub,
+                                                                               recorded):
     group, procs, rt = sentinel_stack
     reads = Reads()
     reads.start()
@@ -88,6 +89,8 @@ def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(se
         time.sleep(0.5)  # every watcher heard +switch-master, reconnected and re-read
         assert rt.guard.forced() is not None
         assert seen(True, lambda: None) < BOUND_MS  # the other process still sees it
+        switches = [e for e in recorded if isinstance(e, events.GuardTrouble) and e.kind == "master_switch"]
+        assert [e.detail for e in switches] == [f"127.0.0.1:{old} -> 127.0.0.1:{new}"]
 
         # After the failover: a clear, a hand write (seen through tracking) and a force reach
         # the other process within the bound, and the next hold is probed exactly once.
