@@ -116,3 +116,35 @@ def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(se
     status = subprocess.run([sys.executable, "-m", "memguard.cli", "status"], env=env, capture_output=True,
                             text=True, timeout=30)
     assert status.stdout.startswith("mode:        write_only"), status.stdout
+
+
+def test_primary_killed_under_reads_the_fleet_follows_the_promoted_replica(stub, recorded):
+    """A real outage: kill -9 of the primary. The sentinels promote the replica after
+    down-after-milliseconds (1 s here); reads fail open meanwhile and never raise."""
+    with SentinelGroup() as group:
+        rt = runtime.configure(Settings(redis_url=group.url, zep_api_url=stub.url, zep_api_key=API_KEY))
+        try:
+            assert rt.watcher.wait_ready(5)
+            reads = Reads()
+            reads.start()
+            with reader_process(group.url) as seen:
+                old = group.master_port()
+                killed = next(s for s in (group.primary, group.replica) if s.port == old)
+                killed.proc.kill()
+                killed.proc.wait(10)
+                wait_for(lambda: group.master_port() != old, 30, "the sentinels to promote the replica")
+                new = group.master_port()
+                promoted = next(s for s in (group.primary, group.replica) if s.port == new)
+                wait_for(lambda: promoted.client().role()[0] == "master", 20, "the replica to take writes")
+                wait_for(lambda: rt.watcher.current is not None, 10, "the watcher on the new master")
+                time.sleep(0.5)
+                assert seen(True, lambda: flags.force_write_only("manual_ops", 60) and None) <= BOUND_MS
+                assert promoted.client().get(FORCED_MODE_KEY) is not None
+                assert seen(False, lambda: flags.clear_forced_mode() and None) <= BOUND_MS
+            reads.halt.set()
+            reads.join(5)
+            assert reads.exceptions == []
+            assert reads.count > 100
+            assert any(isinstance(e, events.GuardTrouble) and e.kind == "master_switch" for e in recorded)
+        finally:
+            rt.close()
