@@ -7,9 +7,10 @@ error, and a short local back-off keeps every read from paying a connect timeout
 State changes are made by ``State``; the guard only decides when to ask for them.
 
 Blocking and asyncio reads share one implementation: ``call`` and ``acall`` are the same few
-lines, one calling and one awaiting, around shared decisions; every Redis step (a failure, a
-force, a reset) is a generator of ``memguard.steps`` that ``call`` drives with the blocking
-client and ``acall`` with ``redis.asyncio``.
+lines, one calling and one awaiting, around shared decisions (a test holds them to one text
+but for ``await``); every Redis step (a failure, a force, a reset) is a generator of
+``memguard.steps`` that ``call`` drives with the blocking client and ``acall`` with
+``redis.asyncio``.
 """
 
 from __future__ import annotations
