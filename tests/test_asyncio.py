@@ -11,7 +11,7 @@ import time
 import pytest
 
 import memguard
-from memguard import events, flags, runtime, service
+from memguard import events, flags, runtime, service, steps
 from memguard.localstack import RedisServer
 
 from .conftest import API_KEY, ROOT, make_settings
@@ -190,3 +190,4 @@ def test_call_and_acall_are_one_text_but_for_await():
 
     assert body(Guard.acall) == body(Guard.call)
     assert len(body(Guard.call)) >= 15
+    assert body(steps.arun) == body(steps.run)  # and so are the two step drivers
