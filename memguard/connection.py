@@ -17,16 +17,22 @@ master.
 
 from __future__ import annotations
 
+import functools
 import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.connection import Encoder
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
@@ -96,8 +102,10 @@ class Target:
         if self.kind == "sentinel":
             return self.sentinels.master_for(self.service, db=self.db, **self._auth(), **options)
         options.pop("retry_on_timeout", None)  # a cluster client retries by its own rules
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.nodes], ssl=self.ssl,
-                            **self._auth(), **options)
+        nodes = [ClusterNode(h, p) for h, p in self.nodes]
+        # It forwards every command to the RedisCluster it makes on first use.
+        return cast(redis.Redis, LazyCluster(lambda: RedisCluster(startup_nodes=nodes, ssl=self.ssl,
+                                                                  **self._auth(), **options)))
 
     def aclient(self, **options: Any) -> redis.asyncio.Redis:
         """An asyncio client (one server or the Sentinel master; a Cluster has none here)."""
@@ -184,6 +192,51 @@ class Target:
             if (kw.get("host"), kw.get("port")) == (host, port):
                 clients.insert(0, clients.pop(i))
                 return
+
+
+class LazyCluster:
+    """A ``RedisCluster`` made on first use, whose cluster-level errors are Redis errors.
+
+    redis-py's ``RedisCluster`` connects in its constructor and reports an unreachable
+    cluster with ``RedisClusterException``, which is not a ``redis.RedisError``: a cluster
+    that is down when a process starts would raise out of the request path. Made lazily, and
+    with that exception turned into ``redis.ConnectionError``, it is an ordinary Redis outage:
+    the guard fails open until the cluster answers.
+    """
+
+    def __init__(self, factory: Callable[[], RedisCluster]) -> None:
+        self._factory = factory
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def register_script(self, script: str) -> Script:
+        return Script(self, script)  # hashed locally; loaded on the first call
+
+    def get_encoder(self) -> Encoder:
+        return Encoder("utf-8", "strict", False)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._cluster(), name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except RedisClusterException as exc:
+                raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+
+        return call
+
+    def _cluster(self) -> RedisCluster:
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = self._factory()
+                except RedisClusterException as exc:
+                    raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+            return self._client
 
 
 def keepalive_options() -> dict[int, int]:

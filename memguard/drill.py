@@ -24,7 +24,7 @@ from celery import Celery
 from memguard import events, ops, runtime, service
 from memguard.localstack import CeleryProcess, RedisServer, stack_env
 from memguard.prober import PROBE_THREAD_ID
-from memguard.settings import Settings
+from memguard.settings import Settings, SettingsError, masked_url
 from memguard.zepstub import ZepStub
 
 DRILL_KEY = "drill-key-not-a-secret"
@@ -166,6 +166,20 @@ def recovery_drill(tl: Timeline, set_fault: Callable[[str], None], hold: float, 
     return DrillResult("recovery", ok, f"restored={restored} probe reads={n}")
 
 
+def _canary_sender(settings: Settings) -> Celery:
+    """A Celery client for the canary's tasks: its broker as the ready app would find it
+    (CELERY_BROKER_URL, else REDIS_URL, in kombu's sentinel form for a Sentinel URL)."""
+    broker, options = os.environ.get("CELERY_BROKER_URL"), {}
+    if not broker:
+        try:
+            broker, options = settings.redis_target.celery_broker()
+        except ValueError as exc:  # a Cluster cannot be the broker
+            raise SettingsError(f"invalid configuration: REDIS_URL: {exc}") from None
+    sender = Celery(broker=broker, backend=os.environ.get("CELERY_RESULT_BACKEND") or broker)
+    sender.conf.broker_transport_options = sender.conf.result_backend_transport_options = options
+    return sender
+
+
 def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str | None = None,
         hold: int = HOLD_SECONDS, out: Any = None, logdir: str | None = None) -> int:
     tl = Timeline(out)
@@ -183,7 +197,7 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
             stack.append(hang_stub)
             hold = real_zep.hold_seconds
             interval = real_zep.probe_interval_seconds
-            tl.say(f"canary drill: Redis {redis_url}, Zep {real_zep.zep_api_url} "
+            tl.say(f"canary drill: Redis {masked_url(redis_url)}, Zep {real_zep.zep_api_url} "
                    "(probing by the canary's beat)")
 
             def set_fault(fault: str) -> None:
@@ -197,7 +211,7 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
 
             runtime.configure(real_zep)
             probes = None
-            sender = Celery(broker=redis_url, backend=redis_url)
+            sender = _canary_sender(settings)
             threshold = real_zep.threshold
         else:
             redis_server = RedisServer().start()

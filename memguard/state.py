@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
-from redis.cluster import RedisCluster
 
 from memguard import events
 from memguard.asyncredis import AsyncRedis
@@ -545,7 +544,7 @@ class State:
     def _keys_node(self) -> redis.Redis:
         """The client to pipeline plain reads on: on a Cluster, the node owning memguard's slot
         (a cluster pipeline refuses MGET and TIME)."""
-        if isinstance(self.client, RedisCluster):
+        if self.settings.redis_target.kind == "cluster":
             return self.client.get_node_from_key(self.keys.forced).redis_connection
         return self.client
 

@@ -10,13 +10,13 @@ import time
 import pytest
 from redis.cluster import key_slot
 
-from memguard import flags, runtime
-from memguard.localstack import CeleryProcess, ClusterGroup, stack_env, wait_for
+from memguard import events, flags, runtime, service
+from memguard.localstack import CeleryProcess, ClusterGroup, free_port, stack_env, wait_for
 from memguard.prober import PROBE_THREAD_ID
 from memguard.settings import Settings
 from memguard.state import FORCED_MODE_KEY, Keys
 
-from .conftest import API_KEY, ROOT
+from .conftest import API_KEY, ROOT, make_settings
 from .test_fleet import FAILURES_EACH, PROCS, fail_together
 from .test_freshness import BOUND_MS, original_record, reader_process
 
@@ -117,3 +117,18 @@ def test_cluster_with_celery_on_a_plain_redis_probes_once_and_the_cli_reads_it(f
     finally:
         for p in procs:
             p.stop()
+
+
+def test_a_cluster_that_is_down_fails_open_and_the_cli_says_so_in_one_line(stub, recorded):
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    rt = runtime.configure(make_settings(url, stub))
+    try:
+        context, meta = service.fetch_thread_context("t")
+        assert (context, meta["source"]) == ("context for t", "zep")
+        assert any(isinstance(e, events.GuardTrouble) and e.kind == "redis_error" for e in recorded)
+    finally:
+        rt.close()
+    out = subprocess.run([sys.executable, "-m", "memguard.cli", "status"], capture_output=True, text=True,
+                         env={**stack_env(url, stub.url, API_KEY)}, timeout=30)
+    assert out.returncode == 3 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "cannot reach Redis at redis+cluster://" in out.stderr
