@@ -4,9 +4,9 @@ One connection per process, subscribed to two things:
 - memguard's change channel: every transition script publishes a notice with the new values
   and a version, so a change costs the fleet one script run, not one read per process;
 - Redis client tracking (``CLIENT TRACKING ON BCAST PREFIX mem:``, or ``{mem}:`` on a Cluster,
-  redirected to this same connection): the server reports *any* change to memguard's keys — a hand ``SET``/``DEL``,
-  older code writing the original record, a key expiring, ``FLUSHALL``. A change no notice
-  explains is re-read at once.
+  redirected to this same connection): the server reports *any* change to memguard's keys —
+  a hand ``SET``/``DEL``, older code writing the original record, a key expiring,
+  ``FLUSHALL``. A change no notice explains is re-read at once.
 
 Liveness without polling: when no message has arrived for a second or so, one process (the
 first whose randomised timer fires) publishes a heartbeat that every process receives, so
