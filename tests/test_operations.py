@@ -26,7 +26,7 @@ def test_refused_celery_call_is_in_history_within_a_second_without_a_result_back
     out = subprocess.run([sys.executable, "-m", "celery", "-A", "myapp", "call", "memguard.force", "--kwargs",
                           '{"reason": "", "ttl_seconds": -5}'], cwd=example.dir, env=env,
                          capture_output=True, text=True, timeout=60)
-    sent = time.monotonic()
+    sent, sent_wall = time.monotonic(), time.time()
     assert out.returncode == 0, out.stderr
     task_id = out.stdout.strip().splitlines()[-1]
     refused = None
@@ -35,9 +35,13 @@ def test_refused_celery_call_is_in_history_within_a_second_without_a_result_back
         assert hist.returncode == 0, hist.stderr
         refused = next((json.loads(ln) for ln in hist.stdout.splitlines()
                         if json.loads(ln).get("outcome") == "refused"), None)
-    seen_after = time.monotonic() - sent
     assert refused is not None, "the refusal never reached the history"
-    assert seen_after <= 1.0, f"seen after {seen_after:.2f}s"
+    # When it was recorded (the stream entry's Redis time, same machine's clock), not when a
+    # polling CLI process, whose own start-up is slow on a loaded machine, got to print it.
+    recorded_after = refused["time"] - sent_wall
+    print(f"refusal recorded {recorded_after:.3f}s after the call returned; "
+          f"a polling CLI showed it after {time.monotonic() - sent:.2f}s")
+    assert recorded_after <= 1.0, f"recorded after {recorded_after:.2f}s"
     assert refused["action"] == "force" and refused["by"]["task_id"] == task_id
     assert refused["by"]["host"] and refused["by"]["pid"] and refused["by"]["sent_from"]
     errors = " | ".join(refused["errors"])
