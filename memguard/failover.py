@@ -20,30 +20,22 @@ from collections.abc import Callable
 import redis
 
 from memguard import events
+from memguard.background import Background
 from memguard.connection import Target, keepalive_options
 
 SWITCH_CHANNEL = "+switch-master"
 
 
-class SwitchListener:
+class SwitchListener(Background):
     """A daemon thread calling ``on_switch`` when the target's master changes."""
 
+    THREAD_NAME = "memguard-sentinel"
+
     def __init__(self, target: Target, on_switch: Callable[[], None]) -> None:
+        super().__init__()
         self.target = target
         self.on_switch = on_switch
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.listening = threading.Event()  # subscribed to a sentinel right now
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="memguard-sentinel", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=3)
 
     def _run(self) -> None:
         turn = 0

@@ -15,6 +15,7 @@ import threading
 import redis
 
 from memguard import events
+from memguard.background import Background
 from memguard.guard import origin
 from memguard.settings import Settings
 from memguard.state import State
@@ -22,15 +23,16 @@ from memguard.state import State
 FLUSH_S = 1.0
 
 
-class ReadMeter:
+class ReadMeter(Background):
+    THREAD_NAME = "memguard-meter"
+
     def __init__(self, state: State, settings: Settings) -> None:
+        super().__init__()
         self.state = state
         self.slow_s = settings.latency_threshold_ms / 1000.0 if settings.latency_threshold_ms else None
         self.outcomes = settings.failure_rate_on
         self._lock = threading.Lock()
         self._reads = self._slow = self._failed = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def record(self, seconds: float, failed: bool) -> None:
         with self._lock:
@@ -39,16 +41,6 @@ class ReadMeter:
                 self._slow += 1
             if failed:
                 self._failed += 1
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="memguard-meter", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=3)
 
     def flush(self) -> None:
         with self._lock:

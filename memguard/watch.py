@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from memguard import events
+from memguard.background import Background
 from memguard.connection import keepalive_options
 from memguard.state import (
     CHANGES_CHANNEL,
@@ -55,10 +56,13 @@ class View:
     failures_until: float  # monotonic; before it the failure counter may be non-zero
 
 
-class Watcher:
+class Watcher(Background):
     """One daemon thread per process holding the tracked, subscribed connection."""
 
+    THREAD_NAME = "memguard-watch"
+
     def __init__(self, state: State, grace_seconds: float) -> None:
+        super().__init__()
         self.state = state
         self.view_keys = {state.keys.forced: "forced", state.keys.counter: "count"}
         self.grace_seconds = grace_seconds
@@ -71,20 +75,12 @@ class Watcher:
         self._explained: set[str] = set()
         self._liveness_until = 0.0
         self._last_corrupt: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._conn: redis.Connection | None = None
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="memguard-watch", daemon=True)
-        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self.current = None
-        if self._thread is not None:
-            self._thread.join(timeout=3)
+        self.current = None  # before the join: no read trusts a view that is going away
+        super().stop()
 
     def reconnect(self) -> None:
         """Drop the connection now (the master moved): the thread reconnects, re-enables
