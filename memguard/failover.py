@@ -14,7 +14,6 @@ when that one goes away (TCP keepalive notices a dead peer in about 2 s).
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable
 
 import redis
@@ -35,7 +34,6 @@ class SwitchListener(Background):
         super().__init__()
         self.target = target
         self.on_switch = on_switch
-        self.listening = threading.Event()  # subscribed to a sentinel right now
 
     def _run(self) -> None:
         turn = 0
@@ -48,8 +46,6 @@ class SwitchListener(Background):
                 events.emit(events.GuardTrouble("redis_error", "sentinel", detail))
                 turn += 1
                 self._stop.wait(0.5)
-            finally:
-                self.listening.clear()
 
     def _listen(self, host: str, port: int) -> None:
         client = redis.Redis(host=host, port=port, decode_responses=True, socket_connect_timeout=1.0,
@@ -58,7 +54,6 @@ class SwitchListener(Background):
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(SWITCH_CHANNEL)
-            self.listening.set()
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=1.0)
                 if message is None:
