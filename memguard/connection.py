@@ -114,10 +114,7 @@ class Target:
         if self.kind == "sentinel":
             order = [(kw["host"], kw["port"]) for kw in
                      (c.connection_pool.connection_kwargs for c in self.sentinels.sentinels)]
-            kwargs = {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S,
-                      **self.sentinel_auth}
-            extra: dict[str, Any] = {"ssl": True} if self.ssl else {}
-            manager = redis.asyncio.sentinel.Sentinel(order, sentinel_kwargs=kwargs, **extra)
+            manager = redis.asyncio.sentinel.Sentinel(order, **self._manager_options())
             return manager.master_for(self.service, db=self.db, **self._auth(), **options)
         raise ValueError("no asyncio client for a Redis Cluster")
 
@@ -177,12 +174,15 @@ class Target:
     @cached_property
     def sentinels(self) -> Sentinel:
         """The one Sentinel manager of this target: every client and the watcher ask the same
-        sentinels, in the order ``prefer`` leaves them. Short timeouts: a reconnect on the
-        request path must not wait long for a sentinel that is down."""
+        sentinels, in the order ``prefer`` leaves them."""
+        return Sentinel(list(self.nodes), **self._manager_options())
+
+    def _manager_options(self) -> dict[str, Any]:
+        """A Sentinel manager's options, blocking or asyncio. Short timeouts: a reconnect on
+        the request path must not wait long for a sentinel that is down."""
         kwargs = {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S,
                   **self.sentinel_auth}
-        extra: dict[str, Any] = {"ssl": True} if self.ssl else {}
-        return Sentinel(list(self.nodes), sentinel_kwargs=kwargs, **extra)
+        return {"sentinel_kwargs": kwargs, **({"ssl": True} if self.ssl else {})}
 
     def prefer(self, host: str, port: int) -> None:
         """Ask this sentinel first from now on (it announced the latest switch)."""
