@@ -8,22 +8,19 @@ module that starts with ``from memguard.celeryconfig import *`` and name it in
 
 import os
 
-from memguard.connection import Target
-
-_redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+from memguard.connection import celery_transport
 
 # The broker (and the results, unless CELERY_RESULT_BACKEND says otherwise) follow
 # CELERY_BROKER_URL, else REDIS_URL: on Sentinel in kombu's sentinel:// form. A Redis Cluster
 # cannot carry them, so CELERY_BROKER_URL must then name another Redis (RedBeat uses it too).
-broker_url = os.environ.get("CELERY_BROKER_URL")
-broker_transport_options: dict = {}
-if not broker_url:
-    try:
-        broker_url, broker_transport_options = Target.parse(_redis_url).celery_broker()
-    except ValueError as exc:
-        raise SystemExit(f"memguard: REDIS_URL: {exc}") from None
-result_backend = os.environ.get("CELERY_RESULT_BACKEND") or broker_url
-result_backend_transport_options = broker_transport_options
+try:
+    _transport = celery_transport(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0", os.environ)
+except ValueError as exc:
+    raise SystemExit(f"memguard: REDIS_URL: {exc}") from None
+broker_url = _transport["broker_url"]
+broker_transport_options = _transport["broker_transport_options"]
+result_backend = _transport["result_backend"]
+result_backend_transport_options = _transport["result_backend_transport_options"]
 result_expires = 3600
 
 # JSON only: an operator's `celery call` must never be able to send a pickle.

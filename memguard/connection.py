@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, cast
@@ -237,6 +237,19 @@ class LazyCluster:
                 except RedisClusterException as exc:
                     raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
             return self._client
+
+
+def celery_transport(redis_url: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """Celery's broker and result settings as memguard's ready app takes them:
+    CELERY_BROKER_URL, else ``redis_url`` (in kombu's ``sentinel://`` form for Sentinel);
+    results at CELERY_RESULT_BACKEND, else the broker. Raises ``ValueError`` for a Cluster
+    without CELERY_BROKER_URL: a Cluster cannot carry them."""
+    broker, options = env.get("CELERY_BROKER_URL"), {}
+    if not broker:
+        broker, options = Target.parse(redis_url).celery_broker()
+    return {"broker_url": broker, "broker_transport_options": options,
+            "result_backend": env.get("CELERY_RESULT_BACKEND") or broker,
+            "result_backend_transport_options": options}
 
 
 def keepalive_options() -> dict[int, int]:

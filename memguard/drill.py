@@ -22,6 +22,7 @@ from typing import Any
 from celery import Celery
 
 from memguard import events, ops, runtime, service
+from memguard.connection import celery_transport
 from memguard.localstack import CeleryProcess, RedisServer, stack_env
 from memguard.prober import PROBE_THREAD_ID
 from memguard.settings import Settings, SettingsError, masked_url
@@ -169,14 +170,12 @@ def recovery_drill(tl: Timeline, set_fault: Callable[[str], None], hold: float, 
 def _canary_sender(settings: Settings) -> Celery:
     """A Celery client for the canary's tasks: its broker as the ready app would find it
     (CELERY_BROKER_URL, else REDIS_URL, in kombu's sentinel form for a Sentinel URL)."""
-    broker, options = os.environ.get("CELERY_BROKER_URL"), {}
-    if not broker:
-        try:
-            broker, options = settings.redis_target.celery_broker()
-        except ValueError as exc:  # a Cluster cannot be the broker
-            raise SettingsError(f"invalid configuration: REDIS_URL: {exc}") from None
-    sender = Celery(broker=broker, backend=os.environ.get("CELERY_RESULT_BACKEND") or broker)
-    sender.conf.broker_transport_options = sender.conf.result_backend_transport_options = options
+    try:
+        transport = celery_transport(settings.redis_url, os.environ)
+    except ValueError as exc:  # a Cluster cannot be the broker
+        raise SettingsError(f"invalid configuration: REDIS_URL: {exc}") from None
+    sender = Celery(broker=transport["broker_url"], backend=transport["result_backend"])
+    sender.conf.update(transport)
     return sender
 
 
