@@ -16,7 +16,6 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from memguard import metrics
 from memguard.settings import VARIABLE_NAMES, Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -30,6 +29,8 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     scrape time, and the counters of every process when PROMETHEUS_MULTIPROC_DIR is set."""
     from django.http import HttpResponse
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from memguard import metrics  # its counters register when first served, not in INSTALLED_APPS
 
     return HttpResponse(generate_latest(metrics.registry()), content_type=CONTENT_TYPE_LATEST)
 
