@@ -18,10 +18,12 @@ from typing import Any
 import redis
 
 import memguard
-from memguard import events, runtime
-from memguard.localstack import RedisServer
-from memguard.settings import Settings
-from memguard.state import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY, State
+from memguard import process
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.drill.localstack import RedisServer
+from memguard.store.keys import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
+from memguard.store.state import State
 
 
 @memguard.guarded
@@ -100,7 +102,7 @@ def commands(client: redis.Redis, only: str | None = None) -> int:
 
 def _reader(url: str, conn: Any) -> None:
     """Another process: report when its guard first sees each change."""
-    rt = runtime.configure(Settings(redis_url=url, zep_api_key="x"))
+    rt = process.configure(Settings(redis_url=url, zep_api_key="x"))
     rt.watcher.wait_ready()
     conn.send("ready")
     while True:
@@ -118,21 +120,21 @@ def _forked_reads(url: str, n: int, conn: Any) -> None:
     """In a forked child: time reads through ``decorated_read`` and count Redis commands."""
     raw = redis.Redis.from_url(url)
     decorated_read("t")  # the child's first read builds its runtime
-    runtime.get().watcher.wait_ready()
+    process.get().watcher.wait_ready()
     before = commands(raw)
     samples = timed(lambda: decorated_read("t"), n, warmup=0)
     conn.send((samples, (commands(raw) - before - 1) / (n * ROUNDS)))
 
 
 def forked(url: str, settings: Settings, n: int) -> tuple[list[float], float]:
-    runtime.configure(settings).watcher.wait_ready()  # the parent has a runtime, as after import
+    process.configure(settings).watcher.wait_ready()  # the parent has a runtime, as after import
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_forked_reads, args=(url, n, child))
     proc.start()
     samples, per_read = parent.recv()
     proc.join(10)
-    runtime.get().close()
+    process.get().close()
     return samples, per_read
 
 
@@ -187,7 +189,7 @@ def main() -> None:
     with RedisServer() as server:
         raw = redis.Redis(port=server.port)
         settings = Settings(redis_url=server.url, zep_api_key="x", threshold=10**6)
-        rt = runtime.build(settings)
+        rt = process.build(settings)
         rt.watcher.wait_ready()
         guard = rt.guard
 
@@ -206,7 +208,7 @@ def main() -> None:
         res["memguard"]["redis_commands_per_read"] = per_read(raw, before, n)
 
         # The latency trip on: a read adds two local counts; a thread flushes once a second.
-        lat_rt = runtime.build(Settings(redis_url=server.url, zep_api_key="x", threshold=10**6,
+        lat_rt = process.build(Settings(redis_url=server.url, zep_api_key="x", threshold=10**6,
                                         latency_threshold_ms=300))
         lat_rt.watcher.wait_ready()
         before = commands(raw)
@@ -216,7 +218,7 @@ def main() -> None:
         lat_rt.close()
 
         # The failure-rate policy on: a read adds local counts, no reset of a consecutive count.
-        rate_rt = runtime.build(Settings(redis_url=server.url, zep_api_key="x", failure_rate_threshold=0.5))
+        rate_rt = process.build(Settings(redis_url=server.url, zep_api_key="x", failure_rate_threshold=0.5))
         rate_rt.watcher.wait_ready()
         before = commands(raw)
         rate = timed(lambda: rate_rt.guard.call("t", noop), n, warmup=0)

@@ -19,10 +19,11 @@ from typing import Any
 
 import redis
 
-from memguard.localstack import RedisServer
-from memguard.settings import Settings
-from memguard.state import FORCED_MODE_KEY, State
-from memguard.watch import Watcher
+from memguard.config.settings import Settings
+from memguard.drill.localstack import RedisServer
+from memguard.request.watch import Watcher
+from memguard.store.keys import FORCED_MODE_KEY
+from memguard.store.state import State
 
 TRIALS = 5
 IDLE_S = 65.0  # longer than one slow re-read period (memguard.watch.RESYNC_S)

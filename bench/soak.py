@@ -27,7 +27,8 @@ import redis
 from celery import Celery
 
 import memguard
-from memguard.connection import Target
+from memguard.config.target import Target
+from memguard.store.keys import AUDIT_KEY
 
 READ_EVERY_S = 0.02
 RESULTS_KEY = "soak:reads"
@@ -129,8 +130,8 @@ def _zep_reads(stub: Any) -> int:
 
 def run(minutes: float, logdir: str | None = None, sentinel: bool = False) -> dict[str, Any]:
     from memguard import audit
-    from memguard.localstack import CeleryProcess, RedisServer, SentinelGroup, stack_env, wait_for
-    from memguard.zepstub import ZepStub
+    from memguard.drill.localstack import CeleryProcess, RedisServer, SentinelGroup, stack_env, wait_for
+    from memguard.drill.zepstub import ZepStub
 
     phase = max(6.0, minutes * 60 / 5)
     key = "soak-key"
@@ -176,7 +177,7 @@ def run(minutes: float, logdir: str | None = None, sentinel: bool = False) -> di
             results = results_server.client()
             wait_for(lambda: results.llen(RESULTS_KEY) == 3, total + 30, "the readers to finish")
             per_process = [json.loads(r) for r in results.lrange(RESULTS_KEY, 0, -1)]
-            history = audit.history(Target.parse(server.url).client(decode_responses=True), 10_000)
+            history = audit.history(Target.parse(server.url).client(decode_responses=True), AUDIT_KEY, 10_000)
             out = summarise(per_process, history, sum(o[3] for o in outages),
                             [(n, a, b) for n, a, b, _ in outages], time.time())
             out["phase_seconds"] = phase

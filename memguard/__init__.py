@@ -14,7 +14,7 @@ threads or connections until ``install`` or the first guarded call.
 """
 
 from memguard import flags
+from memguard.integrations.tasks import install
 from memguard.service import afetch_thread_context, fetch_thread_context, guarded
-from memguard.tasks import install
 
 __all__ = ["afetch_thread_context", "fetch_thread_context", "flags", "guarded", "install"]

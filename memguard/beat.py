@@ -1,68 +1,8 @@
-"""A RedBeat scheduler that rides through Redis blips instead of exiting.
+"""``memguard.beat.Scheduler``: the scheduler's public name (``celery beat -S memguard.beat.Scheduler``).
 
-RedBeat's own scheduler exits on the first Redis connection error, or when its lock expired
-during a pause (a Redis restart, a failover): every standby beat exits the same way, and the
-fleet is left without a prober until something restarts them. This one keeps running:
-
-- a tick that cannot reach Redis schedules nothing and tries again after the loop interval;
-- a beat that does not hold the lock (a standby, or one whose lock lapsed) tries to take it,
-  without blocking, on every tick, and schedules only while it holds it: never two active
-  schedulers, since taking the lock is one atomic ``SET NX``;
-- on taking the lock it writes the static schedule again, so a Redis that lost its data
-  (restarted without persistence) gets the probe's entry back.
-
-    celery -A myapp beat -S memguard.beat.Scheduler
-
-``memguard.install`` makes it the app's default scheduler. Running beat under a supervisor
-that restarts it stays good advice: this covers Redis, not the beat process itself.
+It lives with the rest of the Celery integration, in ``memguard.integrations.beat``.
 """
 
-from __future__ import annotations
+from memguard.integrations.beat import Scheduler
 
-import logging
-from typing import Any
-
-import redis
-from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
-from redis.exceptions import LockError
-
-logger = logging.getLogger("memguard.beat")
-
-
-class Scheduler(RedBeatScheduler):
-    """RedBeat, with the lock taken and kept on every tick and Redis errors survived."""
-
-    def tick(self, min: Any = min, **kwargs: Any) -> float:
-        try:
-            if self.lock_key and not self._hold_lock():
-                return self.max_interval
-            remaining = []
-            for entry in self.schedule.values():
-                next_time = self.maybe_due(entry, **self._maybe_due_kwargs)
-                if next_time:
-                    remaining.append(next_time)
-            return min([*remaining, self.max_interval])
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            logger.warning("beat: Redis unreachable (%s); scheduling resumes when it is back",
-                           type(exc).__name__)
-            return self.max_interval
-
-    def _hold_lock(self) -> bool:
-        """True while this beat holds the RedBeat lock; takes it if it is free."""
-        lock = self.lock
-        if lock is not None:
-            try:
-                lock.extend(int(self.lock_timeout))
-                return True
-            except LockError:
-                logger.warning("beat: lost the lock (it expired while Redis was away); taking it again")
-                self.lock = None
-        client = get_redis(self.app)
-        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
-        lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
-        if not lock.acquire(blocking=False):
-            return False
-        logger.info("beat: Acquired lock")
-        self.lock = lock
-        self.setup_schedule()  # a Redis that lost its data gets the static entries back
-        return True
+__all__ = ["Scheduler"]

@@ -8,15 +8,17 @@ module that starts with ``from memguard.celeryconfig import *`` and name it in
 
 import os
 
-from memguard.connection import celery_transport
+from memguard.config.settings import SettingsError
+from memguard.config.target import celery_transport
 
 # The broker (and the results, unless CELERY_RESULT_BACKEND says otherwise) follow
 # CELERY_BROKER_URL, else REDIS_URL: on Sentinel in kombu's sentinel:// form. A Redis Cluster
 # cannot carry them, so CELERY_BROKER_URL must then name another Redis (RedBeat uses it too).
+# A bad REDIS_URL is a SettingsError naming it; the ready app (memguard.celery) exits with it.
 try:
     _transport = celery_transport(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0", os.environ)
 except ValueError as exc:
-    raise SystemExit(f"memguard: REDIS_URL: {exc}") from None
+    raise SettingsError(f"invalid configuration: REDIS_URL: {exc}") from None
 broker_url = _transport["broker_url"]
 broker_transport_options = _transport["broker_transport_options"]
 result_backend = _transport["result_backend"]

@@ -1,20 +1,21 @@
 """The request-path entry points: guarded reads (memguard's own and the application's).
 
-Both resolve the process's guard at call time, so a function decorated at import is
-correct in a forked child and after ``runtime.configure``. Neither raises what Zep, Redis
-or a bad configuration raised: the value is ``None`` and ``meta`` says why.
+Both resolve the process's guard at call time (``memguard.process.get``), so a function
+decorated at import is correct in a forked child and after ``process.configure``. Neither
+raises what Zep, Redis or a bad configuration raised: the value is ``None`` and ``meta`` says
+why.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from memguard import events, runtime
-from memguard.modes import EffectiveMode
-from memguard.settings import SettingsError
+from memguard import process
+from memguard.config.settings import SettingsError
+from memguard.domain import events
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,12 +39,12 @@ def fetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     ``meta["source"] == "write_only_forced"`` and makes no call to Zep.
     """
     try:
-        rt = runtime.get()
-        reader = rt.reader
+        proc = process.get()
+        reader = proc.readers.reader
     except SettingsError as exc:
         return None, _config_error(exc)
-    timeout_s = rt.settings.read_timeout_s
-    return rt.guard.call(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
+    timeout_s = proc.settings.read_timeout_s
+    return proc.guard.call(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
 
 
 async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
@@ -53,12 +54,12 @@ async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     and nothing here blocks the loop (failures are recorded with ``redis.asyncio``).
     """
     try:
-        rt = runtime.get()
-        reader = rt.areader()
+        proc = process.get()
+        reader = proc.readers.areader()
     except SettingsError as exc:
         return None, _config_error(exc)
-    timeout_s = rt.settings.read_timeout_s
-    return await rt.guard.acall(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
+    timeout_s = proc.settings.read_timeout_s
+    return await proc.guard.acall(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
 
 
 @overload
@@ -91,31 +92,31 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
     def decorate(read: Callable[..., Any]) -> Callable[..., Any]:
         first = next(iter(inspect.signature(read).parameters), None)
 
-        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[runtime.Runtime, str, float]:
-            """The runtime (raises SettingsError), the thread id and the read's budget."""
-            rt = runtime.get()
+        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[process.Process, str, float]:
+            """The process (raises SettingsError), the thread id and the read's budget."""
+            proc = process.get()
             thread_id = str(args[0] if args else kwargs.get(first, ""))
-            return rt, thread_id, (timeout_ms or rt.settings.read_timeout_ms) / 1000.0
+            return proc, thread_id, (timeout_ms or proc.settings.read_timeout_ms) / 1000.0
 
         if inspect.iscoroutinefunction(read):
 
             @functools.wraps(read)
             async def awrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
                 try:
-                    rt, thread_id, budget_s = resolve(args, kwargs)
+                    proc, thread_id, budget_s = resolve(args, kwargs)
                 except SettingsError as exc:
                     return None, _config_error(exc)
-                return await rt.guard.acall(thread_id, read, args, kwargs, budget_s=budget_s)
+                return await proc.guard.acall(thread_id, read, args, kwargs, budget_s=budget_s)
 
             return awrapper
 
         @functools.wraps(read)
         def wrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
             try:
-                rt, thread_id, budget_s = resolve(args, kwargs)
+                proc, thread_id, budget_s = resolve(args, kwargs)
             except SettingsError as exc:
                 return None, _config_error(exc)
-            return rt.guard.call(thread_id, read, args, kwargs, budget_s=budget_s)
+            return proc.guard.call(thread_id, read, args, kwargs, budget_s=budget_s)
 
         return wrapper
 
@@ -123,18 +124,5 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
 
 
 def _config_error(exc: SettingsError) -> Meta:
-    events.emit(events.GuardTrouble("config_error", "read", str(exc)))
+    process.hooks.emit(events.GuardTrouble("config_error", "read", str(exc)))
     return {"used": False, "source": "config_error", "error": str(exc)}
-
-
-def add_messages(thread_id: str, messages: Sequence[dict[str, str]]) -> bool:
-    """Write messages to Zep unless FLAG_ZEP_WRITE is off; a forced write_only never blocks writes.
-
-    Errors from Zep and a bad configuration are raised: the caller decides whether a lost
-    write matters.
-    """
-    rt = runtime.get()
-    if rt.state.base is EffectiveMode.OFF:
-        return False
-    rt.reader.add_messages(thread_id, messages)
-    return True

@@ -1,4 +1,4 @@
-"""Fixtures: a private redis-server, the Zep stub, and a configured memguard runtime."""
+"""Fixtures: a private redis-server, the Zep stub, and a configured memguard process."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 from celery import Celery
 
-from memguard import events, runtime
-from memguard.localstack import CeleryProcess, RedisServer, stack_env
-from memguard.settings import Settings
-from memguard.zepstub import ZepStub
+from memguard import process
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env
+from memguard.drill.zepstub import ZepStub
 
 API_KEY = "test-key-Zq7"
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,9 +47,9 @@ def stub() -> Iterator[ZepStub]:
 def recorded() -> Iterator[list[events.Event]]:
     """Every event the guard emits during the test."""
     seen: list[events.Event] = []
-    events.subscribe(seen.append)
+    process.hooks.subscribe(seen.append)
     yield seen
-    events.unsubscribe(seen.append)
+    process.hooks.unsubscribe(seen.append)
 
 
 def make_settings(redis_url: str, stub: ZepStub, **kw) -> Settings:
@@ -61,10 +62,10 @@ def make_settings(redis_url: str, stub: ZepStub, **kw) -> Settings:
 @pytest.fixture
 def configure(redis_db, redis_server: RedisServer, stub: ZepStub):
     """Build the process runtime against the private Redis and the stub."""
-    built: list[runtime.Runtime] = []
+    built: list[process.Process] = []
 
-    def _configure(**kw) -> runtime.Runtime:
-        rt = runtime.configure(make_settings(kw.pop("redis_url", redis_server.url), stub, **kw))
+    def _configure(**kw) -> process.Process:
+        rt = process.configure(make_settings(kw.pop("redis_url", redis_server.url), stub, **kw))
         assert rt.watcher.wait_ready(), "watcher did not subscribe"
         built.append(rt)
         return rt
@@ -92,9 +93,9 @@ def stack(tmp_path, stub, monkeypatch):
             procs.append(p)
             return p.start()
 
-        def use(**kw) -> runtime.Runtime:
+        def use(**kw) -> process.Process:
             s = Settings.from_env(env(**{k: str(v) for k, v in kw.items()}))
-            rt = runtime.configure(s)
+            rt = process.configure(s)
             rt.watcher.wait_ready()
             return rt
 
@@ -102,7 +103,7 @@ def stack(tmp_path, stub, monkeypatch):
                               sender=Celery(broker=server.url, backend=server.url))
         for p in procs:
             p.stop()
-        runtime.get().close()
+        process.get().close()
 
 
 # The modules that spend longest waiting on real clocks start first, so that with

@@ -15,10 +15,11 @@ import requests
 from celery import Celery
 
 import memguard
-from memguard import events, flags, runtime
-from memguard.localstack import CeleryProcess, RedisServer, stack_env, wait_for
-from memguard.settings import Settings
-from memguard.zepstub import ZepStub
+from memguard import flags, process
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env, wait_for
+from memguard.drill.zepstub import ZepStub
 
 from .conftest import API_KEY, ROOT, make_settings
 
@@ -82,7 +83,7 @@ def test_example_app_prefork_two_beats_free_reads_and_failover(example, stub):
     standby = next(b for b in beats if b is not active[0])
 
     # Kill the active beat while the fleet is forced: the standby takes over and probes.
-    rt = runtime.configure(make_settings(example.state.url, stub))
+    rt = process.configure(make_settings(example.state.url, stub))
     flags.force_write_only("manual_ops", ttl_seconds=1)
     killed = time.monotonic()
     active[0].kill()
@@ -180,8 +181,8 @@ def test_importing_memguard_changes_nothing_global():
         "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
         "for s in (signals.setup_logging, signals.worker_init, signals.beat_init, signals.task_prerun):\n"
         "    assert not s.receivers, s\n"
-        "from memguard import runtime\n"
-        "assert runtime._runtime is None\n"
+        "from memguard import process\n"
+        "assert process._current is None\n"
         "print('clean')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -279,7 +280,7 @@ def test_config_error_returns_none_and_is_logged_once(redis_server, redis_db, st
     from memguard import logs
 
     logs.configure(stream=sys.stdout)
-    rt = runtime.configure(Settings(redis_url=redis_server.url, zep_api_url=stub.url, zep_api_key=None))
+    rt = process.configure(Settings(redis_url=redis_server.url, zep_api_url=stub.url, zep_api_key=None))
     try:
         results = [memguard.fetch_thread_context("t") for _ in range(3)]
     finally:

@@ -11,8 +11,10 @@ import time
 import pytest
 
 import memguard
-from memguard import events, flags, runtime, service, steps
-from memguard.localstack import RedisServer
+from memguard import flags, process, service
+from memguard.domain import events
+from memguard.drill.localstack import RedisServer
+from memguard.store import steps
 
 from .conftest import API_KEY, ROOT, make_settings
 
@@ -131,7 +133,7 @@ def test_a_hung_zep_never_stalls_the_loop_and_a_blocking_read_would(configure, s
 
 def test_redis_down_fails_open_on_the_async_path(stub, recorded):
     with RedisServer() as server:
-        rt = runtime.configure(make_settings(server.url, stub))
+        rt = process.configure(make_settings(server.url, stub))
         try:
             assert rt.watcher.wait_ready()
             server.stop()
@@ -179,7 +181,7 @@ def test_call_and_acall_are_one_text_but_for_await():
     helpers and steps both share)."""
     import inspect
 
-    from memguard.guard import Guard
+    from memguard.request.guard import Guard
 
     def body(fn) -> list[str]:
         src = inspect.getsource(fn)

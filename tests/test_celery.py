@@ -11,10 +11,10 @@ import time
 import pytest
 
 from memguard import flags, service
-from memguard.localstack import wait_for
-from memguard.prober import PROBE_THREAD_ID
-from memguard.state import PROBE_LOCK_KEY
-from memguard.zepstub import ZepStub
+from memguard.drill.localstack import wait_for
+from memguard.drill.zepstub import ZepStub
+from memguard.ops.prober import PROBE_THREAD_ID
+from memguard.store.keys import PROBE_LOCK_KEY
 
 from .conftest import ROOT
 
@@ -29,7 +29,7 @@ CELERY_CONSOLE_NOTICE = re.compile(r"worker: (Warm|Cold) shutdown \(MainProcess\
 
 
 def test_drill_passes_end_to_end_with_json_logs_and_no_secret(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "memguard.cli", "drill", "--zep-key", PLANTED_KEY,
+    out = subprocess.run([sys.executable, "-m", "memguard", "drill", "--zep-key", PLANTED_KEY,
                           "--logdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("auth", "failure", "recovery"):

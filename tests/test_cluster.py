@@ -10,11 +10,12 @@ import time
 import pytest
 from redis.cluster import key_slot
 
-from memguard import events, flags, runtime, service
-from memguard.localstack import CeleryProcess, ClusterGroup, free_port, stack_env, wait_for
-from memguard.prober import PROBE_THREAD_ID
-from memguard.settings import Settings
-from memguard.state import FORCED_MODE_KEY, Keys
+from memguard import flags, process, service
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.drill.localstack import CeleryProcess, ClusterGroup, free_port, stack_env, wait_for
+from memguard.ops.prober import PROBE_THREAD_ID
+from memguard.store.keys import FORCED_MODE_KEY, Keys
 
 from .conftest import API_KEY, ROOT, make_settings
 from .test_fleet import FAILURES_EACH, PROCS, fail_together
@@ -67,7 +68,7 @@ def test_cluster_eight_processes_fifty_failures_each_one_downgrade(fresh):
 
 
 def test_cluster_any_writer_is_seen_by_another_process_within_100ms(fresh):
-    rt = runtime.configure(Settings(redis_url=fresh.url, zep_api_key="x"))
+    rt = process.configure(Settings(redis_url=fresh.url, zep_api_key="x"))
     try:
         assert rt.watcher.wait_ready(5)
         owner = str(owner_port(fresh))
@@ -102,11 +103,11 @@ def test_cluster_with_celery_on_a_plain_redis_probes_once_and_the_cli_reads_it(f
     try:
         for p in procs:
             p.start()
-        forced = subprocess.run([sys.executable, "-m", "memguard.cli", "force", "--ttl", "1"], env=env,
+        forced = subprocess.run([sys.executable, "-m", "memguard", "force", "--ttl", "1"], env=env,
                                 capture_output=True, text=True, timeout=30)
         assert forced.returncode == 0, forced.stderr
         wait_for(lambda: stub.reads_of(PROBE_THREAD_ID) == 1, 15, "the probe on the cluster")
-        status = subprocess.run([sys.executable, "-m", "memguard.cli", "status"], env=env,
+        status = subprocess.run([sys.executable, "-m", "memguard", "status"], env=env,
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stderr
         assert status.stdout.startswith("mode:        read_write"), status.stdout
@@ -121,14 +122,14 @@ def test_cluster_with_celery_on_a_plain_redis_probes_once_and_the_cli_reads_it(f
 
 def test_a_cluster_that_is_down_fails_open_and_the_cli_says_so_in_one_line(stub, recorded):
     url = f"redis+cluster://127.0.0.1:{free_port()}"
-    rt = runtime.configure(make_settings(url, stub))
+    rt = process.configure(make_settings(url, stub))
     try:
         context, meta = service.fetch_thread_context("t")
         assert (context, meta["source"]) == ("context for t", "zep")
         assert any(isinstance(e, events.GuardTrouble) and e.kind == "redis_error" for e in recorded)
     finally:
         rt.close()
-    out = subprocess.run([sys.executable, "-m", "memguard.cli", "status"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "memguard", "status"], capture_output=True, text=True,
                          env={**stack_env(url, stub.url, API_KEY)}, timeout=30)
     assert out.returncode == 3 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "cannot reach Redis at redis+cluster://" in out.stderr

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from memguard.state import FORCED_MODE_KEY
+from memguard.store.keys import FORCED_MODE_KEY
 
 from .conftest import API_KEY, ROOT
 

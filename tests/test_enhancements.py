@@ -10,11 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from prometheus_client import REGISTRY
 
-from memguard import events, flags, service
-from memguard.localstack import wait_for
-from memguard.prober import probe_once
-from memguard.settings import Settings
-from memguard.state import NOTIFY_CURSOR_KEY, State
+from memguard import flags, process, service
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.drill.localstack import wait_for
+from memguard.store.keys import NOTIFY_CURSOR_KEY
+from memguard.store.state import State
 
 from .conftest import API_KEY
 
@@ -49,7 +50,7 @@ def test_slow_reads_trip_the_latency_trigger(configure, stub, client):
 
 def test_latency_trip_is_fleet_wide_and_needs_a_slow_median(configure, stub, redis_db):
     rt = configure(read_timeout_ms=2000, latency_threshold_ms=300, latency_min_reads=5)
-    other = State(redis_db, rt.settings)  # another process's batch, through the same script
+    other = State(redis_db, rt.settings, process.hooks)  # another process's batch, through the same script
     other.record_latencies(3, 1, {"via": "test"})
     stub.set_fault("slow", delay_ms=400)
     for _ in range(2):
@@ -85,18 +86,18 @@ def test_failed_probes_double_the_hold_up_to_the_cap_and_success_resets(configur
     for _ in range(3):
         record = flags.get_forced_mode()
         time.sleep(max(0.0, record["until"] - time.time()) + 0.05)
-        assert probe_once(rt)["result"] == "failed"
+        assert rt.ops.probe({"via": "test"})["result"] == "failed"
         record = flags.get_forced_mode()
         holds.append((record["holds"], record["hold_seconds"]))
     assert [h for h, _ in holds] == [2, 3, 4]
     assert 1.8 <= holds[0][1] <= 2.0  # 1 s doubled, less up to 10 % jitter
     assert 2.7 <= holds[1][1] <= 3.0  # 4 s capped at 3
     assert 2.7 <= holds[2][1] <= 3.0
-    st = json.loads(json.dumps(__import__("memguard.ops", fromlist=["status"]).status()))
+    st = json.loads(json.dumps(process.get().ops.status({"via": "test"})))
     assert st["holds"] == 4 and st["hold_seconds"] == holds[2][1] and st["next_probe_at"] == st["until"]
     stub.set_fault("ok")
     time.sleep(max(0.0, flags.get_forced_mode()["until"] - time.time()) + 0.05)
-    assert probe_once(rt)["result"] == "success"
+    assert rt.ops.probe({"via": "test"})["result"] == "success"
     stub.set_fault("401")
     service.fetch_thread_context("t")
     record = flags.get_forced_mode()
@@ -145,13 +146,12 @@ def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stu
     stub.set_fault("503")
     for _ in range(3):
         service.fetch_thread_context("t")
-    from memguard import runtime
 
-    runtime.get().meter.flush()
+    process.get().meter.flush()
     flags.clear_forced_mode()  # empties the latency window: the fast reads above leave it
     stub.set_fault("slow", delay_ms=350)
     service.fetch_thread_context("t")
-    runtime.get().meter.flush()
+    process.get().meter.flush()
     assert flags.get_forced_mode() is None
     assert [w.reason for w in of(events.WouldForce, recorded)] == ["auth", "consecutive_failures", "latency"]
     for reason in before:
@@ -253,7 +253,7 @@ def test_webhooks_once_per_transition_with_two_workers_and_two_beats(stack):
 
 
 def test_webhook_urls_are_checked_and_never_shown():
-    from memguard.settings import SettingsError
+    from memguard.config.settings import SettingsError
 
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"MEMORY_WEBHOOK_URLS": "teams=https://hooks.example/T0/secret-path"})
@@ -267,7 +267,7 @@ def _host(redis_db, settings: Settings, name: str) -> State:
     """Another process, on another host (MEMGUARD_INSTANCE), through the same scripts."""
     from dataclasses import replace
 
-    return State(redis_db, replace(settings, instance=name))
+    return State(redis_db, replace(settings, instance=name), process.hooks)
 
 
 def test_quorum_needs_failures_from_enough_hosts(configure, redis_db):
@@ -295,10 +295,9 @@ def test_auth_quorum_is_optional(configure, stub, redis_db):
 
 
 def _fail_as(url: str, instance: str, failures: int) -> None:
-    from memguard import runtime
 
     env = {"REDIS_URL": url, "ZEP_API_KEY": "x", "MEMORY_QUORUM_HOSTS": "2", "MEMGUARD_INSTANCE": instance}
-    runtime.configure(Settings.from_env(env), watch=False)
+    process.configure(Settings.from_env(env), watch=False)
     for _ in range(failures):
         flags.increment_consecutive_failures()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from memguard import flags, service
-from memguard.state import CONSECUTIVE_FAILURES_KEY, OUTCOMES_KEY, State
+from memguard import flags, process, service
+from memguard.store.keys import CONSECUTIVE_FAILURES_KEY, OUTCOMES_KEY
+from memguard.store.state import State
 
 from .conftest import make_settings
 
@@ -67,14 +68,14 @@ def test_the_healthy_path_writes_nothing_and_a_batch_is_one_script(configure, st
 
 def test_min_reads_and_the_ratio_are_fleet_wide(redis_db, redis_server, stub):
     """Two processes' batches: neither alone has MEMORY_FAILURE_RATE_MIN_READS reads."""
-    a, b = (State(redis_db, make_settings(redis_server.url, stub, **RATE)) for _ in range(2))
+    a, b = (State(redis_db, make_settings(redis_server.url, stub, **RATE), process.hooks) for _ in range(2))
     assert a.record_outcomes(15, 9, {"via": "test"}).status == "counted"
     t = b.record_outcomes(15, 9, {"via": "test"})
     assert t.status == "forced" and t.record.reason == "failure_rate"
 
 
 def test_bad_failure_rate_settings_are_named():
-    from memguard.settings import Settings, SettingsError
+    from memguard.config.settings import Settings, SettingsError
 
     with pytest.raises(SettingsError, match="MEMORY_FAILURE_RATE_THRESHOLD"):
         Settings.from_env({"MEMORY_FAILURE_RATE_THRESHOLD": "50%"})

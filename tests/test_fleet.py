@@ -5,10 +5,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 
-from memguard import events, flags, runtime, service
-from memguard.localstack import RedisServer
-from memguard.settings import Settings
-from memguard.state import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
+from memguard import flags, process, service
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.drill.localstack import RedisServer
+from memguard.store.keys import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
 
 from .conftest import make_settings
 
@@ -17,9 +18,9 @@ FAILURES_EACH = 50
 
 
 def _fail_many(redis_url: str, start, out) -> None:
-    rt = runtime.configure(Settings(redis_url=redis_url, zep_api_key="x"), watch=False)
+    rt = process.configure(Settings(redis_url=redis_url, zep_api_key="x"), watch=False)
     forced = []
-    events.subscribe(lambda e: forced.append(e) if isinstance(e, events.ModeForced) else None)
+    process.hooks.subscribe(lambda e: forced.append(e) if isinstance(e, events.ModeForced) else None)
     start.wait()
     for _ in range(FAILURES_EACH):
         flags.increment_consecutive_failures()
@@ -51,7 +52,7 @@ def test_eight_processes_fifty_failures_each_one_downgrade(redis_server, redis_d
 
 def test_redis_stopped_mid_run_fails_open_and_recovers(stub, recorded):
     with RedisServer() as server:
-        rt = runtime.configure(make_settings(server.url, stub))
+        rt = process.configure(make_settings(server.url, stub))
         try:
             assert rt.watcher.wait_ready()
             assert service.fetch_thread_context("t")[0] == "context for t"

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from memguard import flags, runtime, service
-from memguard.localstack import RedisServer, wait_for
-from memguard.settings import Settings
-from memguard.state import FORCED_MODE_KEY
+from memguard import flags, process, service
+from memguard.config.settings import Settings
+from memguard.drill.localstack import RedisServer, wait_for
+from memguard.store.keys import FORCED_MODE_KEY
 
 TRIALS = 10
 BOUND_MS = 100
@@ -26,7 +26,7 @@ BOUND_MS = 100
 
 def _reader(url: str, conn) -> None:
     """Another process: report (perf_counter) when its guard first sees the wanted state."""
-    rt = runtime.configure(Settings(redis_url=url, zep_api_key="x"))
+    rt = process.configure(Settings(redis_url=url, zep_api_key="x"))
     rt.watcher.wait_ready(5)
     conn.send("ready")
     while (want := conn.recv()) is not None:
@@ -104,7 +104,7 @@ def test_any_writer_is_seen_by_another_process_within_100ms(reader, redis_server
 
 
 def _idle(url: str, ready, stop) -> None:
-    rt = runtime.configure(Settings(redis_url=url, zep_api_key="x"))
+    rt = process.configure(Settings(redis_url=url, zep_api_key="x"))
     rt.watcher.wait_ready(5)
     ready.set()
     stop.wait(60)

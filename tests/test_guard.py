@@ -8,10 +8,11 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from memguard import events, flags, service
-from memguard.modes import EffectiveMode
-from memguard.prober import PROBE_THREAD_ID, probe_once
-from memguard.state import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
+from memguard import flags, process, service
+from memguard.domain import events
+from memguard.domain.modes import EffectiveMode
+from memguard.ops.prober import PROBE_THREAD_ID
+from memguard.store.keys import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
 
 CLIENTS = ["zep-python", "zep-cloud"]
 
@@ -112,19 +113,19 @@ def test_probe_success_restores(configure, stub, recorded):
     rt = configure(hold_seconds=1)
     stub.set_fault("401")
     service.fetch_thread_context("t-5")
-    assert probe_once(rt)["result"] == "held"
+    assert rt.ops.probe({"via": "test"})["result"] == "held"
     stub.set_fault("ok")
     time.sleep(1.05)
     # Past the hold, reads stay blocked until the probe succeeds.
     assert service.fetch_thread_context("t-5")[1]["source"] == "write_only_forced"
-    result = probe_once(rt)
+    result = rt.ops.probe({"via": "test"})
     assert result["result"] == "success"
     assert stub.reads_of(PROBE_THREAD_ID) == 1
     assert flags.get_forced_mode() is None
     assert service.fetch_thread_context("t-5")[0] == "context for t-5"
     restored = of(events.ModeRestored, recorded)
     assert [(e.mode, e.reason) for e in restored] == [("read_write", "probe_success")]
-    assert probe_once(rt)["result"] == "idle"
+    assert rt.ops.probe({"via": "test"})["result"] == "idle"
 
 
 def test_probe_failure_holds_again(configure, stub, recorded):
@@ -133,7 +134,7 @@ def test_probe_failure_holds_again(configure, stub, recorded):
     stub.set_fault("hang")
     time.sleep(1.05)
     started = time.monotonic()
-    result = probe_once(rt)
+    result = rt.ops.probe({"via": "test"})
     assert time.monotonic() - started < 1.0, "the probe must respect its 150 ms budget"
     assert result["result"] == "failed"
     record = flags.get_forced_mode()
@@ -235,10 +236,10 @@ def test_force_from_elsewhere_is_seen_and_a_broken_channel_fails_safe(configure,
     configure()
     assert service.fetch_thread_context("t")[1]["used"] is True
     # Another process forces (here: its script run from a separate client).
-    from memguard.settings import Settings
-    from memguard.state import State
+    from memguard.config.settings import Settings
+    from memguard.store.state import State
 
-    other = State(redis_db, Settings())
+    other = State(redis_db, Settings(), process.hooks)
     other.force("manual_ops", 60, {"via": "test"}, auto=False)
     deadline = time.monotonic() + 5
     while service.fetch_thread_context("t")[1]["used"] and time.monotonic() < deadline:

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from memguard import flags
-from memguard.localstack import free_port, wait_for
+from memguard.drill.localstack import free_port, wait_for
 
 from .conftest import API_KEY
 

@@ -9,14 +9,16 @@ import time
 
 import pytest
 
-from memguard import audit, flags, service
-from memguard.localstack import free_port
+from memguard import flags, service
+from memguard.drill.localstack import free_port
+from memguard.ops import audit
+from memguard.store.keys import AUDIT_KEY
 
 from .test_adoption import example  # noqa: F401 - the example app's fixture
 
 
 def memguard_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "memguard.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "memguard", *args], env=env, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -61,23 +63,22 @@ def test_refused_celery_call_is_in_history_within_a_second_without_a_result_back
 
 
 def test_history_records_every_transition_and_probe(configure, stub, redis_db):
-    from memguard.prober import probe_once
 
     rt = configure(hold_seconds=1, hold_max_seconds=1)  # no backoff: every hold 1 s (less jitter)
     stub.set_fault("401")
     service.fetch_thread_context("t")  # forced: auth
     time.sleep(1.05)
-    probe_once(rt)  # failed: reforced
+    rt.ops.probe({"via": "test"})  # failed: reforced
     stub.set_fault("ok")
     time.sleep(1.05)
-    probe_once(rt)  # success: restored
+    rt.ops.probe({"via": "test"})  # success: restored
     flags.force_write_only("manual_ops", 60)
     flags.clear_forced_mode()
-    kinds = [(e["event"], e.get("reason") or e.get("result")) for e in audit.history(redis_db, 20)]
+    kinds = [(e["event"], e.get("reason") or e.get("result")) for e in audit.history(redis_db, AUDIT_KEY, 20)]
     assert kinds == [("forced", "auth"), ("probe", "failed"), ("forced", "probe_failed"),
                      ("probe", "success"), ("restored", "probe_success"), ("forced", "manual_ops"),
                      ("manual_clear", "manual_clear")]
-    stamps = [e["time"] for e in audit.history(redis_db, 20)]
+    stamps = [e["time"] for e in audit.history(redis_db, AUDIT_KEY, 20)]
     assert stamps == sorted(stamps)
 
 
@@ -103,5 +104,5 @@ def test_cli_refusal_names_every_error_and_changes_nothing(redis_server, redis_d
     assert out.stderr.splitlines() == [
         "memguard: reason must be a non-empty string, got ''; ttl_seconds must be between 1 and 86400, got 0"]
     assert redis_db.get(flags.FORCED_MODE_KEY) is None
-    last = audit.last_operator_action(redis_db)
+    last = audit.last_operator_action(redis_db, AUDIT_KEY)
     assert last["outcome"] == "refused" and last["by"]["via"] == "cli"

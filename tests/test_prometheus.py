@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from memguard.localstack import free_port, wait_for
+from memguard.drill.localstack import free_port, wait_for
 
 from .conftest import ROOT
 
@@ -86,8 +86,9 @@ class Prometheus:
 
 READER = """
 import sys, time
-from memguard import metrics, service
-metrics.serve(int(sys.argv[1]), "127.0.0.1")
+from memguard import service
+from memguard import process
+process.serve_metrics(int(sys.argv[1]), "127.0.0.1")
 while True:
     service.fetch_thread_context("live-reader")
     time.sleep(0.02)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from memguard import flags
-from memguard.localstack import wait_for
-from memguard.prober import PROBE_THREAD_ID
+from memguard.drill.localstack import wait_for
+from memguard.ops.prober import PROBE_THREAD_ID
 
 
 def test_two_beats_survive_a_redis_restart_and_the_next_hold_is_probed_once(stack):

@@ -11,7 +11,8 @@ import sys
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from memguard import flags, metrics, service
+from memguard import flags, process, service
+from memguard.observe import metrics
 
 from .conftest import ROOT
 
@@ -28,11 +29,10 @@ def test_promtool_rule_tests_pass():
 
 
 def test_every_dashboard_metric_exists_in_a_real_scrape(configure, stub):
-    from memguard.prober import probe_once
 
     rt = configure()
-    metrics.registry()
-    probe_once(rt)  # a probe tick: the heartbeat exists
+    metrics.registry(process.current_state)
+    rt.ops.probe({"via": "test"})  # a probe tick: the heartbeat exists
     stub.set_fault("503")
     service.fetch_thread_context("t")
     stub.set_fault("ok")
@@ -63,6 +63,6 @@ def test_playbook_commands_name_real_tasks_and_subcommands():
     subs = set(re.findall(r"^memguard (\w+)", code, re.M))
     assert {"status", "force", "clear", "probe", "drill"} <= subs
     for sub in subs:
-        out = subprocess.run([sys.executable, "-m", "memguard.cli", sub, "--help"], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "memguard", sub, "--help"], capture_output=True,
                              text=True)
         assert out.returncode == 0, f"memguard {sub}: {out.stderr}"

@@ -10,11 +10,12 @@ import time
 
 import pytest
 
-from memguard import events, flags, runtime, service
-from memguard.localstack import CeleryProcess, SentinelGroup, stack_env, wait_for
-from memguard.prober import PROBE_THREAD_ID
-from memguard.settings import Settings
-from memguard.state import FORCED_MODE_KEY
+from memguard import flags, process, service
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.drill.localstack import CeleryProcess, SentinelGroup, stack_env, wait_for
+from memguard.ops.prober import PROBE_THREAD_ID
+from memguard.store.keys import FORCED_MODE_KEY
 
 from .conftest import API_KEY, ROOT
 from .test_freshness import BOUND_MS, original_record, reader_process
@@ -34,13 +35,13 @@ def sentinel_stack(tmp_path, stub, monkeypatch):
         try:
             for p in procs:
                 p.start()
-            rt = runtime.configure(Settings.from_env(env))
+            rt = process.configure(Settings.from_env(env))
             assert rt.watcher.wait_ready(5)
             yield group, procs, rt
         finally:
             for p in procs:
                 p.stop()
-            runtime.get().close()
+            process.get().close()
 
 
 class Reads(threading.Thread):
@@ -109,11 +110,11 @@ def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(se
     assert rt.state.client.connection_pool.get_master_address()[1] == new
     # The operator's CLI follows the master too.
     env = stack_env(group.url, stub.url, API_KEY, **HOLD)
-    forced = subprocess.run([sys.executable, "-m", "memguard.cli", "force", "--ttl", "60"], env=env,
+    forced = subprocess.run([sys.executable, "-m", "memguard", "force", "--ttl", "60"], env=env,
                             capture_output=True, text=True, timeout=30)
     assert forced.returncode == 0, forced.stderr
     assert new_master.get(FORCED_MODE_KEY) is not None
-    status = subprocess.run([sys.executable, "-m", "memguard.cli", "status"], env=env, capture_output=True,
+    status = subprocess.run([sys.executable, "-m", "memguard", "status"], env=env, capture_output=True,
                             text=True, timeout=30)
     assert status.stdout.startswith("mode:        write_only"), status.stdout
 
@@ -122,7 +123,7 @@ def test_primary_killed_under_reads_the_fleet_follows_the_promoted_replica(stub,
     """A real outage: kill -9 of the primary. The sentinels promote the replica after
     down-after-milliseconds (1 s here); reads fail open meanwhile and never raise."""
     with SentinelGroup() as group:
-        rt = runtime.configure(Settings(redis_url=group.url, zep_api_url=stub.url, zep_api_key=API_KEY))
+        rt = process.configure(Settings(redis_url=group.url, zep_api_url=stub.url, zep_api_key=API_KEY))
         try:
             assert rt.watcher.wait_ready(5)
             reads = Reads()

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from memguard.settings import VARIABLE_NAMES, Settings, SettingsError
+from memguard.config.settings import VARIABLE_NAMES, Settings, SettingsError
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
@@ -30,9 +30,12 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     from django.http import HttpResponse
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from memguard import metrics  # its counters register when first served, not in INSTALLED_APPS
+    # Its counters register when first served, not when INSTALLED_APPS is loaded.
+    from memguard import process
+    from memguard.observe import metrics
 
-    return HttpResponse(generate_latest(metrics.registry()), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(generate_latest(metrics.registry(process.current_state)),
+                        content_type=CONTENT_TYPE_LATEST)
 
 
 def settings_from_django() -> Settings:

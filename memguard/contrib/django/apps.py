@@ -12,7 +12,7 @@ class MemguardConfig(AppConfig):
 
     def ready(self) -> None:
         # Only where settings come from: nothing is built until the first guarded read.
-        from memguard import runtime
+        from memguard import process
         from memguard.contrib.django import settings_from_django
 
-        runtime.set_settings_loader(settings_from_django)
+        process.set_settings_loader(settings_from_django)

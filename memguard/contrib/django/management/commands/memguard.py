@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from memguard import cli
+from memguard.integrations import cli
 
 COMMANDS = ("status", "force", "clear", "history")
 

@@ -1,0 +1,134 @@
+"""What happened, as small frozen dataclasses handed to the subscribers of a ``Hooks``.
+
+The guard core only emits these; metrics, logs, the audit trail and anything else (tests,
+the drill) subscribe. A subscriber that raises never breaks a read: it is reported on stderr
+and skipped. The process's one ``Hooks`` is made by ``memguard.process`` and handed to every
+object that emits.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+def origin(via: str, **extra: Any) -> dict[str, Any]:
+    """Who changed the state: kept in the record, the audit trail and the log line."""
+    return {"via": via, "host": socket.gethostname(), "pid": os.getpid(), **extra}
+
+
+@dataclass(frozen=True)
+class ModeForced:
+    prev_mode: str
+    next_mode: str
+    reason: str
+    hold_seconds: float
+    until: float
+    holds: int = 1
+    fail_count: int | None = None
+    by: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class WouldForce:
+    """DISABLE_AUTO_DOWNGRADE is set: this trigger would have forced write_only."""
+
+    reason: str
+    hold_seconds: float
+    fail_count: int | None = None
+
+
+@dataclass(frozen=True)
+class ModeRestored:
+    mode: str
+    reason: str  # probe_success, manual_clear, lapsed
+    previous_reason: str
+    by: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ReadBlocked:
+    thread_id: str
+    reason: str
+    until: float
+
+
+@dataclass(frozen=True)
+class FailureRecorded:
+    reason: str  # auth, timeout, connection, http_5xx, rate_limited, http_4xx, bad_payload, ...
+    action: str  # force, count, ignore
+    status: int | None
+    thread_id: str | None
+    fail_count: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeFinished:
+    result: str  # success, failed, lost, superseded
+    duration_seconds: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ReadFinished:
+    """A read that went to Zep and returned; overhead is what the guard itself added."""
+
+    overhead_seconds: float
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """An operator asked for something (force, clear, probe, status): accepted or refused."""
+
+    action: str
+    accepted: bool
+    errors: tuple[str, ...] = ()
+    by: dict[str, Any] | None = None
+    arguments: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class GuardTrouble:
+    """The guard's own parts misbehaved: Redis errors, corrupt keys, lost events."""
+
+    kind: str  # redis_error, corrupt_state, config_error, webhook_failed, master_switch
+    op: str
+    detail: str = ""
+
+
+Event = (ModeForced | WouldForce | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished
+         | OperatorAction | GuardTrouble)
+Subscriber = Callable[[Event], None]
+
+
+
+class Hooks:
+    """The subscribers of one process: every event goes to each, in subscription order."""
+
+    def __init__(self) -> None:
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._lock = threading.Lock()
+
+    def subscribe(self, fn: Subscriber) -> Subscriber:
+        """Register ``fn`` for every event (idempotent); usable as a decorator."""
+        with self._lock:
+            if fn not in self._subscribers:
+                self._subscribers = (*self._subscribers, fn)
+        return fn
+
+    def unsubscribe(self, fn: Subscriber) -> None:
+        with self._lock:
+            self._subscribers = tuple(s for s in self._subscribers if s != fn)
+
+    def emit(self, event: Event) -> None:
+        for fn in self._subscribers:
+            try:
+                fn(event)
+            except Exception as exc:  # a broken hook must never break a read
+                print(f"memguard: event subscriber {fn!r} failed: {exc!r}", file=sys.stderr)

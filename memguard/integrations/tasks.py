@@ -1,0 +1,195 @@
+"""The whole Celery integration: the four tasks, the probe's beat entry, beat settings that
+keep the RedBeat lock, start-up checks, logging and metrics hooks.
+
+An application's own Celery app gets everything with one call::
+
+    import memguard
+    memguard.install(app)
+
+Settings come from the environment (see docs/settings.md); Celery-side choices from
+``app.conf`` keys prefixed ``memguard_`` (``memguard_probe_interval``). Nothing here runs at
+import: ``install`` registers the tasks on that app and connects its signal handlers, and each
+task resolves the process's objects (``memguard.process.get``) when it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import structlog
+from celery import Celery, Task, signals
+from celery.utils.imports import symbol_by_name
+
+from memguard import process
+from memguard.config.settings import Settings, SettingsError
+from memguard.domain import events
+from memguard.domain.events import origin
+from memguard.observe import logs, metrics
+from memguard.ops.actions import OperatorError
+from memguard.ops.prober import Probe
+from memguard.request.zep import make_reader
+
+PROBE_SCHEDULE_NAME = "memguard-probe"
+SCHEDULER = "memguard.beat.Scheduler"  # RedBeat that rides through Redis blips
+# Beat settings memguard gives an app that has not chosen its own: beat wakes every second
+# and the RedBeat lock outlives five wake-ups and one probe interval, so a standby takes
+# over within ~6 s (Celery's and RedBeat's own defaults would make that 25 minutes).
+LOOP_INTERVAL_S = 1.0
+LOCK_LOOPS = 5
+
+
+def _by(task: Task) -> dict[str, Any]:
+    return origin("task", task_id=task.request.id, sent_from=task.request.origin or None)
+
+
+def _operator_call(task: Task, action: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   **extra: Any) -> Any:
+    """Run an operator action as who sent it; a refusal is recorded and logged by the action."""
+    fn: Callable[..., Any] = getattr(process.get().ops, action)
+    return fn(_by(task), positional=args, **kwargs, **extra)
+
+
+def probe_entry(settings: Settings, interval: float | None = None) -> dict[str, Any]:
+    interval = float(interval or settings.probe_interval_seconds)
+    # A tick that waited longer than one interval in the queue is stale: drop it.
+    return {"task": "memguard.probe", "schedule": interval, "options": {"expires": interval}}
+
+
+def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False) -> Celery:
+    """Give ``app`` memguard's tasks, the probe's beat entry and safe beat settings.
+
+    ``probe`` replaces memguard's Zep read as the probe (a callable taking the timeout in
+    seconds that raises on failure). ``json_logs`` takes over Celery's logging and sends
+    every line as JSON with secrets redacted. A bad configuration is reported in one line
+    when a worker or beat of this app starts, not here.
+    """
+    try:
+        settings: Settings | None = process.load_settings()
+    except SettingsError:
+        settings = None
+    _register_tasks(app, probe)
+
+    def configure_beat(conf: Any) -> None:
+        entry = probe_entry(settings or Settings(), conf.get("memguard_probe_interval"))
+        conf.beat_schedule = {PROBE_SCHEDULE_NAME: entry, **(conf.beat_schedule or {})}
+        if conf.get("redbeat_lock_timeout") is None:  # RedBeat's default would be 5 x 300 s
+            loop = float(conf.beat_max_loop_interval)
+            conf.redbeat_lock_timeout = max(LOCK_LOOPS * loop, entry["schedule"] + loop)
+
+    # Celery's own default (0, meaning 300 s) counts as set for conf.setdefault: add a
+    # default that ranks above Celery's and below anything the app sets itself.
+    app.add_defaults({"beat_max_loop_interval": LOOP_INTERVAL_S, "beat_scheduler": SCHEDULER,
+                      **(settings or Settings()).redis_target.redbeat_conf()})
+    if app.configured:
+        configure_beat(app.conf)
+    else:
+        app.on_after_configure.connect(lambda sender, **_: configure_beat(sender.conf), weak=False)
+
+    def check_worker(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            _exit_on_config_error(probe)
+            port = os.environ.get("MEMGUARD_METRICS_PORT")
+            if port:
+                process.serve_metrics(int(port))
+
+    def check_beat(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            _exit_on_config_error(probe)
+            _exit_on_losing_lock(app, sender)
+
+    signals.worker_init.connect(check_worker, weak=False)
+    signals.beat_init.connect(check_beat, weak=False)
+    # Process-wide hooks, connected once however many apps install memguard.
+    signals.worker_process_shutdown.connect(_mark_dead, weak=False, dispatch_uid="memguard-mark-dead")
+    if json_logs:
+        signals.setup_logging.connect(_setup_logging, weak=False, dispatch_uid="memguard-json-logs")
+        signals.task_prerun.connect(_bind_task, weak=False, dispatch_uid="memguard-bind-task")
+    return app
+
+
+def _register_tasks(app: Celery, probe: Probe | None) -> None:
+    # A refusal is an expected outcome: Celery logs it in one line, without a traceback.
+    opts: dict[str, Any] = {"bind": True, "shared": False, "throws": (OperatorError,)}
+
+    @app.task(name="memguard.force", **opts)
+    def force(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Force write_only fleet-wide: kwargs reason (default manual_ops), ttl_seconds (600)."""
+        return _operator_call(self, "force", args, kwargs)
+
+    @app.task(name="memguard.clear", **opts)
+    def clear(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Remove the forced record now."""
+        return _operator_call(self, "clear", args, kwargs)
+
+    @app.task(name="memguard.status", **opts)
+    def status(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The fleet's mode, record, seconds left and failure count."""
+        return _operator_call(self, "status", args, kwargs)
+
+    @app.task(name="memguard.probe", ignore_result=True, **opts)
+    def probe_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Beat's tick: probe Zep once fleet-wide if a hold has expired, then send the
+        notifications no other prober has taken."""
+        result = _operator_call(self, "probe", args, kwargs, probe=probe)
+        try:
+            process.get().notifier.deliver()
+        except redis.RedisError as exc:
+            process.hooks.emit(events.GuardTrouble("redis_error", "notify", type(exc).__name__))
+        return result
+
+
+def _exit_on_config_error(probe: Probe | None) -> None:
+    """Stop a worker or beat before it is ready, with one line naming the variable."""
+    try:
+        settings = process.load_settings()
+        if probe is None:
+            make_reader(settings)  # memguard's own probe reads Zep: it needs ZEP_API_KEY
+    except SettingsError as exc:
+        exit_config(str(exc))
+
+
+def _exit_on_losing_lock(app: Celery, beat: Any) -> None:
+    """Refuse settings under which RedBeat would lose its lock between two wake-ups."""
+    from redbeat import RedBeatScheduler
+
+    scheduler = getattr(beat, "scheduler_cls", None)
+    if isinstance(scheduler, str):
+        scheduler = symbol_by_name(scheduler)
+    if not (isinstance(scheduler, type) and issubclass(scheduler, RedBeatScheduler)):
+        return
+    conf = app.conf
+    loop = float(beat.max_interval or conf.beat_max_loop_interval or 300)
+    lock = float(conf.redbeat_lock_timeout or loop * 5)
+    probe_interval = float(conf.beat_schedule.get(PROBE_SCHEDULE_NAME, {}).get("schedule", 0) or 0)
+    if lock <= loop:
+        exit_config(f"redbeat_lock_timeout ({lock:g} s) must be longer than beat_max_loop_interval "
+                    f"({loop:g} s), or beat loses its lock between two wake-ups: raise "
+                    "redbeat_lock_timeout (5 x the loop interval) or lower beat_max_loop_interval")
+    if lock <= probe_interval:
+        exit_config(f"redbeat_lock_timeout ({lock:g} s) must be longer than the memguard probe interval "
+                    f"({probe_interval:g} s): raise redbeat_lock_timeout or lower "
+                    "MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS")
+
+
+def exit_config(message: str) -> None:
+    # The process's real stderr: beat redirects sys.stderr into its logger by then.
+    print(f"memguard: {message}", file=sys.__stderr__, flush=True)
+    os._exit(78)  # EX_CONFIG: before Celery's handlers can add a traceback
+
+
+def _mark_dead(pid: int | None = None, **_: Any) -> None:
+    metrics.mark_process_dead(pid or os.getpid())
+
+
+def _setup_logging(loglevel: str | int | None = None, **_: Any) -> None:
+    level = loglevel if isinstance(loglevel, str) else "INFO"
+    logs.configure(level=level.upper())
+
+
+def _bind_task(task_id: str | None = None, task: Task | None = None, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task_name=getattr(task, "name", None))

@@ -1,0 +1,166 @@
+"""Structured JSON logs: the event subscriber and the structlog/stdlib set-up.
+
+Event names are fixed by DESIGN.md. A redaction step runs on every line, memguard's and
+foreign (Celery's) alike, so the Zep API key, Redis passwords and Authorization headers
+never reach a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import re
+import sys
+import threading
+import time
+from typing import Any
+
+import structlog
+
+from memguard.config.settings import webhook_entries
+from memguard.domain import events
+
+log = structlog.get_logger("memguard")
+
+BLOCKED_LOG_INTERVAL_S = 1.0
+REDACTED = "[REDACTED]"
+_SECRET_KEYS = re.compile(r"(authorization|api[_-]?key|password|passwd|secret|token)$", re.I)
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)([^@\s]+)(@)")
+_AUTH_HEADER = re.compile(r"(Api-Key|Bearer|Basic)\s+[^\s'\",}]+", re.I)
+
+
+def _secret_values() -> list[str]:
+    values = [os.environ.get("ZEP_API_KEY", "")]
+    values += [url for _, url in webhook_entries(os.environ.get("MEMORY_WEBHOOK_URLS", ""))]
+    for var in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        m = _URL_PASSWORD.search(os.environ.get(var, ""))
+        if m:
+            values.append(m.group(2))
+    return [v for v in values if len(v) >= 4]
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for value in secrets:
+        text = text.replace(value, REDACTED)
+    text = _URL_PASSWORD.sub(rf"\1{REDACTED}\3", text)
+    return _AUTH_HEADER.sub(rf"\1 {REDACTED}", text)
+
+
+def redact(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: drop secret-named fields, scrub secret values from the rest."""
+    return _scrub_nested(event_dict, _secret_values())
+
+
+def _scrub_nested(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if _SECRET_KEYS.search(str(k)) else _scrub_nested(v, secrets)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_nested(v, secrets) for v in value]
+    return _scrub(value, secrets) if isinstance(value, str) else value
+
+
+SHARED_PROCESSORS: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.format_exc_info,
+    redact,
+]
+
+
+def configure(level: str = "INFO", stream: Any = None) -> None:
+    """Send every log line (memguard's and the stdlib's) to ``stream`` as one JSON object."""
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {
+            "()": structlog.stdlib.ProcessorFormatter,
+            "foreign_pre_chain": SHARED_PROCESSORS,
+            "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                           structlog.processors.JSONRenderer()],
+        }},
+        "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "json",
+                             "stream": stream or sys.stdout}},
+        "root": {"handlers": ["out"], "level": level},
+        # One line per HTTP request would drown the signal.
+        "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    })
+    logging.captureWarnings(True)  # Python warnings become JSON lines too
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, *SHARED_PROCESSORS,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+class _Sampler:
+    """At most one line per interval per key; says how many were left out."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.next_at: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def take(self, key: str) -> int | None:
+        now = time.monotonic()
+        with self.lock:
+            if now < self.next_at.get(key, 0.0):
+                self.suppressed[key] = self.suppressed.get(key, 0) + 1
+                return None
+            self.next_at[key] = now + self.interval
+            return self.suppressed.pop(key, 0)
+
+
+_sampler = _Sampler(BLOCKED_LOG_INTERVAL_S)
+_config_errors_logged: set[str] = set()
+
+
+def on_event(event: events.Event) -> None:
+    if isinstance(event, events.ModeForced):
+        log.warning("memory_mode_forced", prev_mode=event.prev_mode, next_mode=event.next_mode,
+                    reason=event.reason, hold_seconds=event.hold_seconds, until=event.until,
+                    holds=event.holds, by=event.by)
+        if event.reason == "auth":
+            log.error("zep_auth_failure_auto_downgrade", reason=event.reason, until=event.until)
+        elif event.reason == "consecutive_failures":
+            log.error("zep_consecutive_failures_auto_downgrade", fail_count=event.fail_count,
+                      until=event.until)
+    elif isinstance(event, events.WouldForce):
+        log.warning("memory_mode_would_force", reason=event.reason, hold_seconds=event.hold_seconds,
+                    fail_count=event.fail_count, dry_run=True)
+    elif isinstance(event, events.ModeRestored):
+        log.info("memory_mode_restored", mode=event.mode, reason=event.reason,
+                 previous_reason=event.previous_reason, by=event.by)
+    elif isinstance(event, events.ReadBlocked):
+        suppressed = _sampler.take("blocked")
+        if suppressed is not None:
+            log.info("zep_read_blocked_forced_mode", thread_id=event.thread_id, reason=event.reason,
+                     until=event.until, suppressed_since_last=suppressed)
+    elif isinstance(event, events.FailureRecorded):
+        log.warning("zep_read_failed", reason=event.reason, action=event.action, status=event.status,
+                    fail_count=event.fail_count, thread_id=event.thread_id, error=event.error)
+    elif isinstance(event, events.ProbeFinished):
+        log.info("memory_probe_finished", result=event.result,
+                 duration_ms=round(event.duration_seconds * 1000, 1), error=event.error)
+    elif isinstance(event, events.OperatorAction):
+        if event.accepted:
+            log.info("memguard_operator_action", action=event.action, arguments=event.arguments,
+                     by=event.by)
+        else:
+            log.warning("memguard_operator_refused", action=event.action, errors=list(event.errors),
+                        arguments=event.arguments, by=event.by)
+    elif isinstance(event, events.GuardTrouble) and event.kind == "config_error":
+        if event.detail not in _config_errors_logged:  # once per process: it will not fix itself
+            _config_errors_logged.add(event.detail)
+            log.error("memguard_config_error", op=event.op, detail=event.detail)
+    elif isinstance(event, events.GuardTrouble):
+        suppressed = _sampler.take(f"trouble:{event.kind}:{event.op}")
+        if suppressed is not None:
+            log.warning(f"memguard_{event.kind}", op=event.op, detail=event.detail,
+                        suppressed_since_last=suppressed)

@@ -1,0 +1,157 @@
+"""Prometheus metrics: counters fed by events, fleet state read from Redis at scrape time.
+
+Counters and the overhead histogram work in prometheus-client's multiprocess mode (set
+``PROMETHEUS_MULTIPROC_DIR`` before start), so prefork children add up. The mode gauge is
+not set by whichever process last saw a change: a collector reads the authoritative Redis
+record on every scrape, so every exporter shows the fleet's current mode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+
+from memguard.domain import events
+from memguard.domain.classify import FAILURE_REASONS
+from memguard.domain.fleet import FleetStatus
+from memguard.domain.modes import EffectiveMode
+from memguard.domain.record import AUTO_REASONS, DOWNGRADE_REASONS, PROBE_RESULTS, RESTORE_REASONS
+from memguard.store.state import State
+
+StateSource = Callable[[], State]  # the process's store, resolved at scrape time
+
+DOWNGRADES = Counter("memory_zep_downgrades_total", "Fleet downgrades to write_only, by reason",
+                     ["reason"])
+WOULD = Counter("memory_zep_would_downgrade_total", "Downgrades DISABLE_AUTO_DOWNGRADE prevented "
+                "(dry run), by reason", ["reason"])
+FAILURES = Counter("memory_zep_context_failures_total", "Failed Zep context reads, by reason",
+                   ["reason"])
+PROBES = Counter("memory_zep_probes_total", "Probe reads after a hold, by result", ["result"])
+BLOCKED = Counter("memory_zep_reads_blocked_total", "Reads answered 'no context' while forced",
+                  ["reason"])
+RESTORED = Counter("memory_mode_restored_total", "Forced records ended, by reason "
+                   "(probe_success, manual_clear, lapsed)", ["reason"])
+TROUBLE = Counter("memory_guard_errors_total", "The guard's own trouble: Redis errors, corrupt "
+                  "state", ["kind", "op"])
+OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a read (sampled)",
+                     buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
+
+# Series exist at 0 from the start, so increase() sees the first downgrade of a process.
+for _reason in DOWNGRADE_REASONS:
+    DOWNGRADES.labels(_reason)
+for _reason in AUTO_REASONS:
+    WOULD.labels(_reason)
+for _reason in FAILURE_REASONS:
+    FAILURES.labels(_reason)
+for _result in PROBE_RESULTS:
+    PROBES.labels(_result)
+for _reason in RESTORE_REASONS:
+    RESTORED.labels(_reason)
+TROUBLE.labels("redis_error", "check")
+
+
+def on_event(event: events.Event) -> None:
+    if isinstance(event, events.ReadFinished):
+        OVERHEAD.observe(event.overhead_seconds)
+    elif isinstance(event, events.ReadBlocked):
+        BLOCKED.labels(event.reason).inc()
+    elif isinstance(event, events.FailureRecorded):
+        FAILURES.labels(event.reason).inc()
+    elif isinstance(event, events.ModeForced):
+        DOWNGRADES.labels(event.reason).inc()
+    elif isinstance(event, events.WouldForce):
+        WOULD.labels(event.reason).inc()
+    elif isinstance(event, events.ModeRestored):
+        RESTORED.labels(event.reason).inc()
+    elif isinstance(event, events.ProbeFinished):
+        PROBES.labels(event.result).inc()
+    elif isinstance(event, events.GuardTrouble):
+        TROUBLE.labels(event.kind, event.op).inc()
+
+
+class FleetStateCollector(Collector):
+    """Reads the fleet state at scrape time: one Redis round trip per scrape."""
+
+    def __init__(self, source: StateSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("memory_guard_state_up", "1 if the fleet state could be read from Redis")
+        try:
+            state = self.source()
+            fleet = FleetStatus.of(state.snapshot(), state.base, state.settings.probe_grace_seconds)
+        except Exception:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        mode = GaugeMetricFamily("memory_mode_gauge", "1 for the fleet's current effective mode",
+                                 labels=["mode"])
+        for m in EffectiveMode:
+            mode.add_metric([m.value], 1 if m is fleet.mode else 0)
+        yield mode
+        yield _gauge("memory_mode_hold_seconds", "The current hold's length (it doubles after each failed "
+                     "probe, up to MEMORY_DOWNGRADE_HOLD_MAX_SECONDS)", fleet.hold_seconds)
+        yield _gauge("memory_mode_holds", "Holds in a row (1 + failed probes); 0 when not forced",
+                     fleet.holds)
+        yield _gauge("memory_mode_hold_seconds_left", "Seconds left in the hold (0 when not forced or "
+                     "awaiting the probe)", fleet.seconds_left)
+        yield _gauge("memory_mode_hold_expired_seconds", "Seconds since the hold ended without a probe "
+                     "result (0 when held or not forced)", fleet.expired_seconds)
+        yield _gauge("memory_zep_consecutive_failures", "The fleet's failure count", fleet.fail_count)
+        age = fleet.prober_age
+        yield _gauge("memory_prober_up", "1 while the prober's heartbeat is fresh (a probe tick within the "
+                     "last 12 probe intervals), 0 when no prober is running", 0 if age is None else 1)
+        if age is not None:
+            yield _gauge("memory_prober_heartbeat_age_seconds", "Seconds since the last probe tick", age)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(name, documentation)
+    gauge.add_metric([], value)
+    return gauge
+
+
+_default_registered = False
+
+
+def registry(source: StateSource) -> CollectorRegistry:
+    """The registry to serve: multiprocess-aware when PROMETHEUS_MULTIPROC_DIR is set."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        reg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)
+        reg.register(FleetStateCollector(source))
+        return reg
+    global _default_registered
+    if not _default_registered:
+        REGISTRY.register(FleetStateCollector(source))
+        _default_registered = True
+    return REGISTRY
+
+
+def serve(port: int, source: StateSource, addr: str = "0.0.0.0") -> Any:
+    """Start the /metrics HTTP server in a background thread (inside a worker or web app)."""
+    server, _thread = start_http_server(port, addr=addr, registry=registry(source))
+    return server
+
+
+def make_wsgi_app(source: StateSource) -> Any:
+    """A WSGI app serving /metrics, to mount in Django or Flask."""
+    from prometheus_client import make_wsgi_app as _make
+
+    return _make(registry(source))
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

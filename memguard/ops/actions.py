@@ -1,0 +1,136 @@
+"""Operator actions (force, clear, status, probe) with their input checks: the one path every
+entry point takes (the flags API, the tasks, the command line, Django's command).
+
+Celery's ``celery call`` sends any keyword names and values unchecked, so every action goes
+through these checks; a refused call raises ``OperatorError`` naming every problem at once and
+changes nothing. Every accepted force and clear, and every refusal, is an ``OperatorAction``
+event: the audit trail and the logs hear it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.domain.fleet import FleetStatus
+from memguard.ops import audit
+from memguard.ops.prober import Probe, probe_once
+from memguard.store.state import State
+
+# An operator's force (``memguard.force``, ``memguard force``) holds this long by default;
+# the flags API keeps the seed's ``force_write_only(reason, ttl_seconds=300)``.
+OPERATOR_HOLD_SECONDS = 600
+MAX_TTL_SECONDS = 86_400
+MAX_REASON_LEN = 64
+FORCE_KEYS = frozenset({"reason", "ttl_seconds"})
+Positional = tuple[Any, ...]  # what `celery call -a` sent: always refused, named with the rest
+
+
+class OperatorError(ValueError):
+    """An operator's request was refused; nothing was changed."""
+
+    def __init__(self, *problems: str) -> None:
+        # One string argument, so Celery's result backend can rebuild it from its message.
+        super().__init__("; ".join(problems))
+
+
+def force_problems(reason: Any, ttl_seconds: Any) -> list[str]:
+    """Every problem with a force's arguments (empty when they are good)."""
+    problems = []
+    if not isinstance(reason, str) or not reason.strip():
+        problems.append(f"reason must be a non-empty string, got {reason!r}")
+    elif len(reason.strip()) > MAX_REASON_LEN:
+        problems.append(f"reason must be at most {MAX_REASON_LEN} characters, got {len(reason.strip())}")
+    elif not reason.isprintable() or not reason.isascii():
+        problems.append(f"reason must be printable ASCII, got {reason!r}")
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        problems.append(f"ttl_seconds must be a whole number of seconds, got {ttl_seconds!r}")
+    elif not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        problems.append(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}, got {ttl_seconds}")
+    return problems
+
+
+def key_problems(kwargs: dict[str, Any], allowed: frozenset[str]) -> list[str]:
+    unknown = sorted(set(kwargs) - allowed)
+    if not unknown:
+        return []
+    return [f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed)) or 'none'}"]
+
+
+class Operations:
+    """force, clear, status and probe for one process, each checked, evented and audited."""
+
+    def __init__(self, state: State, settings: Settings, hooks: events.Hooks,
+                 default_probe: Callable[[], Probe]) -> None:
+        self.state = state
+        self.settings = settings
+        self.hooks = hooks
+        self.default_probe = default_probe  # memguard's own Zep read, built when first needed
+
+    def force(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
+        reason = kwargs.get("reason", "manual_ops")
+        ttl = kwargs.get("ttl_seconds", OPERATOR_HOLD_SECONDS)
+        self._accept("force", by, kwargs, key_problems(kwargs, FORCE_KEYS) + force_problems(reason, ttl),
+                     positional)
+        t = self.state.force(reason.strip(), ttl, by, auto=False)
+        assert t.record is not None
+        return {"forced": True, **t.record.as_dict()}
+
+    def clear(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
+        self._accept("clear", by, kwargs, key_problems(kwargs, frozenset()), positional)
+        t = self.state.clear(by)
+        return {"cleared": t.previous is not None,
+                "previous_reason": t.previous.reason if t.previous else None}
+
+    def status(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
+        self._accept("status", by, kwargs, key_problems(kwargs, frozenset()), positional)
+        snap = self.state.snapshot()
+        fleet = FleetStatus.of(snap, self.state.base, self.settings.probe_grace_seconds)
+        age = fleet.prober_age
+        out: dict[str, Any] = {
+            "mode": fleet.mode.value,
+            "base_mode": self.state.base.value,
+            "forced": fleet.forced,
+            "fail_count": fleet.fail_count,
+            "threshold": self.settings.threshold,
+            "redis_time": fleet.redis_now,
+            "prober_seen_seconds_ago": None if age is None else round(age, 1),
+            "last_operator_action": audit.last_operator_action(self.state.client, self.state.keys.audit),
+        }
+        if snap.corrupt is not None:
+            out["corrupt_record"] = snap.corrupt[:120]
+        record = fleet.record
+        if record is not None:
+            out.update(
+                reason=record.reason,
+                until=record.until,
+                forced_at=record.forced_at,
+                seconds_left=round(fleet.seconds_left, 1),
+                phase=fleet.phase,
+                lapses_in=round(fleet.lapses_in, 1),
+                holds=fleet.holds,
+                hold_seconds=round(fleet.hold_seconds, 3),
+                next_probe_at=record.until,
+                by=record.by,
+            )
+        return out
+
+    def probe(self, by: dict[str, Any], probe: Probe | None = None, positional: Positional = (),
+              **kwargs: Any) -> dict[str, Any]:
+        self._accept("probe", by, kwargs, key_problems(kwargs, frozenset()), positional)
+        return probe_once(self.state, self.settings, probe or self.default_probe(), by)
+
+    def _accept(self, action: str, by: dict[str, Any], kwargs: dict[str, Any], problems: list[str],
+                positional: Positional = ()) -> None:
+        """Refuse with every problem named (and recorded with who asked), or record the acceptance."""
+        if positional:
+            problems = [f"positional arguments are not accepted, got {list(positional)!r}; use --kwargs",
+                        *problems]
+        event = events.OperatorAction(action, not problems, tuple(problems), by, dict(kwargs))
+        if problems:
+            self.hooks.emit(event)
+            raise OperatorError(*problems)
+        if action != "probe":  # beat's ticks are not operator actions; their results are recorded
+            self.hooks.emit(event)

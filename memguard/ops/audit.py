@@ -1,0 +1,115 @@
+"""The audit trail: every transition, probe result and operator action, in a capped Redis stream.
+
+A subscriber like metrics and logs (``AuditTrail.on_event``): it turns events into stream
+entries (``mem:audit``, about the last 10,000 kept). Entry ids carry the Redis clock, so the
+trail is in one order fleet-wide. ``memguard history`` reads it; an operator sees there within
+a second whether a ``celery call`` was accepted or refused, with no result backend needed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from memguard.domain import events
+
+AUDIT_MAXLEN = 10_000
+RECORDED = (events.ModeForced, events.ModeRestored, events.ProbeFinished, events.OperatorAction)
+
+
+def entry(event: events.Event) -> dict[str, str] | None:
+    """The stream fields for an event, or None for events the trail does not keep."""
+    if isinstance(event, events.ModeForced):
+        fields: dict[str, Any] = {"event": "forced", "reason": event.reason, "prev_mode": event.prev_mode,
+                                  "until": event.until, "hold_seconds": event.hold_seconds,
+                                  "holds": event.holds, "by": event.by}
+    elif isinstance(event, events.ModeRestored):
+        fields = {"event": event.reason if event.reason != "probe_success" else "restored",
+                  "reason": event.reason, "previous_reason": event.previous_reason, "by": event.by}
+    elif isinstance(event, events.ProbeFinished):
+        fields = {"event": "probe", "result": event.result,
+                  "duration_ms": round(event.duration_seconds * 1000, 1), "error": event.error}
+    elif isinstance(event, events.OperatorAction):
+        if event.accepted and event.action == "status":
+            return None  # reading is not an action worth a trail entry
+        fields = {"event": "operator", "action": event.action,
+                  "outcome": "accepted" if event.accepted else "refused",
+                  "errors": list(event.errors), "arguments": event.arguments, "by": event.by}
+    else:
+        return None
+    return {k: v if isinstance(v, str) else json.dumps(v, default=str)
+            for k, v in fields.items() if v is not None}
+
+
+class AuditTrail:
+    """Appends the events worth keeping to the stream at ``key``."""
+
+    def __init__(self, client: redis.Redis, key: str, hooks: events.Hooks) -> None:
+        self.client = client
+        self.key = key
+        self.hooks = hooks
+
+    def on_event(self, event: events.Event) -> None:
+        if not isinstance(event, RECORDED):
+            return
+        fields = entry(event)
+        if fields is None:
+            return
+        try:
+            self.client.xadd(self.key, fields, maxlen=AUDIT_MAXLEN, approximate=True)
+        except redis.RedisError as exc:
+            self.hooks.emit(events.GuardTrouble("redis_error", "audit", f"{type(exc).__name__}: {exc}"[:200]))
+
+
+def history(client: redis.Redis, key: str, count: int = 20) -> list[dict[str, Any]]:
+    """The newest ``count`` entries, oldest first, with their Redis time."""
+    rows = client.xrevrange(key, count=count)
+    out = []
+    for entry_id, fields in reversed(rows):
+        item: dict[str, Any] = {"id": entry_id, "time": int(entry_id.split("-")[0]) / 1000.0}
+        for k, v in fields.items():
+            try:
+                item[k] = json.loads(v)
+            except ValueError:
+                item[k] = v
+        out.append(item)
+    return out
+
+
+def last_operator_action(client: redis.Redis, key: str, scan: int = 500) -> dict[str, Any] | None:
+    """The newest operator entry among the last ``scan`` entries."""
+    for item in reversed(history(client, key, scan)):
+        if item.get("event") == "operator":
+            return item
+    return None
+
+
+def describe(item: dict[str, Any]) -> str:
+    """One line for a person."""
+    ms = int(item["time"] * 1000) % 1000
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item["time"])) + f".{ms:03d}Z"
+    by = item.get("by") or {}
+    who = ""
+    if by:
+        who = " by " + ",".join(f"{k}={by[k]}" for k in ("via", "user", "host", "pid", "task_id", "sent_from")
+                                if by.get(k) is not None)
+    kind = item.get("event")
+    if kind == "operator":
+        errors = "; ".join(item.get("errors") or [])
+        what = f"operator {item.get('action')} {item.get('outcome')}"
+        if item.get("arguments"):
+            what += f" {json.dumps(item['arguments'])}"
+        if errors:
+            what += f": {errors}"
+    elif kind == "forced":
+        what = f"forced write_only reason={item.get('reason')} hold={item.get('hold_seconds')}s " \
+               f"holds={item.get('holds')}"
+    elif kind == "probe":
+        what = f"probe {item.get('result')} in {item.get('duration_ms')} ms" + \
+               (f" ({item['error']})" if item.get("error") else "")
+    else:
+        what = f"{kind} (was {item.get('previous_reason')})"
+    return f"{stamp}  {what}{who}"

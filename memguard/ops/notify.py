@@ -1,0 +1,134 @@
+"""Webhook notifications: downgrade, restore and "stuck", from the Celery side only.
+
+The probe task calls ``Notifier.deliver`` on every tick, after probing: it takes the
+transitions no other prober has taken from the audit trail (the ``notify_claim`` script moves
+a cursor in the same step, so each goes to exactly one process fleet-wide) and POSTs them to every URL in
+``MEMORY_WEBHOOK_URLS``, as Slack-compatible JSON or a PagerDuty Events v2 event, with a
+timeout and a few retries. Nothing here runs on the request path, and no payload carries a
+secret: reasons, modes and times only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any
+from urllib.parse import urldefrag, urlsplit
+
+import httpx
+import redis
+
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.domain.fleet import FleetStatus
+from memguard.store.state import State
+
+LOCK_S = 120  # longer than a delivery takes; a deliverer that died frees it after this
+TIMEOUT_S = 2.0
+ATTEMPTS = 3
+BACKOFF_S = (0.2, 0.5)
+NOTIFIED = {"forced": "downgrade", "restored": "restore", "lapsed": "restore", "manual_clear": "restore"}
+PAGERDUTY_DEDUP_KEY = "memguard-fleet-write-only"  # one incident: triggers and resolves pair up
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def messages(state: State, settings: Settings) -> list[dict[str, Any]]:
+    """What to announce now: claimed transitions, and the current hold if it is stuck."""
+    fleet = FleetStatus.of(state.snapshot(), state.base, settings.probe_grace_seconds)
+    record = fleet.record
+    stuck_now = record is not None and fleet.stuck_seconds >= settings.notify_stuck_seconds
+    episode = repr(record.since) if stuck_now and record is not None else ""
+    stuck, entries = claim(state, episode)
+    out = []
+    for e in entries:
+        kind = NOTIFIED.get(e.get("event", ""))
+        if kind is None:
+            continue
+        if kind == "downgrade":
+            until = float(json.loads(e.get("until", "0")))
+            text = (f"memguard: Zep reads downgraded to write_only fleet-wide (reason {e.get('reason')}, "
+                    f"hold {e.get('holds', '1')}), until {_when(until)}")
+        else:
+            text = (f"memguard: Zep reads restored ({e.get('reason')}; the hold was "
+                    f"{e.get('previous_reason')})")
+        out.append({"kind": kind, "reason": e.get("reason"), "text": text, "id": e["id"]})
+    if stuck and record is not None:
+        out.append({"kind": "stuck", "reason": record.reason, "id": episode,
+                    "text": f"memguard: still write_only after {fleet.stuck_seconds / 60:.0f} minutes "
+                            f"(reason {record.reason}, {record.holds} holds in a row)"})
+    return out
+
+
+def claim(state: State, stuck_episode: str, limit: int = 50) -> tuple[bool, list[dict[str, str]]]:
+    """The audit entries no caller has taken yet (each goes to exactly one caller fleet-wide),
+    and whether this caller should announce ``stuck_episode``."""
+    reply = state.call("notify_claim", limit=limit, stuck_episode=stuck_episode)
+    return bool(reply["stuck"]), [{"id": e["id"], **e["fields"]} for e in reply.get("entries") or []]
+
+
+def payload(fmt: str, url: str, msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The URL to POST to and the body, for the receiver's format."""
+    if fmt == "pagerduty":
+        target, routing_key = urldefrag(url)
+        return target, {
+            "routing_key": routing_key,
+            "event_action": "resolve" if msg["kind"] == "restore" else "trigger",
+            "dedup_key": PAGERDUTY_DEDUP_KEY,
+            "payload": {"summary": msg["text"], "source": "memguard",
+                        "severity": "critical" if msg["kind"] == "stuck" else "warning",
+                        "custom_details": {"kind": msg["kind"], "reason": msg["reason"]}},
+        }
+    return url, {"text": msg["text"], "memguard": {"kind": msg["kind"], "reason": msg["reason"]}}
+
+
+class Notifier:
+    """Delivers what is due to every ``MEMORY_WEBHOOK_URLS`` receiver."""
+
+    def __init__(self, state: State, settings: Settings, hooks: events.Hooks) -> None:
+        self.state = state
+        self.settings = settings
+        self.hooks = hooks
+
+    def deliver(self) -> int:
+        """Announce what is due to every webhook; returns the number of POSTs accepted.
+
+        One prober delivers at a time (a Redis lock; the others skip their turn), so a receiver
+        gets the messages in the order of the transitions: a resolve never overtakes its trigger.
+        """
+        if not self.settings.webhook_urls:
+            return 0
+        lock = self.state.client.lock(self.state.keys.notify_lock, timeout=LOCK_S)
+        if not lock.acquire(blocking=False):
+            return 0
+        sent = 0
+        try:
+            with httpx.Client() as client:
+                for msg in messages(self.state, self.settings):
+                    for fmt, url in self.settings.webhook_urls:
+                        sent += self.post(client, fmt, url, msg)
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                lock.release()
+        return sent
+
+    def post(self, client: httpx.Client, fmt: str, url: str, msg: dict[str, Any]) -> bool:
+        target, body = payload(fmt, url, msg)
+        error = ""
+        for attempt in range(ATTEMPTS):
+            try:
+                response = client.post(target, json=body, timeout=TIMEOUT_S)
+                if response.status_code < 300:
+                    return True
+                error = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                error = type(exc).__name__
+            if attempt < len(BACKOFF_S):
+                time.sleep(BACKOFF_S[attempt])
+        # The host only: a Slack webhook's path is its secret.
+        detail = f"{urlsplit(url).hostname}: {error}"
+        self.hooks.emit(events.GuardTrouble("webhook_failed", msg["kind"], detail))
+        return False

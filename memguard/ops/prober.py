@@ -1,0 +1,65 @@
+"""The one probe read that ends a hold: fleet-wide lock, 150 ms budget, no retries.
+
+Only the prober (scheduled by beat) probes; the request path never does. The lock is taken
+and released by Lua scripts that check its owner, and the result is applied only if the
+lock and the record are still the ones the probe started from (a probe that outlived its
+lock, or raced an operator's force, changes nothing).
+
+An application whose reads are not Zep SDK calls gives its own probe: a callable taking
+the timeout in seconds that raises on failure (``memguard.install(app, probe=...)``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from memguard.config.settings import Settings
+from memguard.domain.classify import classify
+from memguard.domain.record import Status
+from memguard.request.zep import ZepReader
+from memguard.store.state import State
+
+PROBE_THREAD_ID = "memguard-probe"
+MIN_LOCK_MS = 2_000
+
+Probe = Callable[[float], object]
+
+
+def lock_ms(probe_timeout_ms: int) -> int:
+    """Long enough to cover a probe, short enough that a killed prober is replaced quickly."""
+    return max(MIN_LOCK_MS, 10 * probe_timeout_ms)
+
+
+def zep_probe(reader: ZepReader) -> Probe:
+    """memguard's own probe: read the probe thread's context with memguard's Zep reader."""
+    return lambda timeout_s: reader.read_context(PROBE_THREAD_ID, timeout_s)
+
+
+def probe_once(state: State, settings: Settings, read: Probe, by: dict[str, Any]) -> dict[str, Any]:
+    """Probe Zep if a hold has expired; returns what happened (result: idle/held/busy/...)."""
+    claim, token = state.claim_probe(lock_ms(settings.probe_timeout_ms))
+    if claim.status is Status.CORRUPT:
+        return {"result": "corrupt_removed"}
+    if claim.status is not Status.CLAIMED:
+        out: dict[str, Any] = {"result": claim.status.value}
+        if claim.record is not None:
+            out["until"] = claim.record.until
+        return out
+
+    started = time.perf_counter()
+    error = ""
+    try:
+        read(settings.probe_timeout_s)
+        ok = True
+    except Exception as exc:
+        verdict = classify(exc)
+        ok = verdict.status == 404  # Zep answered: the probe thread simply does not exist
+        error = "" if ok else f"{verdict.reason}:{type(exc).__name__}"
+    t = state.finish_probe(token, claim, success=ok, started=started, error=error, by=by)
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    out = {"result": t.status.probe_result, "duration_ms": duration_ms, "error": error}
+    if t.record is not None:
+        out["until"] = t.record.until
+    return out

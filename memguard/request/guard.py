@@ -1,0 +1,256 @@
+"""The request-path guard: block reads while forced, record failures, force on triggers.
+
+The healthy path touches no Redis: the forced flag comes from the watcher's in-process view
+and a success only resets the failure counter when the fleet may have one. When Redis
+itself is unreachable the guard fails open: reads go on, the caller never sees a Redis
+error, and a short local back-off keeps every read from paying a connect timeout.
+State changes are made by the store (``memguard.store.state.State``, or any object with the
+``Store`` methods: the unit tests use a fake); the guard only decides when to ask for them.
+
+Blocking and asyncio reads share one implementation: ``call`` and ``acall`` are the same few
+lines, one calling and one awaiting, around shared decisions (a test holds them to one text
+but for ``await``); every Redis step (a failure, a force, a reset) is a generator of
+``memguard.store.steps`` that ``call`` drives with the blocking client and ``acall`` with
+``redis.asyncio``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import redis
+
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.domain.classify import Action, Verdict, classify
+from memguard.domain.events import origin
+from memguard.domain.modes import EffectiveMode
+from memguard.domain.record import ForcedRecord, Snapshot, Transition
+from memguard.store import steps
+from memguard.store.steps import Step, Steps
+
+REDIS_BACKOFF_S = 1.0
+UNKNOWN = object()  # the view cannot say: Redis must be asked
+OVERHEAD_SAMPLE_EVERY = 16
+
+R = TypeVar("R")
+Meta = dict[str, Any]
+
+
+class Store(Protocol):
+    """What the guard asks of the store: steps to drive, and their blocking and asyncio performers."""
+
+    base: EffectiveMode
+
+    def perform(self, step: Step) -> Any: ...
+
+    async def aperform(self, step: Step) -> Any: ...
+
+    def mode(self, record: ForcedRecord | None) -> EffectiveMode: ...
+
+    def snapshot_steps(self) -> Steps[Snapshot]: ...
+
+    def lapse_steps(self, by: dict[str, Any]) -> Steps[Transition]: ...
+
+    def reset_failures_steps(self) -> Steps[bool]: ...
+
+    def record_failure_steps(self, by: dict[str, Any]) -> Steps[Transition]: ...
+
+    def force_steps(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool,
+                    quorum: int = 0) -> Steps[Transition]: ...
+
+
+class View(Protocol):
+    """The in-process view (``memguard.request.watch.Watcher``): None while it cannot say."""
+
+    @property
+    def current(self) -> Any: ...
+
+
+class Meter(Protocol):
+    def record(self, seconds: float, failed: bool) -> None: ...
+
+
+class Guard:
+    def __init__(self, settings: Settings, state: Store, hooks: events.Hooks, view: View | None = None,
+                 meter: Meter | None = None) -> None:
+        self.settings = settings
+        self.state = state
+        self.hooks = hooks
+        self.view = view
+        self.meter = meter
+        self.base = state.base
+        self._down_until = 0.0
+        self._reads = 0
+        self._rate_on = settings.failure_rate_on
+
+    # -- the state as this process sees it ------------------------------------------------
+
+    def forced(self) -> ForcedRecord | None:
+        """The active forced record, or None; from the in-process view while it is valid."""
+        record = self._viewed()
+        if record is UNKNOWN:
+            return steps.run(self._forced_from_redis(), self.state.perform)
+        return record
+
+    def _viewed(self) -> Any:
+        """The view's record (or None) while the view is valid, else ``UNKNOWN``."""
+        view = self.view.current if self.view is not None else None
+        if view is not None and time.monotonic() < view.valid_until:
+            return view.record
+        return UNKNOWN
+
+    def _forced_from_redis(self) -> Steps[ForcedRecord | None]:
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            snap = yield from self.state.snapshot_steps()
+            if snap.corrupt is not None:
+                self.hooks.emit(events.GuardTrouble("corrupt_state", "check", snap.corrupt[:120]))
+            record = snap.record
+            if record is None or snap.redis_now < record.lapse_time(self.settings.probe_grace_seconds):
+                return record
+            yield from self.state.lapse_steps(origin("lapse"))
+        except redis.RedisError as exc:
+            self._redis_down("check", exc)
+        return None
+
+    def effective_mode(self) -> EffectiveMode:
+        return self.state.mode(self.forced())
+
+    # -- guarded reads --------------------------------------------------------------------
+
+    def call(self, thread_id: str, fn: Callable[..., R], args: Sequence[Any] = (),
+             kwargs: Mapping[str, Any] | None = None, budget_s: float | None = None) -> tuple[R | None, Meta]:
+        """Run one read under the guard; never raises what the read or Redis raised.
+
+        A read that returns but overran ``budget_s`` gives the caller its value and counts
+        as a ``timeout`` failure: a Zep that answers in 2 s is degraded, not healthy.
+        """
+        started = time.perf_counter()
+        if self.base is not EffectiveMode.READ_WRITE:
+            return None, self._read_disabled()
+        record = self._viewed()  # the healthy path: no Redis, no steps to drive
+        if record is UNKNOWN:
+            record = steps.run(self._forced_from_redis(), self.state.perform)
+        if record is not None:
+            return None, self._blocked(thread_id, record)
+        called = time.perf_counter()
+        try:
+            value = fn(*args, **(kwargs or {}))
+        except Exception as exc:
+            return None, steps.run(self._failed(exc, thread_id, called), self.state.perform)
+        meta, then = self._returned(thread_id, started, called, budget_s)
+        if then is not None:
+            steps.run(then, self.state.perform)
+        return value, meta
+
+    async def acall(self, thread_id: str, fn: Callable[..., Awaitable[R]], args: Sequence[Any] = (),
+                    kwargs: Mapping[str, Any] | None = None,
+                    budget_s: float | None = None) -> tuple[R | None, Meta]:
+        """``call`` for a coroutine function: the same decisions, with the read and any Redis
+        step awaited (``redis.asyncio``)."""
+        started = time.perf_counter()
+        if self.base is not EffectiveMode.READ_WRITE:
+            return None, self._read_disabled()
+        record = self._viewed()
+        if record is UNKNOWN:
+            record = await steps.arun(self._forced_from_redis(), self.state.aperform)
+        if record is not None:
+            return None, self._blocked(thread_id, record)
+        called = time.perf_counter()
+        try:
+            value = await fn(*args, **(kwargs or {}))
+        except Exception as exc:
+            return None, await steps.arun(self._failed(exc, thread_id, called), self.state.aperform)
+        meta, then = self._returned(thread_id, started, called, budget_s)
+        if then is not None:
+            await steps.arun(then, self.state.aperform)
+        return value, meta
+
+    def _read_disabled(self) -> Meta:
+        return {"used": False, "source": "read_disabled", "mode": self.base.value}
+
+    def _blocked(self, thread_id: str, record: ForcedRecord) -> Meta:
+        self.hooks.emit(events.ReadBlocked(thread_id, record.reason, record.until))
+        return {"used": False, "source": "write_only_forced", "reason": record.reason, "until": record.until}
+
+    def _failed(self, exc: Exception, thread_id: str, called: float) -> Steps[Meta]:
+        took = time.perf_counter() - called
+        verdict = yield from self._failure_steps(exc, thread_id)
+        if self.meter is not None:
+            self.meter.record(took, failed=verdict.action is not Action.IGNORE)
+        return {"used": False, "source": "zep_error", "reason": verdict.reason, "status": verdict.status,
+                "error": type(exc).__name__}
+
+    def _returned(self, thread_id: str, started: float, called: float,
+                  budget_s: float | None) -> tuple[Meta, Steps[None] | None]:
+        """A read returned: its meta, and the Redis steps still to run (usually none)."""
+        resumed = time.perf_counter()
+        took = resumed - called
+        overran = budget_s is not None and took > budget_s
+        if self.meter is not None:
+            self.meter.record(took, overran)
+        if overran:
+            then = self._count_steps(Verdict(Action.COUNT, "timeout"), thread_id, "budget_overrun")
+            return {"used": True, "source": "zep", "overran_ms": round(took * 1000, 1)}, then
+        self._reads += 1
+        if self._reads % OVERHEAD_SAMPLE_EVERY == 0:
+            self.hooks.emit(events.ReadFinished(called - started + time.perf_counter() - resumed))
+        return {"used": True, "source": "zep"}, self._reset_steps() if self._may_have_failures() else None
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def _may_have_failures(self) -> bool:
+        if self._rate_on:
+            return False  # no consecutive count to reset: the meter counted the read
+        now = time.monotonic()
+        view = self.view.current if self.view is not None else None
+        if view is not None and now < view.valid_until and now >= view.failures_until:
+            return False
+        return now >= self._down_until
+
+    def _reset_steps(self) -> Steps[None]:
+        try:
+            yield from self.state.reset_failures_steps()
+        except redis.RedisError as exc:
+            self._redis_down("reset", exc)
+
+    def _failure_steps(self, exc: BaseException, thread_id: str | None) -> Steps[Verdict]:
+        verdict = classify(exc)
+        error = type(exc).__name__
+        if verdict.action is Action.COUNT:
+            yield from self._count_steps(verdict, thread_id, error)
+            return verdict
+        self.hooks.emit(events.FailureRecorded(verdict.reason, verdict.action.value, verdict.status,
+                                           thread_id, error=error))
+        if verdict.action is Action.FORCE:
+            hold = self.settings.hold_seconds
+            if verdict.hold_seconds is not None:  # a 429's Retry-After, within the cap
+                hold = max(1, min(round(verdict.hold_seconds), self.settings.hold_cap_seconds))
+            s = self.settings
+            quorum = s.quorum_hosts if verdict.reason == "auth" and s.quorum_auth else 0
+            by = origin("auto")
+            try:
+                yield from self.state.force_steps(verdict.reason, hold, by, auto=True, quorum=quorum)
+            except redis.RedisError as err:
+                self._redis_down("force", err)
+        return verdict
+
+    def _count_steps(self, verdict: Verdict, thread_id: str | None, error: str) -> Steps[None]:
+        """A failure that counts: towards the consecutive trigger, or (failure-rate policy on)
+        only in the meter, which the caller feeds."""
+        count = None
+        if not self._rate_on and time.monotonic() >= self._down_until:
+            try:
+                count = (yield from self.state.record_failure_steps(origin("auto"))).fail_count
+            except redis.RedisError as exc:
+                self._redis_down("count", exc)
+        self.hooks.emit(events.FailureRecorded(verdict.reason, verdict.action.value, verdict.status,
+                                           thread_id, count, error))
+
+    def _redis_down(self, op: str, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + REDIS_BACKOFF_S
+        self.hooks.emit(events.GuardTrouble("redis_error", op, f"{type(exc).__name__}: {exc}"[:200]))

@@ -1,0 +1,62 @@
+"""The windowed triggers' local side: count reads in process, flush them in batches.
+
+Two policies judge the fleet's reads over a sliding window rather than one at a time: the
+latency trip (``MEMORY_LATENCY_THRESHOLD_MS``: the median read is slow) and the failure-rate
+policy (``MEMORY_FAILURE_RATE_THRESHOLD``: too large a share of reads failed). A read only
+bumps counters under a lock (no Redis); a daemon thread adds the batch to the fleet's windows
+once a second, one script per policy, and the script decides. Off, and no thread, unless one
+of them is set.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.domain.events import origin
+from memguard.store.background import Background
+from memguard.store.state import State
+
+FLUSH_S = 1.0
+
+
+class ReadMeter(Background):
+    THREAD_NAME = "memguard-meter"
+
+    def __init__(self, state: State, settings: Settings, hooks: events.Hooks) -> None:
+        super().__init__()
+        self.state = state
+        self.hooks = hooks
+        self.slow_s = settings.latency_threshold_ms / 1000.0 if settings.latency_threshold_ms else None
+        self.outcomes = settings.failure_rate_on
+        self._lock = threading.Lock()
+        self._reads = self._slow = self._failed = 0
+
+    def record(self, seconds: float, failed: bool) -> None:
+        with self._lock:
+            self._reads += 1
+            if self.slow_s is not None and seconds > self.slow_s:
+                self._slow += 1
+            if failed:
+                self._failed += 1
+
+    def flush(self) -> None:
+        with self._lock:
+            reads, slow, failed = self._reads, self._slow, self._failed
+            self._reads = self._slow = self._failed = 0
+        if not reads:
+            return
+        try:
+            if self.slow_s is not None:
+                self.state.record_latencies(reads, slow, origin("auto"))
+            if self.outcomes:
+                self.state.record_outcomes(reads, failed, origin("auto"))
+        except redis.RedisError as exc:
+            self.hooks.emit(events.GuardTrouble("redis_error", "meter", f"{type(exc).__name__}: {exc}"[:200]))
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_S):
+            self.flush()

@@ -1,0 +1,279 @@
+"""A process-local view of the fleet state, kept fresh by the Redis server itself.
+
+One connection per process, subscribed to two things:
+- memguard's change channel: every transition script publishes a notice with the new values
+  and a version, so a change costs the fleet one script run, not one read per process;
+- Redis client tracking (``CLIENT TRACKING ON BCAST PREFIX mem:``, or ``{mem}:`` on a Cluster,
+  redirected to this same connection): the server reports *any* change to memguard's keys —
+  a hand ``SET``/``DEL``, older code writing the original record, a key expiring,
+  ``FLUSHALL``. A change no notice explains is re-read at once.
+
+Liveness without polling: when no message has arrived for a second or so, one process (the
+first whose randomised timer fires) publishes a heartbeat that every process receives, so
+the fleet sends about one command a second in all. A view whose connection has been silent
+for ``LIVENESS_S`` lapses, and the guard reads Redis on each read instead (fail safe, never
+stale) until the watcher has reconnected, re-enabled tracking and re-read the state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from memguard.config.target import keepalive_options
+from memguard.domain import events
+from memguard.domain.record import ForcedRecord, Snapshot, parse_record
+from memguard.store.background import Background
+from memguard.store.keys import CHANGES_CHANNEL
+from memguard.store.state import State
+
+LIVENESS_S = 2.0
+HEARTBEAT_AFTER_S = (1.1, 1.5)  # silence after which this process publishes the heartbeat
+# Writes that bypass the scripts are reported by tracking; this slow re-read only bounds the
+# one case tracking cannot tell apart: a foreign write to a key in the same instant a script
+# wrote it.
+RESYNC_S = 60.0
+INVALIDATE_CHANNEL = "__redis__:invalidate"
+HEARTBEAT = "heartbeat"
+
+
+@dataclass(frozen=True)
+class View:
+    record: ForcedRecord | None
+    valid_until: float  # monotonic; past it the view says nothing
+    failures_until: float  # monotonic; before it the failure counter may be non-zero
+
+
+class Watcher(Background):
+    """One daemon thread per process holding the tracked, subscribed connection."""
+
+    THREAD_NAME = "memguard-watch"
+
+    def __init__(self, state: State, grace_seconds: float, hooks: events.Hooks) -> None:
+        super().__init__()
+        self.state = state
+        self.hooks = hooks
+        self.view_keys = {state.keys.forced: "forced", state.keys.counter: "count"}
+        self.grace_seconds = grace_seconds
+        self.current: View | None = None
+        self._lock = threading.Lock()
+        self._record: ForcedRecord | None = None
+        self._record_lapse_mono = float("inf")
+        self._failures_until = 0.0
+        self._version = -1
+        self._explained: set[str] = set()
+        self._liveness_until = 0.0
+        self._last_corrupt: str | None = None
+        self._conn: redis.Connection | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.current = None  # before the join: no read trusts a view that is going away
+        super().stop()
+
+    def reconnect(self) -> None:
+        """Drop the connection now (the master moved): the thread reconnects, re-enables
+        tracking and re-reads at once. Only the socket is shut here; the thread, blocked
+        reading it, does the rest."""
+        sock = getattr(self._conn, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def wait_ready(self, timeout: float = 2.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.current is not None:
+                return True
+            time.sleep(0.005)
+        return False
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def apply_notice(self, notice: str, *, from_channel: bool = False) -> None:
+        """A transition's notice: from this process's own write (applied at once), or read
+        from the channel, where it also explains the tracking message that follows it."""
+        try:
+            change = json.loads(notice)
+            version = int(change["v"])
+        except (ValueError, KeyError, TypeError):
+            self.hooks.emit(events.GuardTrouble("corrupt_state", "notice", notice[:120]))
+            return
+        with self._lock:
+            if from_channel:  # even when our own write applied it already
+                self._explained.update(key for key, field in self.view_keys.items() if field in change)
+            if version <= self._version:
+                return  # already applied (our own write, seen again on the channel)
+            self._version = version
+            mono = time.monotonic()
+            if "forced" in change:
+                self._set_record(change["forced"] or None, change["now"] / 1000.0, mono)
+            if "count" in change:
+                self._set_failures(int(change["count"]), int(change["ttl"]), mono)
+            self._publish_view()
+
+    def _apply_snapshot(self, snap: Snapshot) -> bool:
+        """Apply a re-read unless a newer notice has been applied since it was taken."""
+        with self._lock:
+            if snap.version < self._version:
+                return False
+            self._version = snap.version
+            mono = time.monotonic()
+            if snap.corrupt is not None and snap.corrupt != self._last_corrupt:
+                self.hooks.emit(events.GuardTrouble("corrupt_state", "watch", snap.corrupt[:120]))
+            self._last_corrupt = snap.corrupt
+            self._record = snap.record
+            if snap.record is not None:
+                self._record_lapse_mono = mono + snap.record.lapse_time(self.grace_seconds) - snap.redis_now
+                if snap.record_ttl_ms > 0:  # Redis reports the expiry up to ~100 ms late: don't wait
+                    self._record_lapse_mono = min(self._record_lapse_mono, mono + snap.record_ttl_ms / 1000)
+            self._set_failures(snap.fail_count, snap.fail_ttl_ms, mono)
+            self._publish_view()
+            return True
+
+    def _set_record(self, raw: str | None, redis_now: float, mono: float) -> None:
+        self._record = parse_record(raw)
+        if self._record is not None:
+            self._record_lapse_mono = mono + self._record.lapse_time(self.grace_seconds) - redis_now
+
+    def _set_failures(self, count: int, ttl_ms: int, mono: float) -> None:
+        if count <= 0 and ttl_ms <= 0:
+            self._failures_until = 0.0
+        else:
+            self._failures_until = mono + ttl_ms / 1000.0 if ttl_ms > 0 else float("inf")
+
+    def _publish_view(self) -> None:
+        """Expose the view, valid while the connection is live (and the record not lapsed)."""
+        if time.monotonic() >= self._liveness_until:
+            self.current = None
+            return
+        deadline = self._liveness_until
+        if self._record is not None:
+            deadline = min(deadline, self._record_lapse_mono)
+        self.current = View(self._record, deadline, self._failures_until)
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                backoff = 0.1
+            except (redis.RedisError, OSError) as exc:
+                self.current = None
+                self.hooks.emit(events.GuardTrouble("redis_error", "watch", type(exc).__name__))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _connect(self) -> redis.Connection:
+        # RESP2: subscribe replies and tracking messages come back as plain replies.
+        conn = self.state.settings.redis_target.connection(
+            decode_responses=True, socket_timeout=1.0, socket_connect_timeout=1.0,
+            socket_keepalive=True, socket_keepalive_options=keepalive_options(), protocol=2)
+        conn.connect()
+        conn.send_command("CLIENT", "ID")
+        client_id = conn.read_response()
+        conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX",
+                          self.state.keys.prefix)
+        if conn.read_response() not in ("OK", b"OK"):
+            raise redis.ConnectionError("CLIENT TRACKING was refused")
+        conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL, CHANGES_CHANNEL)
+        for _ in range(2):
+            reply = conn.read_response()
+            if not reply or reply[0] != "subscribe":
+                raise redis.ConnectionError(f"unexpected subscribe reply {reply!r}")
+        return conn
+
+    def _follow(self) -> None:
+        conn = self._conn = self._connect()
+        with self._lock:
+            self._version = -1  # whatever was applied before, the re-read below decides
+        try:
+            self._alive()
+            self._resync()
+            last_sync = time.monotonic()
+            heartbeat_at = self._next_heartbeat()
+            while not self._stop.is_set():
+                # Sleep until a message or the next thing due: about one wake-up a second.
+                due = min(heartbeat_at, last_sync + RESYNC_S, self._liveness_until, time.monotonic() + 1.0)
+                if self.current is not None:
+                    due = min(due, self.current.valid_until)
+                if conn.can_read(timeout=max(0.001, due - time.monotonic())):
+                    self._alive()
+                    heartbeat_at = self._next_heartbeat()
+                    if self._handle(conn.read_response()):
+                        self._resync()
+                        last_sync = time.monotonic()
+                now = time.monotonic()
+                if now >= heartbeat_at:
+                    self._send_heartbeat()
+                    heartbeat_at = self._next_heartbeat()
+                if now - last_sync >= RESYNC_S:
+                    self._resync()
+                    last_sync = now
+                if now >= self._liveness_until:
+                    raise redis.ConnectionError("no message within the liveness bound")
+                if self.current is not None and now >= self.current.valid_until:
+                    with self._lock:
+                        self._publish_view()
+        finally:
+            self.current = None
+            self._conn = None
+            with contextlib.suppress(redis.RedisError, OSError):
+                conn.disconnect()
+
+    def _handle(self, message: Any) -> bool:
+        """Apply one pushed message; True when the state must be re-read."""
+        if not isinstance(message, list) or len(message) < 3 or message[0] != "message":
+            return False
+        channel, data = message[1], message[2]
+        if channel == CHANGES_CHANNEL:
+            if data != HEARTBEAT:
+                self.apply_notice(data, from_channel=True)
+            return False
+        if data is None:  # FLUSHALL / FLUSHDB: everything is gone
+            return True
+        changed = self.view_keys.keys() & data
+        with self._lock:
+            unexplained = changed - self._explained
+            self._explained.clear()
+            if unexplained == {self.state.keys.counter} and time.monotonic() >= self._failures_until - 0.1:
+                self._set_failures(0, -2, time.monotonic())  # the failure window expired
+                self._publish_view()
+                return False
+        return bool(unexplained)
+
+    def _resync(self) -> None:
+        """Re-read; a read overtaken by a newer notice is read again. A version that went
+        backwards and stays there (FLUSHALL, a Redis restart) is taken as it is."""
+        for _ in range(3):
+            snap = self.state.snapshot()
+            if self._apply_snapshot(snap):
+                return
+        with self._lock:
+            self._version = -1
+        self._apply_snapshot(snap)
+
+    def _alive(self) -> None:
+        self._liveness_until = time.monotonic() + LIVENESS_S
+        view = self.current
+        if view is not None or self._version >= 0:
+            with self._lock:
+                self._publish_view()
+
+    def _send_heartbeat(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.state.client.publish(CHANGES_CHANNEL, HEARTBEAT)
+
+    @staticmethod
+    def _next_heartbeat() -> float:
+        return time.monotonic() + random.uniform(*HEARTBEAT_AFTER_S)

@@ -1,0 +1,52 @@
+"""memguard's key names in Redis (the first two are fixed by DESIGN.md and by older code).
+
+On one server the names below; on a Redis Cluster the same names with ``{mem}:`` for ``mem:``,
+so that every script's keys share one hash slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+FORCED_MODE_KEY = "mem:mode:forced:v1"
+CONSECUTIVE_FAILURES_KEY = "mem:read:consec_failures"
+VERSION_KEY = "mem:state:version"
+PROBE_LOCK_KEY = "mem:probe:lock"
+PROBE_HEARTBEAT_KEY = "mem:probe:heartbeat"
+LATENCY_KEY = "mem:read:latency"
+OUTCOMES_KEY = "mem:read:outcomes"
+FAILING_HOSTS_KEY = "mem:read:failing_hosts"
+AUTH_HOSTS_KEY = "mem:read:auth_failing_hosts"
+AUDIT_KEY = "mem:audit"
+NOTIFY_CURSOR_KEY = "mem:notify:cursor"
+NOTIFY_STUCK_KEY = "mem:notify:stuck"
+NOTIFY_LOCK_KEY = "mem:notify:lock"
+CHANGES_CHANNEL = "mem:mode:changes"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The key names one process uses; ``Keys.under(prefix)`` gives a Cluster's."""
+
+    forced: str = FORCED_MODE_KEY
+    counter: str = CONSECUTIVE_FAILURES_KEY
+    version: str = VERSION_KEY
+    lock: str = PROBE_LOCK_KEY
+    heartbeat: str = PROBE_HEARTBEAT_KEY
+    latency: str = LATENCY_KEY
+    outcomes: str = OUTCOMES_KEY
+    failing_hosts: str = FAILING_HOSTS_KEY
+    auth_hosts: str = AUTH_HOSTS_KEY
+    audit: str = AUDIT_KEY
+    notify_cursor: str = NOTIFY_CURSOR_KEY
+    notify_stuck: str = NOTIFY_STUCK_KEY
+    notify_lock: str = NOTIFY_LOCK_KEY
+
+    @classmethod
+    def under(cls, prefix: str) -> Keys:
+        return cls(**{f.name: prefix + f.default.removeprefix("mem:") for f in dataclasses.fields(cls)})
+
+    @property
+    def prefix(self) -> str:
+        return self.forced.removesuffix("mode:forced:v1")

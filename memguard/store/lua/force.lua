@@ -1,0 +1,8 @@
+local raw = redis.call('GET', FORCED)
+local prev = decode(raw)
+if A.auto and prev then return cjson.encode({status = 'held', record = raw}) end
+if not quorum_met(AUTH_HOSTS, A.quorum, A.instance, A.window_ms) then
+  return cjson.encode({status = 'quorum'})
+end
+local new = write_record(now_ms(), A.reason, A.hold_ms, A.grace_ms, A.by, prev)
+return cjson.encode({status = 'forced', record = new, previous = raw or '', notice = notify({forced = new})})

@@ -1,0 +1,14 @@
+local now = now_ms()
+redis.call('SET', HEARTBEAT, now, 'PX', A.heartbeat_ms)
+local raw = redis.call('GET', FORCED)
+if not raw then return cjson.encode({status = 'idle'}) end
+local rec = decode(raw)
+if rec == false then
+  redis.call('DEL', FORCED)
+  return cjson.encode({status = 'corrupt', record = raw, notice = notify({forced = ''})})
+end
+if now < rec['until'] * 1000 then return cjson.encode({status = 'held', record = raw}) end
+if redis.call('SET', LOCK, A.token, 'NX', 'PX', A.lock_ms) then
+  return cjson.encode({status = 'claimed', record = raw, ident = ident(rec)})
+end
+return cjson.encode({status = 'busy', record = raw})

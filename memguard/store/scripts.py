@@ -1,0 +1,112 @@
+"""memguard's Lua scripts: each one's keys, arguments and reply fields, by name.
+
+A script is a package file (``memguard/store/lua/<source>.lua``) run after a generated header
+and, for the transition scripts, the shared prelude (``lua/prelude.lua``). The header decodes
+the one JSON argument into ``A`` (so the body reads ``A.reason``, ``A.hold_ms``...) and binds
+the script's keys to the Lua names its spec lists (``FORCED``, ``COUNTER``...); the body
+returns one JSON object. Nothing is passed or read by position.
+
+The sources are read once, when this module is first imported; ``docs/store.md`` has the same
+table for people, and a test holds the two together.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from memguard.store.keys import Keys
+
+
+@dataclass(frozen=True)
+class ScriptSpec:
+    """One script: its Lua key names (each bound to a ``Keys`` field), arguments and reply."""
+
+    name: str
+    source: str  # lua/<source>.lua
+    keys: tuple[tuple[str, str], ...]  # (Lua name, Keys field), in KEYS order
+    args: tuple[str, ...]
+    reply: tuple[str, ...]
+    prelude: bool = True
+
+    def key_names(self, keys: Keys) -> list[str]:
+        """The KEYS to pass, in the order the header binds them."""
+        return [getattr(keys, field) for _, field in self.keys]
+
+
+_TRANSITION = ("channel",)  # every script with the prelude publishes its notice there
+
+SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
+    ScriptSpec("force", "force",
+               (("FORCED", "forced"), ("VERSION", "version"), ("AUTH_HOSTS", "auth_hosts")),
+               (*_TRANSITION, "reason", "hold_ms", "grace_ms", "by", "auto", "quorum", "instance",
+                "window_ms"),
+               ("status", "record", "previous", "notice")),
+    ScriptSpec("record_failure", "record_failure",
+               (("FORCED", "forced"), ("COUNTER", "counter"), ("VERSION", "version"),
+                ("FAILING_HOSTS", "failing_hosts")),
+               (*_TRANSITION, "window_ms", "threshold", "hold_ms", "grace_ms", "by", "auto", "quorum",
+                "instance"),
+               ("status", "count", "record", "repaired", "previous", "notice")),
+    ScriptSpec("reset_failures", "reset_failures",
+               (("COUNTER", "counter"), ("FAILING_HOSTS", "failing_hosts"), ("VERSION", "version")),
+               _TRANSITION, ("reset", "notice")),
+    ScriptSpec("clear", "clear",
+               (("FORCED", "forced"), ("COUNTER", "counter"), ("VERSION", "version"), ("LATENCY", "latency"),
+                ("FAILING_HOSTS", "failing_hosts"), ("AUTH_HOSTS", "auth_hosts"), ("OUTCOMES", "outcomes")),
+               _TRANSITION, ("previous", "notice")),
+    ScriptSpec("lapse", "lapse", (("FORCED", "forced"), ("VERSION", "version")),
+               (*_TRANSITION, "grace_ms"), ("previous", "notice")),
+    *(ScriptSpec(name, "window_trip", (("FORCED", "forced"), ("VERSION", "version"), ("WINDOW", window)),
+                 (*_TRANSITION, "reason", "reads", "bad", "window_ms", "min_reads", "ratio", "slot_ms",
+                  "hold_ms", "grace_ms", "by", "auto"),
+                 ("status", "reads", "bad", "record", "previous", "notice"))
+      for name, window in (("latency_window", "latency"), ("outcome_window", "outcomes"))),
+    ScriptSpec("probe_claim", "probe_claim",
+               (("FORCED", "forced"), ("VERSION", "version"), ("LOCK", "lock"), ("HEARTBEAT", "heartbeat")),
+               (*_TRANSITION, "token", "lock_ms", "heartbeat_ms"), ("status", "record", "ident", "notice")),
+    ScriptSpec("probe_finish", "probe_finish",
+               (("FORCED", "forced"), ("COUNTER", "counter"), ("VERSION", "version"), ("LOCK", "lock"),
+                ("LATENCY", "latency"), ("FAILING_HOSTS", "failing_hosts"), ("AUTH_HOSTS", "auth_hosts"),
+                ("OUTCOMES", "outcomes")),
+               (*_TRANSITION, "token", "ident", "success", "hold_ms", "grace_ms", "by", "cap_ms", "jitter"),
+               ("status", "record", "previous", "notice")),
+    ScriptSpec("notify_claim", "notify_claim",
+               (("AUDIT", "audit"), ("CURSOR", "notify_cursor"), ("STUCK", "notify_stuck")),
+               ("limit", "stuck_episode"), ("stuck", "entries"), prelude=False),
+)}
+
+
+def _read(source: str) -> str:
+    return resources.files("memguard.store").joinpath("lua", f"{source}.lua").read_text()
+
+
+def _compose(spec: ScriptSpec, prelude: str) -> str:
+    header = ["local A = cjson.decode(ARGV[1])"]
+    header += [f"local {lua} = KEYS[{i}]" for i, (lua, _) in enumerate(spec.keys, start=1)]
+    return "\n".join([*header, prelude if spec.prelude else "", _read(spec.source)])
+
+
+_PRELUDE = _read("prelude")
+SOURCES: dict[str, str] = {name: _compose(spec, _PRELUDE) for name, spec in SPECS.items()}
+
+
+def encode_args(name: str, args: dict[str, Any]) -> list[str]:
+    """The one ARGV element: the named arguments as JSON. Raises on a missing or unknown name,
+    so a caller and its script cannot drift apart."""
+    expected = set(SPECS[name].args)
+    if set(args) != expected:
+        raise TypeError(f"script {name}: expected arguments {sorted(expected)}, got {sorted(args)}")
+    return [json.dumps(args, separators=(",", ":"))]
+
+
+def decode_reply(reply: Any) -> dict[str, Any]:
+    """A script's JSON reply as a dict (its fields are in the spec's ``reply``)."""
+    if isinstance(reply, bytes):
+        reply = reply.decode()
+    data = json.loads(reply)
+    if not isinstance(data, dict):
+        raise TypeError(f"a memguard script replied {reply!r}, not a JSON object")
+    return data

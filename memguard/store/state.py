@@ -1,0 +1,290 @@
+"""The fleet-wide downgrade state in Redis, and the one object that changes it.
+
+Every transition is one Lua script (``memguard.store.scripts``), run atomically on the
+server, so that N workers failing together produce exactly one downgrade and no failure is
+lost. Time comes from the Redis server's clock (``TIME``) so workers with skewed clocks
+still agree. Each script that changes the record or the counter publishes a notice with the
+new values on ``CHANGES_CHANNEL`` in the same round trip; that is what keeps in-process views
+fresh without a read per process (``memguard.request.watch``).
+
+``State`` is the only writer: it runs the script, hands its notice to the local view, and emits
+the event that metrics, logs and the audit trail subscribe to. The guard, prober, operator
+actions and notifications call it and never finish a transition by hand.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.domain.modes import EffectiveMode, base_mode_of, combine
+from memguard.domain.record import ForcedRecord, Snapshot, Status, Transition, parse_record
+from memguard.store import scripts
+from memguard.store.aio import AsyncRedis
+from memguard.store.keys import CHANGES_CHANNEL, Keys
+from memguard.store.steps import ReadSnapshot, Script, Step, Steps
+from memguard.store.steps import run as run_steps
+
+T = TypeVar("T")
+
+WINDOW_SLOTS = 6  # the latency and outcome windows are summed in this many time slots
+LATENCY_SLOW_RATIO = 0.5  # more than half the reads slow: the median is slow
+# The prober's heartbeat outlives this many probe intervals: its absence means no prober.
+HEARTBEAT_INTERVALS = 12
+
+
+class State:
+    """Every change to the forced record, the failure counter and the probe lock.
+
+    Each method is one script run; on a change it hands the script's notice to ``on_change``
+    (this process's view applies it at once) and emits the event. Redis errors are raised:
+    the caller decides whether to fail open (the request path) or report (operators).
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings, hooks: events.Hooks, *,
+                 on_change: Callable[[str], None] | None = None) -> None:
+        self.client = client
+        self.settings = settings
+        self.hooks = hooks
+        self.base = base_mode_of(settings)
+        self.on_change = on_change or (lambda notice: None)
+        self.grace_ms = settings.probe_grace_seconds * 1000
+        self.keys = Keys.under(settings.redis_target.key_prefix)
+        self.channel = CHANGES_CHANNEL
+        self._scripts = {name: client.register_script(source) for name, source in scripts.SOURCES.items()}
+        self.async_redis = AsyncRedis(settings, self.keys, self.perform, self.snapshot_commands)
+
+    # -- performing steps (memguard.store.steps): blocking here, asyncio in AsyncRedis ------
+
+    def run(self, steps: Steps[T]) -> T:
+        return run_steps(steps, self.perform)
+
+    def perform(self, step: Step) -> Any:
+        if isinstance(step, Script):
+            spec = scripts.SPECS[step.name]
+            reply = self._scripts[step.name](keys=spec.key_names(self.keys),
+                                             args=scripts.encode_args(step.name, step.args))
+            return scripts.decode_reply(reply)
+        if isinstance(step, ReadSnapshot):
+            pipe = self._keys_node().pipeline(transaction=False)
+            self.snapshot_commands(pipe)
+            return pipe.execute()
+        raise TypeError(f"State cannot perform {step!r}")
+
+    async def aperform(self, step: Step) -> Any:
+        return await self.async_redis.perform(step)
+
+    def call(self, script: str, **args: Any) -> dict[str, Any]:
+        """Run one script by name with its named arguments; its reply as a dict."""
+        return self.run(self._script(script, **args))
+
+    def reconnect(self) -> None:
+        """The master moved: drop every connection; the next command asks for the new one."""
+        self.client.connection_pool.disconnect()
+        self.async_redis.reset()
+
+    def _script(self, script: str, **args: Any) -> Steps[dict[str, Any]]:
+        """Run one script; a transition's reply carries the notice of what changed."""
+        if scripts.SPECS[script].prelude:
+            args["channel"] = self.channel
+        reply = yield Script(script, args)
+        if reply.get("notice"):
+            self.on_change(reply["notice"])
+        return reply
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        return self.run(self.snapshot_steps())
+
+    def snapshot_steps(self) -> Steps[Snapshot]:
+        """One round trip of plain reads (no Lua: a script costs an idle Redis ~70 µs of CPU)."""
+        (raw, count, beat, version), ttl, record_ttl, (secs, micros) = yield ReadSnapshot()
+        corrupt = None
+        record = None
+        if raw:
+            record = parse_record(raw)
+            corrupt = raw if record is None else None
+        try:
+            fail_count = int(count) if count else 0
+        except ValueError:
+            fail_count = 0
+        heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() else None
+        return Snapshot(record, corrupt, fail_count, int(ttl), secs + micros // 1000 / 1000.0, heartbeat,
+                        int(version) if version and version.isdigit() else 0, int(record_ttl))
+
+    def snapshot_commands(self, pipe: Any) -> None:
+        k = self.keys
+        pipe.mget(k.forced, k.counter, k.heartbeat, k.version)
+        pipe.pttl(k.counter)
+        pipe.pttl(k.forced)
+        pipe.time()
+
+    def _keys_node(self) -> redis.Redis:
+        """The client to pipeline plain reads on: on a Cluster, the node owning memguard's slot
+        (a cluster pipeline refuses MGET and TIME)."""
+        if self.settings.redis_target.kind == "cluster":
+            return self.client.get_node_from_key(self.keys.forced).redis_connection
+        return self.client
+
+    def mode(self, record: ForcedRecord | None) -> EffectiveMode:
+        return combine(self.base, record is not None)
+
+    # -- transitions ----------------------------------------------------------------------
+
+    def force(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool,
+              quorum: int = 0) -> Transition:
+        return self.run(self.force_steps(reason, hold_seconds, by, auto=auto, quorum=quorum))
+
+    def force_steps(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool,
+                    quorum: int = 0) -> Steps[Transition]:
+        """Write a record; an automatic trigger never replaces (or shortens) an existing one,
+        does nothing under DISABLE_AUTO_DOWNGRADE, and with ``quorum`` > 1 waits until that
+        many hosts (MEMGUARD_INSTANCE) have asked within the failure window."""
+        if auto and self.settings.disable_auto_downgrade:
+            self.hooks.emit(events.WouldForce(reason, hold_seconds))
+            return Transition(Status.DISABLED)
+        s = self.settings
+        reply = yield from self._script(
+            "force", reason=reason, hold_ms=hold_seconds * 1000, grace_ms=self.grace_ms, by=by, auto=auto,
+            quorum=quorum, instance=s.instance, window_ms=s.window_seconds * 1000)
+        status = Status(reply["status"])
+        if status is not Status.FORCED:
+            return Transition(status, record=parse_record(reply.get("record")))
+        t = Transition(Status.FORCED, record=parse_record(reply["record"]),
+                       previous=parse_record(reply["previous"]))
+        self._forced(t)
+        return t
+
+    def record_failure(self, by: dict[str, Any]) -> Transition:
+        return self.run(self.record_failure_steps(by))
+
+    def record_failure_steps(self, by: dict[str, Any]) -> Steps[Transition]:
+        """Count one failure fleet-wide and, at the threshold, force: one round trip."""
+        s = self.settings
+        reply = yield from self._script(
+            "record_failure", window_ms=s.window_seconds * 1000, threshold=s.threshold,
+            hold_ms=s.hold_seconds * 1000, grace_ms=self.grace_ms, by=by, auto=not s.disable_auto_downgrade,
+            quorum=s.quorum_hosts, instance=s.instance)
+        count = int(reply["count"])
+        t = Transition(Status(reply["status"]), record=parse_record(reply["record"]),
+                       previous=parse_record(reply["previous"]), fail_count=count)
+        if reply["repaired"]:
+            self.hooks.emit(events.GuardTrouble("corrupt_state", "count",
+                                                "failure counter was not an integer"))
+        if t.status is Status.FORCED:
+            self._forced(t)
+        elif t.status is Status.DISABLED:
+            self.hooks.emit(events.WouldForce("consecutive_failures", s.hold_seconds, count))
+        return t
+
+    def record_latencies(self, reads: int, slow: int, by: dict[str, Any]) -> Transition:
+        """Add a batch of read latencies to the fleet's window; force when its median is slow."""
+        s = self.settings
+        return self._window_trip("latency_window", "latency", reads, slow, s.latency_window_seconds,
+                                 s.latency_min_reads, LATENCY_SLOW_RATIO, by)
+
+    def record_outcomes(self, reads: int, failed: int, by: dict[str, Any]) -> Transition:
+        """Add a batch of read outcomes to the fleet's window (the failure-rate policy); force
+        when more than MEMORY_FAILURE_RATE_THRESHOLD of its reads failed."""
+        s = self.settings
+        return self._window_trip("outcome_window", "failure_rate", reads, failed,
+                                 s.failure_rate_window_seconds, s.failure_rate_min_reads,
+                                 s.failure_rate_threshold, by)
+
+    def _window_trip(self, script: str, reason: str, reads: int, bad: int, window_seconds: int,
+                     min_reads: int, ratio: float, by: dict[str, Any]) -> Transition:
+        s = self.settings
+        window_ms = window_seconds * 1000
+        reply = self.call(
+            script, reason=reason, reads=reads, bad=bad, window_ms=window_ms, min_reads=min_reads,
+            ratio=ratio, slot_ms=max(1, window_ms // WINDOW_SLOTS), hold_ms=s.hold_seconds * 1000,
+            grace_ms=self.grace_ms, by=by, auto=not s.disable_auto_downgrade)
+        t = Transition(Status(reply["status"]), record=parse_record(reply.get("record")),
+                       previous=parse_record(reply.get("previous")))
+        if t.status is Status.FORCED:
+            self._forced(t)
+        elif t.status is Status.DISABLED:
+            self.hooks.emit(events.WouldForce(reason, s.hold_seconds))
+        return t
+
+    def reset_failures(self) -> bool:
+        return self.run(self.reset_failures_steps())
+
+    def reset_failures_steps(self) -> Steps[bool]:
+        """End the failure window (a read succeeded); True if there was a count."""
+        return bool((yield from self._script("reset_failures"))["reset"])
+
+    def clear(self, by: dict[str, Any]) -> Transition:
+        """Remove the record and the failure count now (an operator's clear)."""
+        previous = parse_record(self.call("clear")["previous"])
+        if previous is None:
+            return Transition(Status.IDLE)
+        self.hooks.emit(events.ModeRestored(self.base.value, "manual_clear", previous.reason, by))
+        return Transition(Status.CLEARED, previous=previous)
+
+    def lapse(self, by: dict[str, Any]) -> Transition:
+        return self.run(self.lapse_steps(by))
+
+    def lapse_steps(self, by: dict[str, Any]) -> Steps[Transition]:
+        """End a record whose hold plus grace has passed on the Redis clock."""
+        previous = parse_record((yield from self._script("lapse", grace_ms=self.grace_ms))["previous"])
+        if previous is None:
+            return Transition(Status.IDLE)
+        self.hooks.emit(events.ModeRestored(self.base.value, "lapsed", previous.reason, by))
+        return Transition(Status.LAPSED, previous=previous)
+
+    def claim_probe(self, lock_ms: int) -> tuple[Transition, str]:
+        """Take the fleet-wide probe lock if a hold has expired; returns the lock token."""
+        token = secrets.token_hex(16)
+        heartbeat_ms = int(HEARTBEAT_INTERVALS * self.settings.probe_interval_seconds * 1000)
+        reply = self.call("probe_claim", token=token, lock_ms=lock_ms, heartbeat_ms=heartbeat_ms)
+        status = Status(reply["status"])
+        if status is Status.CORRUPT:
+            self.hooks.emit(events.GuardTrouble("corrupt_state", "probe", "forced record removed"))
+            return Transition(Status.CORRUPT), token
+        record = parse_record(reply.get("record"))
+        return Transition(status, record=record, ident=reply.get("ident", "")), token
+
+    def finish_probe(self, token: str, claim: Transition, *, success: bool, started: float,
+                     error: str, by: dict[str, Any]) -> Transition:
+        """Apply a probe's result, unless the lock or the record changed meanwhile."""
+        s = self.settings
+        reply = self.call("probe_finish", token=token, ident=claim.ident, success=success,
+                          hold_ms=s.hold_seconds * 1000, grace_ms=self.grace_ms, by=by,
+                          cap_ms=s.hold_cap_seconds * 1000, jitter=random.uniform(0.9, 1.0))
+        duration = time.perf_counter() - started
+        status = Status(reply["status"])
+        if status is Status.RESTORED:
+            t = Transition(status, previous=parse_record(reply["previous"]))
+        else:
+            t = Transition(status, record=parse_record(reply.get("record")),
+                           previous=parse_record(reply.get("previous")))
+        self.hooks.emit(events.ProbeFinished(t.status.probe_result, duration, error))
+        if t.status is Status.RESTORED and t.previous is not None:
+            self.hooks.emit(events.ModeRestored(self.base.value, "probe_success", t.previous.reason, by))
+        elif t.status is Status.REFORCED:
+            self._forced(t)
+        return t
+
+    def _forced(self, t: Transition) -> None:
+        record = t.record
+        if record is None:
+            return
+        self.hooks.emit(events.ModeForced(
+            prev_mode=self.mode(t.previous).value,
+            next_mode=self.mode(record).value,
+            reason=record.reason,
+            hold_seconds=record.until - record.forced_at,
+            until=record.until,
+            holds=record.holds,
+            fail_count=t.fail_count or None,
+            by=record.by,
+        ))

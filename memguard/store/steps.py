@@ -1,0 +1,65 @@
+"""One implementation of the request path for blocking and asyncio callers.
+
+Every Redis step the request path may take (count a failure, force, reset the count, read
+the state when the view cannot say, end a lapsed hold) is written once, as a generator that
+yields what it needs done — a transition script or the snapshot read — and gets back the
+reply, or has the Redis error thrown in where it yielded. ``run`` performs those steps with
+the blocking client, ``arun`` awaits them on ``redis.asyncio``. So the scripts, triggers,
+events and fail-open handling cannot drift apart between the blocking and asyncio paths:
+there is one copy of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Script:
+    """Run the script ``name`` (``memguard.store.scripts``) with these named arguments."""
+
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReadSnapshot:
+    """The snapshot's plain reads, in one round trip."""
+
+
+Step = Script | ReadSnapshot
+Steps = Generator[Step, Any, T]
+
+
+def run(steps: Steps[T], perform: Callable[[Step], Any]) -> T:
+    """Drive ``steps`` to its result, performing each step as a blocking call."""
+    value: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value
+        try:
+            value, error = perform(step), None
+        except Exception as exc:
+            value, error = None, exc
+
+
+async def arun(steps: Steps[T], perform: Callable[[Step], Awaitable[Any]]) -> T:
+    """Drive ``steps`` to its result, awaiting each step."""
+    value: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value
+        try:
+            value, error = await perform(step), None
+        except Exception as exc:
+            value, error = None, exc
