@@ -7,4 +7,4 @@ Start from memguard's packaged settings and override what you need.
 
 from memguard.celeryconfig import *  # noqa: F403
 
-result_expires = 3600
+result_expires = 600  # keep task results for 10 minutes (the packaged default is an hour)

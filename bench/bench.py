@@ -22,6 +22,7 @@ from memguard import process
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.drill.localstack import RedisServer
+from memguard.observe import logs, metrics
 from memguard.store.keys import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
 from memguard.store.state import State
 
@@ -169,6 +170,15 @@ def propagation(url: str, state: State, trials: int) -> dict[str, Any]:
     return {"force_seen": dist(force_ms), "clear_seen": dist(clear_ms), "trials": trials}
 
 
+def quiet_build(settings: Settings) -> process.Process:
+    """A process's objects with no subscriber: measure the guard, not a log line per read."""
+    quiet = events.Hooks()
+    proc = process.build(settings, hooks=quiet)
+    for subscriber in (logs.on_event, metrics.on_event, proc.audit.on_event):
+        quiet.unsubscribe(subscriber)
+    return proc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
@@ -176,25 +186,29 @@ def main() -> None:
     ap.add_argument("--fleet", action="store_true", help="the fleet benchmark instead (see bench/fleet.py)")
     ap.add_argument("--processes", type=int, default=4, help="--fleet: processes holding watchers")
     ap.add_argument("--watchers", type=int, default=100, help="--fleet: watchers per process")
+    ap.add_argument("--idle-seconds", type=float, default=65.0, help="--fleet: the idle window")
+    ap.add_argument("--trials", type=int, default=5, help="--fleet: changes of each kind")
     args = ap.parse_args()
     if args.fleet:
         import fleet
 
-        res = fleet.run(args.processes, args.watchers)
+        res = fleet.run(args.processes, args.watchers, args.idle_seconds, args.trials)
         print(json.dumps(res, indent=2)) if args.json else fleet.report(res)
         return
     n = args.reads
-    events._subscribers.clear()  # measure the guard, not a log line per read
     res: dict[str, Any] = {"reads": n}
     with RedisServer() as server:
         raw = redis.Redis(port=server.port)
         settings = Settings(redis_url=server.url, zep_api_key="x", threshold=10**6)
-        rt = process.build(settings)
+        rt = quiet_build(settings)
         rt.watcher.wait_ready()
         guard = rt.guard
 
         def noop() -> str:
             return "ctx"
+
+        def timing_out() -> str:
+            raise TimeoutError("bench")
 
         call = timed(noop, n)
         base = pct(call, 0.5)
@@ -208,7 +222,7 @@ def main() -> None:
         res["memguard"]["redis_commands_per_read"] = per_read(raw, before, n)
 
         # The latency trip on: a read adds two local counts; a thread flushes once a second.
-        lat_rt = process.build(Settings(redis_url=server.url, zep_api_key="x", threshold=10**6,
+        lat_rt = quiet_build(Settings(redis_url=server.url, zep_api_key="x", threshold=10**6,
                                         latency_threshold_ms=300))
         lat_rt.watcher.wait_ready()
         before = commands(raw)
@@ -218,7 +232,7 @@ def main() -> None:
         lat_rt.close()
 
         # The failure-rate policy on: a read adds local counts, no reset of a consecutive count.
-        rate_rt = process.build(Settings(redis_url=server.url, zep_api_key="x", failure_rate_threshold=0.5))
+        rate_rt = quiet_build(Settings(redis_url=server.url, zep_api_key="x", failure_rate_threshold=0.5))
         rate_rt.watcher.wait_ready()
         before = commands(raw)
         rate = timed(lambda: rate_rt.guard.call("t", noop), n, warmup=0)
@@ -279,7 +293,7 @@ def main() -> None:
         failures = 200
         before, trips = commands(raw), commands(raw, "evalsha")
         for _ in range(failures):
-            guard.record_failure(TimeoutError("bench"))
+            guard.call("t", timing_out)
         res["failure_path"] = {
             "round_trips_per_failure": round((commands(raw, "evalsha") - trips) / failures, 3),
             "commands_per_failure_incl_script": round((commands(raw) - before - 2) / failures, 3),
@@ -287,7 +301,8 @@ def main() -> None:
         rt.state.reset_failures()
 
         res["propagation"] = propagation(
-            server.url, State(redis.Redis(port=server.port, decode_responses=True), settings), trials=50
+            server.url, State(redis.Redis(port=server.port, decode_responses=True), settings, events.Hooks()),
+            trials=50
         )
 
         fk, fk_per_read = forked(server.url, settings, n)

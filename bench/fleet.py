@@ -20,20 +20,22 @@ from typing import Any
 import redis
 
 from memguard.config.settings import Settings
+from memguard.domain import events
 from memguard.drill.localstack import RedisServer
 from memguard.request.watch import Watcher
 from memguard.store.keys import FORCED_MODE_KEY
 from memguard.store.state import State
 
 TRIALS = 5
-IDLE_S = 65.0  # longer than one slow re-read period (memguard.watch.RESYNC_S)
+IDLE_S = 65.0  # longer than one slow re-read period (memguard.request.watch.RESYNC_S)
 
 
 def _holder(url: str, watchers: int, conn: Any) -> None:
     """One process holding ``watchers`` views; reports when each first sees the wanted state."""
     settings = Settings(redis_url=url, zep_api_key="x")
-    state = State(redis.Redis.from_url(url, decode_responses=True), settings)
-    views = [Watcher(state, url, settings.probe_grace_seconds) for _ in range(watchers)]
+    hooks = events.Hooks()
+    state = State(redis.Redis.from_url(url, decode_responses=True), settings, hooks)
+    views = [Watcher(state, settings.probe_grace_seconds, hooks) for _ in range(watchers)]
     for w in views:
         w.start()
     deadline = time.monotonic() + 60
@@ -68,7 +70,7 @@ def _dist(ms: list[float]) -> dict[str, float]:
     return {"p50_ms": round(s[len(s) // 2], 2), "p99_ms": round(p99, 2), "max_ms": round(s[-1], 2)}
 
 
-def run(processes: int, watchers: int) -> dict[str, Any]:
+def run(processes: int, watchers: int, idle_s: float = IDLE_S, trials: int = TRIALS) -> dict[str, Any]:
     n = processes * watchers
     out: dict[str, Any] = {"processes": processes, "watchers_per_process": watchers, "watchers": n}
     with RedisServer() as server:
@@ -88,7 +90,7 @@ def run(processes: int, watchers: int) -> dict[str, Any]:
 
         client.config_resetstat()
         t0 = time.monotonic()
-        time.sleep(IDLE_S)
+        time.sleep(idle_s)
         calls, usec = _stats(client)
         elapsed = time.monotonic() - t0
         out["idle"] = {"seconds": round(elapsed, 1),
@@ -96,7 +98,8 @@ def run(processes: int, watchers: int) -> dict[str, Any]:
                        "redis_cpu_us_per_s_per_watcher": round(usec / elapsed / n, 3),
                        "commands_per_s_fleet": round(calls / elapsed, 2)}
 
-        state = State(redis.Redis(port=server.port, decode_responses=True), Settings(redis_url=server.url))
+        state = State(redis.Redis(port=server.port, decode_responses=True), Settings(redis_url=server.url),
+                      events.Hooks())
 
         def original_record(ttl: float) -> str:
             now = time.time()
@@ -112,7 +115,7 @@ def run(processes: int, watchers: int) -> dict[str, Any]:
         order = ["force", "clear", "hand_set", "hand_del"]
         samples: dict[str, list[float]] = {k: [] for k in [*order, "expiry"]}
         costs: dict[str, list[int]] = {k: [] for k in order}
-        for _ in range(TRIALS):
+        for _ in range(trials):
             for name in order:
                 want, change = changes[name]
                 for parent in pipes:

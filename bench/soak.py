@@ -129,7 +129,7 @@ def _zep_reads(stub: Any) -> int:
 
 
 def run(minutes: float, logdir: str | None = None, sentinel: bool = False) -> dict[str, Any]:
-    from memguard import audit
+    from memguard.ops import audit
     from memguard.drill.localstack import CeleryProcess, RedisServer, SentinelGroup, stack_env, wait_for
     from memguard.drill.zepstub import ZepStub
 

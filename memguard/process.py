@@ -68,7 +68,7 @@ class Process:
     switches: SwitchListener | None = None
 
     def close(self) -> None:
-        hooks.unsubscribe(self.audit.on_event)
+        self.state.hooks.unsubscribe(self.audit.on_event)
         if self.switches is not None:
             self.switches.stop()
         self.watcher.stop()
@@ -76,8 +76,10 @@ class Process:
             self.meter.stop()
 
 
-def build(settings: Settings, *, watch: bool = True) -> Process:
-    """Build and wire one process's objects; ``watch=False`` starts no thread (one-shot commands)."""
+def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks) -> Process:
+    """Build and wire one process's objects; ``watch=False`` starts no thread (one-shot commands).
+
+    ``hooks`` is the process's own unless a benchmark or test brings its own."""
     client = redis_client(settings)
     state = State(client, settings, hooks)
     watcher = Watcher(state, settings.probe_grace_seconds, hooks)

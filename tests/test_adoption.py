@@ -277,7 +277,7 @@ def test_guarded_rejects_a_bad_budget():
 
 
 def test_config_error_returns_none_and_is_logged_once(redis_server, redis_db, stub, capsys):
-    from memguard import logs
+    from memguard.observe import logs
 
     logs.configure(stream=sys.stdout)
     rt = process.configure(Settings(redis_url=redis_server.url, zep_api_url=stub.url, zep_api_key=None))

@@ -134,7 +134,7 @@ def test_429_retry_after_date_is_capped_and_plain_429_triggers_nothing(configure
 
 
 def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stub, recorded, capsys):
-    from memguard import logs
+    from memguard.observe import logs
 
     configure(disable_auto_downgrade=True, read_timeout_ms=2000, latency_threshold_ms=300,
               latency_min_reads=1)

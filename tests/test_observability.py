@@ -80,7 +80,7 @@ def _up(port: int) -> bool:
 
 @pytest.mark.parametrize("field,value", [("token", "s3cr3t-Zq"), ("authorization", "Api-Key s3cr3t-Zq")])
 def test_redaction_drops_secret_fields(field, value, capsys):
-    from memguard import logs
+    from memguard.observe import logs
 
     logs.configure(stream=None)
     logs.log.warning("probe", **{field: value}, url="redis://:s3cr3t-Zq@host:6379/0",

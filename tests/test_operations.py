@@ -74,10 +74,13 @@ def test_history_records_every_transition_and_probe(configure, stub, redis_db):
     rt.ops.probe({"via": "test"})  # success: restored
     flags.force_write_only("manual_ops", 60)
     flags.clear_forced_mode()
-    kinds = [(e["event"], e.get("reason") or e.get("result")) for e in audit.history(redis_db, AUDIT_KEY, 20)]
+    history = audit.history(redis_db, AUDIT_KEY, 20)
+    kinds = [(e["event"], e.get("reason") or e.get("result") or e.get("action")) for e in history]
+    # The flags API takes the operators' path: its force and clear are audited as theirs are.
     assert kinds == [("forced", "auth"), ("probe", "failed"), ("forced", "probe_failed"),
-                     ("probe", "success"), ("restored", "probe_success"), ("forced", "manual_ops"),
-                     ("manual_clear", "manual_clear")]
+                     ("probe", "success"), ("restored", "probe_success"), ("operator", "force"),
+                     ("forced", "manual_ops"), ("operator", "clear"), ("manual_clear", "manual_clear")]
+    assert {e["by"]["via"] for e in history if e["event"] == "operator"} == {"api"}
     stamps = [e["time"] for e in audit.history(redis_db, AUDIT_KEY, 20)]
     assert stamps == sorted(stamps)
 

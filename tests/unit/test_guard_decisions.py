@@ -1,0 +1,193 @@
+"""The guard's decisions against a fake store: which reads are blocked, counted, forced, and
+when Redis is asked at all. Seconds to run; the real-Redis tests hold the same behaviour end
+to end."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import httpx
+import pytest
+
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.domain.modes import EffectiveMode
+from memguard.request.guard import Guard
+
+from .fakes import FakeMeter, FakeStore, FakeView, record
+
+SETTINGS = Settings(zep_api_key="x")
+
+
+def http_error(status: int, headers: dict[str, str] | None = None) -> httpx.HTTPStatusError:
+    request = httpx.Request("GET", "http://zep.test/api/v2/sessions/t/memory")
+    response = httpx.Response(status, request=request, headers=headers)
+    return httpx.HTTPStatusError(f"HTTP {status}", request=request, response=response)
+
+
+def raising(exc: BaseException):
+    def read(thread_id: str) -> str:
+        raise exc
+
+    return read
+
+
+def ok(thread_id: str) -> str:
+    return f"context of {thread_id}"
+
+
+def make(store: FakeStore | None = None, view: FakeView | None = None, settings: Settings = SETTINGS,
+         meter: FakeMeter | None = None) -> tuple[Guard, FakeStore, list[events.Event]]:
+    store = store or FakeStore()
+    hooks = events.Hooks()
+    seen: list[events.Event] = []
+    hooks.subscribe(seen.append)
+    return Guard(settings, store, hooks, view if view is not None else FakeView(), meter), store, seen
+
+
+def test_healthy_read_with_a_live_view_asks_the_store_nothing():
+    guard, store, _ = make()
+    value, meta = guard.call("t1", ok, ("t1",))
+    assert value == "context of t1" and meta == {"used": True, "source": "zep"}
+    assert store.calls == []
+
+
+def test_a_forced_view_blocks_the_read_without_calling_zep():
+    guard, store, seen = make(view=FakeView(record("auth")))
+    value, meta = guard.call("t1", raising(AssertionError("Zep was called")), ("t1",))
+    assert value is None and meta["source"] == "write_only_forced" and meta["reason"] == "auth"
+    assert store.calls == []
+    assert [type(e) for e in seen] == [events.ReadBlocked]
+
+
+def test_without_a_view_the_store_is_read_and_its_record_blocks():
+    view = FakeView()
+    view.current = None
+    guard, store, _ = make(FakeStore(snapshot_record=record("consecutive_failures")), view)
+    _, meta = guard.call("t1", ok, ("t1",))
+    assert meta["source"] == "write_only_forced" and store.names() == ["snapshot"]
+
+
+def test_a_record_past_its_lapse_time_is_ended_and_the_read_goes_on():
+    view = FakeView()
+    view.current = None
+    guard, store, _ = make(FakeStore(snapshot_record=record(left_s=-120, lapse_in_s=-60)), view)
+    value, _ = guard.call("t1", ok, ("t1",))
+    assert value == "context of t1"
+    # Without a view the guard cannot tell whether a failure count exists: the success resets it.
+    assert store.names() == ["snapshot", "lapse", "reset"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_failure_forces_at_once_with_the_configured_hold(status):
+    guard, store, _ = make()
+    value, meta = guard.call("t1", raising(http_error(status)), ("t1",))
+    assert value is None and meta["reason"] == "auth" and meta["status"] == status
+    assert store.calls == [("force", "auth", SETTINGS.hold_seconds, True, 0)]
+
+
+def test_auth_quorum_is_passed_to_the_store_only_when_asked():
+    settings = dataclasses.replace(SETTINGS, quorum_hosts=3, quorum_auth=True)
+    guard, store, _ = make(settings=settings)
+    guard.call("t1", raising(http_error(401)), ("t1",))
+    assert store.calls == [("force", "auth", settings.hold_seconds, True, 3)]
+
+
+@pytest.mark.parametrize("exc, reason", [
+    (http_error(503), "http_5xx"),
+    (http_error(408), "timeout"),
+    (httpx.ReadTimeout("slow"), "timeout"),
+    (httpx.ConnectError("refused"), "connection"),
+])
+def test_timeouts_5xx_and_refusals_are_counted_fleet_wide(exc, reason):
+    guard, store, seen = make(FakeStore(count=2))
+    _, meta = guard.call("t1", raising(exc), ("t1",))
+    assert meta["reason"] == reason and store.names() == ["count"]
+    failure = next(e for e in seen if isinstance(e, events.FailureRecorded))
+    assert failure.fail_count == 2 and failure.action == "count"
+
+
+@pytest.mark.parametrize("exc, reason", [
+    (http_error(404), "http_4xx"), (http_error(429), "rate_limited"), (ValueError("bad json"), "bad_payload"),
+    (RuntimeError("?"), "other")])
+def test_other_failures_are_metrics_only(exc, reason):
+    guard, store, seen = make()
+    _, meta = guard.call("t1", raising(exc), ("t1",))
+    assert meta["reason"] == reason and store.calls == []
+    assert [e.action for e in seen if isinstance(e, events.FailureRecorded)] == ["ignore"]
+
+
+def test_429_retry_after_forces_for_that_long_within_the_cap():
+    guard, store, _ = make()
+    guard.call("t1", raising(http_error(429, {"Retry-After": "120"})), ("t1",))
+    guard.call("t1", raising(http_error(429, {"Retry-After": "999999"})), ("t1",))
+    assert [c[2] for c in store.calls] == [120, SETTINGS.hold_cap_seconds]
+    assert {c[1] for c in store.calls} == {"rate_limited"}
+
+
+def test_a_read_over_its_budget_returns_its_value_and_counts_a_timeout():
+    guard, store, seen = make()
+
+    def slow(thread_id: str) -> str:
+        import time
+
+        time.sleep(0.03)
+        return "late"
+
+    value, meta = guard.call("t1", slow, ("t1",), budget_s=0.01)
+    assert value == "late" and meta["used"] is True and meta["overran_ms"] >= 10
+    assert store.names() == ["count"]
+    assert [e.reason for e in seen if isinstance(e, events.FailureRecorded)] == ["timeout"]
+
+
+def test_success_resets_the_count_only_while_the_view_says_there_may_be_one():
+    guard, store, _ = make(view=FakeView(failures_for_s=30))
+    guard.call("t1", ok, ("t1",))
+    assert store.names() == ["reset"]
+    guard, store, _ = make(view=FakeView(failures_for_s=0))
+    guard.call("t1", ok, ("t1",))
+    assert store.calls == []
+
+
+def test_redis_down_fails_open_and_backs_off_for_a_second():
+    view = FakeView()
+    view.current = None
+    guard, store, seen = make(FakeStore(down=True), view)
+    for _ in range(5):
+        value, _ = guard.call("t1", ok, ("t1",))
+        assert value == "context of t1"
+    assert store.names() == ["snapshot"]  # one attempt, then the back-off
+    assert [e.kind for e in seen if isinstance(e, events.GuardTrouble)] == ["redis_error"]
+    guard.call("t1", raising(http_error(503)), ("t1",))
+    assert store.names() == ["snapshot"]  # nor is a failure counted during the back-off
+
+
+def test_failure_rate_policy_meters_failures_instead_of_counting():
+    meter = FakeMeter()
+    guard, store, _ = make(settings=dataclasses.replace(SETTINGS, failure_rate_threshold=0.5), meter=meter)
+    guard.call("t1", raising(http_error(503)), ("t1",))
+    guard.call("t1", ok, ("t1",))
+    assert store.calls == []
+    assert [failed for _, failed in meter.reads] == [True, False]
+
+
+def test_reads_off_by_flag_never_call_zep():
+    guard, store, _ = make(FakeStore(base=EffectiveMode.WRITE_ONLY))
+    value, meta = guard.call("t1", raising(AssertionError("Zep was called")), ("t1",))
+    assert value is None and meta == {"used": False, "source": "read_disabled", "mode": "write_only"}
+    assert store.calls == []
+
+
+def test_async_reads_take_the_same_decisions():
+    guard, store, _ = make()
+
+    async def failing(thread_id: str) -> str:
+        raise http_error(401)
+
+    async def fine(thread_id: str) -> str:
+        return "ok"
+
+    assert asyncio.run(guard.acall("t1", fine, ("t1",)))[0] == "ok"
+    _, meta = asyncio.run(guard.acall("t1", failing, ("t1",)))
+    assert meta["reason"] == "auth" and store.calls == [("force", "auth", SETTINGS.hold_seconds, True, 0)]
