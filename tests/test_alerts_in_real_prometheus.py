@@ -1,6 +1,6 @@
 """The alert rules in a real Prometheus server scraping live memguard processes.
 
-promtool's unit tests (test_runbook.py) prove each rule's exact timing on synthetic series;
+promtool's unit tests (test_runbook_is_real.py) prove each rule's exact timing on synthetic series;
 this test proves the expressions against what live processes really export. Prometheus
 scrapes and evaluates every second, and the rules are loaded with every duration divided by
 60 (``for: 15m`` becomes 15 s, ``[1h]`` becomes 60 s); the expressions are unchanged.

@@ -14,7 +14,7 @@ from memguard.drill.localstack import free_port
 from memguard.ops import audit
 from memguard.store.keys import AUDIT_KEY
 
-from .test_adoption import example  # noqa: F401 - the example app's fixture
+from .test_existing_celery_app import example  # noqa: F401 - the example app's fixture
 
 
 def memguard_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,8 +18,8 @@ from memguard.ops.prober import PROBE_THREAD_ID
 from memguard.store.keys import FORCED_MODE_KEY, Keys
 
 from .conftest import API_KEY, ROOT, make_settings
-from .test_fleet import FAILURES_EACH, PROCS, fail_together
-from .test_freshness import BOUND_MS, original_record, reader_process
+from .test_many_processes_and_redis_outage import FAILURES_EACH, PROCS, fail_together
+from .test_propagation_to_every_view import BOUND_MS, original_record, reader_process
 
 CLUSTER_KEYS = Keys.under("{mem}:")
 

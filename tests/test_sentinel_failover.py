@@ -18,7 +18,7 @@ from memguard.ops.prober import PROBE_THREAD_ID
 from memguard.store.keys import FORCED_MODE_KEY
 
 from .conftest import API_KEY, ROOT
-from .test_freshness import BOUND_MS, original_record, reader_process
+from .test_propagation_to_every_view import BOUND_MS, original_record, reader_process
 
 HOLD = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "1", "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "1",
         "MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS": "0.5"}

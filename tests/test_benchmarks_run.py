@@ -1,0 +1,34 @@
+"""The benchmarks run, at a tiny size, so that they cannot rot unnoticed (their figures are
+read from a full run: ``./run bench``, ``./run bench --fleet``; the soak has its own test)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def bench(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "bench/bench.py", "--json", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_the_benchmark_runs_and_a_healthy_read_costs_no_redis_command():
+    res = bench("--reads", "300")
+    for case in ("memguard", "memguard_async", "forked_child_decorated", "memguard_failure_rate"):
+        assert res[case]["redis_commands_per_read"] == 0, case
+    assert res["seed_get_del"]["redis_commands_per_read"] == 2
+    assert round(res["failure_path"]["round_trips_per_failure"]) == 1  # one script per failure
+    assert res["propagation"]["trials"] == 50 and res["propagation"]["force_seen"]["max_ms"] < 1000
+
+
+def test_the_fleet_benchmark_runs_and_every_view_sees_every_change():
+    res = bench("--fleet", "--processes", "2", "--watchers", "3", "--idle-seconds", "2", "--trials", "1")
+    assert res["watchers"] == 6 and res["idle"]["commands_per_s_fleet"] > 0
+    for name, dist in res["propagation_to_all"].items():
+        assert math.isfinite(dist["max_ms"]), f"a view never saw {name}"
