@@ -129,9 +129,9 @@ def _zep_reads(stub: Any) -> int:
 
 
 def run(minutes: float, logdir: str | None = None, sentinel: bool = False) -> dict[str, Any]:
-    from memguard.ops import audit
     from memguard.drill.localstack import CeleryProcess, RedisServer, SentinelGroup, stack_env, wait_for
     from memguard.drill.zepstub import ZepStub
+    from memguard.ops import audit
 
     phase = max(6.0, minutes * 60 / 5)
     key = "soak-key"

@@ -1,7 +1,9 @@
 """The public flags API: modes and the fleet-wide forced record (names fixed by DESIGN.md).
 
 A force and a clear here take the operators' one path (``memguard.ops.actions``): the same
-checks, events and audit entry as ``memguard force`` and the ``memguard.force`` task.
+checks, events and audit entry as ``memguard force`` and the ``memguard.force`` task. The key
+constants are the names on one Redis server; on a Redis Cluster they start with ``{mem}:``
+(``memguard.store.keys.Keys.under``).
 """
 
 from __future__ import annotations
