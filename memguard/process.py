@@ -166,7 +166,7 @@ def _after_fork_in_child() -> None:
     global _current, _settings, _lock
     if _current is not None:
         _settings = _current.settings
-        hooks.unsubscribe(_current.audit.on_event)
+        _current.state.hooks.unsubscribe(_current.audit.on_event)
     _current = None
     _lock = threading.Lock()  # the parent may have held it while forking
 
