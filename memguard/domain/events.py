@@ -107,7 +107,6 @@ Event = (ModeForced | WouldForce | ModeRestored | ReadBlocked | FailureRecorded 
 Subscriber = Callable[[Event], None]
 
 
-
 class Hooks:
     """The subscribers of one process: every event goes to each, in subscription order."""
 

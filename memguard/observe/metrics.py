@@ -42,16 +42,10 @@ OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a 
                      buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
 # Series exist at 0 from the start, so increase() sees the first downgrade of a process.
-for _reason in DOWNGRADE_REASONS:
-    DOWNGRADES.labels(_reason)
-for _reason in AUTO_REASONS:
-    WOULD.labels(_reason)
-for _reason in FAILURE_REASONS:
-    FAILURES.labels(_reason)
-for _result in PROBE_RESULTS:
-    PROBES.labels(_result)
-for _reason in RESTORE_REASONS:
-    RESTORED.labels(_reason)
+for _counter, _labels in ((DOWNGRADES, DOWNGRADE_REASONS), (WOULD, AUTO_REASONS), (FAILURES, FAILURE_REASONS),
+                          (PROBES, PROBE_RESULTS), (RESTORED, RESTORE_REASONS)):
+    for _label in _labels:
+        _counter.labels(_label)
 TROUBLE.labels("redis_error", "check")
 
 
