@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +23,32 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The SDK would prefer a developer's ZEP_API_URL over the stub's address.
 os.environ.pop("ZEP_API_URL", None)
+
+
+RABBITMQ = ("127.0.0.1", 5672)  # guest/guest: this machine kind and CI run one
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def require(what: str, present: bool, hint: str) -> None:
+    """Skip a test whose outside part is missing, except under ``CI=true``: there it fails."""
+    if present:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is missing under CI=true: {hint}", pytrace=False)
+    pytest.skip(f"{what} is missing: {hint}")
+
+
+def require_binary(name: str, package: str) -> None:
+    require(name, shutil.which(name) is not None, f"install the Debian package {package} (./run does)")
+
+
+def require_rabbitmq() -> None:
+    try:
+        socket.create_connection(RABBITMQ, timeout=2).close()
+        up = True
+    except OSError:
+        up = False
+    require("RabbitMQ at 127.0.0.1:5672", up, "start rabbitmq-server (Debian package rabbitmq-server)")
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,15 @@ scrapes and evaluates every second, and the rules are loaded with every duration
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
 
 import httpx
-import pytest
 
 from memguard.drill.localstack import free_port, wait_for
 
-from .conftest import ROOT
+from .conftest import ROOT, require_binary
 
 SCALE = 60
 _UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -95,8 +93,8 @@ while True:
 """
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs the Debian package prometheus")
 def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
+    require_binary("prometheus", "prometheus")
     hold = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "2", "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "2"}  # no backoff
     reader_port, worker_port = free_port(), free_port()
     stack.spawn("worker", "prom-worker", "-P", "solo", MEMGUARD_METRICS_PORT=str(worker_port), **hold)

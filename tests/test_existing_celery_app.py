@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 
 import httpx
 import pytest
@@ -20,8 +21,9 @@ from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env, wait_for
 from memguard.drill.zepstub import ZepStub
+from memguard.store.keys import FORCED_MODE_KEY
 
-from .conftest import API_KEY, ROOT, make_settings
+from .conftest import API_KEY, RABBITMQ_URL, ROOT, make_settings, require_rabbitmq
 
 EXAMPLE = ROOT / "examples" / "existing_app"
 
@@ -93,6 +95,53 @@ def test_example_app_prefork_two_beats_free_reads_and_failover(example, stub):
     assert stub.reads_of("memguard-probe") >= 1
     assert worker.alive() and standby.alive()
     rt.close()
+
+
+def test_example_app_on_rabbitmq_forces_by_celery_call_and_the_probe_restores(tmp_path, stub):
+    """The most common broker: RabbitMQ carries the tasks, memguard's state and RedBeat stay on Redis."""
+    require_rabbitmq()
+    queue = f"memguard-test-{uuid.uuid4().hex[:12]}"  # this run's own queue on the shared broker
+    (tmp_path / "rabbitapp.py").write_text(
+        "import os\nfrom myapp import app\napp.conf.task_default_queue = os.environ['TEST_QUEUE']\n")
+    with RedisServer() as state:
+        results = state.url.replace("/0", "/1")
+        env = stack_env(state.url, stub.url, API_KEY, CELERY_BROKER_URL=RABBITMQ_URL,
+                        CELERY_RESULT_BACKEND=results, PYTHONPATH=f"{EXAMPLE}{os.pathsep}{tmp_path}",
+                        MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="1", TEST_QUEUE=queue)
+        env.pop("CELERY_CONFIG_MODULE", None)
+        procs = [CeleryProcess("worker", env, str(tmp_path), "w", "-P", "prefork", "-c", "2",
+                               app="rabbitapp", cwd=str(tmp_path))]
+        procs += [CeleryProcess("beat", env, str(tmp_path), name, app="rabbitapp", cwd=str(tmp_path))
+                  for name in ("b1", "b2")]
+        sender = Celery(broker=RABBITMQ_URL, backend=results)
+        sender.conf.task_default_queue = queue
+        try:
+            for p in procs:
+                p.start()
+            done = sender.send_task("myapp.read_many", args=[50]).get(timeout=30)
+            assert done["used"] == done["reads"] == 50, done
+            probes = stub.reads_of("memguard-probe")
+
+            out = subprocess.run([sys.executable, "-m", "celery", "-A", "rabbitapp", "call", "memguard.force",
+                                  "--kwargs", json.dumps({"reason": "manual_ops", "ttl_seconds": 2})],
+                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            client = state.client()
+            wait_for(lambda: client.exists(FORCED_MODE_KEY), 20, "celery call memguard.force to force")
+            assert json.loads(client.get(FORCED_MODE_KEY))["reason"] == "manual_ops"
+            answer = sender.send_task("myapp.answer", args=["t"]).get(timeout=30)
+            assert answer == "no memory (write_only_forced)", "a pool child saw the force"
+            # Well inside the 60 s grace: only a successful probe ends the hold this soon.
+            wait_for(lambda: not client.exists(FORCED_MODE_KEY), 20, "the probe to restore the fleet")
+            assert stub.reads_of("memguard-probe") > probes
+            sending = [b for b in procs[1:] if "Sending due task memguard-probe" in b.output()]
+            assert len(sending) == 1, "exactly one beat schedules the probe"
+            assert all(p.alive() for p in procs), [p.output()[-2000:] for p in procs if not p.alive()]
+        finally:
+            for p in procs:
+                p.stop()
+            with sender.connection_for_write() as conn:
+                conn.default_channel.queue_delete(queue)
 
 
 def test_worker_without_zep_key_exits_with_one_line(example):

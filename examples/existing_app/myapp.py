@@ -6,8 +6,9 @@ Run from any directory with this folder on PYTHONPATH::
     celery -A myapp beat -l info        # memguard.install sets -S memguard.beat.Scheduler
 
 Its Zep reads use plain httpx (not a Zep SDK), so it gives memguard its own probe.
-``CELERY_BROKER_URL`` is the app's broker (RedBeat keeps its lock there too); memguard's
-state lives at ``REDIS_URL``.
+``CELERY_BROKER_URL`` is the app's broker, Redis or RabbitMQ (``amqp://guest:guest@host:5672//``).
+With a Redis broker RedBeat keeps its schedule and lock there; with RabbitMQ, memguard.install
+points RedBeat at memguard's Redis (``REDIS_URL``), where memguard's state lives in both cases.
 """
 
 import os
@@ -22,7 +23,8 @@ app = Celery(
     broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1"),
     backend=os.environ.get("CELERY_RESULT_BACKEND"),  # optional
 )
-app.conf.redbeat_redis_url = app.conf.broker_url
+if app.conf.broker_url.startswith("redis"):
+    app.conf.redbeat_redis_url = app.conf.broker_url
 
 zep = httpx.Client(
     base_url=os.environ.get("ZEP_API_URL", "http://127.0.0.1:8000"),
