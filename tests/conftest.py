@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +17,7 @@ from celery import Celery
 from memguard import process
 from memguard.config.settings import Settings
 from memguard.domain import events
-from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env
+from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env, wait_for
 from memguard.drill.zepstub import ZepStub
 
 API_KEY = "test-key-Zq7"
@@ -101,6 +103,16 @@ def configure(redis_db, redis_server: RedisServer, stub: ZepStub):
     yield _configure
     for rt in built:
         rt.close()
+
+
+def wait_past(epoch: float, what: str, timeout: float = 10) -> None:
+    """Wait until the wall clock (Redis's, on this machine) is past ``epoch``."""
+    wait_for(lambda: time.time() > epoch, timeout, what, interval=0.01)
+
+
+def probe_ticks(worker: CeleryProcess) -> int:
+    """Probe tasks a worker has finished, from its log."""
+    return len(re.findall(r"Task memguard\.probe\[[^\]]+\] succeeded", worker.output()))
 
 
 @pytest.fixture

@@ -148,7 +148,7 @@ def test_worker_without_zep_key_exits_with_one_line(example):
     env = {k: v for k, v in example.env.items() if k != "ZEP_API_KEY"}
     out = subprocess.run([sys.executable, "-m", "celery", "-A", "memguard", "worker", "-l", "info"],
                          cwd=example.dir, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
+    assert out.returncode == 78, out.stdout + out.stderr  # EX_CONFIG
     ours = [ln for ln in out.stderr.splitlines() if "memguard" in ln]
     assert ours == ["memguard: invalid configuration: ZEP_API_KEY is not set (memguard's Zep reader "
                     "needs it)"], out.stderr
@@ -160,7 +160,7 @@ def test_beat_without_zep_key_exits_with_one_line(example):
     env = {k: v for k, v in example.env.items() if k != "ZEP_API_KEY"}
     out = subprocess.run([sys.executable, "-m", "celery", "-A", "memguard", "beat", "-l", "info"],
                          cwd=example.dir, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
+    assert out.returncode == 78, out.stdout + out.stderr  # EX_CONFIG
     both = out.stdout + out.stderr
     assert [ln for ln in both.splitlines() if "ZEP_API_KEY" in ln] == [
         "memguard: invalid configuration: ZEP_API_KEY is not set (memguard's Zep reader needs it)"], both
@@ -171,7 +171,7 @@ def test_example_worker_with_a_bad_setting_exits_naming_it(example):
     env = {**example.env, "MEMORY_DOWNGRADE_THRESHOLD": "three"}
     out = subprocess.run([sys.executable, "-m", "celery", "-A", "myapp", "worker", "-l", "info"],
                          cwd=example.dir, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
+    assert out.returncode == 78, out.stdout + out.stderr  # EX_CONFIG
     assert [ln for ln in out.stderr.splitlines() if ln.startswith("memguard:")] == [
         "memguard: invalid configuration: MEMORY_DOWNGRADE_THRESHOLD='three': expected a whole number"]
     assert "Traceback" not in out.stderr + out.stdout
@@ -184,7 +184,7 @@ def test_beat_refuses_settings_that_lose_the_lock(example):
     out = subprocess.run([sys.executable, "-m", "celery", "-A", "tightbeat", "beat", "-S",
                           "redbeat.RedBeatScheduler", "-l", "info"], cwd=example.dir, env=env,
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
+    assert out.returncode == 78, out.stdout + out.stderr  # EX_CONFIG
     lines = [ln for ln in (out.stdout + out.stderr).splitlines() if "memguard:" in ln]
     assert len(lines) == 1 and "redbeat_lock_timeout (3 s) must be longer than beat_max_loop_interval (5 s)" \
         in lines[0], out.stdout + out.stderr
@@ -194,9 +194,10 @@ def test_beat_refuses_settings_that_lose_the_lock(example):
 
 def test_ready_app_beat_runs_from_another_directory(example):
     beat = example.spawn("beat", "ready-beat", app="memguard")
-    time.sleep(8)  # past a lock timeout: a lost lock would have ended it
+    # Eight 1 s probe ticks outlast the 6 s lock timeout: a lost lock would have ended the beat.
+    wait_for(lambda: beat.output().count("Sending due task memguard-probe") >= 8 or not beat.alive(), 30,
+             "eight probe ticks")
     assert beat.alive(), beat.output()[-2000:]
-    assert "Sending due task memguard-probe" in beat.output()
 
 
 # -- install() on an app object ---------------------------------------------------------------

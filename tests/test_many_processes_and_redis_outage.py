@@ -21,7 +21,7 @@ def _fail_many(redis_url: str, start, out) -> None:
     rt = process.configure(Settings(redis_url=redis_url, zep_api_key="x"), watch=False)
     forced = []
     process.hooks.subscribe(lambda e: forced.append(e) if isinstance(e, events.ModeForced) else None)
-    start.wait()
+    start.wait(60)  # every process is built: they all begin at once
     for _ in range(FAILURES_EACH):
         flags.increment_consecutive_failures()
     out.put(len(forced))
@@ -31,12 +31,11 @@ def _fail_many(redis_url: str, start, out) -> None:
 def fail_together(redis_url: str) -> list[int]:
     """PROCS processes record FAILURES_EACH failures each, all at once: downgrades each saw."""
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
+    start, out = ctx.Barrier(PROCS + 1), ctx.Queue()
     procs = [ctx.Process(target=_fail_many, args=(redis_url, start, out)) for _ in range(PROCS)]
     for p in procs:
         p.start()
-    time.sleep(1.0)
-    start.set()
+    start.wait(60)
     downgrades = [out.get(timeout=60) for _ in procs]
     for p in procs:
         p.join(30)

@@ -10,10 +10,11 @@ import time
 import pytest
 
 from memguard import flags, service
-from memguard.drill.localstack import free_port
+from memguard.drill.localstack import free_port, wait_for
 from memguard.ops import audit
 from memguard.store.keys import AUDIT_KEY
 
+from .conftest import wait_past
 from .test_existing_celery_app import example  # noqa: F401 - the example app's fixture
 
 
@@ -51,7 +52,7 @@ def test_refused_celery_call_is_in_history_within_a_second_without_a_result_back
     assert example.state.client().get(flags.FORCED_MODE_KEY) is None, "a refused call changed nothing"
 
     # The worker log: one structured refusal line, no traceback.
-    time.sleep(0.3)
+    wait_for(lambda: "memguard_operator_refused" in worker.output(), 5, "the refusal in the worker log")
     log = worker.output()
     assert "Traceback" not in log
     assert len([ln for ln in log.splitlines() if "memguard_operator_refused" in ln]) == 1
@@ -67,10 +68,10 @@ def test_history_records_every_transition_and_probe(configure, stub, redis_db):
     rt = configure(hold_seconds=1, hold_max_seconds=1)  # no backoff: every hold 1 s (less jitter)
     stub.set_fault("401")
     service.fetch_thread_context("t")  # forced: auth
-    time.sleep(1.05)
+    wait_past(flags.get_forced_mode()["until"], "the first hold's end")
     rt.ops.probe({"via": "test"})  # failed: reforced
     stub.set_fault("ok")
-    time.sleep(1.05)
+    wait_past(flags.get_forced_mode()["until"], "the second hold's end")
     rt.ops.probe({"via": "test"})  # success: restored
     flags.force_write_only("manual_ops", 60)
     flags.clear_forced_mode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 from redis.cluster import key_slot
@@ -17,7 +16,7 @@ from memguard.drill.localstack import CeleryProcess, ClusterGroup, free_port, st
 from memguard.ops.prober import PROBE_THREAD_ID
 from memguard.store.keys import FORCED_MODE_KEY, Keys
 
-from .conftest import API_KEY, ROOT, make_settings
+from .conftest import API_KEY, ROOT, make_settings, probe_ticks
 from .test_many_processes_and_redis_outage import FAILURES_EACH, PROCS, fail_together
 from .test_propagation_to_every_view import BOUND_MS, original_record, reader_process
 
@@ -111,8 +110,9 @@ def test_cluster_with_celery_on_a_plain_redis_probes_once_and_the_cli_reads_it(f
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stderr
         assert status.stdout.startswith("mode:        read_write"), status.stdout
-        time.sleep(1.5)
-        assert stub.reads_of(PROBE_THREAD_ID) == 1
+        ticks = probe_ticks(procs[0])
+        wait_for(lambda: probe_ticks(procs[0]) >= ticks + 2, 15, "two more probe ticks")
+        assert stub.reads_of(PROBE_THREAD_ID) == 1, "one probe read for the hold"
         assert redis_db.keys("memguard:redbeat:*"), "RedBeat keeps its schedule on the plain Redis"
         assert all(p.alive() for p in procs)
     finally:

@@ -11,8 +11,11 @@ from prometheus_client import REGISTRY
 from memguard import flags, process, service
 from memguard.domain import events
 from memguard.domain.modes import EffectiveMode
+from memguard.drill.localstack import wait_for
 from memguard.ops.prober import PROBE_THREAD_ID
 from memguard.store.keys import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
+
+from .conftest import wait_past
 
 CLIENTS = ["zep-python", "zep-cloud"]
 
@@ -105,7 +108,7 @@ def test_count_window_is_on_the_redis_clock(configure, redis_db):
     assert flags.increment_consecutive_failures() == 1
     ttl = redis_db.pttl(CONSECUTIVE_FAILURES_KEY)
     assert 0 < ttl <= 1000
-    time.sleep(1.1)
+    wait_for(lambda: not redis_db.exists(CONSECUTIVE_FAILURES_KEY), 3, "the window to expire in Redis")
     assert flags.increment_consecutive_failures() == 1
 
 
@@ -115,7 +118,7 @@ def test_probe_success_restores(configure, stub, recorded):
     service.fetch_thread_context("t-5")
     assert rt.ops.probe({"via": "test"})["result"] == "held"
     stub.set_fault("ok")
-    time.sleep(1.05)
+    wait_past(flags.get_forced_mode()["until"], "the hold's end")
     # Past the hold, reads stay blocked until the probe succeeds.
     assert service.fetch_thread_context("t-5")[1]["source"] == "write_only_forced"
     result = rt.ops.probe({"via": "test"})
@@ -132,7 +135,7 @@ def test_probe_failure_holds_again(configure, stub, recorded):
     rt = configure(hold_seconds=1)
     flags.force_write_only("manual_ops", ttl_seconds=1)
     stub.set_fault("hang")
-    time.sleep(1.05)
+    wait_past(flags.get_forced_mode()["until"], "the hold's end")
     started = time.monotonic()
     result = rt.ops.probe({"via": "test"})
     assert time.monotonic() - started < 1.0, "the probe must respect its 150 ms budget"
@@ -186,11 +189,10 @@ def test_read_flag_off_skips_zep(configure, stub):
 
 def test_unprobed_hold_lapses_after_grace(configure, stub, recorded):
     configure(probe_grace_seconds=1)
-    flags.force_write_only("manual_ops", ttl_seconds=1)
+    until = flags.force_write_only("manual_ops", ttl_seconds=1)["until"]
     assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
-    time.sleep(2.1)
-    context, _ = service.fetch_thread_context("t")
-    assert context == "context for t"
+    wait_for(lambda: service.fetch_thread_context("t")[0] == "context for t", 5, "the hold to lapse")
+    assert time.time() >= until + 1, "lapsed only after the hold and its grace"
     assert [e.reason for e in of(events.ModeRestored, recorded)] == ["lapsed"]
 
 

@@ -17,7 +17,7 @@ from memguard.drill.localstack import CeleryProcess, SentinelGroup, stack_env, w
 from memguard.ops.prober import PROBE_THREAD_ID
 from memguard.store.keys import FORCED_MODE_KEY
 
-from .conftest import API_KEY, ROOT
+from .conftest import API_KEY, ROOT, probe_ticks
 from .test_propagation_to_every_view import BOUND_MS, original_record, reader_process
 
 HOLD = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "1", "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "1",
@@ -63,9 +63,10 @@ class Reads(threading.Thread):
             time.sleep(0.002)
 
 
-def probed_once(stub, before: int) -> None:
+def probed_once(stub, worker, before: int) -> None:
     wait_for(lambda: flags.get_forced_mode() is None, 15, "the probe to restore")
-    time.sleep(1.5)  # a second probe of the same hold would have run by now
+    ticks = probe_ticks(worker)
+    wait_for(lambda: probe_ticks(worker) >= ticks + 2, 15, "two more probe ticks")
     assert stub.reads_of(PROBE_THREAD_ID) == before + 1
 
 
@@ -77,7 +78,7 @@ def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(se
     with reader_process(group.url) as seen:
         before = stub.reads_of(PROBE_THREAD_ID)
         flags.force_write_only("manual_ops", ttl_seconds=1)
-        probed_once(stub, before)  # the beats and the worker probe before the failover
+        probed_once(stub, procs[0], before)  # the beats and the worker probe before the failover
 
         # A force replicated before the failover survives it.
         flags.force_write_only("manual_ops", ttl_seconds=60)
@@ -87,11 +88,16 @@ def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(se
         assert new != old
         new_master = next(s for s in (group.primary, group.replica) if s.port == new).client()
         assert new_master.get(FORCED_MODE_KEY) is not None
-        time.sleep(0.5)  # every watcher heard +switch-master, reconnected and re-read
+        # Every watcher hears +switch-master, reconnects and re-reads.
+        switches = lambda: [e.detail for e in recorded  # noqa: E731
+                            if isinstance(e, events.GuardTrouble) and e.kind == "master_switch"]
+        wait_for(switches, 10, "this process to hear +switch-master")
+        wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 10,
+                 "this process's view on the new master")
+        seen.live()
         assert rt.guard.forced() is not None
         assert seen(True, lambda: None) < BOUND_MS  # the other process still sees it
-        switches = [e for e in recorded if isinstance(e, events.GuardTrouble) and e.kind == "master_switch"]
-        assert [e.detail for e in switches] == [f"127.0.0.1:{old} -> 127.0.0.1:{new}"]
+        assert switches() == [f"127.0.0.1:{old} -> 127.0.0.1:{new}"]
 
         # After the failover: a clear, a hand write (seen through tracking) and a force reach
         # the other process within the bound, and the next hold is probed exactly once.
@@ -101,7 +107,7 @@ def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(se
         assert seen(False, lambda: new_master.delete(FORCED_MODE_KEY) and None) <= BOUND_MS
         before = stub.reads_of(PROBE_THREAD_ID)
         assert seen(True, lambda: flags.force_write_only("manual_ops", ttl_seconds=1) and None) <= BOUND_MS
-        probed_once(stub, before)
+        probed_once(stub, procs[0], before)
     reads.halt.set()
     reads.join(5)
     assert reads.exceptions == []
@@ -138,7 +144,7 @@ def test_primary_killed_under_reads_the_fleet_follows_the_promoted_replica(stub,
                 promoted = next(s for s in (group.primary, group.replica) if s.port == new)
                 wait_for(lambda: promoted.client().role()[0] == "master", 20, "the replica to take writes")
                 wait_for(lambda: rt.watcher.current is not None, 10, "the watcher on the new master")
-                time.sleep(0.5)
+                seen.live()
                 assert seen(True, lambda: flags.force_write_only("manual_ops", 60) and None) <= BOUND_MS
                 assert promoted.client().get(FORCED_MODE_KEY) is not None
                 assert seen(False, lambda: flags.clear_forced_mode() and None) <= BOUND_MS

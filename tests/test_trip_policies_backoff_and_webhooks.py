@@ -17,7 +17,7 @@ from memguard.drill.localstack import wait_for
 from memguard.store.keys import NOTIFY_CURSOR_KEY
 from memguard.store.state import State
 
-from .conftest import API_KEY
+from .conftest import API_KEY, probe_ticks, wait_past
 
 CLIENTS = ["zep-python", "zep-cloud"]
 
@@ -71,8 +71,7 @@ def test_latency_trip_is_off_by_default(configure, stub):
     stub.set_fault("slow", delay_ms=400)
     for _ in range(6):
         service.fetch_thread_context("t")
-    time.sleep(1.2)
-    assert flags.get_forced_mode() is None
+    assert flags.get_forced_mode() is None, "no meter, so nothing is flushed later either"
 
 
 # -- probe backoff ------------------------------------------------------------------------------
@@ -84,8 +83,7 @@ def test_failed_probes_double_the_hold_up_to_the_cap_and_success_resets(configur
     stub.set_fault("503")
     holds = []
     for _ in range(3):
-        record = flags.get_forced_mode()
-        time.sleep(max(0.0, record["until"] - time.time()) + 0.05)
+        wait_past(flags.get_forced_mode()["until"], "the hold's end")
         assert rt.ops.probe({"via": "test"})["result"] == "failed"
         record = flags.get_forced_mode()
         holds.append((record["holds"], record["hold_seconds"]))
@@ -96,7 +94,7 @@ def test_failed_probes_double_the_hold_up_to_the_cap_and_success_resets(configur
     st = json.loads(json.dumps(process.get().ops.status({"via": "test"})))
     assert st["holds"] == 4 and st["hold_seconds"] == holds[2][1] and st["next_probe_at"] == st["until"]
     stub.set_fault("ok")
-    time.sleep(max(0.0, flags.get_forced_mode()["until"] - time.time()) + 0.05)
+    wait_past(flags.get_forced_mode()["until"], "the hold's end")
     assert rt.ops.probe({"via": "test"})["result"] == "success"
     stub.set_fault("401")
     service.fetch_thread_context("t")
@@ -166,10 +164,11 @@ def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stu
 
 
 class Receiver:
-    """A webhook receiver on loopback that fails its first POST and stalls on its second."""
+    """A webhook receiver on loopback that fails its first POST, and processes its second but
+    answers it only after memguard's 2 s timeout: the ambiguous case."""
 
     def __init__(self) -> None:
-        self.accepted: list[tuple[str, dict]] = []
+        self.accepted: list[tuple[str, dict, str]] = []
         self.attempts = 0
         self.lock = threading.Lock()
         outer = self
@@ -187,13 +186,11 @@ class Receiver:
                     self.send_response(500)
                     self.end_headers()
                     return
-                if attempt == 2:
-                    time.sleep(3)  # past memguard's 2 s timeout: the sender gave up on it
-                    self.send_response(504)
-                    self.end_headers()
-                    return
                 with outer.lock:
-                    outer.accepted.append((self.path, body))
+                    outer.accepted.append((self.path, body, self.headers.get("Idempotency-Key", "")))
+                if attempt == 2:
+                    time.sleep(3)  # processed, but the sender gave up waiting after 2 s
+
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -203,23 +200,26 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def kinds(self, path: str) -> list[tuple[str, str]]:
+    def copies(self, path: str) -> dict[str, list[tuple[str, str, str]]]:
+        """Each message id received at ``path``: its (kind, reason, Idempotency-Key) per copy."""
         with self.lock:
-            out = []
-            for p, body in self.accepted:
-                if p != path:
-                    continue
-                details = body.get("memguard") or body["payload"]["custom_details"]
-                out.append((details["kind"], details["reason"]))
+            out: dict[str, list[tuple[str, str, str]]] = {}
+            for p, body, key in self.accepted:
+                if p == path:
+                    details = body.get("memguard") or body["payload"]["custom_details"]
+                    out.setdefault(details["id"], []).append((details["kind"], details["reason"], key))
             return out
+
+    def kinds(self, path: str) -> list[tuple[str, str]]:
+        """What a receiver that drops repeated ids has seen, in order."""
+        return [(kind, reason) for (kind, reason, _), *_ in self.copies(path).values()]
 
 
 def test_webhooks_once_per_transition_with_two_workers_and_two_beats(stack):
     receiver = Receiver()
     env = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "2", "MEMORY_NOTIFY_STUCK_SECONDS": "3",
            "MEMORY_WEBHOOK_URLS": f"{receiver.url}/slack,pagerduty={receiver.url}/pd#rk-test"}
-    for name in ("w1", "w2"):
-        stack.spawn("worker", name, "-P", "solo", **env)
+    workers = [stack.spawn("worker", name, "-P", "solo", **env) for name in ("w1", "w2")]
     for name in ("b1", "b2"):
         stack.spawn("beat", name, **env)
     stack.use(MEMORY_DOWNGRADE_HOLD_SECONDS=2)
@@ -227,15 +227,13 @@ def test_webhooks_once_per_transition_with_two_workers_and_two_beats(stack):
     wait_for(cursor_set, 20, "a first probe tick to set the notification cursor")
     stack.stub.set_fault("503")
     flags.force_write_only("manual_ops", ttl_seconds=2)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and ("stuck", "manual_ops") not in receiver.kinds("/slack") \
-            and ("stuck", "probe_failed") not in receiver.kinds("/slack"):
-        time.sleep(0.2)
+    wait_for(lambda: {("stuck", "manual_ops"), ("stuck", "probe_failed")} & set(receiver.kinds("/slack")),
+             20, "the stuck notice")
     stack.stub.set_fault("ok")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(k == "restore" for k, _ in receiver.kinds("/slack")):
-        time.sleep(0.2)
-    time.sleep(2)  # anything sent twice would have arrived by now
+    wait_for(lambda: any(k == "restore" for k, _ in receiver.kinds("/slack")), 20, "the restore notice")
+    ticks = sum(probe_ticks(w) for w in workers)
+    wait_for(lambda: sum(probe_ticks(w) for w in workers) >= ticks + 3, 20,
+             "three more probe ticks: anything sent twice would have been sent by then")
     slack = receiver.kinds("/slack")
     assert slack[0] == ("downgrade", "manual_ops")
     assert slack.count(("downgrade", "probe_failed")) >= 1
@@ -243,10 +241,14 @@ def test_webhooks_once_per_transition_with_two_workers_and_two_beats(stack):
     assert [k for k, _ in slack].count("stuck") == 1
     assert [k for k, _ in slack].count("restore") == 1
     assert receiver.kinds("/pd") == slack, "both receivers got every message once"
+    # The stalled POST was processed and sent again: the same message, id and Idempotency-Key.
+    repeated = [c for c in receiver.copies("/slack").values() if len(c) > 1]
+    assert len(repeated) == 1 and len(set(repeated[0])) == 1, receiver.copies("/slack")
+    assert all(len(set(c)) == 1 and c[0][2] for c in receiver.copies("/pd").values())
     with receiver.lock:
-        bodies = json.dumps([b for _, b in receiver.accepted])
-        pd = [b for p, b in receiver.accepted if p == "/pd"]
-    assert receiver.attempts > len(receiver.accepted), "the failed and stalled POSTs were retried"
+        bodies = json.dumps([b for _, b, _ in receiver.accepted])
+        pd = [b for p, b, _ in receiver.accepted if p == "/pd"]
+    assert receiver.attempts == len(receiver.accepted) + 1, "the failed POST was retried"
     assert {b["routing_key"] for b in pd} == {"rk-test"}
     assert [b["event_action"] for b in pd][-1] == "resolve"
     assert API_KEY not in bodies and "redis://" not in bodies

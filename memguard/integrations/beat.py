@@ -5,6 +5,8 @@ during a pause (a Redis restart, a failover): every standby beat exits the same 
 fleet is left without a prober until something restarts them. This one keeps running:
 
 - a tick that cannot reach Redis schedules nothing and tries again after the loop interval;
+- a beat starting while Redis is away starts anyway: the static schedule is written when it
+  takes the lock;
 - a beat that does not hold the lock (a standby, or one whose lock lapsed) tries to take it,
   without blocking, on every tick, and schedules only while it holds it: never two active
   schedulers, since taking the lock is one atomic ``SET NX``;
@@ -50,6 +52,14 @@ class Scheduler(RedBeatScheduler):
                            type(exc).__name__)
             return self.max_interval
 
+    def setup_schedule(self) -> None:
+        """RedBeat writes the static schedule at start-up; with Redis away, the lock's taker does."""
+        try:
+            super().setup_schedule()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.warning("beat: Redis unreachable (%s) at start-up; the schedule is written when the "
+                           "lock is taken", type(exc).__name__)
+
     def _take_lock(self) -> bool:
         """Take the RedBeat lock without blocking, as RedBeat's start-up does; True if taken."""
         client = get_redis(self.app)
@@ -57,7 +67,9 @@ class Scheduler(RedBeatScheduler):
         lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
         if not lock.acquire(blocking=False):
             return False
+        # A Redis that lost its data gets the static entries back. A failure here reaches tick
+        # and the lock, held by no one, expires: the next taker writes them.
+        super().setup_schedule()
         logger.info("beat: Acquired lock")
         self.lock = lock
-        self.setup_schedule()  # a Redis that lost its data gets the static entries back
         return True

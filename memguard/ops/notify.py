@@ -6,6 +6,14 @@ a cursor in the same step, so each goes to exactly one process fleet-wide) and P
 ``MEMORY_WEBHOOK_URLS``, as Slack-compatible JSON or a PagerDuty Events v2 event, with a
 timeout and a few retries. Nothing here runs on the request path, and no payload carries a
 secret: reasons, modes and times only.
+
+"Once per transition" means: each transition is claimed by one deliverer fleet-wide and POSTed
+to each receiver until it answers 2xx, at most ``ATTEMPTS`` times. A receiver that processed a
+POST but answered after ``TIMEOUT_S`` cannot be told apart from one that never got it, so it is
+sent again, with the same id (``memguard.id`` in the body, the ``Idempotency-Key`` header): a
+receiver that drops a repeated id gets each transition exactly once; one that does not gets it
+at least once and at most ``ATTEMPTS`` times. PagerDuty folds a repeated trigger into the same
+incident by its ``dedup_key``.
 """
 
 from __future__ import annotations
@@ -80,9 +88,10 @@ def payload(fmt: str, url: str, msg: dict[str, Any]) -> tuple[str, dict[str, Any
             "dedup_key": PAGERDUTY_DEDUP_KEY,
             "payload": {"summary": msg["text"], "source": "memguard",
                         "severity": "critical" if msg["kind"] == "stuck" else "warning",
-                        "custom_details": {"kind": msg["kind"], "reason": msg["reason"]}},
+                        "custom_details": {"kind": msg["kind"], "reason": msg["reason"], "id": msg["id"]}},
         }
-    return url, {"text": msg["text"], "memguard": {"kind": msg["kind"], "reason": msg["reason"]}}
+    return url, {"text": msg["text"], "memguard": {"kind": msg["kind"], "reason": msg["reason"],
+                                                   "id": msg["id"]}}
 
 
 class Notifier:
@@ -117,10 +126,11 @@ class Notifier:
 
     def post(self, client: httpx.Client, fmt: str, url: str, msg: dict[str, Any]) -> bool:
         target, body = payload(fmt, url, msg)
+        headers = {"Idempotency-Key": f"memguard-{msg['kind']}-{msg['id']}"}
         error = ""
         for attempt in range(ATTEMPTS):
             try:
-                response = client.post(target, json=body, timeout=TIMEOUT_S)
+                response = client.post(target, json=body, headers=headers, timeout=TIMEOUT_S)
                 if response.status_code < 300:
                     return True
                 error = f"HTTP {response.status_code}"
