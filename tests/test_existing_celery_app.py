@@ -8,18 +8,20 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 
 import httpx
 import pytest
 import requests
+import urllib3
 from celery import Celery
 
 import memguard
 from memguard import flags, process
 from memguard.config.settings import Settings
 from memguard.domain import events
-from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env, wait_for
+from memguard.drill.localstack import CeleryProcess, RedisServer, free_port, stack_env, wait_for
 from memguard.drill.zepstub import ZepStub
 from memguard.store.keys import FORCED_MODE_KEY
 
@@ -316,6 +318,48 @@ def test_transport_timeouts_of_requests_count(configure, stub):
         return r.json()
 
     assert read("t")[1]["reason"] == "timeout"
+
+
+def _urllib_read(base: str):
+    def read(thread_id: str) -> dict:
+        request = urllib.request.Request(f"{base}/api/v2/sessions/{thread_id}/memory",
+                                         headers={"Authorization": f"Api-Key {API_KEY}"})
+        with urllib.request.urlopen(request, timeout=0.2) as r:  # raises HTTPError on >= 400
+            return json.loads(r.read())
+
+    return read
+
+
+def _urllib3_read(base: str):
+    pool = urllib3.PoolManager(retries=False, headers={"Authorization": f"Api-Key {API_KEY}"})
+
+    def read(thread_id: str) -> dict:
+        r = pool.request("GET", f"{base}/api/v2/sessions/{thread_id}/memory", timeout=0.2)
+        return json.loads(r.data)  # urllib3 raises only for transport errors
+
+    return read
+
+
+TRANSPORT_FAULTS = [("hang", "timeout"), ("reset", "connection"), ("refused", "connection")]
+
+
+# urllib3 raises no error for an HTTP status (the application decides), so only its transport
+# errors are classified; urllib's HTTPError carries the status.
+@pytest.mark.parametrize("make_read,fault,reason", [
+    *[(_urllib_read, f, r) for f, r in [("408", "timeout"), ("503", "http_5xx"), ("401", "auth"),
+                                        *TRANSPORT_FAULTS]],
+    *[(_urllib3_read, f, r) for f, r in TRANSPORT_FAULTS],
+], ids=lambda v: getattr(v, "__name__", v))
+def test_standard_library_and_urllib3_reads_are_classified(configure, stub, recorded, make_read, fault,
+                                                           reason):
+    configure()
+    read = memguard.guarded(make_read(f"http://127.0.0.1:{free_port()}" if fault == "refused" else stub.url))
+    if fault != "refused":
+        stub.set_fault(fault)
+    value, meta = read("t")
+    assert value is None and meta["reason"] == reason, meta
+    failures = [e for e in recorded if isinstance(e, events.FailureRecorded)]
+    assert [(f.reason, f.action) for f in failures] == [(reason, "force" if reason == "auth" else "count")]
 
 
 def test_guarded_rejects_a_bad_budget():

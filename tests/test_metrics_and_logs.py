@@ -71,6 +71,28 @@ def test_prefork_exporter_shows_fleet_mode_and_summed_counters(stack, tmp_path):
     assert API_KEY not in worker_log
 
 
+SECRET = "pa55-Zq7#/?x"  # the characters that end a URL's userinfo in a careless pattern
+
+
+@pytest.mark.parametrize("variable,value", [
+    ("ZEP_API_KEY", SECRET),
+    ("MEMORY_WEBHOOK_URLS", f"https://hooks.example/services/T0/{SECRET}"),
+    ("REDIS_URL", f"redis://:{SECRET}@redis.internal:6379/0"),
+    ("CELERY_BROKER_URL", f"amqp://app:{SECRET}@rabbit.internal:5672//"),
+    ("CELERY_RESULT_BACKEND", f"redis://:{SECRET}@results.internal:6379/1"),
+])
+def test_redaction_removes_each_configured_secret_wherever_it_appears(variable, value, monkeypatch, capsys):
+    """A secret quoted bare (an exception's text, a thread id) is caught by value, not by its shape."""
+    from memguard.observe import logs
+
+    monkeypatch.setenv(variable, value)
+    logs.configure(stream=None)
+    logs.log.warning("zep_read_failed", error=f"upstream said {SECRET} was wrong", thread_id=SECRET)
+    out = capsys.readouterr().out
+    assert SECRET not in out and "pa55-Zq7" not in out, out
+    assert out.count("[REDACTED]") >= 2, out
+
+
 def _up(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200

@@ -110,3 +110,40 @@ def test_cli_refusal_names_every_error_and_changes_nothing(redis_server, redis_d
     assert redis_db.get(flags.FORCED_MODE_KEY) is None
     last = audit.last_operator_action(redis_db, AUDIT_KEY)
     assert last["outcome"] == "refused" and last["by"]["via"] == "cli"
+
+
+@pytest.mark.parametrize("args,error", [
+    (["force", "--reason", "x" * 65], "reason must be at most 64 characters, got 65"),
+    (["force", "--reason", "maintenance\u00e9"], "reason must be printable ASCII"),
+    (["force", "--ttl", "86401"], "ttl_seconds must be between 1 and 86400, got 86401"),
+    (["force", "manual_ops"], "unrecognized arguments: manual_ops"),
+    (["clear", "now"], "unrecognized arguments: now"),
+])
+def test_cli_refuses_bad_operator_input_and_changes_nothing(redis_server, redis_db, args, error):
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_server.url, "ZEP_API_KEY": "x"}
+    redis_db.set(flags.FORCED_MODE_KEY, "untouched")  # a clear would remove it, a force replace it
+    out = memguard_cli(env, *args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert error in out.stderr and out.stdout == ""
+    assert redis_db.get(flags.FORCED_MODE_KEY) == "untouched"
+
+
+@pytest.mark.parametrize("positional,kwargs,error", [
+    ((), {"reason": "r" * 65}, "reason must be at most 64 characters, got 65"),
+    (("manual_ops", 60), {}, "positional arguments are not accepted"),
+    ((), {"reason": "manual_ops", "ttl": 60}, "unknown argument(s) ttl"),
+    ((), {"ttl_seconds": "60"}, "ttl_seconds must be a whole number of seconds, got '60'"),
+    ((), {"ttl_seconds": True}, "ttl_seconds must be a whole number of seconds, got True"),
+])
+def test_force_task_arguments_are_refused_recorded_and_change_nothing(configure, redis_db, positional,
+                                                                      kwargs, error):
+    from memguard.ops.actions import OperatorError
+
+    rt = configure()
+    with pytest.raises(OperatorError) as refused:
+        rt.ops.force({"via": "task", "task_id": "t-1"}, positional, **kwargs)
+    assert error in str(refused.value)
+    assert redis_db.get(flags.FORCED_MODE_KEY) is None
+    last = audit.last_operator_action(redis_db, AUDIT_KEY)
+    assert last["outcome"] == "refused" and last["by"]["task_id"] == "t-1"
+    assert any(error in e for e in last["errors"])

@@ -117,6 +117,17 @@ def test_any_writer_is_seen_by_another_process_within_100ms(reader, redis_server
     assert all(w <= BOUND_MS for w in worst.values()), worst
 
 
+def test_memguards_own_force_and_clear_reach_another_process_within_100ms(reader, configure):
+    configure()
+    results: dict[str, list[float]] = {"force": [], "clear": []}
+    for _ in range(TRIALS):
+        results["force"].append(reader(True, lambda: flags.force_write_only("manual_ops", 60) and None))
+        results["clear"].append(reader(False, lambda: flags.clear_forced_mode() and None))
+    worst = {k: round(max(v), 1) for k, v in results.items()}
+    print(f"memguard's own writes, max ms over {TRIALS} trials: {worst}")
+    assert all(w <= BOUND_MS for w in worst.values()), worst
+
+
 def _idle(url: str, ready, stop) -> None:
     rt = process.configure(Settings(redis_url=url, zep_api_key="x"))
     rt.watcher.wait_ready(5)
@@ -211,6 +222,25 @@ def test_two_recorded_failures_cost_two_client_commands_in_all(configure, redis_
     burst = [c for t, c, addr in monitor.stop()
              if t != "lua" and addr not in earlier and not is_heartbeat(c)]
     assert len(burst) == 20 and all(c.startswith("EVALSHA") for c in burst), burst
+
+
+def test_a_force_and_a_clear_cost_the_other_processes_no_command(configure, redis_server, redis_db,
+                                                                 idle_processes):
+    """Every other view takes the published notice as it is: none of them reads Redis again."""
+    configure()
+    flags.force_write_only("manual_ops", 60)  # load the scripts (a first EVALSHA answers NOSCRIPT)
+    flags.clear_forced_mode()
+    ours = {c["addr"] for c in redis_db.client_list()}  # this process's and earlier tests' connections
+    idle_processes(3)
+    time.sleep(0.5)
+    for action in (lambda: flags.force_write_only("manual_ops", 60), flags.clear_forced_mode):
+        monitor = Monitor(redis_server)
+        action()
+        time.sleep(0.3)  # a view that re-read after the notice would have done so by now
+        lines = monitor.stop()
+        assert any(c.startswith("EVALSHA") for t, c, addr in lines if addr in ours), "the write was seen"
+        others = [c for t, c, addr in lines if t != "lua" and addr not in ours and not is_heartbeat(c)]
+        assert others == [], others
 
 
 def test_ten_idle_processes_cost_under_half_a_command_per_second_each(redis_server, idle_processes):

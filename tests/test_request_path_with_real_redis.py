@@ -12,8 +12,8 @@ from memguard import flags, process, service
 from memguard.domain import events
 from memguard.domain.modes import EffectiveMode
 from memguard.drill.localstack import wait_for
-from memguard.ops.prober import PROBE_THREAD_ID
-from memguard.store.keys import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
+from memguard.ops.prober import PROBE_THREAD_ID, probe_once
+from memguard.store.keys import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY, PROBE_LOCK_KEY
 
 from .conftest import wait_past
 
@@ -67,6 +67,7 @@ def test_three_timeouts_downgrade(configure, stub, recorded, client):
 
 @pytest.mark.parametrize("fault,reason,triggers", [
     ("403", "auth", "force"),
+    ("408", "timeout", "count"),
     ("500", "http_5xx", "count"),
     ("500_text", "http_5xx", "count"),
     ("503", "http_5xx", "count"),
@@ -256,3 +257,31 @@ def test_force_from_elsewhere_is_seen_and_a_broken_channel_fails_safe(configure,
                                               "until": time.time() + 60, "forced_at": time.time()}))
     time.sleep(0.3)
     assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
+
+
+def test_a_probe_that_outlived_its_lock_changes_nothing(configure, stub, redis_db, recorded):
+    rt = configure()
+    until = flags.force_write_only("manual_ops", ttl_seconds=1)["until"]
+    wait_past(until, "the hold's end")
+
+    def slow_probe(timeout_s: float) -> None:
+        # Meanwhile the lock expired and another prober took it.
+        redis_db.set(PROBE_LOCK_KEY, "another-probers-token", px=2000)
+
+    result = probe_once(rt.state, rt.settings, slow_probe, {"via": "test"})
+    assert result["result"] == "lost", result
+    assert flags.get_forced_mode()["until"] == until, "the record is the other prober's to change"
+    assert redis_db.get(PROBE_LOCK_KEY) == "another-probers-token", "another prober's lock is kept"
+    assert not [e for e in recorded if isinstance(e, events.ModeRestored)]
+
+
+def test_a_probe_that_raced_an_operator_force_changes_nothing(configure, stub, redis_db):
+    rt = configure()
+    flags.force_write_only("manual_ops", ttl_seconds=1)
+    wait_past(flags.get_forced_mode()["until"], "the hold's end")
+    result = probe_once(rt.state, rt.settings,
+                        lambda timeout_s: flags.force_write_only("zep_maintenance", ttl_seconds=600),
+                        {"via": "test"})
+    assert result["result"] == "superseded", result
+    assert flags.get_forced_mode()["reason"] == "zep_maintenance"
+    assert not redis_db.exists(PROBE_LOCK_KEY), "the probe released its own lock"

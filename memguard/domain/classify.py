@@ -110,6 +110,12 @@ def classify(exc: BaseException) -> Verdict:
             return Verdict(Action.FORCE, "rate_limited", 429, wait)
     if status is not None:
         return _by_status(status)
+    urllib3 = sys.modules.get("urllib3")
+    if urllib3 is not None:
+        if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(exc.reason, BaseException):
+            return classify(exc.reason)  # what failed on the last try
+        if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a subclass of its timeout error
+            return Verdict(Action.COUNT, "connection")
     if isinstance(exc, _timeouts()):
         return Verdict(Action.COUNT, "timeout")
     if isinstance(exc, _connection_errors()):

@@ -25,8 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 FAULTS = (
-    "ok", "401", "403", "404", "429", "429_retry", "429_retry_date", "500", "500_text", "503", "503_text",
-    "slow", "hang", "reset", "bad_json",
+    "ok", "401", "403", "404", "408", "429", "429_retry", "429_retry_date", "500", "500_text", "503",
+    "503_text", "slow", "hang", "reset", "bad_json",
 )
 _HANG_LIMIT_S = 30.0
 _ROUTES = [
@@ -141,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
             value = email.utils.formatdate(time.time() + wait, usegmt=True) if fault.endswith("date") \
                 else str(wait)
             self._send(429, {"message": "rate limited"}, {"Retry-After": value})
-        elif fault in ("401", "403", "404", "429", "500", "503"):
+        elif fault in ("401", "403", "404", "408", "429", "500", "503"):
             self._send(int(fault), {"message": f"stub fault {fault}"})
         elif fault.endswith("_text"):
             self._send_raw(int(fault[:3]), b"<html>upstream error</html>", "text/html")

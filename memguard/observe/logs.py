@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -32,7 +33,11 @@ _AUTH_HEADER = re.compile(r"(Api-Key|Bearer|Basic)\s+[^\s'\",}]+", re.I)
 
 def _secret_values() -> list[str]:
     values = [os.environ.get("ZEP_API_KEY", "")]
-    values += [url for _, url in webhook_entries(os.environ.get("MEMORY_WEBHOOK_URLS", ""))]
+    for _, url in webhook_entries(os.environ.get("MEMORY_WEBHOOK_URLS", "")):
+        # The whole URL, its path (a Slack webhook's secret), the path's last segment (the
+        # token, should it be quoted alone) and the fragment (a PagerDuty routing key).
+        parts = urlsplit(url)
+        values += [url, parts.path, parts.path.rsplit("/", 1)[-1], parts.fragment]
     for var in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         m = _URL_PASSWORD.search(os.environ.get(var, ""))
         if m:

@@ -43,6 +43,12 @@ def undecodable(status: int | None) -> json.JSONDecodeError:
     (requests.exceptions.ConnectionError("refused"), Action.COUNT, "connection"),
     (urllib3.exceptions.ReadTimeoutError(None, "/", "slow"), Action.COUNT, "timeout"),
     (urllib3.exceptions.ProtocolError("reset"), Action.COUNT, "connection"),
+    # urllib3's NewConnectionError subclasses its ConnectTimeoutError: a refusal is not a timeout.
+    (urllib3.exceptions.NewConnectionError(None, "refused"), Action.COUNT, "connection"),
+    (urllib3.exceptions.MaxRetryError(None, "/", urllib3.exceptions.ReadTimeoutError(None, "/", "slow")),
+     Action.COUNT, "timeout"),
+    (urllib3.exceptions.MaxRetryError(None, "/", urllib3.exceptions.NewConnectionError(None, "refused")),
+     Action.COUNT, "connection"),
     (httpx.ReadTimeout("slow"), Action.COUNT, "timeout"),
     (TimeoutError(), Action.COUNT, "timeout"),
     (ConnectionResetError(), Action.COUNT, "connection"),

@@ -1,0 +1,130 @@
+"""A hung Redis (SIGSTOP, CLIENT PAUSE WRITE) never hangs the reads: at most one read per
+back-off interval waits for the Redis timeout, and the view comes back when Redis does."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from memguard import process, service
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.drill.localstack import RedisServer, wait_for
+from memguard.request.guard import REDIS_BACKOFF_S
+from memguard.request.watch import LIVENESS_S
+from memguard.store.state import State
+
+from .conftest import make_settings
+from .test_propagation_to_every_view import BOUND_MS
+
+REDIS_TIMEOUT_MS = 50
+SLOW_S = 0.03  # a read slower than this waited on Redis; the stub answers in a few ms
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server this test may stop: never the session's shared one."""
+    with RedisServer() as server:
+        yield server
+        if server.proc is not None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def other_state(server: RedisServer) -> State:
+    """Another writer's store: its own client, patient enough to outlast a pause."""
+    client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=10)
+    return State(client, Settings(redis_url=server.url), events.Hooks())
+
+
+def read_for(seconds: float) -> list[float]:
+    """Guarded reads back to back (10 ms apart) for ``seconds``; each read's duration in s."""
+    durations = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        context, meta = service.fetch_thread_context("t")
+        durations.append(time.perf_counter() - started)
+        assert context == "context for t" and meta["used"] is True, meta
+        time.sleep(0.01)
+    return durations
+
+
+def test_reads_go_on_under_a_stopped_redis_and_the_view_comes_back(own_redis, stub):
+    rt = process.configure(make_settings(own_redis.url, stub, redis_timeout_ms=REDIS_TIMEOUT_MS))
+    try:
+        assert rt.watcher.wait_ready(5)
+        healthy = statistics.median(read_for(0.5))
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            durations = read_for(LIVENESS_S + 4)
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+        waited = time.monotonic() - stopped
+        slow = [d for d in durations if d > SLOW_S]
+        fast = [d for d in durations if d <= SLOW_S]
+        print(f"{len(durations)} reads in {waited:.1f}s of SIGSTOP: {len(slow)} waited on Redis "
+              f"(max {max(durations) * 1000:.0f} ms); the rest p50 {statistics.median(fast) * 1000:.1f} ms, "
+              f"healthy p50 {healthy * 1000:.1f} ms")
+        # Once the view lapses, one read per back-off interval tries Redis and times out.
+        assert 1 <= len(slow) <= (waited - LIVENESS_S) / REDIS_BACKOFF_S + 2, [round(d, 3) for d in slow]
+        assert max(slow) < 10 * REDIS_TIMEOUT_MS / 1000, "a read waited past the Redis timeout"
+        assert statistics.median(fast) <= 2 * healthy + 0.001, "the other reads cost what healthy ones do"
+
+        # Redis is back: the view returns, and another writer's force is seen within the bound.
+        wait_for(lambda: rt.watcher.current is not None, 10, "the view after SIGCONT")
+        other = other_state(own_redis)
+        forced_at = time.perf_counter()
+        other.force("manual_ops", 60, {"via": "test"}, auto=False)
+        wait_for(lambda: rt.guard.forced() is not None, 5, "the force after SIGCONT", interval=0.0005)
+        seen_ms = (time.perf_counter() - forced_at) * 1000
+        print(f"force seen {seen_ms:.1f} ms after SIGCONT's first write")
+        assert seen_ms <= BOUND_MS
+        assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
+    finally:
+        rt.close()
+
+
+def _force_when_writes_resume(url: str, port: int, out) -> None:
+    server = RedisServer.__new__(RedisServer)
+    server.port = port
+    other_state(server).force("manual_ops", 60, {"via": "test"}, auto=False)  # blocks while paused
+    out.send(time.perf_counter())
+
+
+def test_a_force_blocked_by_client_pause_write_is_seen_when_it_lands(own_redis, stub):
+    rt = process.configure(make_settings(own_redis.url, stub, redis_timeout_ms=REDIS_TIMEOUT_MS))
+    try:
+        assert rt.watcher.wait_ready(5)
+        pause_ms = 3000
+        own_redis.client().execute_command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
+        paused = time.perf_counter()
+        parent, child = mp.get_context("fork").Pipe()
+        forcer = mp.get_context("fork").Process(target=_force_when_writes_resume,
+                                                 args=(own_redis.url, own_redis.port, child))
+        forcer.start()
+        # Reads go on while the force waits: the view lapses (no heartbeat gets through), and
+        # reads then ask Redis, which still answers reads: not forced yet.
+        durations = read_for(pause_ms / 1000 - 0.5)
+        assert rt.guard.forced() is None
+        assert max(durations) < 10 * REDIS_TIMEOUT_MS / 1000
+        wait_for(lambda: rt.guard.forced() is not None, 10, "the force once writes resume", interval=0.0005)
+        seen = time.perf_counter()
+        landed = parent.recv()
+        forcer.join(10)
+        # The force committed after the pause ended; seen within the bound of that moment.
+        seen_ms = (seen - (paused + pause_ms / 1000)) * 1000
+        print(f"force seen {seen_ms:.1f} ms after the pause ended (its call returned at "
+              f"{(landed - paused) * 1000:.0f} ms)")
+        assert landed >= paused + pause_ms / 1000 - 0.05, "the force did not wait for the pause"
+        assert seen_ms <= BOUND_MS
+        assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
+    finally:
+        rt.close()

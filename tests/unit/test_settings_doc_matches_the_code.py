@@ -1,0 +1,65 @@
+"""docs/settings.md is checked against the settings table: every variable, and its default."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+from pathlib import Path
+
+from memguard.config.settings import _VARIABLES, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \| (.*?) \|")
+# Read outside the Settings table (by Celery, prometheus-client or the worker's start-up).
+ELSEWHERE = {"CELERY_CONFIG_MODULE", "PROMETHEUS_MULTIPROC_DIR", "MEMGUARD_METRICS_PORT"}
+
+
+def documented() -> dict[str, str]:
+    """variable -> the default column's value (its first code span, else its text)."""
+    rows = {}
+    for line in (ROOT / "docs" / "settings.md").read_text().splitlines():
+        if m := ROW.match(line):
+            cell = m.group(2)
+            code = re.match(r"`([^`]*)`", cell)
+            rows[m.group(1)] = code.group(1) if code else cell
+    return rows
+
+
+def shown(value: object) -> str:
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def code_defaults() -> dict[str, str]:
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    out = {}
+    for field, (variable, _) in _VARIABLES.items():
+        if field == "instance":
+            assert Settings().instance == socket.gethostname()
+            out[variable] = "the host name"
+        elif field == "webhook_format":
+            assert Settings.from_env({"MEMORY_WEBHOOK_URLS": "https://hooks.example/x"}).webhook_urls[0][0] \
+                == "slack", "auto: Slack-compatible for a host that is not PagerDuty's"
+            out[variable] = "auto"
+        else:
+            out[variable] = shown(defaults[field])
+    return out
+
+
+def test_every_setting_is_documented_with_its_default():
+    docs, code = documented(), code_defaults()
+    assert {v: docs.get(v) for v in code} == code
+
+
+def test_every_documented_variable_is_read_by_memguard():
+    extra = set(documented()) - set(code_defaults())
+    assert extra == ELSEWHERE
+    source = "\n".join(p.read_text() for p in (ROOT / "memguard").rglob("*.py"))
+    for variable in ELSEWHERE - {"PROMETHEUS_MULTIPROC_DIR"}:  # read by prometheus-client itself
+        assert f'"{variable}"' in source, variable

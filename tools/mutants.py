@@ -1,0 +1,138 @@
+"""Deliberate bugs in promised behaviours: each must turn the suite red.
+
+    ./run mutants [NAME ...]      (all when no name is given; --list shows them)
+
+Each mutant is applied alone to a fresh copy of the working tree, and the tests that guard
+its behaviour run there (the copy's ``memguard`` first on PYTHONPATH, so real Celery
+processes started by the tests import it too). A mutant is *killed* when those tests fail,
+and *survived* when they pass. The exit code is the number of survivors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    what: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = (
+    Mutant("no-redis-backoff", "the request path's Redis back-off set to 0",
+           "memguard/request/guard.py", "REDIS_BACKOFF_S = 1.0", "REDIS_BACKOFF_S = 0.0",
+           ("tests/test_hung_redis.py",)),
+    Mutant("config-exit-1", "a bad configuration exits 1 instead of 78 (EX_CONFIG)",
+           "memguard/integrations/tasks.py", "os._exit(78)", "os._exit(1)",
+           ("tests/test_existing_celery_app.py", "-k", "exits or refuses or naming")),
+    Mutant("force-notice-unpublished", "memguard's own force publishes no freshness notice",
+           "memguard/store/lua/force.lua", "notice = notify({forced = new})",
+           "notice = (function() local c = {forced = new}; c.v = redis.call('INCR', VERSION); "
+           "c.now = now_ms(); return cjson.encode(c) end)()",
+           ("tests/test_propagation_to_every_view.py", "-k", "no_command")),
+    Mutant("probe-lock-owner-unchecked", "a probe's result is applied without checking its lock's owner",
+           "memguard/store/lua/probe_finish.lua", "if redis.call('GET', LOCK) ~= A.token then",
+           "if false then", ("tests/test_request_path_with_real_redis.py", "-k", "probe")),
+    Mutant("broker-password-unredacted", "the broker URL's password is no longer redacted from logs",
+           "memguard/observe/logs.py", '("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")',
+           '("REDIS_URL", "CELERY_RESULT_BACKEND")', ("tests/test_metrics_and_logs.py", "-k", "redact")),
+    # Our own: the other promises a regression must not slip past.
+    Mutant("auth-counts", "a 401/403 counts like a 5xx instead of forcing at once",
+           "memguard/domain/classify.py", 'return Verdict(Action.FORCE, "auth", status)',
+           'return Verdict(Action.COUNT, "auth", status)',
+           ("tests/test_request_path_with_real_redis.py", "-k", "auth_failure")),
+    Mutant("408-not-timeout", "an HTTP 408 is not classified as a timeout",
+           "memguard/domain/classify.py", "if status == 408:", "if status == -408:",
+           ("tests/test_request_path_with_real_redis.py", "-k", "fault_classification and 408")),
+    Mutant("success-keeps-count", "a successful read never resets the failure count",
+           "memguard/request/guard.py",
+           "self._reset_steps() if self._may_have_failures() else None", "None",
+           ("tests/test_request_path_with_real_redis.py", "-k", "resets_the_count")),
+    Mutant("auto-shortens-ops-hold", "an automatic trigger overwrites an operator's longer hold",
+           "memguard/store/lua/force.lua", "if A.auto and prev then", "if false then",
+           ("tests/test_request_path_with_real_redis.py", "-k", "never_shortens")),
+    Mutant("no-hold-doubling", "a failed probe no longer doubles the hold",
+           "memguard/store/lua/probe_finish.lua", "A.hold_ms * 2 ^ (tonumber(rec.holds) or 1)", "A.hold_ms",
+           ("tests/test_trip_policies_backoff_and_webhooks.py", "-k", "double_the_hold")),
+    Mutant("hand-write-ignored", "a write no notice explains (a hand SET) is not re-read",
+           "memguard/request/watch.py", "        return bool(unexplained)\n", "        return False\n",
+           ("tests/test_propagation_to_every_view.py", "-k", "any_writer")),
+    Mutant("webhook-no-idempotency-key", "a webhook retry carries no Idempotency-Key",
+           "memguard/ops/notify.py",
+           "headers = {\"Idempotency-Key\": f\"memguard-{msg['kind']}-{msg['id']}\"}",
+           "headers: dict[str, str] = {}",
+           ("tests/test_trip_policies_backoff_and_webhooks.py", "-k", "webhooks_once")),
+)
+
+
+def copy_tree(dest: Path) -> None:
+    """The working tree as it is (tracked and new files), without the venv or caches."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def run(m: Mutant, python: str) -> tuple[bool, float, str]:
+    """Apply ``m`` to a fresh copy and run its tests; (killed, seconds, last output line)."""
+    with tempfile.TemporaryDirectory(prefix=f"memguard-mutant-{m.name}-") as tmp:
+        copy = Path(tmp)
+        copy_tree(copy)
+        target = copy / m.path
+        text = target.read_text()
+        if text.count(m.old) != 1:
+            raise SystemExit(f"mutant {m.name}: {m.path} must hold the original text exactly once")
+        target.write_text(text.replace(m.old, m.new))
+        env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+        started = time.monotonic()
+        out = subprocess.run([python, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
+                              *m.tests], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+        last = (out.stdout.strip().splitlines() or ["(no output)"])[-1]
+        if out.returncode not in (0, 1):  # 1: tests failed; anything else: the run itself broke
+            raise SystemExit(f"mutant {m.name}: pytest exited {out.returncode}: {last}\n{out.stderr[-2000:]}")
+        return out.returncode == 1, time.monotonic() - started, last
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+    unknown = set(args.names) - {m.name for m in MUTANTS}
+    if unknown:
+        parser.error(f"unknown mutant(s): {', '.join(sorted(unknown))}")
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:30} {m.what}")
+        return 0
+    survivors = 0
+    for m in chosen:
+        killed, seconds, last = run(m, sys.executable)
+        survivors += not killed
+        print(f"{'killed  ' if killed else 'SURVIVED'} {m.name:30} {seconds:5.1f}s  {m.what}  [{last}]",
+              flush=True)
+    print(f"{len(chosen) - survivors} of {len(chosen)} mutants killed")
+    return survivors
+
+
+if __name__ == "__main__":
+    sys.exit(main())
