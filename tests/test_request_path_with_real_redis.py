@@ -156,11 +156,14 @@ def test_forced_reads_never_reach_zep(configure, stub):
 
 
 def test_automatic_trigger_never_shortens_an_ops_hold(configure, stub):
-    configure()
+    rt = configure()
     ops_record = flags.force_write_only("manual_ops", ttl_seconds=3600)
-    stub.set_fault("401")
-    # Reads are blocked, so drive the trigger the way a late in-flight read would.
-    flags.increment_consecutive_failures()
+    # Reads are blocked, so drive the triggers the way late in-flight reads would: enough
+    # failures to force on their own, and a 401's force.
+    for _ in range(3):
+        flags.increment_consecutive_failures()
+    t = rt.state.force("auth", rt.settings.hold_seconds, {"via": "auto"}, auto=True)
+    assert t.status.value == "held"
     rt_record = flags.get_forced_mode()
     assert rt_record["until"] == ops_record["until"] and rt_record["reason"] == "manual_ops"
 

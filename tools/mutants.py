@@ -3,9 +3,11 @@
     ./run mutants [NAME ...]      (all when no name is given; --list shows them)
 
 Each mutant is applied alone to a fresh copy of the working tree, and the tests that guard
-its behaviour run there (the copy's ``memguard`` first on PYTHONPATH, so real Celery
-processes started by the tests import it too). A mutant is *killed* when those tests fail,
-and *survived* when they pass. The exit code is the number of survivors.
+its behaviour run there, under a Python environment of the copy's own: a venv whose only
+path entries are the copy and this project's installed dependencies. Every process the tests
+start (Celery workers and beats, the command line) runs that Python, so it imports the mutated
+``memguard`` whatever PYTHONPATH a test sets. A mutant is *killed* when those tests fail, and
+*survived* when they pass. The exit code is the number of survivors.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -91,7 +94,16 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
-def run(m: Mutant, python: str) -> tuple[bool, float, str]:
+def environment(copy: Path) -> str:
+    """A venv that imports ``copy`` first, then this environment's packages; returns its python."""
+    venv = copy / ".mutant-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "mutant.pth").write_text(f"{copy}\n{sysconfig.get_paths()['purelib']}\n")
+    return str(venv / "bin" / "python")
+
+
+def run(m: Mutant) -> tuple[bool, float, str]:
     """Apply ``m`` to a fresh copy and run its tests; (killed, seconds, last output line)."""
     with tempfile.TemporaryDirectory(prefix=f"memguard-mutant-{m.name}-") as tmp:
         copy = Path(tmp)
@@ -101,7 +113,9 @@ def run(m: Mutant, python: str) -> tuple[bool, float, str]:
         if text.count(m.old) != 1:
             raise SystemExit(f"mutant {m.name}: {m.path} must hold the original text exactly once")
         target.write_text(text.replace(m.old, m.new))
-        env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+        python = environment(copy)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         started = time.monotonic()
         out = subprocess.run([python, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
                               *m.tests], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
@@ -126,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     survivors = 0
     for m in chosen:
-        killed, seconds, last = run(m, sys.executable)
+        killed, seconds, last = run(m)
         survivors += not killed
         print(f"{'killed  ' if killed else 'SURVIVED'} {m.name:30} {seconds:5.1f}s  {m.what}  [{last}]",
               flush=True)
