@@ -128,7 +128,8 @@ def test_a_hung_zep_never_stalls_the_loop_and_a_blocking_read_would(configure, s
     print(f"event loop lag during a hung read: async {async_lag * 1000:.1f} ms, "
           f"blocking {blocking_lag * 1000:.1f} ms")
     assert blocking_lag > 0.15, "the measurement sees a blocked loop"
-    assert async_lag < 0.05
+    # Generous for a loaded 2-core machine, and a ratio against the blocking read of this run.
+    assert async_lag < min(0.1, blocking_lag / 3)
 
 
 def test_redis_down_fails_open_on_the_async_path(stub, recorded):
