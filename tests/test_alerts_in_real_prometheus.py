@@ -8,6 +8,7 @@ scrapes and evaluates every second, and the rules are loaded with every duration
 
 from __future__ import annotations
 
+import datetime
 import re
 import subprocess
 import sys
@@ -69,6 +70,13 @@ class Prometheus:
         r.raise_for_status()
         return r.json()["data"]
 
+    def evaluated_since(self, epoch: float) -> bool:
+        """Every rule group has been evaluated after ``epoch`` (Unix seconds)."""
+        stamps = [g["lastEvaluation"][:19] for g in self.api("rules")["groups"]]  # RFC 3339, UTC
+        return bool(stamps) and all(
+            datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC).timestamp()
+            > epoch for s in stamps)
+
     def alerts(self, state: str = "firing") -> list[dict]:
         return [a for a in self.api("alerts")["alerts"] if a["state"] == state]
 
@@ -105,7 +113,8 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
     try:
         targets = lambda: prom.api("targets")["activeTargets"]  # noqa: E731
         wait_for(lambda: [t["health"] for t in targets()] == ["up", "up"], 30, "both targets scraped")
-        time.sleep(3)
+        up = time.time()
+        wait_for(lambda: prom.evaluated_since(up + 3), 30, "three rule evaluations of the live series")
         assert prom.alerts() == [], "nothing fires on a healthy fleet"
 
         # Four operator downgrades within the (scaled) hour: flapping.

@@ -252,14 +252,13 @@ def test_force_from_elsewhere_is_seen_and_a_broken_channel_fails_safe(configure,
         time.sleep(0.001)
     assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
     other.clear({"via": "test"})
-    time.sleep(0.2)
-    assert service.fetch_thread_context("t")[1]["used"] is True
+    wait_for(lambda: service.fetch_thread_context("t")[1]["used"], 5, "the clear from elsewhere")
     # Kill the subscription and change the state behind its back (no publish).
     redis_db.client_kill_filter(_type="pubsub")
     redis_db.set(FORCED_MODE_KEY, json.dumps({"mode": "write_only", "reason": "manual_ops",
                                               "until": time.time() + 60, "forced_at": time.time()}))
-    time.sleep(0.3)
-    assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
+    wait_for(lambda: service.fetch_thread_context("t")[1]["source"] == "write_only_forced", 5,
+             "the write behind the broken channel's back")
 
 
 def test_a_probe_that_outlived_its_lock_changes_nothing(configure, stub, redis_db, recorded):
