@@ -136,6 +136,13 @@ def test_example_app_on_rabbitmq_forces_by_celery_call_and_the_probe_restores(tm
             # Well inside the 60 s grace: only a successful probe ends the hold this soon.
             wait_for(lambda: not client.exists(FORCED_MODE_KEY), 20, "the probe to restore the fleet")
             assert stub.reads_of("memguard-probe") > probes
+            # memguard's events join Celery's own logging, each at its own level.
+            worker = procs[0]
+            wait_for(lambda: re.search(r"INFO/ForkPoolWorker-\d+\] memory_probe_finished result=success",
+                                       worker.output()), 10, "the probe's INFO line in the worker log")
+            assert re.search(r"WARNING/ForkPoolWorker-\d+\] memory_mode_forced prev_mode=read_write ",
+                             worker.output()), worker.output()[-3000:]
+            assert "[info" not in worker.output(), "no line reached Celery through redirected stdout"
             sending = [b for b in procs[1:] if "Sending due task memguard-probe" in b.output()]
             assert len(sending) == 1, "exactly one beat schedules the probe"
             assert all(p.alive() for p in procs), [p.output()[-2000:] for p in procs if not p.alive()]

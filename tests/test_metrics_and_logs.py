@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import pytest
@@ -87,7 +88,7 @@ def test_redaction_removes_each_configured_secret_wherever_it_appears(variable, 
 
     monkeypatch.setenv(variable, value)
     logs.configure(stream=None)
-    logs.log.warning("zep_read_failed", error=f"upstream said {SECRET} was wrong", thread_id=SECRET)
+    logs.emit(logging.WARNING, "zep_read_failed", error=f"upstream said {SECRET} was wrong", thread_id=SECRET)
     out = capsys.readouterr().out
     assert SECRET not in out and "pa55-Zq7" not in out, out
     assert out.count("[REDACTED]") >= 2, out
@@ -105,7 +106,7 @@ def test_redaction_drops_secret_fields(field, value, capsys):
     from memguard.observe import logs
 
     logs.configure(stream=None)
-    logs.log.warning("probe", **{field: value}, url="redis://:s3cr3t-Zq@host:6379/0",
+    logs.emit(logging.WARNING, "probe", **{field: value}, url="redis://:s3cr3t-Zq@host:6379/0",
                      note="header Api-Key s3cr3t-Zq sent")
     out = capsys.readouterr().out
     assert "s3cr3t-Zq" not in out and "[REDACTED]" in out

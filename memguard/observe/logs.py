@@ -1,12 +1,19 @@
-"""Structured JSON logs: the event subscriber and the structlog/stdlib set-up.
+"""memguard's log lines: the event subscriber, redaction, and the optional JSON set-up.
 
-Event names are fixed by DESIGN.md. A redaction step runs on every line, memguard's and
-foreign (Celery's) alike, so the Zep API key, Redis passwords and Authorization headers
-never reach a log line.
+Every event goes to the standard library's logger ``memguard`` at the event's own level, so it
+joins whatever the application configured (Celery's logging, Django's ``LOGGING``,
+``logging.basicConfig``). The message is the event name followed by ``key=value`` fields; the
+fields also ride on the record (``memguard_event``, ``memguard_fields``). ``configure()`` is the
+JSON mode (``install(app, json_logs=True)``, the ready app): every line, memguard's and foreign
+(Celery's) alike, becomes one JSON object, memguard's with its fields as keys. Secrets are
+scrubbed from memguard's fields before any formatter sees them, and from foreign lines in JSON
+mode, so the Zep API key, Redis and broker passwords and webhook tokens never reach a log line.
+structlog is imported only by the JSON mode.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.config
 import os
@@ -17,12 +24,10 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import structlog
-
 from memguard.config.settings import webhook_entries
 from memguard.domain import events
 
-log = structlog.get_logger("memguard")
+logger = logging.getLogger("memguard")
 
 BLOCKED_LOG_INTERVAL_S = 1.0
 REDACTED = "[REDACTED]"
@@ -53,7 +58,7 @@ def _scrub(text: str, secrets: list[str]) -> str:
 
 
 def redact(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: drop secret-named fields, scrub secret values from the rest."""
+    """structlog processor (JSON mode): drop secret-named fields, scrub secret values from the rest."""
     return _scrub_nested(event_dict, _secret_values())
 
 
@@ -66,24 +71,29 @@ def _scrub_nested(value: Any, secrets: list[str]) -> Any:
     return _scrub(value, secrets) if isinstance(value, str) else value
 
 
-SHARED_PROCESSORS: list[Any] = [
-    structlog.contextvars.merge_contextvars,
-    structlog.stdlib.add_log_level,
-    structlog.stdlib.add_logger_name,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
-    structlog.processors.format_exc_info,
-    redact,
-]
+def _lift(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """JSON mode: a memguard record's event name and fields become the line's keys."""
+    record = event_dict.get("_record")
+    fields = getattr(record, "memguard_fields", None)
+    if fields is not None:
+        event_dict["event"] = record.memguard_event  # type: ignore[union-attr]
+        event_dict.update(fields)
+    return event_dict
 
 
 def configure(level: str = "INFO", stream: Any = None) -> None:
     """Send every log line (memguard's and the stdlib's) to ``stream`` as one JSON object."""
+    import structlog
+
+    chain = [_lift, structlog.contextvars.merge_contextvars, structlog.stdlib.add_log_level,
+             structlog.stdlib.add_logger_name, structlog.processors.TimeStamper(fmt="iso", utc=True),
+             structlog.processors.format_exc_info, redact]
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {
             "()": structlog.stdlib.ProcessorFormatter,
-            "foreign_pre_chain": SHARED_PROCESSORS,
+            "foreign_pre_chain": chain,
             "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                            structlog.processors.JSONRenderer()],
         }},
@@ -94,13 +104,21 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
         "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
     })
     logging.captureWarnings(True)  # Python warnings become JSON lines too
-    structlog.configure(
-        processors=[structlog.stdlib.filter_by_level, *SHARED_PROCESSORS,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c in value for c in ' ="\n'):
+        return value
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def emit(level: int, name: str, **fields: Any) -> None:
+    """One event line on the ``memguard`` logger, its fields scrubbed of secrets."""
+    if not logger.isEnabledFor(level):
+        return
+    clean = _scrub_nested(fields, _secret_values())
+    text = " ".join([name, *(f"{k}={_shown(v)}" for k, v in clean.items())])
+    logger.log(level, "%s", text, extra={"memguard_event": name, "memguard_fields": clean})
 
 
 class _Sampler:
@@ -128,44 +146,44 @@ _config_errors_logged: set[str] = set()
 
 def on_event(event: events.Event) -> None:
     if isinstance(event, events.ModeForced):
-        log.warning("memory_mode_forced", prev_mode=event.prev_mode, next_mode=event.next_mode,
-                    reason=event.reason, hold_seconds=event.hold_seconds, until=event.until,
-                    holds=event.holds, by=event.by)
+        emit(logging.WARNING, "memory_mode_forced", prev_mode=event.prev_mode, next_mode=event.next_mode,
+             reason=event.reason, hold_seconds=event.hold_seconds, until=event.until, holds=event.holds,
+             by=event.by)
         if event.reason == "auth":
-            log.error("zep_auth_failure_auto_downgrade", reason=event.reason, until=event.until)
+            emit(logging.ERROR, "zep_auth_failure_auto_downgrade", reason=event.reason, until=event.until)
         elif event.reason == "consecutive_failures":
-            log.error("zep_consecutive_failures_auto_downgrade", fail_count=event.fail_count,
-                      until=event.until)
+            emit(logging.ERROR, "zep_consecutive_failures_auto_downgrade", fail_count=event.fail_count,
+                 until=event.until)
     elif isinstance(event, events.WouldForce):
-        log.warning("memory_mode_would_force", reason=event.reason, hold_seconds=event.hold_seconds,
-                    fail_count=event.fail_count, dry_run=True)
+        emit(logging.WARNING, "memory_mode_would_force", reason=event.reason,
+             hold_seconds=event.hold_seconds, fail_count=event.fail_count, dry_run=True)
     elif isinstance(event, events.ModeRestored):
-        log.info("memory_mode_restored", mode=event.mode, reason=event.reason,
-                 previous_reason=event.previous_reason, by=event.by)
+        emit(logging.INFO, "memory_mode_restored", mode=event.mode, reason=event.reason,
+             previous_reason=event.previous_reason, by=event.by)
     elif isinstance(event, events.ReadBlocked):
         suppressed = _sampler.take("blocked")
         if suppressed is not None:
-            log.info("zep_read_blocked_forced_mode", thread_id=event.thread_id, reason=event.reason,
-                     until=event.until, suppressed_since_last=suppressed)
+            emit(logging.INFO, "zep_read_blocked_forced_mode", thread_id=event.thread_id,
+                 reason=event.reason, until=event.until, suppressed_since_last=suppressed)
     elif isinstance(event, events.FailureRecorded):
-        log.warning("zep_read_failed", reason=event.reason, action=event.action, status=event.status,
-                    fail_count=event.fail_count, thread_id=event.thread_id, error=event.error)
+        emit(logging.WARNING, "zep_read_failed", reason=event.reason, action=event.action,
+             status=event.status, fail_count=event.fail_count, thread_id=event.thread_id, error=event.error)
     elif isinstance(event, events.ProbeFinished):
-        log.info("memory_probe_finished", result=event.result,
-                 duration_ms=round(event.duration_seconds * 1000, 1), error=event.error)
+        emit(logging.INFO, "memory_probe_finished", result=event.result,
+             duration_ms=round(event.duration_seconds * 1000, 1), error=event.error)
     elif isinstance(event, events.OperatorAction):
         if event.accepted:
-            log.info("memguard_operator_action", action=event.action, arguments=event.arguments,
-                     by=event.by)
+            emit(logging.INFO, "memguard_operator_action", action=event.action, arguments=event.arguments,
+                 by=event.by)
         else:
-            log.warning("memguard_operator_refused", action=event.action, errors=list(event.errors),
-                        arguments=event.arguments, by=event.by)
+            emit(logging.WARNING, "memguard_operator_refused", action=event.action,
+                 errors=list(event.errors), arguments=event.arguments, by=event.by)
     elif isinstance(event, events.GuardTrouble) and event.kind == "config_error":
         if event.detail not in _config_errors_logged:  # once per process: it will not fix itself
             _config_errors_logged.add(event.detail)
-            log.error("memguard_config_error", op=event.op, detail=event.detail)
+            emit(logging.ERROR, "memguard_config_error", op=event.op, detail=event.detail)
     elif isinstance(event, events.GuardTrouble):
         suppressed = _sampler.take(f"trouble:{event.kind}:{event.op}")
         if suppressed is not None:
-            log.warning(f"memguard_{event.kind}", op=event.op, detail=event.detail,
-                        suppressed_since_last=suppressed)
+            emit(logging.WARNING, f"memguard_{event.kind}", op=event.op, detail=event.detail,
+                 suppressed_since_last=suppressed)
