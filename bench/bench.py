@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+import startup
 
 import memguard
 from memguard import process
@@ -188,6 +189,7 @@ def main() -> None:
     ap.add_argument("--watchers", type=int, default=100, help="--fleet: watchers per process")
     ap.add_argument("--idle-seconds", type=float, default=65.0, help="--fleet: the idle window")
     ap.add_argument("--trials", type=int, default=5, help="--fleet: changes of each kind")
+    ap.add_argument("--startup-rounds", type=int, default=7, help="process pairs per start-up ratio")
     args = ap.parse_args()
     if args.fleet:
         import fleet
@@ -309,6 +311,8 @@ def main() -> None:
         res["forked_child_decorated"] = summary(fk, base)
         res["forked_child_decorated"]["redis_commands_per_read"] = round(fk_per_read, 4)
 
+        res["startup"] = startup.run(server.url, args.startup_rounds)
+
         # Redis down: after the first error, reads go on at local cost.
         server.stop()
         time.sleep(2.5)  # let the watcher notice and drop its view
@@ -343,6 +347,7 @@ def main() -> None:
     print(f"async / sync memguard overhead p50:  {r['async_over_sync_overhead_p50']}x "
           "(one implementation, driven by acall)")
     print("memguard's idle cost per process: see --fleet")
+    startup.report(res["startup"])
     fp = res["failure_path"]
     print(f"failure path: {fp['round_trips_per_failure']} round trips (EVALSHA) per failure, "
           f"{fp['commands_per_failure_incl_script']} commands counting those inside the script")

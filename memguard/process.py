@@ -24,7 +24,7 @@ import redis
 
 from memguard.config.settings import Settings
 from memguard.domain import events
-from memguard.observe import logs, metrics
+from memguard.observe import logs
 from memguard.ops.actions import Operations
 from memguard.ops.audit import AuditTrail
 from memguard.ops.notify import Notifier
@@ -76,10 +76,13 @@ class Process:
             self.meter.stop()
 
 
-def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks) -> Process:
+def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks,
+          count_metrics: bool = True) -> Process:
     """Build and wire one process's objects; ``watch=False`` starts no thread (one-shot commands).
 
-    ``hooks`` is the process's own unless a benchmark or test brings its own."""
+    ``hooks`` is the process's own unless a benchmark or test brings its own. A one-shot command
+    keeps no metrics (``count_metrics=False``): nothing would scrape them, and prometheus-client
+    is then never imported."""
     client = redis_client(settings)
     state = State(client, settings, hooks)
     watcher = Watcher(state, settings.probe_grace_seconds, hooks)
@@ -88,7 +91,12 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
     meter = ReadMeter(state, settings, hooks) if windowed else None
     guard = Guard(settings, state, hooks, watcher, meter)
     audit = AuditTrail(client, state.keys.audit, hooks)
-    for subscriber in (logs.on_event, metrics.on_event, audit.on_event):
+    subscribers = [logs.on_event, audit.on_event]
+    if count_metrics:
+        from memguard.observe import metrics
+
+        subscribers.append(metrics.on_event)
+    for subscriber in subscribers:
         hooks.subscribe(subscriber)
     switches = None
     if settings.redis_target.kind == "sentinel":
@@ -142,22 +150,27 @@ def get() -> Process:
         return _current
 
 
-def configure(settings: Settings | None = None, *, watch: bool = True) -> Process:
+def current() -> Process | None:
+    """The process's objects if built, without building them (never blocks)."""
+    return _current
+
+
+def configure(settings: Settings | None = None, *, watch: bool = True, count_metrics: bool = True) -> Process:
     """Replace the process's objects (tests, drills, applications with their own settings)."""
     global _settings
     with _lock:
         if _current is not None:
             _current.close()
         _settings = settings or load_settings()
-        return _install(_settings, watch=watch)
+        return _install(_settings, watch=watch, count_metrics=count_metrics)
 
 
-def _install(settings: Settings, *, watch: bool = True) -> Process:
+def _install(settings: Settings, *, watch: bool = True, count_metrics: bool = True) -> Process:
     global _current, _fork_hook_registered
     if not _fork_hook_registered:
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_hook_registered = True
-    _current = build(settings, watch=watch)
+    _current = build(settings, watch=watch, count_metrics=count_metrics)
     return _current
 
 
@@ -178,9 +191,13 @@ def current_state() -> State:
 
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> Any:
     """Serve memguard's /metrics from this process, in a background thread."""
+    from memguard.observe import metrics
+
     return metrics.serve(port, current_state, addr)
 
 
 def metrics_wsgi_app() -> Any:
     """A WSGI app serving memguard's /metrics, to mount in Flask or another WSGI app."""
+    from memguard.observe import metrics
+
     return metrics.make_wsgi_app(current_state)

@@ -8,14 +8,19 @@ why.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
-from memguard import process
 from memguard.config.settings import SettingsError
 from memguard.domain import events
+
+if TYPE_CHECKING:
+    from memguard.process import Process
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,6 +37,48 @@ class _Decorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> Callable[P, tuple[R | None, Meta]]: ...
 
 
+_process: ModuleType | None = None
+
+
+def _wiring() -> ModuleType:
+    """``memguard.process``, imported on first use: decorating a function or importing memguard
+    loads neither Redis nor the rest of the wiring."""
+    global _process
+    if _process is None:
+        from memguard import process
+
+        _process = process
+    return _process
+
+
+def _get() -> Process:
+    return _wiring().get()
+
+
+def _get_for_asyncio() -> Process:
+    from memguard.request.zep import gc_quiet, prime_async_transport
+
+    with gc_quiet():
+        proc = _get()
+        prime_async_transport()  # an application's own async HTTP client will want it too
+    return proc
+
+
+async def _aget() -> Process:
+    """The process; the first time, imported and built in a worker thread, off the event loop."""
+    module = sys.modules.get("memguard.process")
+    proc = module.current() if module is not None else None
+    return proc if proc is not None else await asyncio.to_thread(_get_for_asyncio)
+
+
+async def awarm_up() -> None:
+    """Build the process and this event loop's Zep reader off the loop, at start-up (FastAPI's
+    lifespan, say), so no request waits for them. Optional: the first read does the same, also
+    off the loop. Raises ``SettingsError`` naming a bad setting, which at start-up is wanted."""
+    proc = await _aget()
+    await proc.readers.aget()
+
+
 def fetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     """Return (context | None, meta) from memguard's own Zep reader.
 
@@ -39,7 +86,7 @@ def fetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     ``meta["source"] == "write_only_forced"`` and makes no call to Zep.
     """
     try:
-        proc = process.get()
+        proc = _get()
         reader = proc.readers.reader
     except SettingsError as exc:
         return None, _config_error(exc)
@@ -51,11 +98,12 @@ async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     """``fetch_thread_context`` for asyncio code, with Zep's async client on the running loop.
 
     The same contract and the same fleet state; the healthy path makes no Redis round trip,
-    and nothing here blocks the loop (failures are recorded with ``redis.asyncio``).
+    and nothing here blocks the loop: the first call builds the process and imports the SDK in a
+    worker thread, and failures are recorded with ``redis.asyncio``.
     """
     try:
-        proc = process.get()
-        reader = proc.readers.areader()
+        proc = await _aget()
+        reader = await proc.readers.aget()
     except SettingsError as exc:
         return None, _config_error(exc)
     timeout_s = proc.settings.read_timeout_s
@@ -92,20 +140,20 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
     def decorate(read: Callable[..., Any]) -> Callable[..., Any]:
         first = next(iter(inspect.signature(read).parameters), None)
 
-        def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[process.Process, str, float]:
-            """The process (raises SettingsError), the thread id and the read's budget."""
-            proc = process.get()
+        def resolve(proc: Process, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float]:
+            """The thread id and the read's budget."""
             thread_id = str(args[0] if args else kwargs.get(first, ""))
-            return proc, thread_id, (timeout_ms or proc.settings.read_timeout_ms) / 1000.0
+            return thread_id, (timeout_ms or proc.settings.read_timeout_ms) / 1000.0
 
         if inspect.iscoroutinefunction(read):
 
             @functools.wraps(read)
             async def awrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
                 try:
-                    proc, thread_id, budget_s = resolve(args, kwargs)
+                    proc = await _aget()
                 except SettingsError as exc:
                     return None, _config_error(exc)
+                thread_id, budget_s = resolve(proc, args, kwargs)
                 return await proc.guard.acall(thread_id, read, args, kwargs, budget_s=budget_s)
 
             return awrapper
@@ -113,9 +161,10 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
         @functools.wraps(read)
         def wrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
             try:
-                proc, thread_id, budget_s = resolve(args, kwargs)
+                proc = _get()
             except SettingsError as exc:
                 return None, _config_error(exc)
+            thread_id, budget_s = resolve(proc, args, kwargs)
             return proc.guard.call(thread_id, read, args, kwargs, budget_s=budget_s)
 
         return wrapper
@@ -124,5 +173,5 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
 
 
 def _config_error(exc: SettingsError) -> Meta:
-    process.hooks.emit(events.GuardTrouble("config_error", "read", str(exc)))
+    _wiring().hooks.emit(events.GuardTrouble("config_error", "read", str(exc)))
     return {"used": False, "source": "config_error", "error": str(exc)}

@@ -19,12 +19,15 @@ def bench(*args: str) -> dict:
 
 
 def test_the_benchmark_runs_and_a_healthy_read_costs_no_redis_command():
-    res = bench("--reads", "300")
+    res = bench("--reads", "300", "--startup-rounds", "1")
     for case in ("memguard", "memguard_async", "forked_child_decorated", "memguard_failure_rate"):
         assert res[case]["redis_commands_per_read"] == 0, case
     assert res["seed_get_del"]["redis_commands_per_read"] == 2
     assert round(res["failure_path"]["round_trips_per_failure"]) == 1  # one script per failure
     assert res["propagation"]["trials"] == 50 and res["propagation"]["force_seen"]["max_ms"] < 1000
+    st = res["startup"]
+    assert st["import"]["ratio"] > 0 and st["status"]["ratio"] > 0
+    assert set(st["first_async_read_stall_ms"]) == {"zep-python", "zep-cloud", "guarded"}
 
 
 def test_the_fleet_benchmark_runs_and_every_view_sees_every_change():

@@ -249,6 +249,38 @@ def test_importing_memguard_changes_nothing_global():
     assert out.stdout.strip() == "clean", out.stderr
 
 
+HEAVY = ("celery", "kombu", "redbeat", "prometheus_client", "zep_python", "zep_cloud", "structlog", "httpx")
+
+
+def _loaded(code: str, **env: str) -> list[str]:
+    """The HEAVY packages a fresh process has imported after running ``code``."""
+    probe = f"{code}\nimport sys\nprint(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_a_bare_import_loads_none_of_the_heavy_packages():
+    assert _loaded("import memguard") == []
+    # Decorating a read, and the flags module, still need none of them.
+    assert _loaded("import memguard\n@memguard.guarded\ndef read(t): return t\nimport memguard.flags") == []
+
+
+def test_each_heavy_package_is_loaded_where_it_is_used(redis_server, redis_db, stub):
+    env = {"REDIS_URL": redis_server.url, "ZEP_API_URL": stub.url, "ZEP_API_KEY": API_KEY}
+    # The command line's one-shot commands: Redis only.
+    assert _loaded("from memguard.integrations import cli\ncli.main(['status', '--json'])", **env) == []
+    # An application's own read: metrics are kept (prometheus-client), nothing else.
+    assert _loaded("import memguard\nmemguard.guarded(lambda t: t)('t')", **env) == ["prometheus_client"]
+    # memguard's own reader: the chosen SDK and its HTTP client, not the other SDK.
+    assert _loaded("import memguard\nmemguard.fetch_thread_context('t')", **env) == [
+        "httpx", "prometheus_client", "zep_python"]
+    # install(): Celery and its transport.
+    installed = _loaded("import memguard, celery\nmemguard.install(celery.Celery())", **env)
+    assert {"celery", "kombu"} <= set(installed)
+
+
 # -- any HTTP client --------------------------------------------------------------------------
 
 

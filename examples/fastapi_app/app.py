@@ -7,14 +7,21 @@ The blocking Celery side (worker, beat, probe) is the same as for any app: see
 """
 
 import os
+from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
 
 import memguard
-from memguard.service import afetch_thread_context
 
-app = FastAPI()
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    await memguard.awarm_up()  # optional: build memguard off the loop before the first request
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
 zep = httpx.AsyncClient(
     base_url=os.environ.get("ZEP_API_URL", "http://127.0.0.1:8000"),
     headers={"Authorization": f"Api-Key {os.environ.get('ZEP_API_KEY', '')}"},
@@ -36,5 +43,5 @@ async def answer(thread_id: str) -> dict:
 
 @app.get("/context/{thread_id}")
 async def context(thread_id: str) -> dict:
-    text, meta = await afetch_thread_context(thread_id)  # memguard's own read, Zep's AsyncZep
+    text, meta = await memguard.afetch_thread_context(thread_id)  # memguard's own read, AsyncZep
     return {"context": text, "source": meta["source"]}

@@ -11,10 +11,11 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from memguard.config.target import Target
+if TYPE_CHECKING:  # the target (and redis-py with it) is imported when Redis is first needed
+    from memguard.config.target import Target
 
 ZEP_CLIENTS = ("zep-python", "zep-cloud")
 _TRUE = {"1", "true", "yes", "on"}
@@ -88,6 +89,8 @@ class Settings:
     @cached_property
     def redis_target(self) -> Target:
         """Where memguard's Redis is (one server, a Sentinel master, a Cluster)."""
+        from memguard.config.target import Target
+
         return Target.parse(self.redis_url)
 
     @property
@@ -175,6 +178,8 @@ def _url(*schemes: str) -> Callable[[str], str]:
 
 def _redis_url(raw: str) -> str:
     """One server, a Sentinel master or a Cluster (memguard.connection)."""
+    from memguard.config.target import Target
+
     Target.parse(raw)
     return raw.rstrip("/")
 

@@ -39,8 +39,6 @@ import sys
 import urllib.error
 from dataclasses import dataclass
 
-import httpx
-
 # Every reason a failed read is counted under (the `reason` label of the failure counter).
 FAILURE_REASONS = ("auth", "timeout", "connection", "http_5xx", "rate_limited", "http_4xx", "bad_payload",
                    "other")
@@ -124,8 +122,12 @@ def classify(exc: BaseException) -> Verdict:
 
 
 def _timeouts() -> tuple[type[BaseException], ...]:
-    """Timeout classes of httpx, the standard library and, when the app uses them, requests/urllib3."""
-    found: list[type[BaseException]] = [httpx.TimeoutException, TimeoutError]
+    """Timeout classes of the standard library and of the HTTP libraries the process has loaded
+    (an exception of a library that is not loaded cannot occur, and looking costs no import)."""
+    found: list[type[BaseException]] = [TimeoutError]
+    httpx = sys.modules.get("httpx")
+    if httpx is not None:
+        found.append(httpx.TimeoutException)
     requests = sys.modules.get("requests")
     if requests is not None:
         found.append(requests.exceptions.Timeout)
@@ -137,8 +139,10 @@ def _timeouts() -> tuple[type[BaseException], ...]:
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
     """Transport errors: a refused or reset connection, a broken protocol, a DNS failure."""
-    found: list[type[BaseException]] = [httpx.TransportError, ConnectionError, http.client.HTTPException,
-                                        urllib.error.URLError]
+    found: list[type[BaseException]] = [ConnectionError, http.client.HTTPException, urllib.error.URLError]
+    httpx = sys.modules.get("httpx")
+    if httpx is not None:
+        found.append(httpx.TransportError)
     requests = sys.modules.get("requests")
     if requests is not None:
         found.append(requests.exceptions.ConnectionError)

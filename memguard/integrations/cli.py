@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import sys
 import time
 from typing import Any
@@ -82,13 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     from memguard.ops.actions import OperatorError
 
     one_shot = args.cmd in ("status", "force", "clear", "probe", "history")
-    # One-shot commands print their own outcome; a warning line would only repeat it.
-    logs.configure(level="ERROR" if one_shot else "WARNING", stream=sys.stderr)
+    if one_shot:  # they print their own outcome; a warning line would only repeat it
+        logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="memguard: %(message)s")
+    else:
+        logs.configure(level="WARNING", stream=sys.stderr)
     by = origin("cli", user=getpass.getuser())
     url = None
     try:
         if one_shot:
-            proc = process.configure(watch=False)  # no watcher thread needed
+            proc = process.configure(watch=False, count_metrics=False)  # one shot: no thread, no metrics
             url = proc.settings.redis_url
         if args.cmd == "status":
             st = proc.ops.status(by)

@@ -21,16 +21,18 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urldefrag, urlsplit
 
-import httpx
 import redis
 
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.fleet import FleetStatus
 from memguard.store.state import State
+
+if TYPE_CHECKING:
+    import httpx
 
 LOCK_S = 120  # longer than a delivery takes; a deliverer that died frees it after this
 TIMEOUT_S = 2.0
@@ -113,6 +115,8 @@ class Notifier:
         lock = self.state.client.lock(self.state.keys.notify_lock, timeout=LOCK_S)
         if not lock.acquire(blocking=False):
             return 0
+        import httpx  # only a prober with webhooks pays for it
+
         sent = 0
         try:
             with httpx.Client() as client:
@@ -134,7 +138,7 @@ class Notifier:
                 if response.status_code < 300:
                     return True
                 error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # httpx.HTTPError, or anything else: the next one is tried
                 error = type(exc).__name__
             if attempt < len(BACKOFF_S):
                 time.sleep(BACKOFF_S[attempt])

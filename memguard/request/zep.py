@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import weakref
 from collections.abc import Iterator
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from memguard.config.settings import Settings, SettingsError
 from memguard.domain.classify import RESPONSE_ATTR
+
+if TYPE_CHECKING:  # httpx and the SDKs are imported when a reader is made
+    import httpx
 
 # (status, Retry-After header) of the last Zep response seen in this thread/context.
 _last_response: contextvars.ContextVar[tuple[int, str | None] | None] = contextvars.ContextVar(
@@ -60,10 +62,14 @@ class AsyncZepReader(Protocol):
 
 
 def _http(timeout_s: float) -> httpx.Client:
+    import httpx
+
     return httpx.Client(timeout=timeout_s, event_hooks={"response": [_remember_status]})
 
 
 def _ahttp(timeout_s: float) -> httpx.AsyncClient:
+    import httpx
+
     return httpx.AsyncClient(timeout=timeout_s, event_hooks={"response": [_aremember_status]})
 
 
@@ -80,6 +86,34 @@ def _pin_root(client: Any, root_url: str) -> None:
     """zep-python prefers the process's ZEP_API_URL over base_url; pin the configured root."""
     wrapper = client._client_wrapper
     wrapper._base_url = wrapper.httpx_client.base_url = f"{root_url}/api/v2"
+
+
+@contextlib.contextmanager
+def gc_quiet() -> Iterator[None]:
+    """For a worker thread importing for an event loop: no garbage collection meanwhile, and what
+    the imports made is then moved to the permanent generation (``gc.freeze``).
+
+    A full collection holds the GIL for tens of milliseconds while it walks every object, so
+    one that an import triggers stalls the loop just as an import on the loop would. Modules
+    and their objects live as long as the process: freezing them only spares every later
+    collection the walk (``gc.unfreeze()`` undoes it). An application that turned the
+    collector off keeps it off, unfrozen."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.freeze()
+            gc.enable()
+
+
+def prime_async_transport() -> None:
+    """Import what an httpx ``AsyncClient`` imports on its first request (anyio's asyncio
+    backend), so that a worker thread pays for it and not the event loop."""
+    with contextlib.suppress(ImportError):
+        import anyio._backends._asyncio  # noqa: F401
+        import httpcore._async.connection_pool  # noqa: F401
 
 
 def _options(timeout_s: float) -> dict[str, Any]:
@@ -126,10 +160,11 @@ class AsyncZepPythonReader:
         self.client = AsyncZep(base_url=root_url, api_key=api_key, timeout=timeout_s,
                                httpx_client=_ahttp(timeout_s))
         _pin_root(self.client, root_url)
+        self.memory = self.client.memory  # its module is imported here, off the event loop
 
     async def read_context(self, thread_id: str, timeout_s: float) -> str | None:
         with _attributed():
-            return _memory_text(await self.client.memory.get(thread_id, request_options=_options(timeout_s)))
+            return _memory_text(await self.memory.get(thread_id, request_options=_options(timeout_s)))
 
 
 class AsyncZepCloudReader:
@@ -140,10 +175,11 @@ class AsyncZepCloudReader:
 
         self.client = AsyncZep(base_url=f"{root_url}/api/v4", api_key=api_key, max_retries=0,
                                timeout=timeout_s, httpx_client=_ahttp(timeout_s))
+        self.thread = self.client.thread  # zep-cloud imports its sub-clients on first access
 
     async def read_context(self, thread_id: str, timeout_s: float) -> str | None:
         with _attributed():
-            context = await self.client.thread.get_context(thread_id, request_options=_options(timeout_s))
+            context = await self.thread.get_context(thread_id, request_options=_options(timeout_s))
         return context.context
 
 
@@ -155,7 +191,9 @@ def make_reader(settings: Settings) -> ZepReader:
 def make_async_reader(settings: Settings) -> AsyncZepReader:
     """An asyncio reader; its httpx client belongs to the event loop it is first used on."""
     cls = AsyncZepCloudReader if settings.zep_client == "zep-cloud" else AsyncZepPythonReader
-    return cls(settings.zep_api_url, _api_key(settings), settings.read_timeout_s)
+    reader = cls(settings.zep_api_url, _api_key(settings), settings.read_timeout_s)
+    prime_async_transport()
+    return reader
 
 
 def _api_key(settings: Settings) -> str:
@@ -163,6 +201,11 @@ def _api_key(settings: Settings) -> str:
         raise SettingsError("invalid configuration: ZEP_API_KEY is not set "
                             "(memguard's Zep reader needs it)")
     return settings.zep_api_key
+
+
+def _quietly(make: Any, *args: Any) -> Any:
+    with gc_quiet():
+        return make(*args)
 
 
 class Readers:
@@ -182,10 +225,13 @@ class Readers:
             self._reader = make_reader(self.settings)
         return self._reader
 
-    def areader(self) -> AsyncZepReader:
-        """The running event loop's reader."""
+    async def aget(self) -> AsyncZepReader:
+        """The running event loop's reader. The first one is made in a worker thread: importing
+        an SDK and building its httpx client (TLS context) takes hundreds of milliseconds, which
+        the loop must not wait for. Its client binds to the loop on its first request."""
         loop = asyncio.get_running_loop()
         reader = self._areaders.get(loop)
         if reader is None:
-            reader = self._areaders[loop] = make_async_reader(self.settings)
+            built = await asyncio.to_thread(_quietly, make_async_reader, self.settings)
+            reader = self._areaders.setdefault(loop, built)
         return reader
