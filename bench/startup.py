@@ -101,7 +101,8 @@ def run(redis_url: str, rounds: int = 7) -> dict[str, Any]:
     res: dict[str, Any] = {
         "import": paired([sys.executable, "-c", "import redis"], [sys.executable, "-c", "import memguard"],
                          env, rounds),
-        "status": paired([sys.executable, "-c", get], [sys.executable, "-m", "memguard", "status"], env, rounds),
+        "status": paired([sys.executable, "-c", get], [sys.executable, "-m", "memguard", "status"], env,
+                         rounds),
     }
     with ZepStub(api_key="bench-key") as stub:
         res["first_async_read_stall_ms"] = {
