@@ -201,12 +201,22 @@ def test_beat_refuses_settings_that_lose_the_lock(example):
     assert "Traceback" not in out.stdout + out.stderr
 
 
+def test_a_beat_on_plain_redbeat_warns_once_what_it_loses(example):
+    beat = example.spawn("beat", "plain-redbeat", "-S", "redbeat.RedBeatScheduler")
+    wait_for(lambda: "Sending due task memguard-probe" in beat.output(), 20, "the plain beat's first tick")
+    hints = [ln for ln in beat.output().splitlines() if "not memguard.beat.Scheduler" in ln]
+    assert len(hints) == 1, beat.output()[-3000:]
+    assert "WARNING" in hints[0] and "redbeat.schedulers.RedBeatScheduler" in hints[0]
+    assert "-S memguard.beat.Scheduler" in hints[0] and "exit on the first Redis error" in hints[0]
+
+
 def test_ready_app_beat_runs_from_another_directory(example):
     beat = example.spawn("beat", "ready-beat", app="memguard")
     # Eight 1 s probe ticks outlast the 6 s lock timeout: a lost lock would have ended the beat.
     wait_for(lambda: beat.output().count("Sending due task memguard-probe") >= 8 or not beat.alive(), 30,
              "eight probe ticks")
     assert beat.alive(), beat.output()[-2000:]
+    assert "not memguard.beat.Scheduler" not in beat.output(), "memguard's own scheduler gets no hint"
 
 
 # -- install() on an app object ---------------------------------------------------------------

@@ -14,6 +14,7 @@ task resolves the process's objects (``memguard.process.get``) when it runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -100,6 +101,7 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
         if getattr(sender, "app", None) is app:
             _exit_on_config_error(probe)
             _exit_on_losing_lock(app, sender)
+            _hint_scheduler(sender)
 
     signals.worker_init.connect(check_worker, weak=False)
     signals.beat_init.connect(check_beat, weak=False)
@@ -152,14 +154,35 @@ def _exit_on_config_error(probe: Probe | None) -> None:
         exit_config(str(exc))
 
 
+def _scheduler_class(beat: Any) -> type | None:
+    scheduler = getattr(beat, "scheduler_cls", None)
+    if isinstance(scheduler, str):
+        scheduler = symbol_by_name(scheduler)
+    return scheduler if isinstance(scheduler, type) else None
+
+
+def _hint_scheduler(beat: Any) -> None:
+    """A beat started with another scheduler (RedBeat's own, as its docs say) works, but loses
+    what memguard's is for: say so once, at start-up."""
+    from memguard.integrations.beat import Scheduler
+
+    scheduler = _scheduler_class(beat)
+    if scheduler is None or issubclass(scheduler, Scheduler):
+        return
+    logging.getLogger("memguard.beat").warning(
+        "memguard: this beat runs %s.%s, not memguard.beat.Scheduler: it will exit on the first Redis "
+        "error or lost lock (a Redis restart, a failover), standby beats too, leaving the fleet without "
+        "a prober until something restarts them; start beat with -S memguard.beat.Scheduler "
+        "(memguard.install makes it the default when -S is not given)",
+        scheduler.__module__, scheduler.__qualname__)
+
+
 def _exit_on_losing_lock(app: Celery, beat: Any) -> None:
     """Refuse settings under which RedBeat would lose its lock between two wake-ups."""
     from redbeat import RedBeatScheduler
 
-    scheduler = getattr(beat, "scheduler_cls", None)
-    if isinstance(scheduler, str):
-        scheduler = symbol_by_name(scheduler)
-    if not (isinstance(scheduler, type) and issubclass(scheduler, RedBeatScheduler)):
+    scheduler = _scheduler_class(beat)
+    if not (scheduler is not None and issubclass(scheduler, RedBeatScheduler)):
         return
     conf = app.conf
     loop = float(beat.max_interval or conf.beat_max_loop_interval or 300)
