@@ -9,6 +9,7 @@ scrapes and evaluates every second, and the rules are loaded with every duration
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import subprocess
 import sys
@@ -90,6 +91,12 @@ class Prometheus:
         self.log.close()
 
 
+def dashboard_queries() -> dict[str, dict[str, str]]:
+    """Every dashboard panel's queries: {title: {refId: expr}}."""
+    dashboard = json.loads((ROOT / "runbook" / "dashboard.json").read_text())
+    return {p["title"]: {t["refId"]: t["expr"] for t in p["targets"]} for p in dashboard["panels"]}
+
+
 READER = """
 import sys, time
 from memguard import service
@@ -106,13 +113,17 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
     hold = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "2", "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "2"}  # no backoff
     reader_port, worker_port = free_port(), free_port()
     stack.spawn("worker", "prom-worker", "-P", "solo", MEMGUARD_METRICS_PORT=str(worker_port), **hold)
-    beat = stack.spawn("beat", "prom-beat", **hold)
     reader = subprocess.Popen([sys.executable, "-c", READER, str(reader_port)], env=stack.env(**hold),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     prom = Prometheus(tmp_path, [f"127.0.0.1:{reader_port}", f"127.0.0.1:{worker_port}"])
+    panels = dashboard_queries()
     try:
         targets = lambda: prom.api("targets")["activeTargets"]  # noqa: E731
         wait_for(lambda: [t["health"] for t in targets()] == ["up", "up"], 30, "both targets scraped")
+        # No beat yet: no prober has ever ticked, and the dashboard says so rather than "No data".
+        heartbeat_age = panels["Prober: heartbeat up and age (s)"]["B"]
+        assert [float(r["value"][1]) for r in prom.api("query", query=heartbeat_age)["result"]] == [-1.0]
+        beat = stack.spawn("beat", "prom-beat", **hold)
         up = time.time()
         wait_for(lambda: prom.evaluated_since(up + 3), 30, "three rule evaluations of the live series")
         assert prom.alerts() == [], "nothing fires on a healthy fleet"
@@ -148,6 +159,13 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
         left = max(5, 75 - (time.monotonic() - flapped))
         wait_for(lambda: not prom.firing("MemoryDowngradeFlapping"), left, "flapping to resolve")
         assert prom.alerts() == []
+
+        # Every panel of the dashboard answers from the live series.
+        empty = [f"{title} {ref}" for title, exprs in panels.items() for ref, expr in exprs.items()
+                 if not prom.api("query", query=expr)["result"]]
+        assert empty == [], empty
+        age = float(prom.api("query", query=heartbeat_age)["result"][0]["value"][1])
+        assert 0 <= age < 5, "a ticking prober's heartbeat age"
     finally:
         prom.stop()
         reader.terminate()

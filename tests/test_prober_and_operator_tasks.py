@@ -37,9 +37,14 @@ def test_drill_passes_end_to_end_with_json_logs_and_no_secret(tmp_path):
     assert "probe reads=1" in out.stdout
     assert "fleet mode -> read_write" in out.stdout
 
+    # The terminal shows the timeline and verdicts only; the JSON lines are in files it names.
+    assert out.stderr == "", out.stderr[-2000:]
+    assert all(not ln.startswith("{") for ln in out.stdout.splitlines()), out.stdout
+    assert out.stdout.splitlines()[-1] == (f"logs (JSON lines) in {tmp_path}: drill-beat.log, "
+                                           "drill-worker.log, drill.log")
     # Every log line of the drill (its own, the worker's and the beat's) is one JSON object.
-    logs = {"drill": out.stderr, **{p.name: p.read_text() for p in tmp_path.glob("*.log")}}
-    assert {"drill-worker.log", "drill-beat.log"} <= logs.keys()
+    logs = {p.name: p.read_text() for p in tmp_path.glob("*.log")}
+    assert {"drill.log", "drill-worker.log", "drill-beat.log"} <= logs.keys()
     records = []
     for source, text in logs.items():
         assert PLANTED_KEY not in text, f"the Zep API key leaked into {source}"

@@ -10,7 +10,9 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -65,12 +67,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--zep-url", help="with --redis-url: the canary's Zep root URL")
     p.add_argument("--zep-key", help="the canary's Zep API key (else ZEP_API_KEY); locally, the key "
                    "the stub accepts")
-    p.add_argument("--logdir", help="local stack: where the worker and beat write their logs")
+    p.add_argument("--logdir", help="where the logs go: this process's (drill.log) and, on the local "
+                   "stack, the worker's and the beat's (default: a new temporary directory)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print this process's JSON log lines inline (stderr) instead of into drill.log")
     p.add_argument("--hold", type=int, default=5, help="hold seconds for the local stack (default 5)")
     p = sub.add_parser("metrics", help="serve /metrics")
     p.add_argument("--port", type=int, default=9464)
     p.add_argument("--addr", default="0.0.0.0")
     return parser
+
+
+def _drill(drill: Any, args: argparse.Namespace) -> int:
+    """The drill's timeline and verdicts on stdout; its JSON log lines in a file (or inline)."""
+    from memguard.observe import logs
+
+    logdir = args.logdir or tempfile.mkdtemp(prefix="memguard-drill-")
+    os.makedirs(logdir, exist_ok=True)
+    path = os.path.join(logdir, "drill.log")
+    # Left open to the end of the process: late lines (a shutdown warning) still have a home.
+    stream = sys.stderr if args.verbose else open(path, "a")  # noqa: SIM115
+    logs.configure(level="INFO", stream=stream)
+    code = drill.run(args.redis_url, args.zep_url, args.zep_key, hold=args.hold, logdir=logdir)
+    files = sorted(name for name in os.listdir(logdir) if name.endswith(".log"))
+    print(f"logs (JSON lines) in {logdir}: {', '.join(files) or 'none'}")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     one_shot = args.cmd in ("status", "force", "clear", "probe", "history")
     if one_shot:  # they print their own outcome; a warning line would only repeat it
         logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="memguard: %(message)s")
-    else:
+    elif args.cmd == "metrics":
         logs.configure(level="WARNING", stream=sys.stderr)
     by = origin("cli", user=getpass.getuser())
     url = None
@@ -114,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.zep_url and not args.redis_url:
                 parser.error("--zep-url needs --redis-url")
-            return drill.run(args.redis_url, args.zep_url, args.zep_key, hold=args.hold,
-                             logdir=args.logdir)
+            return _drill(drill, args)
         elif args.cmd == "metrics":
             print(f"serving /metrics on {args.addr}:{args.port}", file=sys.stderr)
             process.serve_metrics(args.port, args.addr)
