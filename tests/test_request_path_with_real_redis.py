@@ -235,7 +235,8 @@ def test_wrong_type_in_counter_is_repaired(configure, stub, redis_db, recorded):
     context, meta = service.fetch_thread_context("t")
     assert context is None and meta["reason"] == "http_5xx"
     assert redis_db.get(CONSECUTIVE_FAILURES_KEY) == "1"
-    assert any(e.kind == "corrupt_state" and e.op == "count" for e in of(events.GuardTrouble, recorded))
+    assert any(e.kind == "corrupt_state" and e.op == "record_failure" and "held a hash" in e.detail
+               for e in of(events.GuardTrouble, recorded))
 
 
 def test_force_from_elsewhere_is_seen_and_a_broken_channel_fails_safe(configure, stub, redis_db):

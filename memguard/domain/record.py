@@ -2,14 +2,27 @@
 
 The reasons are listed here once: metrics create their series from these lists, and the
 command line lists them in its help.
+
+The validity rule of a record is here and, word for word, in the scripts' prelude
+(``store/lua/prelude.lua``, ``decode``): a JSON object with ``mode`` "write_only", a finite
+number ``until`` at most ``LONGEST_AHEAD_S`` ahead of the Redis clock, and optional fields of
+their own types (``null`` counts as absent). Anything else is no record: reads fail open, status
+names the problem, and the next transition replaces it.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
+
+# The longest hold memguard writes (a day: the operators' and the backoff cap's limit), plus
+# clock skew between hosts. A record ending later was not written by memguard.
+LONGEST_AHEAD_S = 86_400 + 5
+MAX_REASON_CHARS = 200  # longer than any reason memguard or an operator may give
+_NUMBERS = ("forced_at", "lapse_at", "since", "hold_seconds")
 
 # Reasons memguard itself forces with (an operator may give any other, such as manual_ops).
 AUTO_REASONS = ("auth", "consecutive_failures", "latency", "rate_limited", "failure_rate")
@@ -47,6 +60,44 @@ class CorruptRecord(ValueError):
     """A memguard key holds a value memguard did not write."""
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as an operator may see it: repr, cut to ``limit`` characters."""
+    text = repr(value[: limit + 1] if isinstance(value, str | bytes) else value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def record_problem(data: Any, now: float | None) -> str | None:
+    """Why ``data`` (a decoded record) is not valid, or None. ``now``: the Redis clock, for the
+    ``until`` bound (None for a record a script has just written)."""
+    if not isinstance(data, dict):
+        return f"not a JSON object: {shown(data)}"
+    if data.get("mode") != "write_only":
+        return f"mode is not 'write_only': {shown(data.get('mode'))}"
+    until = data.get("until")
+    if not _finite(until):
+        return f"until is not a finite number: {shown(until)}"
+    if now is not None and until > now + LONGEST_AHEAD_S:
+        return f"until is {until - now:.0f} s ahead, past the longest hold ({LONGEST_AHEAD_S} s)"
+    for name in _NUMBERS:
+        if data.get(name) is not None and not _finite(data[name]):
+            return f"{name} is not a finite number: {shown(data[name])}"
+    holds = data.get("holds")
+    if holds is not None and not (_finite(holds) and holds >= 1 and holds == int(holds)):
+        return f"holds is not a whole number >= 1: {shown(holds)}"
+    reason = data.get("reason")
+    if reason is not None and not (isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS):
+        return f"reason is not a string of at most {MAX_REASON_CHARS} characters: {shown(reason)}"
+    if data.get("by") is not None and not isinstance(data["by"], dict):
+        return f"by is not an object: {shown(data['by'])}"
+    if data.get("id") is not None and not isinstance(data["id"], str):
+        return f"id is not a string: {shown(data['id'])}"
+    return None
+
+
 @dataclass(frozen=True)
 class ForcedRecord:
     """The forced-mode record as stored in Redis (times are Redis epoch seconds).
@@ -65,28 +116,28 @@ class ForcedRecord:
     since: float  # when this run of holds began (a failed probe's re-force keeps it)
 
     @classmethod
-    def parse(cls, raw: str) -> ForcedRecord:
+    def parse(cls, raw: str, now: float | None = None) -> ForcedRecord:
+        """The record in ``raw``; raises ``CorruptRecord`` saying what is wrong."""
         try:
             data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("mode") != "write_only":
-                raise CorruptRecord(f"not a write_only record: {raw[:80]!r}")
-            until = float(data["until"])
-            forced_at = float(data.get("forced_at", until))
-            lapse_at = data.get("lapse_at")
-            return cls(
-                mode="write_only",
-                reason=str(data.get("reason", "unknown")),
-                until=until,
-                forced_at=forced_at,
-                lapse_at=None if lapse_at is None else float(lapse_at),
-                holds=int(data.get("holds", 1)),
-                by=data.get("by") if isinstance(data.get("by"), dict) else {},
-                since=float(data.get("since", forced_at)),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            if isinstance(exc, CorruptRecord):
-                raise
-            raise CorruptRecord(f"unreadable forced record: {raw[:80]!r}") from exc
+        except (ValueError, TypeError, RecursionError):
+            raise CorruptRecord(f"not JSON: {shown(raw)}") from None
+        problem = record_problem(data, now)
+        if problem is not None:
+            raise CorruptRecord(problem)
+        until = float(data["until"])
+        forced_at = float(data.get("forced_at") if data.get("forced_at") is not None else until)
+        lapse_at = data.get("lapse_at")
+        return cls(
+            mode="write_only",
+            reason=data.get("reason") or "unknown",
+            until=until,
+            forced_at=forced_at,
+            lapse_at=None if lapse_at is None else float(lapse_at),
+            holds=int(data.get("holds") or 1),
+            by=data.get("by") or {},
+            since=float(data.get("since") if data.get("since") is not None else forced_at),
+        )
 
     def lapse_time(self, grace_seconds: float) -> float:
         return self.lapse_at if self.lapse_at is not None else self.until + grace_seconds
@@ -131,12 +182,12 @@ class Transition:
     ident: str = ""
 
 
-def parse_record(raw: str | None) -> ForcedRecord | None:
-    """The record in ``raw``, or None when there is none or it is unreadable."""
+def parse_record(raw: str | None, now: float | None = None) -> ForcedRecord | None:
+    """The record in ``raw``, or None when there is none or it is not valid."""
     if not raw:
         return None
     try:
-        return ForcedRecord.parse(raw)
+        return ForcedRecord.parse(raw, now)
     except CorruptRecord:
         return None
 

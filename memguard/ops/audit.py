@@ -8,6 +8,7 @@ a second whether a ``celery call`` was accepted or refused, with no result backe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -60,13 +61,22 @@ class AuditTrail:
             return
         try:
             self.client.xadd(self.key, fields, maxlen=AUDIT_MAXLEN, approximate=True)
+        except redis.ResponseError as exc:  # a value memguard did not write (WRONGTYPE): replace it
+            self.hooks.emit(events.GuardTrouble("corrupt_state", "audit", f"{self.key}: {exc}"[:200]))
+            with contextlib.suppress(redis.RedisError):
+                self.client.delete(self.key)
+                self.client.xadd(self.key, fields, maxlen=AUDIT_MAXLEN, approximate=True)
         except redis.RedisError as exc:
             self.hooks.emit(events.GuardTrouble("redis_error", "audit", f"{type(exc).__name__}: {exc}"[:200]))
 
 
 def history(client: redis.Redis, key: str, count: int = 20) -> list[dict[str, Any]]:
-    """The newest ``count`` entries, oldest first, with their Redis time."""
-    rows = client.xrevrange(key, count=count)
+    """The newest ``count`` entries, oldest first, with their Redis time. A key that is not a
+    stream reads as no entries: the next recorded event replaces it."""
+    try:
+        rows = client.xrevrange(key, count=count)
+    except redis.ResponseError:
+        return []
     out = []
     for entry_id, fields in reversed(rows):
         item: dict[str, Any] = {"id": entry_id, "time": int(entry_id.split("-")[0]) / 1000.0}

@@ -25,6 +25,14 @@ NOTIFY_LOCK_KEY = "mem:notify:lock"
 CHANGES_CHANNEL = "mem:mode:changes"
 
 
+# The Redis type memguard writes at each key (``Keys`` field names); any other is repaired.
+KEY_TYPES = {
+    "forced": "string", "counter": "string", "version": "string", "lock": "string", "heartbeat": "string",
+    "latency": "hash", "outcomes": "hash", "failing_hosts": "set", "auth_hosts": "set", "audit": "stream",
+    "notify_cursor": "string", "notify_stuck": "string", "notify_lock": "string",
+}
+
+
 @dataclass(frozen=True)
 class Keys:
     """The key names one process uses; ``Keys.under(prefix)`` gives a Cluster's."""

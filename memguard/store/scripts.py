@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from memguard.store.keys import Keys
+from memguard.store.keys import KEY_TYPES, Keys
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,23 @@ def _read(source: str) -> str:
 
 
 def _compose(spec: ScriptSpec, prelude: str) -> str:
+    """Header, hygiene (every key of a wrong type removed), prelude, then the body as a function
+    whose reply gains ``repaired_keys`` when the hygiene removed anything."""
     header = ["local A = cjson.decode(ARGV[1])"]
     header += [f"local {lua} = KEYS[{i}]" for i, (lua, _) in enumerate(spec.keys, start=1)]
-    return "\n".join([*header, prelude if spec.prelude else "", _read(spec.source)])
+    checks = [f"expect({lua}, '{KEY_TYPES[field]}')" for lua, field in spec.keys]
+    return "\n".join([*header, _HYGIENE, *checks, prelude if spec.prelude else "",
+                      "local function body()", _read(spec.source), "end",
+                      "local reply = body()",
+                      "if #REPAIRED > 0 then",
+                      "  local t = cjson.decode(reply)",
+                      "  t.repaired_keys = REPAIRED",
+                      "  reply = cjson.encode(t)",
+                      "end",
+                      "return reply"])
 
 
+_HYGIENE = _read("hygiene")
 _PRELUDE = _read("prelude")
 SOURCES: dict[str, str] = {name: _compose(spec, _PRELUDE) for name, spec in SPECS.items()}
 

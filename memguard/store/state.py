@@ -25,7 +25,15 @@ import redis
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.modes import EffectiveMode, base_mode_of, combine
-from memguard.domain.record import ForcedRecord, Snapshot, Status, Transition, parse_record
+from memguard.domain.record import (
+    CorruptRecord,
+    ForcedRecord,
+    Snapshot,
+    Status,
+    Transition,
+    parse_record,
+    shown,
+)
 from memguard.store import scripts
 from memguard.store.aio import AsyncRedis
 from memguard.store.keys import CHANGES_CHANNEL, Keys
@@ -38,6 +46,18 @@ WINDOW_SLOTS = 6  # the latency and outcome windows are summed in this many time
 LATENCY_SLOW_RATIO = 0.5  # more than half the reads slow: the median is slow
 # The prober's heartbeat outlives this many probe intervals: its absence means no prober.
 HEARTBEAT_INTERVALS = 12
+
+
+def string_keys(keys: Keys) -> tuple[str, str, str]:
+    """The string keys a snapshot reads, whose type it checks."""
+    return keys.forced, keys.counter, keys.version
+
+
+def _whole(raw: str | None) -> int | None:
+    """A counter's value: 0 when absent, None when it is not a whole number."""
+    if raw is None:
+        return 0
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
 class State:
@@ -95,6 +115,9 @@ class State:
         if scripts.SPECS[script].prelude:
             args["channel"] = self.channel
         reply = yield Script(script, args)
+        if reply.get("repaired_keys"):  # the script replaced values memguard did not write
+            detail = "; ".join(reply["repaired_keys"])[:300]
+            self.hooks.emit(events.GuardTrouble("corrupt_state", script, detail))
         if reply.get("notice"):
             self.on_change(reply["notice"])
         return reply
@@ -106,19 +129,27 @@ class State:
 
     def snapshot_steps(self) -> Steps[Snapshot]:
         """One round trip of plain reads (no Lua: a script costs an idle Redis ~70 µs of CPU)."""
-        (raw, count, beat, version), ttl, record_ttl, (secs, micros) = yield ReadSnapshot()
-        corrupt = None
+        (raw, count, beat, version), ttl, record_ttl, (secs, micros), *types = yield ReadSnapshot()
+        now = secs + micros // 1000 / 1000.0
+        k = self.keys
+        # MGET answers nil for a key of another type: TYPE tells that apart from no key.
+        typed = zip(string_keys(k), types, strict=True)
+        problems = [f"{key} holds a {kind}, not a string" for key, kind in typed
+                    if kind not in ("none", "string")]
         record = None
         if raw:
-            record = parse_record(raw)
-            corrupt = raw if record is None else None
-        try:
-            fail_count = int(count) if count else 0
-        except ValueError:
-            fail_count = 0
-        heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() else None
-        return Snapshot(record, corrupt, fail_count, int(ttl), secs + micros // 1000 / 1000.0, heartbeat,
-                        int(version) if version and version.isdigit() else 0, int(record_ttl))
+            try:
+                record = ForcedRecord.parse(raw, now)
+            except CorruptRecord as exc:
+                problems.append(f"{k.forced}: {exc}")
+        fail_count = _whole(count)
+        if fail_count is None:
+            problems.append(f"{k.counter} is not a whole number: {shown(count)}")
+        if _whole(version) is None:
+            problems.append(f"{k.version} is not a whole number: {shown(version)}")
+        heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() and len(beat) < 20 else None
+        return Snapshot(record, "; ".join(problems) or None, fail_count or 0, int(ttl), now, heartbeat,
+                        _whole(version) or 0, int(record_ttl))
 
     def snapshot_commands(self, pipe: Any) -> None:
         k = self.keys
@@ -126,6 +157,8 @@ class State:
         pipe.pttl(k.counter)
         pipe.pttl(k.forced)
         pipe.time()
+        for key in string_keys(k):
+            pipe.type(key)
 
     def _keys_node(self) -> redis.Redis:
         """The client to pipeline plain reads on: on a Cluster, the node owning memguard's slot

@@ -1,6 +1,10 @@
 -- Hands each audit entry to exactly one caller fleet-wide: the cursor moves past what is
 -- returned in the same step. The first call starts at the end of the stream.
 local cursor = redis.call('GET', CURSOR)
+if cursor and not string.match(cursor, '^%d+%-%d+$') then  -- not a stream id: start at the end
+  cursor = nil
+  table.insert(REPAIRED, CURSOR .. ' was not a stream id')
+end
 local stuck = false
 if A.stuck_episode ~= '' and redis.call('GET', STUCK) ~= A.stuck_episode then
   redis.call('SET', STUCK, A.stuck_episode, 'EX', 7 * 86400)

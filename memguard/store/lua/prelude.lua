@@ -15,15 +15,32 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- nil: no record; false: a value memguard cannot read; else the record.
+-- The validity rule, the same as memguard.domain.record.record_problem: a JSON object with
+-- mode 'write_only', a finite number until at most LONGEST_AHEAD_MS ahead of the Redis clock,
+-- and optional fields of their own types (JSON null counts as absent).
+local LONGEST_AHEAD_MS = 86405000  -- record.LONGEST_AHEAD_S * 1000
+local MAX_REASON_CHARS = 200  -- record.MAX_REASON_CHARS
+
+local function absent(v) return v == nil or v == cjson.null end
+local function finite(v) return type(v) == 'number' and v == v and v > -math.huge and v < math.huge end
+
+-- nil: no record; false: a value that is not a valid record; else the record.
 local function decode(raw)
   if not raw then return nil end
   local ok, rec = pcall(cjson.decode, raw)
-  if ok and type(rec) == 'table' and rec.mode == 'write_only'
-     and type(rec['until']) == 'number' then
-    return rec
+  if not ok or type(rec) ~= 'table' or rec.mode ~= 'write_only' then return false end
+  local u = rec['until']
+  if not finite(u) or u * 1000 > now_ms() + LONGEST_AHEAD_MS then return false end
+  for _, name in ipairs({'forced_at', 'lapse_at', 'since', 'hold_seconds'}) do
+    if not absent(rec[name]) and not finite(rec[name]) then return false end
   end
-  return false
+  local h = rec.holds
+  if not absent(h) and not (finite(h) and h >= 1 and math.floor(h) == h) then return false end
+  local r = rec.reason
+  if not absent(r) and not (type(r) == 'string' and #r <= MAX_REASON_CHARS) then return false end
+  if not absent(rec.by) and type(rec.by) ~= 'table' then return false end
+  if not absent(rec.id) and type(rec.id) ~= 'string' then return false end
+  return rec
 end
 
 local function ident(rec)
@@ -39,7 +56,13 @@ end
 -- The notice of a change: forced = the new record ('' when removed), count/ttl = the
 -- counter, when changed. Bumps the version and publishes it on A.channel; returns it.
 local function notify(change)
-  change.v = redis.call('INCR', VERSION)
+  local v = redis.pcall('INCR', VERSION)
+  if type(v) ~= 'number' then  -- not a whole number: start the version again
+    redis.call('DEL', VERSION)
+    v = redis.call('INCR', VERSION)
+    table.insert(REPAIRED, VERSION .. ' was not a whole number')
+  end
+  change.v = v
   change.now = now_ms()
   local notice = cjson.encode(change)
   redis.call('PUBLISH', A.channel, notice)
@@ -50,8 +73,8 @@ end
 local function write_record(now, reason, hold_ms, grace_ms, by, prev)
   local holds, since = 1, now / 1000
   if prev and reason == 'probe_failed' then
-    holds = (tonumber(prev.holds) or 1) + 1
-    since = tonumber(prev.since) or tonumber(prev.forced_at) or since
+    holds = (finite(prev.holds) and prev.holds or 1) + 1
+    since = finite(prev.since) and prev.since or finite(prev.forced_at) and prev.forced_at or since
   end
   local by_json = cjson.encode(by)
   local rec = {mode = 'write_only', reason = reason, forced_at = now / 1000, since = since,

@@ -8,6 +8,10 @@ if rec == false then
   return cjson.encode({status = 'corrupt', record = raw, notice = notify({forced = ''})})
 end
 if now < rec['until'] * 1000 then return cjson.encode({status = 'held', record = raw}) end
+if redis.call('PTTL', LOCK) == -1 then  -- memguard's lock always expires: this one is not memguard's
+  redis.call('DEL', LOCK)
+  table.insert(REPAIRED, LOCK .. ' had no expiry')
+end
 if redis.call('SET', LOCK, A.token, 'NX', 'PX', A.lock_ms) then
   return cjson.encode({status = 'claimed', record = raw, ident = ident(rec)})
 end
