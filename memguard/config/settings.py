@@ -112,12 +112,18 @@ def _format_for(url: str, default: str) -> str:
 
 def masked_url(url: str) -> str:
     """``url`` with its passwords (in the user part or a ``*password=`` query value) replaced
-    by ``***``: safe to print and log."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        netloc = parts.netloc.rpartition("@")
-        user = netloc[0].partition(":")[0]
-        parts = parts._replace(netloc=f"{user}:***@{netloc[2]}")
+    by ``***``: safe to print and log. The user part ends at the last ``@`` before whitespace, so
+    a password holding ``#``, ``/``, ``?`` or ``@`` (which URL parsing would split) is hidden whole."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = next((i for i, c in enumerate(rest) if c.isspace()), len(rest))
+    at = rest.rfind("@", 0, end)
+    if at != -1:
+        user, colon, _ = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:***{rest[at:]}"
+    parts = urlsplit(f"{scheme}://{rest}")
     if "password" in parts.query:
         pairs = parse_qsl(parts.query, keep_blank_values=True)
         query = [(k, "***" if "password" in k else v) for k, v in pairs]

@@ -22,6 +22,30 @@ def origin(via: str, **extra: Any) -> dict[str, Any]:
     return {"via": via, "host": socket.gethostname(), "pid": os.getpid(), **extra}
 
 
+# Caller- and operator-supplied text (a thread id, a reason, an exception's message) is cut to
+# these lengths in every event, so no log line, audit entry or status line grows with it.
+TEXT_CHARS = 200
+ERROR_CHARS = 300
+
+
+def bounded(text: str, limit: int = TEXT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…(+{len(text) - limit} chars)"
+
+
+def bounded_value(value: Any) -> Any:
+    """An argument as an event may keep it: short text and numbers as they are, anything else
+    (long text, containers, objects) as a cut ``repr``."""
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, str):
+        return bounded(value)
+    return bounded(repr(value) if not isinstance(value, list | dict | tuple) or len(value) < 50
+                   else f"<{type(value).__name__} of {len(value)} items>")
+
+
 @dataclass(frozen=True)
 class ModeForced:
     prev_mode: str
@@ -57,6 +81,9 @@ class ReadBlocked:
     reason: str
     until: float
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thread_id", bounded(self.thread_id))
+
 
 @dataclass(frozen=True)
 class FailureRecorded:
@@ -67,12 +94,19 @@ class FailureRecorded:
     fail_count: int | None = None
     error: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thread_id", None if self.thread_id is None else bounded(self.thread_id))
+        object.__setattr__(self, "error", bounded(self.error, ERROR_CHARS))
+
 
 @dataclass(frozen=True)
 class ProbeFinished:
     result: str  # success, failed, lost, superseded
     duration_seconds: float
     error: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "error", bounded(self.error, ERROR_CHARS))
 
 
 @dataclass(frozen=True)
@@ -92,6 +126,12 @@ class OperatorAction:
     by: dict[str, Any] | None = None
     arguments: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "errors", tuple(bounded(e, ERROR_CHARS) for e in self.errors[:10]))
+        if self.arguments is not None:
+            object.__setattr__(self, "arguments", {bounded(str(k)): bounded_value(v)
+                                                   for k, v in list(self.arguments.items())[:10]})
+
 
 @dataclass(frozen=True)
 class GuardTrouble:
@@ -100,6 +140,9 @@ class GuardTrouble:
     kind: str  # redis_error, corrupt_state, config_error, webhook_failed, master_switch
     op: str
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", bounded(self.detail, ERROR_CHARS))
 
 
 Event = (ModeForced | WouldForce | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +61,14 @@ class CorruptRecord(ValueError):
     """A memguard key holds a value memguard did not write."""
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
 def shown(value: Any, limit: int = 60) -> str:
-    """A value as an operator may see it: repr, cut to ``limit`` characters."""
-    text = repr(value[: limit + 1] if isinstance(value, str | bytes) else value)
+    """A value as an operator may see it: its repr, cut to ``limit`` characters, in time that
+    does not grow with the value (a 1 MB string or a list of a million items)."""
+    text = repr(value[: limit + 1]) if isinstance(value, str | bytes) else _REPR.repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
 
 

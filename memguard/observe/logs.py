@@ -32,8 +32,58 @@ logger = logging.getLogger("memguard")
 BLOCKED_LOG_INTERVAL_S = 1.0
 REDACTED = "[REDACTED]"
 _SECRET_KEYS = re.compile(r"(authorization|api[_-]?key|password|passwd|secret|token)$", re.I)
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)([^@\s]+)(@)")
-_AUTH_HEADER = re.compile(r"(Api-Key|Bearer|Basic)\s+[^\s'\",}]+", re.I)
+_AUTH_SCHEMES = ("api-key", "bearer", "basic")
+_AUTH_VALUE = re.compile(r"\s{1,16}[^\s'\",}]{1,4096}")
+
+
+def _auth_headers(text: str) -> str:
+    """``text`` with the credential after every ``Api-Key``/``Bearer``/``Basic`` masked; each
+    scheme word is found with ``str.find`` (fast and linear), the value matched only there."""
+    lower = text.lower()
+    spans = []
+    for scheme in _AUTH_SCHEMES:
+        pos = 0
+        while (i := lower.find(scheme, pos)) != -1:
+            pos = i + len(scheme)
+            if (m := _AUTH_VALUE.match(text, pos)) is not None:
+                spans.append((pos, m.end()))
+                pos = m.end()
+    if not spans:
+        return text
+    out, last = [], 0
+    for start, end in sorted(spans):
+        if start >= last:
+            out += [text[last:start], " ", REDACTED]
+            last = end
+    out.append(text[last:])
+    return "".join(out)
+_RUN = re.compile(r"\S{0,512}")  # a URL's authority ends at whitespace; no real one is longer
+
+
+def _url_passwords(text: str) -> tuple[str, list[str]]:
+    """``text`` with the password of every ``scheme://user:password@`` masked, and the passwords.
+
+    One pass, no backtracking: linear in the text whatever it holds. The password runs from the
+    first ``:`` after ``://`` to the last ``@`` before whitespace (or 512 characters), so one
+    holding ``@``, ``#``, ``/`` or ``?`` is masked whole; a port followed by an ``@`` in a path
+    is masked too, which is the safe side."""
+    out: list[str] = []
+    found: list[str] = []
+    pos = 0
+    while (i := text.find("://", pos)) != -1:
+        start = i + 3
+        end = _RUN.match(text, start).end()  # type: ignore[union-attr]
+        at = text.rfind("@", start, end)
+        colon = text.find(":", start, at) if at != -1 else -1
+        if colon != -1 and colon + 1 < at:
+            out += [text[pos:colon + 1], REDACTED]
+            found.append(text[colon + 1:at])
+            pos = at
+        else:
+            out.append(text[pos:end])
+            pos = end
+    out.append(text[pos:])
+    return "".join(out), found
 
 
 def _secret_values() -> list[str]:
@@ -44,17 +94,15 @@ def _secret_values() -> list[str]:
         parts = urlsplit(url)
         values += [url, parts.path, parts.path.rsplit("/", 1)[-1], parts.fragment]
     for var in ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
-        m = _URL_PASSWORD.search(os.environ.get(var, ""))
-        if m:
-            values.append(m.group(2))
+        values += _url_passwords(os.environ.get(var, ""))[1]
     return [v for v in values if len(v) >= 4]
 
 
 def _scrub(text: str, secrets: list[str]) -> str:
     for value in secrets:
         text = text.replace(value, REDACTED)
-    text = _URL_PASSWORD.sub(rf"\1{REDACTED}\3", text)
-    return _AUTH_HEADER.sub(rf"\1 {REDACTED}", text)
+    text = _url_passwords(text)[0] if "://" in text else text
+    return _auth_headers(text)
 
 
 def redact(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:

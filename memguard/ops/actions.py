@@ -15,6 +15,7 @@ from typing import Any
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.fleet import FleetStatus
+from memguard.domain.record import shown
 from memguard.ops import audit
 from memguard.ops.prober import Probe, probe_once
 from memguard.store.state import State
@@ -40,20 +41,21 @@ def force_problems(reason: Any, ttl_seconds: Any) -> list[str]:
     """Every problem with a force's arguments (empty when they are good)."""
     problems = []
     if not isinstance(reason, str) or not reason.strip():
-        problems.append(f"reason must be a non-empty string, got {reason!r}")
+        problems.append(f"reason must be a non-empty string, got {shown(reason)}")
     elif len(reason.strip()) > MAX_REASON_LEN:
         problems.append(f"reason must be at most {MAX_REASON_LEN} characters, got {len(reason.strip())}")
     elif not reason.isprintable() or not reason.isascii():
-        problems.append(f"reason must be printable ASCII, got {reason!r}")
+        problems.append(f"reason must be printable ASCII, got {shown(reason)}")
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
-        problems.append(f"ttl_seconds must be a whole number of seconds, got {ttl_seconds!r}")
+        problems.append(f"ttl_seconds must be a whole number of seconds, got {shown(ttl_seconds)}")
     elif not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
         problems.append(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}, got {ttl_seconds}")
     return problems
 
 
 def key_problems(kwargs: dict[str, Any], allowed: frozenset[str]) -> list[str]:
-    unknown = sorted(set(kwargs) - allowed)
+    unknown = sorted(shown(k, 40) if not isinstance(k, str) or len(k) > 40 else k
+                     for k in list(set(kwargs) - allowed)[:10])
     if not unknown:
         return []
     return [f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed)) or 'none'}"]
@@ -126,7 +128,7 @@ class Operations:
                 positional: Positional = ()) -> None:
         """Refuse with every problem named (and recorded with who asked), or record the acceptance."""
         if positional:
-            problems = [f"positional arguments are not accepted, got {list(positional)!r}; use --kwargs",
+            problems = [f"positional arguments are not accepted, got {shown(list(positional))}; use --kwargs",
                         *problems]
         event = events.OperatorAction(action, not problems, tuple(problems), by, dict(kwargs))
         if problems:
