@@ -52,11 +52,14 @@ def get_forced_mode() -> dict[str, Any] | None:
 
 
 def force_write_only(reason: str, ttl_seconds: int = DEFAULT_HOLD_SECONDS,
-                     by: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Force write_only fleet-wide for ``ttl_seconds``, replacing any record (an operator action:
-    checked, logged and audited; a bad argument raises ``OperatorError`` and changes nothing)."""
-    forced = process.get().ops.force(by or origin("api"), reason=reason, ttl_seconds=ttl_seconds)
+                     by: dict[str, Any] | None = None, *, replace: bool = False) -> dict[str, Any]:
+    """Force write_only fleet-wide for ``ttl_seconds`` (an operator action: checked, logged and
+    audited; a bad argument raises ``OperatorError`` and changes nothing). A longer hold already
+    in place is kept, unless ``replace=True``; the returned record is the one in force."""
+    forced = process.get().ops.force(by or origin("api"), reason=reason, ttl_seconds=ttl_seconds,
+                                     replace=replace)
     forced.pop("forced")
+    forced.pop("kept")
     return forced
 
 

@@ -171,7 +171,11 @@ def test_automatic_trigger_never_shortens_an_ops_hold(configure, stub):
 def test_ops_force_overwrites(configure):
     configure()
     first = flags.force_write_only("manual_ops", ttl_seconds=3600)
-    second = flags.force_write_only("zep_maintenance", ttl_seconds=60)
+    kept = flags.force_write_only("zep_maintenance", ttl_seconds=60)  # shorter: the hour stays
+    assert kept["reason"] == "manual_ops" and kept["until"] == first["until"]
+    longer = flags.force_write_only("zep_maintenance", ttl_seconds=7200)  # longer: replaces
+    assert longer["reason"] == "zep_maintenance" and longer["until"] > first["until"]
+    second = flags.force_write_only("zep_maintenance", ttl_seconds=60, replace=True)
     assert second["reason"] == "zep_maintenance" and second["until"] < first["until"]
     assert flags.clear_forced_mode() is True
     assert flags.get_forced_mode() is None

@@ -37,6 +37,7 @@ class Status(enum.StrEnum):
 
     FORCED = "forced"  # a record was written
     HELD = "held"  # a record already holds (automatic trigger) or the hold has not ended (probe)
+    KEPT = "kept"  # an operator's force left a longer hold in place (no replace asked)
     COUNTED = "counted"  # a failure was counted below the threshold
     QUORUM = "quorum"  # a trigger was met, but by fewer hosts than MEMORY_QUORUM_HOSTS
     DISABLED = "disabled"  # the threshold was reached with DISABLE_AUTO_DOWNGRADE set

@@ -15,7 +15,7 @@ from typing import Any
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.fleet import FleetStatus
-from memguard.domain.record import shown
+from memguard.domain.record import Status, shown
 from memguard.ops import audit
 from memguard.ops.prober import Probe, probe_once
 from memguard.store.state import State
@@ -25,7 +25,7 @@ from memguard.store.state import State
 OPERATOR_HOLD_SECONDS = 600
 MAX_TTL_SECONDS = 86_400
 MAX_REASON_LEN = 64
-FORCE_KEYS = frozenset({"reason", "ttl_seconds"})
+FORCE_KEYS = frozenset({"reason", "ttl_seconds", "replace"})
 Positional = tuple[Any, ...]  # what `celery call -a` sent: always refused, named with the rest
 
 
@@ -37,7 +37,7 @@ class OperatorError(ValueError):
         super().__init__("; ".join(problems))
 
 
-def force_problems(reason: Any, ttl_seconds: Any) -> list[str]:
+def force_problems(reason: Any, ttl_seconds: Any, replace: Any = False) -> list[str]:
     """Every problem with a force's arguments (empty when they are good)."""
     problems = []
     if not isinstance(reason, str) or not reason.strip():
@@ -46,6 +46,8 @@ def force_problems(reason: Any, ttl_seconds: Any) -> list[str]:
         problems.append(f"reason must be at most {MAX_REASON_LEN} characters, got {len(reason.strip())}")
     elif not reason.isprintable() or not reason.isascii():
         problems.append(f"reason must be printable ASCII, got {shown(reason)}")
+    if replace not in (True, False):
+        problems.append(f"replace must be true or false, got {shown(replace)}")
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
         problems.append(f"ttl_seconds must be a whole number of seconds, got {shown(ttl_seconds)}")
     elif not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
@@ -74,11 +76,14 @@ class Operations:
     def force(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
         reason = kwargs.get("reason", "manual_ops")
         ttl = kwargs.get("ttl_seconds", OPERATOR_HOLD_SECONDS)
-        self._accept("force", by, kwargs, key_problems(kwargs, FORCE_KEYS) + force_problems(reason, ttl),
-                     positional)
-        t = self.state.force(reason.strip(), ttl, by, auto=False)
+        replace = kwargs.get("replace", False)
+        problems = key_problems(kwargs, FORCE_KEYS) + force_problems(reason, ttl, replace)
+        self._accept("force", by, kwargs, problems, positional)
+        t = self.state.force(reason.strip(), ttl, by, auto=False, replace=replace is True)
         assert t.record is not None
-        return {"forced": True, **t.record.as_dict()}
+        if t.status is Status.KEPT:  # the answer says the longer hold stays, and how to shorten it
+            return {"forced": False, "kept": True, **t.record.as_dict()}
+        return {"forced": True, "kept": False, **t.record.as_dict()}
 
     def clear(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
         self._accept("clear", by, kwargs, key_problems(kwargs, frozenset()), positional)

@@ -42,7 +42,7 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
     ScriptSpec("force", "force",
                (("FORCED", "forced"), ("VERSION", "version"), ("AUTH_HOSTS", "auth_hosts")),
                (*_TRANSITION, "reason", "hold_ms", "grace_ms", "by", "auto", "quorum", "instance",
-                "window_ms"),
+                "window_ms", "replace"),
                ("status", "record", "previous", "notice")),
     ScriptSpec("record_failure", "record_failure",
                (("FORCED", "forced"), ("COUNTER", "counter"), ("VERSION", "version"),

@@ -173,11 +173,11 @@ class State:
     # -- transitions ----------------------------------------------------------------------
 
     def force(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool,
-              quorum: int = 0) -> Transition:
-        return self.run(self.force_steps(reason, hold_seconds, by, auto=auto, quorum=quorum))
+              quorum: int = 0, replace: bool = False) -> Transition:
+        return self.run(self.force_steps(reason, hold_seconds, by, auto=auto, quorum=quorum, replace=replace))
 
     def force_steps(self, reason: str, hold_seconds: int, by: dict[str, Any], *, auto: bool,
-                    quorum: int = 0) -> Steps[Transition]:
+                    quorum: int = 0, replace: bool = False) -> Steps[Transition]:
         """Write a record; an automatic trigger never replaces (or shortens) an existing one,
         does nothing under DISABLE_AUTO_DOWNGRADE, and with ``quorum`` > 1 waits until that
         many hosts (MEMGUARD_INSTANCE) have asked within the failure window."""
@@ -187,7 +187,7 @@ class State:
         s = self.settings
         reply = yield from self._script(
             "force", reason=reason, hold_ms=hold_seconds * 1000, grace_ms=self.grace_ms, by=by, auto=auto,
-            quorum=quorum, instance=s.instance, window_ms=s.window_seconds * 1000)
+            quorum=quorum, instance=s.instance, window_ms=s.window_seconds * 1000, replace=replace)
         status = Status(reply["status"])
         if status is not Status.FORCED:
             return Transition(status, record=parse_record(reply.get("record")))

@@ -4,5 +4,10 @@ if A.auto and prev then return cjson.encode({status = 'held', record = raw}) end
 if not quorum_met(AUTH_HOSTS, A.quorum, A.instance, A.window_ms) then
   return cjson.encode({status = 'quorum'})
 end
-local new = write_record(now_ms(), A.reason, A.hold_ms, A.grace_ms, A.by, prev)
+local now = now_ms()
+-- An operator's force never shortens a longer hold in place unless asked to (A.replace).
+if prev and not A.replace and prev['until'] * 1000 > now + A.hold_ms then
+  return cjson.encode({status = 'kept', record = raw})
+end
+local new = write_record(now, A.reason, A.hold_ms, A.grace_ms, A.by, prev)
 return cjson.encode({status = 'forced', record = new, previous = raw or '', notice = notify({forced = new})})
