@@ -32,7 +32,7 @@ def test_every_dashboard_metric_exists_in_a_real_scrape(configure, stub):
 
     rt = configure()
     metrics.registry(process.current_state)
-    rt.ops.probe({"via": "test"})  # a probe tick: the heartbeat exists
+    rt.ops.probe({"via": "test"}, scheduled=True)  # beat's tick: the heartbeat exists
     stub.set_fault("503")
     service.fetch_thread_context("t")
     stub.set_fault("ok")

@@ -55,6 +55,7 @@ class Settings:
     quorum_hosts: int = 0
     quorum_auth: bool = False
     instance: str = field(default_factory=socket.gethostname)
+    metrics_port: int | None = None  # a Celery worker's /metrics (its main process)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -255,6 +256,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "quorum_hosts": ("MEMORY_QUORUM_HOSTS", _int_in(0, 1_000)),
     "quorum_auth": ("MEMORY_QUORUM_AUTH", _bool),
     "instance": ("MEMGUARD_INSTANCE", _text),
+    "metrics_port": ("MEMGUARD_METRICS_PORT", _int_in(1, 65_535)),
 }
 
 VARIABLE_NAMES = frozenset(var for var, _ in _VARIABLES.values())

@@ -65,6 +65,12 @@ class Target:
         if not sep or not rest:
             raise ValueError("expected a URL such as redis://host:6379/0")
         if scheme in SINGLE_SCHEMES:
+            parts = urlsplit(url)
+            # redis-py ignores what it cannot read after the host; a password holding /, ? or #
+            # that is not percent-encoded ends up there too. Neither is echoed: it may be secret.
+            if parts.fragment or (parts.path.strip("/") and not parts.path.strip("/").isdigit()):
+                raise ValueError("the part after the host is not a database number (a password holding "
+                                 "/, ? or # must be percent-encoded: %2F, %3F, %23)")
             redis.connection.parse_url(url)  # redis-py's own check
             return cls(url)
         if scheme not in SENTINEL_SCHEMES + CLUSTER_SCHEMES:

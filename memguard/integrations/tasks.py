@@ -57,7 +57,8 @@ def _operator_call(task: Task, action: str, args: tuple[Any, ...], kwargs: dict[
 def probe_entry(settings: Settings, interval: float | None = None) -> dict[str, Any]:
     interval = float(interval or settings.probe_interval_seconds)
     # A tick that waited longer than one interval in the queue is stale: drop it.
-    return {"task": "memguard.probe", "schedule": interval, "options": {"expires": interval}}
+    return {"task": "memguard.probe", "schedule": interval, "kwargs": {"scheduled": True},
+            "options": {"expires": interval}}
 
 
 def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False) -> Celery:
@@ -93,9 +94,9 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
     def check_worker(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
             _exit_on_config_error(probe)
-            port = os.environ.get("MEMGUARD_METRICS_PORT")
+            port = process.load_settings().metrics_port  # checked just above
             if port:
-                process.serve_metrics(int(port))
+                process.serve_metrics(port)
 
     def check_beat(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:

@@ -126,8 +126,15 @@ class Operations:
 
     def probe(self, by: dict[str, Any], probe: Probe | None = None, positional: Positional = (),
               **kwargs: Any) -> dict[str, Any]:
-        self._accept("probe", by, kwargs, key_problems(kwargs, frozenset()), positional)
-        return probe_once(self.state, self.settings, probe or self.default_probe(), by)
+        """Probe now if a hold has expired. Only beat's ticks (``scheduled=True``, set by its entry)
+        renew the prober's heartbeat: a manual probe is reported as manual, not as the beat."""
+        problems = key_problems(kwargs, frozenset({"scheduled"}))
+        if kwargs.get("scheduled", False) not in (True, False):
+            problems.append(f"scheduled must be true or false, got {shown(kwargs['scheduled'])}")
+        self._accept("probe", by, kwargs, problems, positional)
+        scheduled = kwargs.get("scheduled") is True
+        result = probe_once(self.state, self.settings, probe or self.default_probe(), by, scheduled=scheduled)
+        return {**result, "manual": not scheduled}
 
     def _accept(self, action: str, by: dict[str, Any], kwargs: dict[str, Any], problems: list[str],
                 positional: Positional = ()) -> None:

@@ -37,9 +37,11 @@ def zep_probe(reader: ZepReader) -> Probe:
     return lambda timeout_s: reader.read_context(PROBE_THREAD_ID, timeout_s)
 
 
-def probe_once(state: State, settings: Settings, read: Probe, by: dict[str, Any]) -> dict[str, Any]:
-    """Probe Zep if a hold has expired; returns what happened (result: idle/held/busy/...)."""
-    claim, token = state.claim_probe(lock_ms(settings.probe_timeout_ms))
+def probe_once(state: State, settings: Settings, read: Probe, by: dict[str, Any], *,
+               scheduled: bool = True) -> dict[str, Any]:
+    """Probe Zep if a hold has expired; returns what happened (result: idle/held/busy/...).
+    A ``scheduled`` probe (beat's tick) also renews the prober's heartbeat."""
+    claim, token = state.claim_probe(lock_ms(settings.probe_timeout_ms), heartbeat=scheduled)
     if claim.status is Status.CORRUPT:
         return {"result": "corrupt_removed"}
     if claim.status is not Status.CLAIMED:

@@ -274,10 +274,12 @@ class State:
         self.hooks.emit(events.ModeRestored(self.base.value, "lapsed", previous.reason, by))
         return Transition(Status.LAPSED, previous=previous)
 
-    def claim_probe(self, lock_ms: int) -> tuple[Transition, str]:
-        """Take the fleet-wide probe lock if a hold has expired; returns the lock token."""
+    def claim_probe(self, lock_ms: int, *, heartbeat: bool = True) -> tuple[Transition, str]:
+        """Take the fleet-wide probe lock if a hold has expired; returns the lock token.
+        ``heartbeat``: renew the prober's heartbeat (beat's ticks; not a manual probe)."""
         token = secrets.token_hex(16)
-        heartbeat_ms = int(HEARTBEAT_INTERVALS * self.settings.probe_interval_seconds * 1000)
+        every_ms = self.settings.probe_interval_seconds * 1000
+        heartbeat_ms = int(HEARTBEAT_INTERVALS * every_ms) if heartbeat else 0
         reply = self.call("probe_claim", token=token, lock_ms=lock_ms, heartbeat_ms=heartbeat_ms)
         status = Status(reply["status"])
         if status is Status.CORRUPT:

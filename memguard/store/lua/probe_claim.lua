@@ -1,5 +1,5 @@
 local now = now_ms()
-redis.call('SET', HEARTBEAT, now, 'PX', A.heartbeat_ms)
+if A.heartbeat_ms > 0 then redis.call('SET', HEARTBEAT, now, 'PX', A.heartbeat_ms) end  -- 0: a manual probe
 local raw = redis.call('GET', FORCED)
 if not raw then return cjson.encode({status = 'idle'}) end
 local rec = decode(raw)
