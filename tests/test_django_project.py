@@ -49,7 +49,7 @@ def test_manage_py_memguard_takes_settings_memguard_and_the_environment_wins(env
     assert "of 9 in the current window" in overridden.stdout  # the environment wins
 
     history = manage(env, "memguard", "history", "-n", "5")
-    assert "forced" in history.stdout and "via=cli" in history.stdout, history.stdout
+    assert "forced" in history.stdout and "via cli" in history.stdout, history.stdout
     cleared = manage(env, "memguard", "clear")
     assert cleared.returncode == 0 and not redis_db.exists(FORCED_MODE_KEY)
 

@@ -132,4 +132,5 @@ def test_a_cluster_that_is_down_fails_open_and_the_cli_says_so_in_one_line(stub,
     out = subprocess.run([sys.executable, "-m", "memguard", "status"], capture_output=True, text=True,
                          env={**stack_env(url, stub.url, API_KEY)}, timeout=30)
     assert out.returncode == 3 and out.stderr.strip().count("\n") == 0, out.stderr
-    assert "cannot reach Redis at redis+cluster://" in out.stderr
+    assert "the Redis Cluster at redis+cluster://" in out.stderr
+    assert "check its nodes in REDIS_URL" in out.stderr

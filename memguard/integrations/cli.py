@@ -1,7 +1,12 @@
 """The ``memguard`` command line: status, force, clear, probe, history, drill, metrics.
 
-Every failure is one line on stderr and a non-zero exit: 2 for refused input or a bad
-setting, 3 when Redis cannot be reached (its URL shown with the password masked).
+Every command names the Redis it talks to (password masked). Every failure is one line on
+stderr and a non-zero exit: 2 for refused input or a bad setting, 3 when Redis cannot be
+reached (refused, timed out, authentication, no such database, Sentinel or Cluster down, told
+apart with the setting to check). The exit code is the action's: an action that was done
+exits 0 even if something after it failed (recording it in the audit trail, say), and says
+so on stderr. The one-shot commands wait up to ``CLI_TIMEOUT_S`` for Redis, longer than the
+request path's budget. A closed pipe (``memguard status | head -1``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -14,39 +19,20 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 import redis
 
 from memguard.config.settings import SettingsError, masked_url
+from memguard.integrations import cli_text
 
-
-def _print_status(st: dict[str, Any]) -> None:
-    print(f"mode:        {st['mode']} (base {st['base_mode']})")
-    if st["forced"]:
-        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(st["until"]))
-        print(f"forced:      yes, reason {st['reason']}, by {st.get('by') or '?'}")
-        print(f"until:       {until} ({st['seconds_left']}s left, phase {st['phase']}, "
-              f"hold #{st['holds']})")
-        print(f"lapses in:   {st['lapses_in']}s if no probe acts")
-    else:
-        print("forced:      no")
-    print(f"failures:    {st['fail_count']} of {st['threshold']} in the current window")
-    seen = st["prober_seen_seconds_ago"]
-    prober = "no probe tick seen recently: is celery beat running?" if seen is None \
-        else f"last tick {seen}s ago"
-    print(f"prober:      {prober}")
-    last = st["last_operator_action"]
-    if last is not None:
-        from memguard.ops.audit import describe
-
-        print(f"last op:     {describe(last)}")
-    if "corrupt_record" in st:
-        print(f"WARNING:     corrupt forced record in Redis: {st['corrupt_record']!r}")
+CLI_TIMEOUT_S = 2.0  # an operator can wait for an answer; the request path waits 50 ms
 
 
 def _parser() -> argparse.ArgumentParser:
-    from memguard.ops.actions import OPERATOR_HOLD_SECONDS
+    from memguard.domain.record import DOWNGRADE_REASONS
+    from memguard.ops.actions import MAX_REASON_LEN, MAX_TTL_SECONDS, OPERATOR_HOLD_SECONDS
 
     parser = argparse.ArgumentParser(prog="memguard", description="Fleet-wide Zep read guard.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -54,11 +40,20 @@ def _parser() -> argparse.ArgumentParser:
                        "operator action")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("force", help="force write_only fleet-wide")
-    p.add_argument("--reason", default="manual_ops")
+    p.add_argument("--reason", default="manual_ops",
+                   help=f"why (default manual_ops; the reasons memguard uses: "
+                        f"{', '.join(DOWNGRADE_REASONS)}; any printable ASCII of at most {MAX_REASON_LEN} "
+                        "characters)")
     p.add_argument("--ttl", type=int, default=OPERATOR_HOLD_SECONDS,
-                   help=f"hold seconds (default {OPERATOR_HOLD_SECONDS})")
-    sub.add_parser("clear", help="end the forced mode now")
-    sub.add_parser("probe", help="probe Zep now if a hold has expired")
+                   help=f"hold seconds, 1 to {MAX_TTL_SECONDS} (default {OPERATOR_HOLD_SECONDS})")
+    p.add_argument("--replace", action="store_true",
+                   help="replace a longer hold in place (without it, a longer hold is kept)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("clear", help="end the forced mode now")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("probe", help="probe Zep now if a hold has expired (a manual probe: it does "
+                       "not count as beat's tick)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("history", help="transitions, probe results and operator actions, oldest first")
     p.add_argument("-n", type=int, default=20, help="how many entries (default 20)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -95,10 +90,19 @@ def _drill(drill: Any, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say, to anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
 
     from memguard import process
+    from memguard.domain import events
     from memguard.domain.events import origin
     from memguard.observe import logs
     from memguard.ops.actions import OperatorError
@@ -110,26 +114,22 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(level="WARNING", stream=sys.stderr)
     by = origin("cli", user=getpass.getuser())
     url = None
+    troubles: list[events.GuardTrouble] = []
+
+    def note(event: events.Event) -> None:
+        if isinstance(event, events.GuardTrouble):
+            troubles.append(event)
+
     try:
         if one_shot:
-            proc = process.configure(watch=False, count_metrics=False)  # one shot: no thread, no metrics
-            url = proc.settings.redis_url
-        if args.cmd == "status":
-            st = proc.ops.status(by)
-            print(json.dumps(st)) if args.json else _print_status(st)
-        elif args.cmd == "force":
-            print(json.dumps(proc.ops.force(by, reason=args.reason, ttl_seconds=args.ttl)))
-        elif args.cmd == "clear":
-            print(json.dumps(proc.ops.clear(by)))
-        elif args.cmd == "probe":
-            print(json.dumps(proc.ops.probe(by)))
-        elif args.cmd == "history":
-            from memguard.ops import audit
-
-            if args.n < 1:
-                raise OperatorError(f"-n must be at least 1, got {args.n}")
-            for item in audit.history(proc.state.client, proc.state.keys.audit, args.n):
-                print(json.dumps(item) if args.json else audit.describe(item))
+            settings = replace(process.load_settings(), redis_timeout_ms=int(CLI_TIMEOUT_S * 1000))
+            url = settings.redis_url
+            proc = process.configure(settings, watch=False, count_metrics=False)  # no thread, no metrics
+            process.hooks.subscribe(note)
+            print(_one_shot(args, proc, by))
+            for trouble in troubles:  # the action itself was done: say what failed after it
+                print(f"memguard: note: {trouble.kind} during {trouble.op} (the {args.cmd} itself was done): "
+                      f"{trouble.detail}", file=sys.stderr)
         elif args.cmd == "drill":
             from memguard.drill import run as drill
 
@@ -145,10 +145,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memguard: {exc}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
-        print(f"memguard: cannot reach Redis at {masked_url(url or '?')}: {type(exc).__name__}",
-              file=sys.stderr)
+        print(f"memguard: {cli_text.redis_error(exc, url or '?', CLI_TIMEOUT_S)}", file=sys.stderr)
         return 3
     return 0
+
+
+def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
+    """Run one operator command; what it prints (the Redis it used on its last line)."""
+    from memguard.ops import audit
+    from memguard.ops.actions import OperatorError
+
+    where = masked_url(proc.settings.redis_url)
+    now = time.time()
+    if args.cmd == "history":
+        if args.n < 1:
+            raise OperatorError(f"-n must be at least 1, got {args.n}")
+        items = audit.history(proc.state.client, proc.state.keys.audit, args.n)
+        if args.json:
+            return "\n".join(json.dumps(cli_text.json_safe(item), allow_nan=False) for item in items)
+        return "\n".join([*(audit.describe(item) for item in items), f"redis:       {where}"])
+    if args.cmd == "status":
+        res = proc.ops.status(by)
+        lines = cli_text.status_lines(res, res.get("redis_time") or now)
+    elif args.cmd == "force":
+        res = proc.ops.force(by, reason=args.reason, ttl_seconds=args.ttl, replace=args.replace)
+        lines = cli_text.force_lines(res, now)
+    elif args.cmd == "clear":
+        res = proc.ops.clear(by)
+        lines = cli_text.clear_lines(res)
+    else:
+        res = proc.ops.probe(by)
+        lines = cli_text.probe_lines(res)
+    if args.json:
+        return json.dumps(cli_text.json_safe({**res, "redis": where}), allow_nan=False)
+    return "\n".join([*lines, f"redis:       {where}"])
 
 
 if __name__ == "__main__":

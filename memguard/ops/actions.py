@@ -106,8 +106,12 @@ class Operations:
             "prober_seen_seconds_ago": None if age is None else round(age, 1),
             "last_operator_action": audit.last_operator_action(self.state.client, self.state.keys.audit),
         }
-        if snap.corrupt is not None:
-            out["corrupt_record"] = snap.corrupt[:120]
+        problems = [snap.corrupt] if snap.corrupt is not None else []
+        audit_type = self.state.client.type(self.state.keys.audit)
+        if audit_type not in ("none", "stream"):
+            problems.append(f"{self.state.keys.audit} holds a {audit_type}, not a stream")
+        if problems:
+            out["state_problems"] = "; ".join(problems)
         record = fleet.record
         if record is not None:
             out.update(

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from typing import Any
 
 import redis
 
 from memguard.domain import events
+from memguard.domain.words import by_text, duration, iso
 
 AUDIT_MAXLEN = 10_000
 RECORDED = (events.ModeForced, events.ModeRestored, events.ProbeFinished, events.OperatorAction)
@@ -99,13 +99,8 @@ def last_operator_action(client: redis.Redis, key: str, scan: int = 500) -> dict
 
 def describe(item: dict[str, Any]) -> str:
     """One line for a person."""
-    ms = int(item["time"] * 1000) % 1000
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item["time"])) + f".{ms:03d}Z"
-    by = item.get("by") or {}
-    who = ""
-    if by:
-        who = " by " + ",".join(f"{k}={by[k]}" for k in ("via", "user", "host", "pid", "task_id", "sent_from")
-                                if by.get(k) is not None)
+    stamp = iso(item["time"])
+    who = f" by {by_text(item.get('by'))}" if item.get("by") else ""
     kind = item.get("event")
     if kind == "operator":
         errors = "; ".join(item.get("errors") or [])
@@ -115,8 +110,9 @@ def describe(item: dict[str, Any]) -> str:
         if errors:
             what += f": {errors}"
     elif kind == "forced":
-        what = f"forced write_only reason={item.get('reason')} hold={item.get('hold_seconds')}s " \
-               f"holds={item.get('holds')}"
+        hold = item.get("hold_seconds")
+        what = f"forced write_only reason={item.get('reason')} " \
+               f"hold={duration(hold) if isinstance(hold, int | float) else hold} holds={item.get('holds')}"
     elif kind == "probe":
         what = f"probe {item.get('result')} in {item.get('duration_ms')} ms" + \
                (f" ({item['error']})" if item.get("error") else "")

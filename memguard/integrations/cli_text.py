@@ -1,0 +1,105 @@
+"""What the command line prints for people: UTC times with a rounded duration, who acted, and
+a Redis error told apart with the setting to check. ``--json`` output goes through
+``json_safe`` instead: numbers stay numbers and nothing non-finite is ever printed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import redis
+
+from memguard.config.settings import masked_url
+from memguard.domain.words import by_text, duration, iso
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float as None, so ``json.dumps`` never writes NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def status_lines(st: dict[str, Any], now: float) -> list[str]:
+    lines = [f"mode:        {st['mode']} (base {st['base_mode']})"]
+    if st["forced"]:
+        left = duration(st["until"] - now)
+        lines += [f"forced:      yes, reason {st['reason']}, {by_text(st.get('by'))}",
+                  f"until:       {iso(st['until'])} ({left} left, phase {st['phase']}, "
+                  f"hold #{st['holds']} of {duration(st['hold_seconds'])})",
+                  f"lapses in:   {duration(st['lapses_in'])} if no probe acts"]
+    else:
+        lines.append("forced:      no")
+    lines.append(f"failures:    {st['fail_count']} of {st['threshold']} in the current window")
+    seen = st["prober_seen_seconds_ago"]
+    lines.append("prober:      " + ("no probe tick seen recently: is celery beat running?" if seen is None
+                                    else f"last tick {duration(seen)} ago"))
+    last = st["last_operator_action"]
+    if last is not None:
+        outcome = last.get("outcome", "?")
+        lines.append(f"last op:     {last.get('action', '?')} {outcome} at {iso(last['time'])} "
+                     f"({duration(now - last['time'])} ago), {by_text(last.get('by'))}")
+    if st.get("state_problems"):
+        lines.append(f"WARNING:     {st['state_problems']} (read as no record; the next change replaces it)")
+    return lines
+
+
+def force_lines(res: dict[str, Any], now: float) -> list[str]:
+    left = f"{iso(res['until'])} ({duration(res['until'] - now)} left)"
+    if res["kept"]:
+        return [f"kept the longer hold in place: reason {res['reason']} until {left}; "
+                "add --replace to shorten it"]
+    return [f"forced write_only fleet-wide: reason {res['reason']} until {left}"]
+
+
+def clear_lines(res: dict[str, Any]) -> list[str]:
+    if not res["cleared"]:
+        return ["nothing to clear: the fleet was not forced"]
+    return [f"cleared: reads go to Zep again (the hold was {res['previous_reason']})"]
+
+
+PROBE_MEANINGS = {
+    "idle": "no hold to probe", "held": "the hold has not ended yet", "busy": "another prober is probing",
+    "success": "Zep answered: the fleet reads again", "failed": "Zep did not answer: the fleet holds again",
+    "lost": "the probe outlived its lock: its result was dropped",
+    "superseded": "the record changed during the probe: its result was dropped",
+    "corrupt_removed": "an unreadable record was removed",
+}
+
+
+def probe_lines(res: dict[str, Any]) -> list[str]:
+    kind = "manual probe" if res.get("manual") else "probe"
+    meaning = PROBE_MEANINGS.get(res["result"], res["result"])
+    tail = f" in {res['duration_ms']} ms" if res.get("duration_ms") is not None else ""
+    return [f"{kind}: {res['result']} ({meaning}){tail}"]
+
+
+AUTH_WORDS = ("wrongpass", "noauth", "invalid password", "invalid username-password")
+
+
+def redis_error(exc: redis.RedisError, url: str, timeout_s: float) -> str:
+    """One line: what failed, told apart, and the setting to check. The URL's password is masked."""
+    where = masked_url(url)
+    text = str(exc).lower()
+    name = type(exc).__name__
+    if isinstance(exc, redis.AuthenticationError) or any(w in text for w in AUTH_WORDS):
+        return f"authentication failed at {where}: check the user and password in REDIS_URL"
+    if "db index is out of range" in text:
+        return f"{where} has no such database: check the number after the host in REDIS_URL"
+    if name in ("MasterNotFoundError", "SlaveNotFoundError"):
+        return (f"no Sentinel in {where} answered for its master: check the sentinels and the service "
+                "name in REDIS_URL")
+    if "cluster" in name.lower() or "cluster" in text:
+        return f"the Redis Cluster at {where} is unreachable or not ready: check its nodes in REDIS_URL"
+    if isinstance(exc, redis.TimeoutError) or "timed out" in text:
+        return (f"{where} did not answer within {timeout_s:g} s: check the host and port in REDIS_URL "
+                "and the network")
+    if "refused" in text:
+        return f"connection refused at {where}: is redis-server running there? check REDIS_URL"
+    if "name or service not known" in text or "nodename nor servname" in text or "resolution" in text:
+        return f"cannot resolve the host of {where}: check REDIS_URL"
+    return f"cannot reach Redis at {where}: {name}"
