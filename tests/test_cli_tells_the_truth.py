@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from memguard import process, service
+from memguard.config.settings import Settings
 from memguard.drill.localstack import RedisServer, free_port
 from memguard.store.keys import AUDIT_KEY, FORCED_MODE_KEY, PROBE_HEARTBEAT_KEY
 
@@ -170,3 +172,41 @@ def test_a_listening_socket_that_never_answers_is_a_timeout():
         sock.listen(1)
         line = one_error_line(cli({"REDIS_URL": f"redis://127.0.0.1:{sock.getsockname()[1]}/0"}, "status"))
     assert "did not answer within 2 s" in line
+
+
+CORRUPT = {
+    "holds many": '{"mode": "write_only", "until": %(until)s, "holds": "many"}',
+    "until true": '{"mode": "write_only", "until": true}',
+    "until NaN": '{"mode": "write_only", "until": NaN}',
+    "until 1e400": '{"mode": "write_only", "until": 1e400}',
+    "until as a string": '{"mode": "write_only", "until": "9999999999"}',
+    "until in 2286": '{"mode": "write_only", "until": 9999999999}',
+}
+
+
+@pytest.mark.parametrize("name", [*sorted(CORRUPT), "a hash", "a list"])
+def test_a_corrupt_record_fails_open_is_named_and_every_tool_works_over_it(name, env, redis_db, stub):
+    if name == "a hash":
+        redis_db.hset(FORCED_MODE_KEY, "mode", "write_only")
+    elif name == "a list":
+        redis_db.rpush(FORCED_MODE_KEY, "write_only")
+    else:
+        redis_db.set(FORCED_MODE_KEY, CORRUPT[name] % {"until": time.time() + 600})
+    redis_db.set("mem:state:version", "xyz")
+    status = cli(env, "status")
+    assert status.returncode == 0 and "forced:      no" in status.stdout, status.stdout + status.stderr
+    warning = [ln for ln in status.stdout.splitlines() if ln.startswith("WARNING:")]
+    assert len(warning) == 1 and FORCED_MODE_KEY in warning[0] and "mem:state:version" in warning[0], warning
+    # Failures are counted and the fleet is forced automatically (the bad value is replaced).
+    rt = process.configure(Settings(redis_url=env["REDIS_URL"], zep_api_url=stub.url, zep_api_key=API_KEY))
+    try:
+        stub.set_fault("503")
+        for _ in range(3):
+            service.fetch_thread_context("t")
+        assert json.loads(redis_db.get(FORCED_MODE_KEY))["reason"] == "consecutive_failures"
+    finally:
+        rt.close()
+    for command in (["clear"], ["force", "--ttl", "60"], ["clear"], ["probe"]):
+        out = cli(env, *command)
+        assert out.returncode == 0, (command, out.stderr)
+    assert "WARNING" not in cli(env, "status").stdout

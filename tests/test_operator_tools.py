@@ -148,3 +148,23 @@ def test_force_task_arguments_are_refused_recorded_and_change_nothing(configure,
     last = audit.last_operator_action(redis_db, AUDIT_KEY)
     assert last["outcome"] == "refused" and last["by"]["task_id"] == "t-1"
     assert any(error in e for e in last["errors"])
+
+
+def test_a_worker_given_a_megabyte_reason_refuses_at_once_and_stays_responsive(example):  # noqa: F811
+    example.spawn("worker", "big", "-P", "solo")
+    huge = "r" * 1_000_000
+    started = time.monotonic()
+    with pytest.raises(Exception, match="reason must be at most 64 characters, got 1000000"):
+        example.sender.send_task("memguard.force", kwargs={"reason": huge}).get(timeout=20)
+    refused_in = time.monotonic() - started
+    status = example.sender.send_task("memguard.status").get(timeout=20)
+    answered = time.monotonic() - started
+    print(f"1 MB reason refused in {refused_in:.2f}s; status answered after {answered:.2f}s")
+    assert refused_in < 5 and status["forced"] is False
+    # The refusal is recorded cut short, and status shows it in a line of normal length.
+    last = status["last_operator_action"]
+    assert last["outcome"] == "refused" and len(json.dumps(last)) < 2_000
+    assert last["arguments"]["reason"].endswith("…(+999800 chars)")
+    env = {k: v for k, v in example.env.items() if k != "CELERY_RESULT_BACKEND"}
+    lines = memguard_cli(env, "status").stdout.splitlines()
+    assert lines and max(len(ln) for ln in lines) < 600, max(len(ln) for ln in lines)

@@ -292,3 +292,35 @@ def test_a_probe_that_raced_an_operator_force_changes_nothing(configure, stub, r
     assert result["result"] == "superseded", result
     assert flags.get_forced_mode()["reason"] == "zep_maintenance"
     assert not redis_db.exists(PROBE_LOCK_KEY), "the probe released its own lock"
+
+
+@pytest.mark.parametrize("json_logs", [False, True])
+def test_a_megabyte_thread_id_against_a_failing_zep_returns_within_a_second(configure, stub, recorded,
+                                                                            json_logs, capsys):
+    import logging
+    import sys
+
+    import memguard
+    from memguard.observe import logs
+
+    configure()
+    if json_logs:
+        logs.configure(stream=sys.stdout)
+    else:
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)
+    huge = "t" * 1_000_000
+
+    @memguard.guarded
+    def own_read(thread_id: str) -> str:
+        raise TimeoutError(f"no answer for thread {thread_id}")  # the id in the error, as clients do
+
+    stub.set_fault("503")
+    for read in (service.fetch_thread_context, own_read):
+        started = time.monotonic()
+        context, meta = read(huge)
+        took = time.monotonic() - started
+        assert context is None and meta["used"] is False and took < 1.0, (read, took)
+    failures = of(events.FailureRecorded, recorded)
+    assert len(failures) == 2 and all(len(f.thread_id) < 250 and len(f.error) < 350 for f in failures)
+    out = capsys.readouterr().out
+    assert "zep_read_failed" in out and max(len(ln) for ln in out.splitlines()) < 2_000

@@ -6,8 +6,10 @@ command line lists them in its help.
 The validity rule of a record is here and, word for word, in the scripts' prelude
 (``store/lua/prelude.lua``, ``decode``): a JSON object with ``mode`` "write_only", a finite
 number ``until`` at most ``LONGEST_AHEAD_S`` ahead of the Redis clock, and optional fields of
-their own types (``null`` counts as absent). Anything else is no record: reads fail open, status
-names the problem, and the next transition replaces it.
+their own types (``null`` counts as absent): numbers finite, ``holds`` a whole number >= 1,
+``reason`` a string of at most ``MAX_REASON_BYTES``, ``by`` an object, ``id`` a string.
+Anything else is no record: reads fail open, status names the problem, and the next transition
+replaces it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 # The longest hold memguard writes (a day: the operators' and the backoff cap's limit), plus
 # clock skew between hosts. A record ending later was not written by memguard.
 LONGEST_AHEAD_S = 86_400 + 5
-MAX_REASON_CHARS = 200  # longer than any reason memguard or an operator may give
+MAX_REASON_BYTES = 200  # UTF-8; longer than any reason memguard or an operator may give
 _NUMBERS = ("forced_at", "lapse_at", "since", "hold_seconds")
 
 # Reasons memguard itself forces with (an operator may give any other, such as manual_ops).
@@ -96,9 +98,10 @@ def record_problem(data: Any, now: float | None) -> str | None:
     if holds is not None and not (_finite(holds) and holds >= 1 and holds == int(holds)):
         return f"holds is not a whole number >= 1: {shown(holds)}"
     reason = data.get("reason")
-    if reason is not None and not (isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS):
-        return f"reason is not a string of at most {MAX_REASON_CHARS} characters: {shown(reason)}"
-    if data.get("by") is not None and not isinstance(data["by"], dict):
+    if reason is not None and not (isinstance(reason, str) and len(reason.encode()) <= MAX_REASON_BYTES):
+        return f"reason is not a string of at most {MAX_REASON_BYTES} bytes: {shown(reason)}"
+    # An empty array passes as an empty object: Lua's cjson cannot tell the two apart.
+    if data.get("by") is not None and not (isinstance(data["by"], dict) or data["by"] == []):
         return f"by is not an object: {shown(data['by'])}"
     if data.get("id") is not None and not isinstance(data["id"], str):
         return f"id is not a string: {shown(data['id'])}"

@@ -113,7 +113,7 @@ class Notifier:
         if not self.settings.webhook_urls:
             return 0
         lock = self.state.client.lock(self.state.keys.notify_lock, timeout=LOCK_S)
-        if not lock.acquire(blocking=False):
+        if not lock.acquire(blocking=False) and not self._repair_lock(lock):
             return 0
         import httpx  # only a prober with webhooks pays for it
 
@@ -127,6 +127,17 @@ class Notifier:
             with contextlib.suppress(redis.RedisError):
                 lock.release()
         return sent
+
+    def _repair_lock(self, lock: Any) -> bool:
+        """A lock memguard did not write (another type, or no expiry) would block every delivery
+        for good: replace it, and try once more."""
+        key = self.state.keys.notify_lock
+        client = self.state.client
+        if client.type(key) == "string" and client.pttl(key) != -1:
+            return False  # another deliverer's: it expires by itself
+        client.delete(key)
+        self.hooks.emit(events.GuardTrouble("corrupt_state", "notify", f"{key} was not a lock memguard took"))
+        return bool(lock.acquire(blocking=False))
 
     def post(self, client: httpx.Client, fmt: str, url: str, msg: dict[str, Any]) -> bool:
         target, body = payload(fmt, url, msg)

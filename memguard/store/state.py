@@ -137,7 +137,7 @@ class State:
         problems = [f"{key} holds a {kind}, not a string" for key, kind in typed
                     if kind not in ("none", "string")]
         record = None
-        if raw:
+        if raw is not None:  # an empty string too: memguard never writes one
             try:
                 record = ForcedRecord.parse(raw, now)
             except CorruptRecord as exc:

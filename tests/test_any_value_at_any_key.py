@@ -1,0 +1,181 @@
+"""Any value, of any Redis type, at any memguard key (a hand ``redis-cli`` write, an old tool, a bad
+day): reads fail open, every transition, read, status and operator action works over it within a
+second, the next change repairs it, and the scripts and the Python code judge a record by one
+rule. Property-based (Hypothesis), against the real redis-server and the real Zep client."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from memguard import flags, service
+from memguard.domain.events import origin
+from memguard.domain.record import Status, record_problem
+from memguard.integrations.cli_text import json_safe
+from memguard.ops import audit, notify
+from memguard.store.keys import KEY_TYPES, Keys
+
+# The process's watcher thread draws its heartbeat jitter from `random` while Hypothesis draws
+# examples; Hypothesis mistakes that for a strategy using `random`.
+pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+
+KEYS = Keys()
+BY = {"via": "test"}
+NOW = time.time()  # the Redis clock on this machine; every bound below keeps minutes of margin
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
+json_values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=6)
+numbers = st.one_of(st.floats(NOW - 10_000, NOW + 80_000), st.integers(0, 2**62))
+FIELDS = {
+    "mode": st.one_of(st.just("write_only"), json_values),
+    "until": st.one_of(st.floats(NOW - 10_000, NOW + 80_000), st.floats(NOW + 90_000, NOW + 1e9),
+                       json_values),
+    "reason": st.one_of(st.text(max_size=80), st.text(min_size=201, max_size=220), json_values),
+    "holds": st.one_of(st.integers(-2, 5), st.floats(0, 5), json_values),
+    "by": st.one_of(st.dictionaries(st.text(max_size=5), scalars, max_size=2), json_values),
+    **{name: st.one_of(numbers, json_values) for name in ("forced_at", "lapse_at", "since", "hold_seconds")},
+    "id": st.one_of(st.text(max_size=10), json_values),
+}
+records = st.fixed_dictionaries({}, optional=FIELDS)
+valid_records = st.fixed_dictionaries(
+    {"mode": st.just("write_only"), "until": st.floats(NOW - 10_000, NOW + 80_000)},
+    optional={"reason": st.text(max_size=50), "holds": st.integers(1, 9), "forced_at": numbers,
+              "by": st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2)})
+# A valid record with exactly one field changed to anything: where the two rules could part.
+one_field_off = st.tuples(valid_records, st.sampled_from(sorted(FIELDS)).flatmap(
+    lambda name: FIELDS[name].map(lambda value: (name, value)))).map(lambda r: {**r[0], r[1][0]: r[1][1]})
+strings = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["0", "1", "-5", "99999999999999999999", "NaN", "1e400", "xyz", "0-0", "1-1", "{}"]),
+    json_values.map(json.dumps),
+    records.map(json.dumps),
+)
+texts = st.text(min_size=1, max_size=8)
+redis_values = st.one_of(
+    st.none(),
+    st.tuples(st.just("string"), strings),
+    st.tuples(st.just("hash"), st.dictionaries(texts, st.text(max_size=8), min_size=1, max_size=3)),
+    st.tuples(st.just("list"), st.lists(st.text(max_size=8), min_size=1, max_size=3)),
+    st.tuples(st.just("set"), st.sets(texts, min_size=1, max_size=3)),
+    st.tuples(st.just("zset"), st.dictionaries(texts, st.floats(-1e6, 1e6), min_size=1, max_size=3)),
+    st.tuples(st.just("stream"), st.dictionaries(texts, st.text(max_size=8), min_size=1, max_size=3)),
+)
+# The notify lock is taken only by a webhook delivery: its repair has its own test below.
+USED_KEYS = sorted(k for k in KEY_TYPES if k != "notify_lock")
+
+
+def write(client: Any, key: str, value: tuple[str, Any] | None) -> None:
+    if value is None:
+        return
+    kind, data = value
+    if kind == "string":
+        client.set(key, data)
+    elif kind == "hash":
+        client.hset(key, mapping=data)
+    elif kind == "list":
+        client.rpush(key, *data)
+    elif kind == "set":
+        client.sadd(key, *data)
+    elif kind == "zset":
+        client.zadd(key, data)
+    else:
+        client.xadd(key, data)
+
+
+def quick(action: Callable[[], Any], what: str) -> Any:
+    """Run ``action``: it must return (no exception) within a second."""
+    started = time.monotonic()
+    result = action()
+    assert time.monotonic() - started < 1.0, f"{what} took {time.monotonic() - started:.2f}s"
+    return result
+
+
+@pytest.fixture
+def process_for_properties(configure, stub):
+    return configure(read_timeout_ms=200, window_seconds=60)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(values=st.fixed_dictionaries({field: redis_values for field in USED_KEYS}))
+def test_any_value_at_any_key_fails_open_and_is_repaired_by_the_next_change(process_for_properties, stub,
+                                                                             redis_db, values):
+    rt = process_for_properties
+    redis_db.flushall()
+    stub.set_fault("ok")
+    for field, value in values.items():
+        write(redis_db, getattr(KEYS, field), value)
+    by = origin("test")
+
+    # Reads and the read-only tools work whatever is there.
+    _, meta = quick(lambda: service.fetch_thread_context("t"), "a read")
+    assert meta["source"] in ("zep", "write_only_forced"), meta
+    status = quick(lambda: rt.ops.status(by), "status")
+    json.dumps(json_safe(status), allow_nan=False)
+    if values["forced"] is not None and status["forced"] is False:
+        assert KEYS.forced in status.get("state_problems", ""), "a value that is no record is named"
+    quick(lambda: audit.history(redis_db, KEYS.audit, 50), "history")
+    quick(lambda: notify.claim(rt.state, "episode"), "the notification claim")
+    quick(lambda: rt.state.record_latencies(3, 0, by), "the latency window")
+    quick(lambda: rt.state.record_outcomes(3, 0, by), "the outcome window")
+    quick(lambda: rt.ops.probe(by, probe=lambda timeout_s: None, scheduled=True), "a probe")
+    assert quick(flags.increment_consecutive_failures, "counting a failure") >= 1
+
+    # Operators are never locked out: force forces and clear clears, whatever was there.
+    forced = quick(lambda: rt.ops.force(by, reason="manual_ops", ttl_seconds=60, replace=True), "force")
+    assert forced["forced"] is True and flags.get_forced_mode() is not None
+    assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
+    quick(lambda: rt.ops.clear(by), "clear")
+    assert flags.get_forced_mode() is None
+    assert service.fetch_thread_context("t")[1]["source"] == "zep"
+
+    # Automatic forcing works again: three failed reads force the fleet.
+    stub.set_fault("503")
+    for _ in range(3):
+        quick(lambda: service.fetch_thread_context("t"), "a failing read")
+    assert (flags.get_forced_mode() or {}).get("reason") == "consecutive_failures"
+    quick(lambda: rt.ops.clear(by), "clear")
+
+    # No key is left unusable: each holds memguard's type (or nothing), and status sees no problem.
+    for field in USED_KEYS:
+        assert redis_db.type(getattr(KEYS, field)) in ("none", KEY_TYPES[field]), field
+    assert "state_problems" not in rt.ops.status(by)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(record=st.one_of(records, valid_records, one_field_off))
+def test_the_scripts_and_python_judge_a_record_by_one_rule(process_for_properties, redis_db, record):
+    """An automatic trigger keeps a valid record (held) and replaces anything else (forced): the
+    Lua verdict. ``record_problem`` is the Python one. They agree on every record."""
+    rt = process_for_properties
+    redis_db.set(KEYS.forced, json.dumps(record))
+    python_valid = record_problem(json.loads(json.dumps(record)), time.time()) is None
+    t = rt.state.force("auth", 300, BY, auto=True)
+    assert (t.status is Status.HELD) == python_valid, (record, t.status)
+    assert python_valid or t.status is Status.FORCED
+
+
+def test_a_notify_lock_memguard_did_not_take_is_replaced(configure, redis_db, recorded):
+    from memguard.config.settings import Settings
+    from memguard.domain import events
+
+    rt = configure()
+    redis_db.hset(KEYS.notify_lock, "x", "1")  # another type: never acquirable, never expiring
+    notifier = notify.Notifier(rt.state, Settings(redis_url=rt.settings.redis_url,
+                                                  webhook_urls=(("slack", "http://127.0.0.1:9/x"),)),
+                               rt.state.hooks)
+    lock = rt.state.client.lock(KEYS.notify_lock, timeout=5)
+    assert not lock.acquire(blocking=False)
+    assert notifier._repair_lock(lock), "replaced and taken"
+    assert redis_db.type(KEYS.notify_lock) == "string" and redis_db.pttl(KEYS.notify_lock) > 0
+    assert any(isinstance(e, events.GuardTrouble) and e.op == "notify" for e in recorded)
+    other = rt.state.client.lock(KEYS.notify_lock, timeout=5)
+    assert not notifier._repair_lock(other), "a live lock of memguard's is left alone"
