@@ -186,6 +186,16 @@ def test_example_worker_with_a_bad_setting_exits_naming_it(example):
     assert "Traceback" not in out.stderr + out.stdout
 
 
+def test_a_worker_with_a_bad_metrics_port_exits_naming_it(example):
+    env = {**example.env, "MEMGUARD_METRICS_PORT": "abc"}
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "myapp", "worker", "-l", "info"],
+                         cwd=example.dir, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 78, out.stdout + out.stderr  # EX_CONFIG
+    assert [ln for ln in out.stderr.splitlines() if ln.startswith("memguard:")] == [
+        "memguard: invalid configuration: MEMGUARD_METRICS_PORT='abc': expected a whole number"]
+    assert "Traceback" not in out.stderr + out.stdout
+
+
 def test_beat_refuses_settings_that_lose_the_lock(example):
     (example.dir / "tightbeat.py").write_text(
         "from myapp import app\napp.conf.beat_max_loop_interval = 5\napp.conf.redbeat_lock_timeout = 3\n")
