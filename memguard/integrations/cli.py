@@ -127,7 +127,8 @@ def _main(argv: list[str] | None) -> int:
             proc = process.configure(settings, watch=False, count_metrics=False)  # no thread, no metrics
             process.hooks.subscribe(note)
             print(_one_shot(args, proc, by))
-            for trouble in troubles:  # the action itself was done: say what failed after it
+            # The action was done: say what went wrong around it (status prints its own warning).
+            for trouble in (t for t in troubles if t.op != "status"):
                 print(f"memguard: note: {trouble.kind} during {trouble.op} (the {args.cmd} itself was done): "
                       f"{trouble.detail}", file=sys.stderr)
         elif args.cmd == "drill":

@@ -112,6 +112,7 @@ class Operations:
             problems.append(f"{self.state.keys.audit} holds a {audit_type}, not a stream")
         if problems:
             out["state_problems"] = "; ".join(problems)
+            self.hooks.emit(events.GuardTrouble("corrupt_state", "status", out["state_problems"]))
         record = fleet.record
         if record is not None:
             out.update(
