@@ -19,7 +19,7 @@ end
 -- mode 'write_only', a finite number until at most LONGEST_AHEAD_MS ahead of the Redis clock,
 -- and optional fields of their own types (JSON null counts as absent).
 local LONGEST_AHEAD_MS = 86405000  -- record.LONGEST_AHEAD_S * 1000
-local MAX_REASON_CHARS = 200  -- record.MAX_REASON_CHARS
+local MAX_REASON_BYTES = 200  -- record.MAX_REASON_BYTES
 
 local function absent(v) return v == nil or v == cjson.null end
 local function finite(v) return type(v) == 'number' and v == v and v > -math.huge and v < math.huge end
@@ -37,8 +37,9 @@ local function decode(raw)
   local h = rec.holds
   if not absent(h) and not (finite(h) and h >= 1 and math.floor(h) == h) then return false end
   local r = rec.reason
-  if not absent(r) and not (type(r) == 'string' and #r <= MAX_REASON_CHARS) then return false end
-  if not absent(rec.by) and type(rec.by) ~= 'table' then return false end
+  if not absent(r) and not (type(r) == 'string' and #r <= MAX_REASON_BYTES) then return false end
+  -- an object; cjson gives an empty array as an empty table too, so that one passes
+  if not absent(rec.by) and (type(rec.by) ~= 'table' or rec.by[1] ~= nil) then return false end
   if not absent(rec.id) and type(rec.id) ~= 'string' then return false end
   return rec
 end
