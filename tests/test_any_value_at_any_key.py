@@ -5,6 +5,7 @@ rule. Property-based (Hypothesis), against the real redis-server and the real Ze
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -116,8 +117,10 @@ def test_any_value_at_any_key_fails_open_and_is_repaired_by_the_next_change(proc
     by = origin("test")
 
     # Reads and the read-only tools work whatever is there.
-    _, meta = quick(lambda: service.fetch_thread_context("t"), "a read")
-    assert meta["source"] in ("zep", "write_only_forced"), meta
+    for read in (lambda: service.fetch_thread_context("t"),
+                 lambda: asyncio.run(service.afetch_thread_context("t"))):
+        _, meta = quick(read, "a read")
+        assert meta["source"] in ("zep", "write_only_forced"), meta
     status = quick(lambda: rt.ops.status(by), "status")
     json.dumps(json_safe(status), allow_nan=False)
     if values["forced"] is not None and status["forced"] is False:
@@ -127,6 +130,8 @@ def test_any_value_at_any_key_fails_open_and_is_repaired_by_the_next_change(proc
     quick(lambda: rt.state.record_latencies(3, 0, by), "the latency window")
     quick(lambda: rt.state.record_outcomes(3, 0, by), "the outcome window")
     quick(lambda: rt.ops.probe(by, probe=lambda timeout_s: None, scheduled=True), "a probe")
+    quick(lambda: rt.state.lapse(by), "the lapse of an unprobed hold")
+    quick(rt.state.reset_failures, "a success's reset")
     assert quick(flags.increment_consecutive_failures, "counting a failure") >= 1
 
     # Operators are never locked out: force forces and clear clears, whatever was there.
