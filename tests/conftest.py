@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import hypothesis
 import pytest
 from celery import Celery
 
@@ -26,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The SDK would prefer a developer's ZEP_API_URL over the stub's address.
 os.environ.pop("ZEP_API_URL", None)
 
+
+# ./run mutants only needs to know that a property fails: no shrinking, no example database.
+hypothesis.settings.register_profile("mutants", phases=[hypothesis.Phase.generate], database=None)
 
 RABBITMQ = ("127.0.0.1", 5672)  # guest/guest: this machine kind and CI run one
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"

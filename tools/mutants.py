@@ -131,7 +131,8 @@ def run(m: Mutant) -> tuple[bool, float, str]:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         started = time.monotonic()
         out = subprocess.run([python, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
-                              *m.tests], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+                              "--hypothesis-profile=mutants", *m.tests], cwd=copy, env=env,
+                             capture_output=True, text=True, timeout=900)
         last = (out.stdout.strip().splitlines() or ["(no output)"])[-1]
         if out.returncode not in (0, 1):  # 1: tests failed; anything else: the run itself broke
             raise SystemExit(f"mutant {m.name}: pytest exited {out.returncode}: {last}\n{out.stderr[-2000:]}")
