@@ -294,3 +294,25 @@ def test_a_killed_or_paused_connection_lapses_the_view_and_reads_stay_right(conf
     wait_for(lambda: rt.watcher.current is not None, 5, "tracking to come back after the pause")
     flags.force_write_only("manual_ops", 60)
     assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
+
+
+def test_a_view_is_told_of_its_own_keys_only(configure, redis_db, idle_processes):
+    """Tracking covers the forced record and the failure count: writes to memguard's other keys
+    (meter windows, heartbeat, audit, locks, cursors, quorum sets) reach no watcher."""
+    rt = configure()
+    idle_processes(3)  # four watchers: each message would be four socket writes
+    k = rt.state.keys
+    before = redis_db.info("stats")["total_net_output_bytes"]
+    for i in range(100):
+        redis_db.hincrby(k.outcomes, "1:t", 1)
+        redis_db.set(k.heartbeat, str(i))
+        redis_db.xadd(k.audit, {"event": "probe"})
+        redis_db.sadd(k.failing_hosts, f"h{i}")
+    grown = redis_db.info("stats")["total_net_output_bytes"] - before
+    # The replies to these 400 commands and one INFO are a few kB; 400 invalidations to four
+    # watchers would be over 80 kB.
+    assert grown < 12_000, f"{grown} bytes sent for writes no watcher should hear"
+    # The view's own keys are still tracked: a hand-written record is seen.
+    redis_db.set(k.forced, original_record())
+    wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 2,
+             "the view to hear of the hand-written record")

@@ -3,10 +3,14 @@
 One connection per process, subscribed to two things:
 - memguard's change channel: every transition script publishes a notice with the new values
   and a version, so a change costs the fleet one script run, not one read per process;
-- Redis client tracking (``CLIENT TRACKING ON BCAST PREFIX mem:``, or ``{mem}:`` on a Cluster,
-  redirected to this same connection): the server reports *any* change to memguard's keys —
-  a hand ``SET``/``DEL``, older code writing the original record, a key expiring,
-  ``FLUSHALL``. A change no notice explains is re-read at once.
+- Redis client tracking of the view's own keys only (``CLIENT TRACKING ON BCAST PREFIX
+  mem:mode:forced:v1 PREFIX mem:read:consec_failures``, ``{mem}:`` on a Cluster, redirected to
+  this same connection): the server reports *any* change to them — a hand ``SET``/``DEL``,
+  older code writing the original record, a key expiring, ``FLUSHALL``. A change no notice
+  explains is re-read at once. Writes to memguard's other keys (the read meter's windows, the
+  prober's heartbeat, the audit stream, locks, cursors, quorum sets) reach no watcher: every
+  message to every watcher is a socket write on the Redis server, for each of the fleet's
+  processes.
 
 Liveness without polling: when no message has arrived for a second or so, one process (the
 first whose randomised timer fires) publishes a heartbeat that every process receives, so
@@ -182,8 +186,8 @@ class Watcher(Background):
         conn.connect()
         conn.send_command("CLIENT", "ID")
         client_id = conn.read_response()
-        conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX",
-                          self.state.keys.prefix)
+        prefixes = [arg for key in self.view_keys for arg in ("PREFIX", key)]
+        conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes)
         if conn.read_response() not in ("OK", b"OK"):
             raise redis.ConnectionError("CLIENT TRACKING was refused")
         conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL, CHANGES_CHANNEL)
