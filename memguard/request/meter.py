@@ -3,14 +3,18 @@
 Two policies judge the fleet's reads over a sliding window rather than one at a time: the
 latency trip (``MEMORY_LATENCY_THRESHOLD_MS``: the median read is slow) and the failure-rate
 policy (``MEMORY_FAILURE_RATE_THRESHOLD``: too large a share of reads failed). A read only
-bumps counters under a lock (no Redis); a daemon thread adds the batch to the fleet's windows
-once a second, one script per policy, and the script decides. Off, and no thread, unless one
-of them is set.
+bumps counters under a lock (no Redis); a daemon thread adds the batch to the fleet's windows,
+one script per policy, and the script decides. A batch holding a failure or a slow read goes
+within a second (a trip is as prompt as before); a healthy one waits up to a window slot (a
+sixth of the window, at most ``HEALTHY_FLUSH_MAX_S``), which is the window's own accuracy: a
+healthy fleet then costs Redis one script per process per slot, not per second. Off, and no
+thread, unless one of them is set.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import redis
 
@@ -21,6 +25,8 @@ from memguard.store.background import Background
 from memguard.store.state import State
 
 FLUSH_S = 1.0
+HEALTHY_FLUSH_MAX_S = 10.0
+SLOTS = 6  # each window is summed in this many slots (store/lua/window_trip.lua)
 
 
 class ReadMeter(Background):
@@ -32,8 +38,12 @@ class ReadMeter(Background):
         self.hooks = hooks
         self.slow_s = settings.latency_threshold_ms / 1000.0 if settings.latency_threshold_ms else None
         self.outcomes = settings.failure_rate_on
+        windows = [w for w, on in ((settings.latency_window_seconds, self.slow_s is not None),
+                                   (settings.failure_rate_window_seconds, self.outcomes)) if on]
+        self.healthy_flush_s = max(FLUSH_S, min([HEALTHY_FLUSH_MAX_S, *(w / SLOTS for w in windows)]))
         self._lock = threading.Lock()
         self._reads = self._slow = self._failed = 0
+        self._flushed_at = time.monotonic()
 
     def record(self, seconds: float, failed: bool) -> None:
         with self._lock:
@@ -44,6 +54,7 @@ class ReadMeter(Background):
                 self._failed += 1
 
     def flush(self) -> None:
+        self._flushed_at = time.monotonic()
         with self._lock:
             reads, slow, failed = self._reads, self._slow, self._failed
             self._reads = self._slow = self._failed = 0
@@ -57,6 +68,13 @@ class ReadMeter(Background):
         except redis.RedisError as exc:
             self.hooks.emit(events.GuardTrouble("redis_error", "meter", f"{type(exc).__name__}: {exc}"[:200]))
 
+    def due(self, now: float) -> bool:
+        """Flush now? At once for a failure or a slow read, else once a slot."""
+        with self._lock:
+            urgent = self._slow > 0 or self._failed > 0
+        return urgent or now - self._flushed_at >= self.healthy_flush_s
+
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_S):
-            self.flush()
+            if self.due(time.monotonic()):
+                self.flush()

@@ -191,3 +191,26 @@ def test_async_reads_take_the_same_decisions():
     assert asyncio.run(guard.acall("t1", fine, ("t1",)))[0] == "ok"
     _, meta = asyncio.run(guard.acall("t1", failing, ("t1",)))
     assert meta["reason"] == "auth" and store.calls == [("force", "auth", SETTINGS.hold_seconds, True, 0)]
+
+
+def test_the_meter_flushes_a_failure_at_once_and_healthy_reads_once_a_slot():
+    import time
+
+    from memguard.config.settings import Settings
+    from memguard.domain.events import Hooks
+    from memguard.request.meter import ReadMeter
+
+    meter = ReadMeter(None, Settings(failure_rate_threshold=0.5, failure_rate_window_seconds=60,  # type: ignore[arg-type]
+                                     latency_threshold_ms=300, latency_window_seconds=30), Hooks())
+    assert meter.healthy_flush_s == 5.0  # a slot of the shorter window (30 s / 6)
+    now = time.monotonic()
+    for _ in range(50):
+        meter.record(0.01, failed=False)
+    assert not meter.due(now + 1) and meter.due(now + 5.1)
+    meter.record(0.01, failed=True)
+    assert meter.due(now + 1)
+    slow = ReadMeter(None, Settings(latency_threshold_ms=300), Hooks())  # type: ignore[arg-type]
+    slow.record(0.5, failed=False)
+    assert slow.due(time.monotonic())
+    assert ReadMeter(None, Settings(failure_rate_threshold=0.5, failure_rate_window_seconds=600),  # type: ignore[arg-type]
+                     Hooks()).healthy_flush_s == 10.0  # capped
