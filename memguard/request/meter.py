@@ -22,11 +22,10 @@ from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.events import origin
 from memguard.store.background import Background
-from memguard.store.state import State
+from memguard.store.state import WINDOW_SLOTS, State
 
 FLUSH_S = 1.0
 HEALTHY_FLUSH_MAX_S = 10.0
-SLOTS = 6  # each window is summed in this many slots (store/lua/window_trip.lua)
 
 
 class ReadMeter(Background):
@@ -40,7 +39,7 @@ class ReadMeter(Background):
         self.outcomes = settings.failure_rate_on
         windows = [w for w, on in ((settings.latency_window_seconds, self.slow_s is not None),
                                    (settings.failure_rate_window_seconds, self.outcomes)) if on]
-        self.healthy_flush_s = max(FLUSH_S, min([HEALTHY_FLUSH_MAX_S, *(w / SLOTS for w in windows)]))
+        self.healthy_flush_s = max(FLUSH_S, min([HEALTHY_FLUSH_MAX_S, *(w / WINDOW_SLOTS for w in windows)]))
         self._lock = threading.Lock()
         self._reads = self._slow = self._failed = 0
         self._flushed_at = time.monotonic()

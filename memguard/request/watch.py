@@ -27,6 +27,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from memguard.domain.record import ForcedRecord, Snapshot, parse_record
 from memguard.store.background import Background
 from memguard.store.keys import CHANGES_CHANNEL
 from memguard.store.state import State
+from memguard.store.steps import ReadSnapshot
 
 LIVENESS_S = 2.0
 HEARTBEAT_AFTER_S = (1.1, 1.5)  # silence after which this process publishes the heartbeat
@@ -47,6 +49,22 @@ HEARTBEAT_AFTER_S = (1.1, 1.5)  # silence after which this process publishes the
 RESYNC_S = 60.0
 INVALIDATE_CHANNEL = "__redis__:invalidate"
 HEARTBEAT = "heartbeat"
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Wait up to ``timeout`` seconds for one pushed message; the reply is it, or ``QUIET``."""
+
+    timeout: float
+
+
+class _SendHeartbeat:
+    """Publish the heartbeat (on another connection: this one is subscribed)."""
+
+
+QUIET = object()  # no message within the wait
+SEND_HEARTBEAT = _SendHeartbeat()
+WatchStep = Listen | ReadSnapshot | _SendHeartbeat
 
 
 @dataclass(frozen=True)
@@ -178,6 +196,22 @@ class Watcher(Background):
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    def handshake(self, client_id: Any) -> list[tuple[Any, ...]]:
+        """The commands that make a connection this view's: tracking of the view's keys,
+        redirected to the connection itself, and the two channels (RESP2)."""
+        prefixes = [arg for key in self.view_keys for arg in ("PREFIX", key)]
+        return [("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes),
+                ("SUBSCRIBE", INVALIDATE_CHANNEL, CHANGES_CHANNEL)]
+
+    @staticmethod
+    def check_handshake(replies: list[Any]) -> None:
+        """The replies to ``handshake``'s commands: OK, then one ``subscribe`` per channel."""
+        if replies[0] not in ("OK", b"OK"):
+            raise redis.ConnectionError("CLIENT TRACKING was refused")
+        for reply in replies[1:]:
+            if not reply or reply[0] not in ("subscribe", b"subscribe"):
+                raise redis.ConnectionError(f"unexpected subscribe reply {reply!r}")
+
     def _connect(self) -> redis.Connection:
         # RESP2: subscribe replies and tracking messages come back as plain replies.
         conn = self.state.settings.redis_target.connection(
@@ -185,55 +219,74 @@ class Watcher(Background):
             socket_keepalive=True, socket_keepalive_options=keepalive_options(), protocol=2)
         conn.connect()
         conn.send_command("CLIENT", "ID")
-        client_id = conn.read_response()
-        prefixes = [arg for key in self.view_keys for arg in ("PREFIX", key)]
-        conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes)
-        if conn.read_response() not in ("OK", b"OK"):
-            raise redis.ConnectionError("CLIENT TRACKING was refused")
-        conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL, CHANGES_CHANNEL)
-        for _ in range(2):
-            reply = conn.read_response()
-            if not reply or reply[0] != "subscribe":
-                raise redis.ConnectionError(f"unexpected subscribe reply {reply!r}")
+        tracking, subscribe = self.handshake(conn.read_response())
+        conn.send_command(*tracking)
+        replies = [conn.read_response()]
+        conn.send_command(*subscribe)
+        replies += [conn.read_response() for _ in range(2)]
+        self.check_handshake(replies)
         return conn
 
     def _follow(self) -> None:
+        """Drive ``follow_steps`` on a blocking connection (this thread)."""
         conn = self._conn = self._connect()
-        with self._lock:
-            self._version = -1  # whatever was applied before, the re-read below decides
+        steps = self.follow_steps()
+        value: Any = None
         try:
-            self._alive()
-            self._resync()
-            last_sync = time.monotonic()
-            heartbeat_at = self._next_heartbeat()
-            while not self._stop.is_set():
-                # Sleep until a message or the next thing due: about one wake-up a second.
-                due = min(heartbeat_at, last_sync + RESYNC_S, self._liveness_until, time.monotonic() + 1.0)
-                if self.current is not None:
-                    due = min(due, self.current.valid_until)
-                if conn.can_read(timeout=max(0.001, due - time.monotonic())):
-                    self._alive()
-                    heartbeat_at = self._next_heartbeat()
-                    if self._handle(conn.read_response()):
-                        self._resync()
-                        last_sync = time.monotonic()
-                now = time.monotonic()
-                if now >= heartbeat_at:
-                    self._send_heartbeat()
-                    heartbeat_at = self._next_heartbeat()
-                if now - last_sync >= RESYNC_S:
-                    self._resync()
-                    last_sync = now
-                if now >= self._liveness_until:
-                    raise redis.ConnectionError("no message within the liveness bound")
-                if self.current is not None and now >= self.current.valid_until:
-                    with self._lock:
-                        self._publish_view()
+            while True:
+                try:
+                    step = steps.send(value)
+                except StopIteration:
+                    return
+                if isinstance(step, Listen):
+                    value = conn.read_response() if conn.can_read(timeout=step.timeout) else QUIET
+                elif isinstance(step, ReadSnapshot):
+                    value = self.state.perform(step)
+                else:
+                    with contextlib.suppress(redis.RedisError):
+                        self.state.client.publish(CHANGES_CHANNEL, HEARTBEAT)
+                    value = None
         finally:
             self.current = None
             self._conn = None
             with contextlib.suppress(redis.RedisError, OSError):
                 conn.disconnect()
+
+    def follow_steps(self) -> Generator[WatchStep, Any, None]:
+        """What a live connection does, without doing the I/O itself: re-read, then take each
+        pushed message, send the heartbeat when the channel has been quiet, re-read now and
+        then, and end (raising) when nothing arrived within the liveness bound. The thread's
+        driver and the asyncio one (``memguard.request.awatch``) run this same code."""
+        with self._lock:
+            self._version = -1  # whatever was applied before, the re-read below decides
+        self._alive()
+        yield from self._resync_steps()
+        last_sync = time.monotonic()
+        heartbeat_at = self._next_heartbeat()
+        while not self._stop.is_set():
+            # Sleep until a message or the next thing due: about one wake-up a second.
+            due = min(heartbeat_at, last_sync + RESYNC_S, self._liveness_until, time.monotonic() + 1.0)
+            if self.current is not None:
+                due = min(due, self.current.valid_until)
+            message = yield Listen(max(0.001, due - time.monotonic()))
+            if message is not QUIET:
+                self._alive()
+                heartbeat_at = self._next_heartbeat()
+                if self._handle(message):
+                    yield from self._resync_steps()
+                    last_sync = time.monotonic()
+            now = time.monotonic()
+            if now >= heartbeat_at:
+                yield SEND_HEARTBEAT
+                heartbeat_at = self._next_heartbeat()
+            if now - last_sync >= RESYNC_S:
+                yield from self._resync_steps()
+                last_sync = now
+            if now >= self._liveness_until:
+                raise redis.ConnectionError("no message within the liveness bound")
+            if self.current is not None and now >= self.current.valid_until:
+                with self._lock:
+                    self._publish_view()
 
     def _handle(self, message: Any) -> bool:
         """Apply one pushed message; True when the state must be re-read."""
@@ -256,11 +309,11 @@ class Watcher(Background):
                 return False
         return bool(unexplained)
 
-    def _resync(self) -> None:
+    def _resync_steps(self) -> Generator[WatchStep, Any, None]:
         """Re-read; a read overtaken by a newer notice is read again. A version that went
         backwards and stays there (FLUSHALL, a Redis restart) is taken as it is."""
         for _ in range(3):
-            snap = self.state.snapshot()
+            snap = yield from self.state.snapshot_steps()
             if self._apply_snapshot(snap):
                 return
         with self._lock:
@@ -273,10 +326,6 @@ class Watcher(Background):
         if view is not None or self._version >= 0:
             with self._lock:
                 self._publish_view()
-
-    def _send_heartbeat(self) -> None:
-        with contextlib.suppress(redis.RedisError):
-            self.state.client.publish(CHANGES_CHANNEL, HEARTBEAT)
 
     @staticmethod
     def _next_heartbeat() -> float:
