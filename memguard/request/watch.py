@@ -12,11 +12,13 @@ One connection per process, subscribed to two things:
   message to every watcher is a socket write on the Redis server, for each of the fleet's
   processes.
 
-Liveness without polling: when no message has arrived for a second or so, one process (the
-first whose randomised timer fires) publishes a heartbeat that every process receives, so
-the fleet sends about one command a second in all. A view whose connection has been silent
-for ``LIVENESS_S`` lapses, and the guard reads Redis on each read instead (fail safe, never
-stale) until the watcher has reconnected, re-enabled tracking and re-read the state.
+Liveness without polling: when no message has arrived for about three seconds, one process
+(the first whose randomised timer fires) publishes a heartbeat that every process receives, so
+the fleet sends one command every three seconds or so in all, and Redis writes it once to each
+process. A view whose connection has been silent for ``LIVENESS_S`` (5 s) lapses, and the guard
+reads Redis on each read instead (fail safe, never stale) until the watcher has reconnected,
+re-enabled tracking and re-read the state: no view ever serves a state older than 5 s. TCP
+keepalive on the connection still notices a peer that died without a word.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from memguard.store.keys import CHANGES_CHANNEL
 from memguard.store.state import State
 from memguard.store.steps import ReadSnapshot
 
-LIVENESS_S = 2.0
-HEARTBEAT_AFTER_S = (1.1, 1.5)  # silence after which this process publishes the heartbeat
+LIVENESS_S = 5.0  # the documented bound: no view serves a state older than this
+HEARTBEAT_AFTER_S = (3.0, 3.8)  # silence after which this process publishes the heartbeat
 # Writes that bypass the scripts are reported by tracking; this slow re-read only bounds the
 # one case tracking cannot tell apart: a foreign write to a key in the same instant a script
 # wrote it.
@@ -100,6 +102,10 @@ class Watcher(Background):
         self._stop.set()
         self.current = None  # before the join: no read trusts a view that is going away
         super().stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def reconnect(self) -> None:
         """Drop the connection now (the master moved): the thread reconnects, re-enables
@@ -256,7 +262,7 @@ class Watcher(Background):
         """What a live connection does, without doing the I/O itself: re-read, then take each
         pushed message, send the heartbeat when the channel has been quiet, re-read now and
         then, and end (raising) when nothing arrived within the liveness bound. The thread's
-        driver and the asyncio one (``memguard.request.awatch``) run this same code."""
+        driver (``_follow``) and the asyncio one (``memguard.request.awatch``) run this same code."""
         with self._lock:
             self._version = -1  # whatever was applied before, the re-read below decides
         self._alive()
