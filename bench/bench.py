@@ -185,16 +185,17 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--reads", type=int, default=20000)
     ap.add_argument("--fleet", action="store_true", help="the fleet benchmark instead (see bench/fleet.py)")
-    ap.add_argument("--processes", type=int, default=4, help="--fleet: processes holding watchers")
-    ap.add_argument("--watchers", type=int, default=100, help="--fleet: watchers per process")
-    ap.add_argument("--idle-seconds", type=float, default=65.0, help="--fleet: the idle window")
+    ap.add_argument("--watchers", default="1000,5000,10000", help="--fleet: fleet sizes, comma-separated")
+    ap.add_argument("--holders", type=int, default=4, help="--fleet: processes holding the views")
+    ap.add_argument("--window", type=float, default=20.0, help="--fleet: seconds per measured window")
     ap.add_argument("--trials", type=int, default=5, help="--fleet: changes of each kind")
     ap.add_argument("--startup-rounds", type=int, default=7, help="process pairs per start-up ratio")
     args = ap.parse_args()
     if args.fleet:
         import fleet
 
-        res = fleet.run(args.processes, args.watchers, args.idle_seconds, args.trials)
+        sizes = tuple(int(n) for n in args.watchers.split(","))
+        res = fleet.run(sizes, args.holders, args.window, args.trials)
         print(json.dumps(res, indent=2)) if args.json else fleet.report(res)
         return
     n = args.reads

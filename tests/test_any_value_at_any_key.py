@@ -69,8 +69,9 @@ redis_values = st.one_of(
     st.tuples(st.just("zset"), st.dictionaries(texts, st.floats(-1e6, 1e6), min_size=1, max_size=3)),
     st.tuples(st.just("stream"), st.dictionaries(texts, st.text(max_size=8), min_size=1, max_size=3)),
 )
-# The notify lock is taken only by a webhook delivery: its repair has its own test below.
-USED_KEYS = sorted(k for k in KEY_TYPES if k != "notify_lock")
+# The notify lock is taken only by a webhook delivery, the heartbeat lock only by a quiet
+# watcher: their repairs have their own tests below.
+USED_KEYS = sorted(k for k in KEY_TYPES if k not in ("notify_lock", "heartbeat_lock"))
 
 
 def write(client: Any, key: str, value: tuple[str, Any] | None) -> None:
@@ -166,6 +167,15 @@ def test_the_scripts_and_python_judge_a_record_by_one_rule(process_for_propertie
     t = rt.state.force("auth", 300, BY, auto=True)
     assert (t.status is Status.HELD) == python_valid, (record, t.status)
     assert python_valid or t.status is Status.FORCED
+
+
+def test_the_heartbeat_works_over_any_value_at_its_lock(configure, redis_db):
+    rt = configure()
+    redis_db.hset(KEYS.heartbeat_lock, "x", "1")
+    assert rt.state.call("heartbeat", channel="mem:mode:changes", ttl_ms=2500)["sent"] is True
+    assert redis_db.type(KEYS.heartbeat_lock) == "string" and 0 < redis_db.pttl(KEYS.heartbeat_lock) <= 2500
+    again = rt.state.call("heartbeat", channel="mem:mode:changes", ttl_ms=2500)
+    assert again["sent"] is False, "one heartbeat per round"
 
 
 def test_a_notify_lock_memguard_did_not_take_is_replaced(configure, redis_db, recorded):

@@ -31,7 +31,9 @@ def test_the_benchmark_runs_and_a_healthy_read_costs_no_redis_command():
 
 
 def test_the_fleet_benchmark_runs_and_every_view_sees_every_change():
-    res = bench("--fleet", "--processes", "2", "--watchers", "3", "--idle-seconds", "2", "--trials", "1")
-    assert res["watchers"] == 6 and res["idle"]["commands_per_s_fleet"] > 0
-    for name, dist in res["propagation_to_all"].items():
-        assert math.isfinite(dist["max_ms"]), f"a view never saw {name}"
+    res = bench("--fleet", "--watchers", "6,12", "--holders", "2", "--window", "2", "--trials", "1")
+    assert [r["watchers"] for r in res["sizes"]] == [6, 12]
+    for size in res["sizes"]:
+        assert size["idle"]["output_bytes_per_s"] > 0 and "redis_cpu_us_per_s_per_view" in size["policies_on"]
+        for name, dist in size["propagation_to_all"].items():
+            assert math.isfinite(dist["max_ms"]), f"a view never saw {name} ({size['watchers']} views)"

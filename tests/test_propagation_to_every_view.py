@@ -244,20 +244,21 @@ def test_a_force_and_a_clear_cost_the_other_processes_no_command(configure, redi
         assert others == [], others
 
 
-def test_ten_idle_processes_cost_under_half_a_command_per_second_each(redis_server, idle_processes):
+def test_ten_idle_processes_send_one_heartbeat_a_round_in_all(redis_server, idle_processes):
+    """Idle, the fleet's only commands are the heartbeat rounds: one script every ~3 s in all,
+    however many processes. (Redis CPU, fan-out included, is measured by ./run bench --fleet.)"""
     client = redis.Redis(port=redis_server.port, decode_responses=True)
     idle_processes(10)
-    time.sleep(1)
+    wait_for(lambda: "cmdstat_evalsha" in client.info("commandstats"), 10, "a first heartbeat round")
     client.config_resetstat()
-    time.sleep(10)
+    time.sleep(10)  # the window observed
     stats = client.info("commandstats")
-    calls = sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat"))
-    usec = sum(v["usec"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat"))
-    per_process = calls / 10 / 10
-    print(f"idle: {per_process:.3f} commands/s and {usec / 10 / 10:.2f} µs Redis CPU/s per process; "
-          f"{stats}")
-    assert per_process <= 0.5
-    assert usec / 10 / 10 <= 5.0
+    calls = {k: v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat")}
+    print(f"idle, 10 processes, 10 s: {calls}")
+    # The heartbeat script and what it runs inside Redis (its key's TYPE check, SET NX, PUBLISH).
+    assert set(calls) <= {"cmdstat_evalsha", "cmdstat_type", "cmdstat_set", "cmdstat_publish"}, calls
+    assert 2 <= calls.get("cmdstat_evalsha", 0) <= 6, "about one heartbeat script per 3 s round, in all"
+    assert calls.get("cmdstat_publish", 0) <= calls["cmdstat_evalsha"]
 
 
 def _writes(client: redis.Redis) -> bool:

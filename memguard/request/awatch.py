@@ -18,22 +18,20 @@ import redis
 import redis.asyncio
 
 from memguard.domain import events
-from memguard.request.watch import HEARTBEAT, QUIET, Listen, Watcher
-from memguard.store.keys import CHANGES_CHANNEL
-from memguard.store.steps import ReadSnapshot, Step
+from memguard.request.watch import QUIET, Listen, Watcher
+from memguard.store.steps import Step
 
 Perform = Callable[[Step], Awaitable[Any]]
 
 
-async def run(watcher: Watcher, publisher: redis.asyncio.Redis, perform: Perform | None = None) -> None:
+async def run(watcher: Watcher, perform: Perform | None = None) -> None:
     """Keep ``watcher``'s view on the running loop until it is stopped: connect, follow, and on a
-    failure drop the view and reconnect with the thread's back-off. ``publisher`` sends the
-    heartbeat (a subscribed connection cannot); ``perform`` does the re-reads (default: the
-    store's asyncio executor)."""
+    failure drop the view and reconnect with the thread's back-off. ``perform`` runs the store's
+    steps (re-reads, the heartbeat); default: the store's asyncio executor."""
     backoff = 0.1
     while not watcher.stopped:
         try:
-            await follow(watcher, await connect(watcher), publisher, perform or watcher.state.aperform)
+            await follow(watcher, await connect(watcher), perform or watcher.state.aperform)
             backoff = 0.1
         except (redis.RedisError, OSError) as exc:
             watcher.current = None
@@ -57,8 +55,7 @@ async def connect(watcher: Watcher) -> redis.asyncio.Connection:
     return conn
 
 
-async def follow(watcher: Watcher, conn: redis.asyncio.Connection, publisher: redis.asyncio.Redis,
-                 perform: Perform) -> None:
+async def follow(watcher: Watcher, conn: redis.asyncio.Connection, perform: Perform) -> None:
     """Run ``watcher.follow_steps`` on ``conn`` until the watcher stops or the connection fails."""
     steps = watcher.follow_steps()
     value: Any = None
@@ -71,12 +68,8 @@ async def follow(watcher: Watcher, conn: redis.asyncio.Connection, publisher: re
             if isinstance(step, Listen):
                 message = await conn.read_response(timeout=step.timeout, disconnect_on_error=False)
                 value = QUIET if message is None else message  # None: the wait ended quietly
-            elif isinstance(step, ReadSnapshot):
+            else:  # a re-read or the heartbeat: the store's own step
                 value = await perform(step)
-            else:
-                with contextlib.suppress(redis.RedisError):
-                    await publisher.publish(CHANGES_CHANNEL, HEARTBEAT)
-                value = None
     finally:
         watcher.current = None
         with contextlib.suppress(redis.RedisError, OSError):

@@ -12,13 +12,15 @@ One connection per process, subscribed to two things:
   message to every watcher is a socket write on the Redis server, for each of the fleet's
   processes.
 
-Liveness without polling: when no message has arrived for about three seconds, one process
-(the first whose randomised timer fires) publishes a heartbeat that every process receives, so
-the fleet sends one command every three seconds or so in all, and Redis writes it once to each
-process. A view whose connection has been silent for ``LIVENESS_S`` (5 s) lapses, and the guard
-reads Redis on each read instead (fail safe, never stale) until the watcher has reconnected,
-re-enabled tracking and re-read the state: no view ever serves a state older than 5 s. TCP
-keepalive on the connection still notices a peer that died without a word.
+Liveness without polling: when no message has arrived for about three seconds, the process
+whose randomised timer fires first takes a short lock and publishes a heartbeat that every
+process receives (``store/lua/heartbeat.lua``); a timer that fires while that heartbeat is still
+on its way finds the lock taken and publishes nothing. So a round costs Redis one message per
+process, never one per process per process. A view whose connection has been silent for
+``LIVENESS_S`` (5 s) lapses, and the guard reads Redis on each read instead (fail safe, never
+stale) until the watcher has reconnected, re-enabled tracking and re-read the state: no view
+ever serves a state older than 5 s. TCP keepalive on the connection still notices a peer that
+died without a word.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ from memguard.domain.record import ForcedRecord, Snapshot, parse_record
 from memguard.store.background import Background
 from memguard.store.keys import CHANGES_CHANNEL
 from memguard.store.state import State
-from memguard.store.steps import ReadSnapshot
+from memguard.store.steps import ReadSnapshot, Script
 
 LIVENESS_S = 5.0  # the documented bound: no view serves a state older than this
-HEARTBEAT_AFTER_S = (3.0, 3.8)  # silence after which this process publishes the heartbeat
+HEARTBEAT_AFTER_S = (3.0, 3.8)  # silence after which this process offers the heartbeat
+HEARTBEAT_LOCK_MS = 2500  # one heartbeat per round fleet-wide: shorter than the quiet timer
 # Writes that bypass the scripts are reported by tracking; this slow re-read only bounds the
 # one case tracking cannot tell apart: a foreign write to a key in the same instant a script
 # wrote it.
@@ -60,13 +63,8 @@ class Listen:
     timeout: float
 
 
-class _SendHeartbeat:
-    """Publish the heartbeat (on another connection: this one is subscribed)."""
-
-
 QUIET = object()  # no message within the wait
-SEND_HEARTBEAT = _SendHeartbeat()
-WatchStep = Listen | ReadSnapshot | _SendHeartbeat
+WatchStep = Listen | ReadSnapshot | Script  # Script: the heartbeat (store/lua/heartbeat.lua)
 
 
 @dataclass(frozen=True)
@@ -246,12 +244,8 @@ class Watcher(Background):
                     return
                 if isinstance(step, Listen):
                     value = conn.read_response() if conn.can_read(timeout=step.timeout) else QUIET
-                elif isinstance(step, ReadSnapshot):
+                else:  # a re-read or the heartbeat: the store's own step
                     value = self.state.perform(step)
-                else:
-                    with contextlib.suppress(redis.RedisError):
-                        self.state.client.publish(CHANGES_CHANNEL, HEARTBEAT)
-                    value = None
         finally:
             self.current = None
             self._conn = None
@@ -282,8 +276,8 @@ class Watcher(Background):
                     yield from self._resync_steps()
                     last_sync = time.monotonic()
             now = time.monotonic()
-            if now >= heartbeat_at:
-                yield SEND_HEARTBEAT
+            if now >= heartbeat_at:  # quiet for a while: offer the round's heartbeat
+                yield Script("heartbeat", {"channel": CHANGES_CHANNEL, "ttl_ms": HEARTBEAT_LOCK_MS})
                 heartbeat_at = self._next_heartbeat()
             if now - last_sync >= RESYNC_S:
                 yield from self._resync_steps()

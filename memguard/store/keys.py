@@ -22,6 +22,7 @@ AUDIT_KEY = "mem:audit"
 NOTIFY_CURSOR_KEY = "mem:notify:cursor"
 NOTIFY_STUCK_KEY = "mem:notify:stuck"
 NOTIFY_LOCK_KEY = "mem:notify:lock"
+HEARTBEAT_LOCK_KEY = "mem:watch:heartbeat"
 CHANGES_CHANNEL = "mem:mode:changes"
 
 
@@ -29,7 +30,7 @@ CHANGES_CHANNEL = "mem:mode:changes"
 KEY_TYPES = {
     "forced": "string", "counter": "string", "version": "string", "lock": "string", "heartbeat": "string",
     "latency": "hash", "outcomes": "hash", "failing_hosts": "set", "auth_hosts": "set", "audit": "stream",
-    "notify_cursor": "string", "notify_stuck": "string", "notify_lock": "string",
+    "notify_cursor": "string", "notify_stuck": "string", "notify_lock": "string", "heartbeat_lock": "string",
 }
 
 
@@ -50,6 +51,7 @@ class Keys:
     notify_cursor: str = NOTIFY_CURSOR_KEY
     notify_stuck: str = NOTIFY_STUCK_KEY
     notify_lock: str = NOTIFY_LOCK_KEY
+    heartbeat_lock: str = HEARTBEAT_LOCK_KEY
 
     @classmethod
     def under(cls, prefix: str) -> Keys:

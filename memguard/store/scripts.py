@@ -73,6 +73,8 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
                 ("OUTCOMES", "outcomes")),
                (*_TRANSITION, "token", "ident", "success", "hold_ms", "grace_ms", "by", "cap_ms", "jitter"),
                ("status", "record", "previous", "notice")),
+    ScriptSpec("heartbeat", "heartbeat", (("LOCK", "heartbeat_lock"),), ("channel", "ttl_ms"), ("sent",),
+               prelude=False),
     ScriptSpec("notify_claim", "notify_claim",
                (("AUDIT", "audit"), ("CURSOR", "notify_cursor"), ("STUCK", "notify_stuck")),
                ("limit", "stuck_episode"), ("stuck", "entries"), prelude=False),

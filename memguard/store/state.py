@@ -221,22 +221,26 @@ class State:
     def record_latencies(self, reads: int, slow: int, by: dict[str, Any]) -> Transition:
         """Add a batch of read latencies to the fleet's window; force when its median is slow."""
         s = self.settings
-        return self._window_trip("latency_window", "latency", reads, slow, s.latency_window_seconds,
-                                 s.latency_min_reads, LATENCY_SLOW_RATIO, by)
+        return self.run(self._window_trip_steps("latency_window", "latency", reads, slow,
+                                                s.latency_window_seconds, s.latency_min_reads,
+                                                LATENCY_SLOW_RATIO, by))
 
     def record_outcomes(self, reads: int, failed: int, by: dict[str, Any]) -> Transition:
+        return self.run(self.record_outcomes_steps(reads, failed, by))
+
+    def record_outcomes_steps(self, reads: int, failed: int, by: dict[str, Any]) -> Steps[Transition]:
         """Add a batch of read outcomes to the fleet's window (the failure-rate policy); force
         when more than MEMORY_FAILURE_RATE_THRESHOLD of its reads failed."""
         s = self.settings
-        return self._window_trip("outcome_window", "failure_rate", reads, failed,
-                                 s.failure_rate_window_seconds, s.failure_rate_min_reads,
-                                 s.failure_rate_threshold, by)
+        return (yield from self._window_trip_steps("outcome_window", "failure_rate", reads, failed,
+                                                   s.failure_rate_window_seconds, s.failure_rate_min_reads,
+                                                   s.failure_rate_threshold, by))
 
-    def _window_trip(self, script: str, reason: str, reads: int, bad: int, window_seconds: int,
-                     min_reads: int, ratio: float, by: dict[str, Any]) -> Transition:
+    def _window_trip_steps(self, script: str, reason: str, reads: int, bad: int, window_seconds: int,
+                           min_reads: int, ratio: float, by: dict[str, Any]) -> Steps[Transition]:
         s = self.settings
         window_ms = window_seconds * 1000
-        reply = self.call(
+        reply = yield from self._script(
             script, reason=reason, reads=reads, bad=bad, window_ms=window_ms, min_reads=min_reads,
             ratio=ratio, slot_ms=max(1, window_ms // WINDOW_SLOTS), hold_ms=s.hold_seconds * 1000,
             grace_ms=self.grace_ms, by=by, auto=not s.disable_auto_downgrade)
