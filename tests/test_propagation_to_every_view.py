@@ -245,7 +245,7 @@ def test_a_force_and_a_clear_cost_the_other_processes_no_command(configure, redi
 
 
 def test_ten_idle_processes_send_one_heartbeat_a_round_in_all(redis_server, idle_processes):
-    """Idle, the fleet's only commands are the heartbeat rounds: one script every ~3 s in all,
+    """Idle, the fleet's only commands are the heartbeat rounds: one script every ~4 s in all,
     however many processes. (Redis CPU, fan-out included, is measured by ./run bench --fleet.)"""
     client = redis.Redis(port=redis_server.port, decode_responses=True)
     idle_processes(10)
@@ -257,8 +257,10 @@ def test_ten_idle_processes_send_one_heartbeat_a_round_in_all(redis_server, idle
     print(f"idle, 10 processes, 10 s: {calls}")
     # The heartbeat script and what it runs inside Redis (its key's TYPE check, SET NX, PUBLISH).
     assert set(calls) <= {"cmdstat_evalsha", "cmdstat_type", "cmdstat_set", "cmdstat_publish"}, calls
-    assert 2 <= calls.get("cmdstat_evalsha", 0) <= 6, "about one heartbeat script per 3 s round, in all"
-    assert calls.get("cmdstat_publish", 0) <= calls["cmdstat_evalsha"]
+    # Rounds of ~4.2 s: two or three heartbeats are published, one per round, whatever the number
+    # of processes (a timer that fires late on a loaded machine finds the lock taken).
+    assert 2 <= calls.get("cmdstat_publish", 0) <= 4, calls
+    assert calls["cmdstat_evalsha"] < 10 * 2, "not every process offers one every round"
 
 
 def _writes(client: redis.Redis) -> bool:

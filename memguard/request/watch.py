@@ -12,7 +12,7 @@ One connection per process, subscribed to two things:
   message to every watcher is a socket write on the Redis server, for each of the fleet's
   processes.
 
-Liveness without polling: when no message has arrived for about three seconds, the process
+Liveness without polling: when no message has arrived for about four seconds, the process
 whose randomised timer fires first takes a short lock and publishes a heartbeat that every
 process receives (``store/lua/heartbeat.lua``); a timer that fires while that heartbeat is still
 on its way finds the lock taken and publishes nothing. So a round costs Redis one message per
@@ -46,8 +46,8 @@ from memguard.store.state import State
 from memguard.store.steps import ReadSnapshot, Script
 
 LIVENESS_S = 5.0  # the documented bound: no view serves a state older than this
-HEARTBEAT_AFTER_S = (3.0, 3.8)  # silence after which this process offers the heartbeat
-HEARTBEAT_LOCK_MS = 2500  # one heartbeat per round fleet-wide: shorter than the quiet timer
+HEARTBEAT_AFTER_S = (4.0, 4.4)  # silence after which this process offers the heartbeat
+HEARTBEAT_LOCK_MS = 3500  # one heartbeat per round fleet-wide: shorter than the quiet timer
 # Writes that bypass the scripts are reported by tracking; this slow re-read only bounds the
 # one case tracking cannot tell apart: a foreign write to a key in the same instant a script
 # wrote it.
