@@ -19,7 +19,7 @@ import redis.asyncio
 
 from memguard.domain import events
 from memguard.request.watch import QUIET, Listen, Watcher
-from memguard.store.steps import Step
+from memguard.store.steps import Script, Step
 
 Perform = Callable[[Step], Awaitable[Any]]
 
@@ -68,7 +68,11 @@ async def follow(watcher: Watcher, conn: redis.asyncio.Connection, perform: Perf
             if isinstance(step, Listen):
                 message = await conn.read_response(timeout=step.timeout, disconnect_on_error=False)
                 value = QUIET if message is None else message  # None: the wait ended quietly
-            else:  # a re-read or the heartbeat: the store's own step
+            elif isinstance(step, Script):  # the heartbeat: one that fails leaves this view be
+                value = None
+                with contextlib.suppress(redis.RedisError):
+                    await perform(step)
+            else:
                 value = await perform(step)
     finally:
         watcher.current = None

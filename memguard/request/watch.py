@@ -244,7 +244,11 @@ class Watcher(Background):
                     return
                 if isinstance(step, Listen):
                     value = conn.read_response() if conn.can_read(timeout=step.timeout) else QUIET
-                else:  # a re-read or the heartbeat: the store's own step
+                elif isinstance(step, Script):  # the heartbeat: one that fails leaves this view be
+                    value = None
+                    with contextlib.suppress(redis.RedisError):
+                        self.state.perform(step)
+                else:
                     value = self.state.perform(step)
         finally:
             self.current = None
