@@ -160,21 +160,21 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         p.start()
         pipes.append(parent)
         procs.append(p)
-    try:
+
+    def ask(command: Any) -> list[Any]:
+        """Send ``command`` to every holder, then collect each one's answer."""
         for parent in pipes:
-            assert parent.recv() == "ready"
+            parent.send(command)
+        return [parent.recv() for parent in pipes]
+
+    try:
+        assert [parent.recv() for parent in pipes] == ["ready"] * holders
         time.sleep(2)
         idle = _window(client, window_s)
-        for parent in pipes:
-            parent.send(("meters", True))
-        for parent in pipes:
-            parent.recv()
+        ask(("meters", True))
         time.sleep(2)
         policies = _window(client, window_s)
-        for parent in pipes:
-            parent.send(("meters", False))
-        for parent in pipes:
-            parent.recv()
+        ask(("meters", False))
 
         state = State(client, Settings(redis_url=server.url), events.Hooks())
         now = time.time
@@ -188,10 +188,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         seen_ms: dict[str, list[float]] = {k: [] for k in changes}
         for _ in range(trials):
             for name, (want, change) in changes.items():
-                for parent in pipes:
-                    parent.send(("see", want))
-                for parent in pipes:
-                    assert parent.recv() == "armed"
+                assert ask(("see", want)) == ["armed"] * holders
                 at = time.perf_counter()
                 change()
                 for parent in pipes:

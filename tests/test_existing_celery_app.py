@@ -176,23 +176,15 @@ def test_beat_without_zep_key_exits_with_one_line(example):
     assert "Traceback" not in both and "Acquired lock" not in both
 
 
-def test_example_worker_with_a_bad_setting_exits_naming_it(example):
-    env = {**example.env, "MEMORY_DOWNGRADE_THRESHOLD": "three"}
+@pytest.mark.parametrize("variable,value", [("MEMORY_DOWNGRADE_THRESHOLD", "three"),
+                                            ("MEMGUARD_METRICS_PORT", "abc")])
+def test_example_worker_with_a_bad_setting_exits_naming_it(example, variable, value):
+    env = {**example.env, variable: value}
     out = subprocess.run([sys.executable, "-m", "celery", "-A", "myapp", "worker", "-l", "info"],
                          cwd=example.dir, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 78, out.stdout + out.stderr  # EX_CONFIG
     assert [ln for ln in out.stderr.splitlines() if ln.startswith("memguard:")] == [
-        "memguard: invalid configuration: MEMORY_DOWNGRADE_THRESHOLD='three': expected a whole number"]
-    assert "Traceback" not in out.stderr + out.stdout
-
-
-def test_a_worker_with_a_bad_metrics_port_exits_naming_it(example):
-    env = {**example.env, "MEMGUARD_METRICS_PORT": "abc"}
-    out = subprocess.run([sys.executable, "-m", "celery", "-A", "myapp", "worker", "-l", "info"],
-                         cwd=example.dir, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 78, out.stdout + out.stderr  # EX_CONFIG
-    assert [ln for ln in out.stderr.splitlines() if ln.startswith("memguard:")] == [
-        "memguard: invalid configuration: MEMGUARD_METRICS_PORT='abc': expected a whole number"]
+        f"memguard: invalid configuration: {variable}='{value}': expected a whole number"]
     assert "Traceback" not in out.stderr + out.stdout
 
 

@@ -38,6 +38,7 @@ import json
 import sys
 import urllib.error
 from dataclasses import dataclass
+from typing import Any
 
 # Every reason a failed read is counted under (the `reason` label of the failure counter).
 FAILURE_REASONS = ("auth", "timeout", "connection", "http_5xx", "rate_limited", "http_4xx", "bad_payload",
@@ -121,36 +122,35 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict(Action.IGNORE, "bad_payload" if isinstance(exc, ValueError) else "other")
 
 
+# Exception classes of the HTTP libraries, by module and attribute path. Only libraries the
+# process has loaded are looked at: an exception of one that is not loaded cannot occur, and
+# looking costs no import.
+_TIMEOUTS = (("httpx", "TimeoutException"), ("requests", "exceptions.Timeout"),
+             ("urllib3", "exceptions.TimeoutError"))
+_CONNECTION_ERRORS = (("httpx", "TransportError"), ("requests", "exceptions.ConnectionError"),
+                      ("urllib3", "exceptions.ProtocolError"), ("urllib3", "exceptions.NewConnectionError"),
+                      ("urllib3", "exceptions.MaxRetryError"))
+
+
+def _loaded(classes: tuple[tuple[str, str], ...]) -> list[type[BaseException]]:
+    found = []
+    for module_name, path in classes:
+        obj: Any = sys.modules.get(module_name)
+        if obj is not None:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            found.append(obj)
+    return found
+
+
 def _timeouts() -> tuple[type[BaseException], ...]:
-    """Timeout classes of the standard library and of the HTTP libraries the process has loaded
-    (an exception of a library that is not loaded cannot occur, and looking costs no import)."""
-    found: list[type[BaseException]] = [TimeoutError]
-    httpx = sys.modules.get("httpx")
-    if httpx is not None:
-        found.append(httpx.TimeoutException)
-    requests = sys.modules.get("requests")
-    if requests is not None:
-        found.append(requests.exceptions.Timeout)
-    urllib3 = sys.modules.get("urllib3")
-    if urllib3 is not None:
-        found.append(urllib3.exceptions.TimeoutError)
-    return tuple(found)
+    """Timeout classes of the standard library and of the HTTP libraries the process has loaded."""
+    return (TimeoutError, *_loaded(_TIMEOUTS))
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
     """Transport errors: a refused or reset connection, a broken protocol, a DNS failure."""
-    found: list[type[BaseException]] = [ConnectionError, http.client.HTTPException, urllib.error.URLError]
-    httpx = sys.modules.get("httpx")
-    if httpx is not None:
-        found.append(httpx.TransportError)
-    requests = sys.modules.get("requests")
-    if requests is not None:
-        found.append(requests.exceptions.ConnectionError)
-    urllib3 = sys.modules.get("urllib3")
-    if urllib3 is not None:
-        found.extend((urllib3.exceptions.ProtocolError, urllib3.exceptions.NewConnectionError,
-                      urllib3.exceptions.MaxRetryError))
-    return tuple(found)
+    return (ConnectionError, http.client.HTTPException, urllib.error.URLError, *_loaded(_CONNECTION_ERRORS))
 
 
 def _by_status(status: int) -> Verdict:

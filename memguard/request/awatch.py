@@ -19,7 +19,7 @@ import redis.asyncio
 
 from memguard.domain import events
 from memguard.request.watch import QUIET, Listen, Watcher
-from memguard.store.steps import Script, Step
+from memguard.store.steps import Step, arun
 
 Perform = Callable[[Step], Awaitable[Any]]
 
@@ -57,23 +57,15 @@ async def connect(watcher: Watcher) -> redis.asyncio.Connection:
 
 async def follow(watcher: Watcher, conn: redis.asyncio.Connection, perform: Perform) -> None:
     """Run ``watcher.follow_steps`` on ``conn`` until the watcher stops or the connection fails."""
-    steps = watcher.follow_steps()
-    value: Any = None
+
+    async def step(step: Any) -> Any:
+        if isinstance(step, Listen):
+            message = await conn.read_response(timeout=step.timeout, disconnect_on_error=False)
+            return QUIET if message is None else message  # None: the wait ended quietly
+        return await perform(step)
+
     try:
-        while True:
-            try:
-                step = steps.send(value)
-            except StopIteration:
-                return
-            if isinstance(step, Listen):
-                message = await conn.read_response(timeout=step.timeout, disconnect_on_error=False)
-                value = QUIET if message is None else message  # None: the wait ended quietly
-            elif isinstance(step, Script):  # the heartbeat: one that fails leaves this view be
-                value = None
-                with contextlib.suppress(redis.RedisError):
-                    await perform(step)
-            else:
-                value = await perform(step)
+        await arun(watcher.follow_steps(), step)
     finally:
         watcher.current = None
         with contextlib.suppress(redis.RedisError, OSError):

@@ -44,6 +44,7 @@ from memguard.store.background import Background
 from memguard.store.keys import CHANGES_CHANNEL
 from memguard.store.state import State
 from memguard.store.steps import ReadSnapshot, Script
+from memguard.store.steps import run as run_steps
 
 LIVENESS_S = 5.0  # the documented bound: no view serves a state older than this
 HEARTBEAT_AFTER_S = (4.0, 4.4)  # silence after which this process offers the heartbeat
@@ -234,22 +235,14 @@ class Watcher(Background):
     def _follow(self) -> None:
         """Drive ``follow_steps`` on a blocking connection (this thread)."""
         conn = self._conn = self._connect()
-        steps = self.follow_steps()
-        value: Any = None
+
+        def perform(step: WatchStep) -> Any:
+            if isinstance(step, Listen):
+                return conn.read_response() if conn.can_read(timeout=step.timeout) else QUIET
+            return self.state.perform(step)
+
         try:
-            while True:
-                try:
-                    step = steps.send(value)
-                except StopIteration:
-                    return
-                if isinstance(step, Listen):
-                    value = conn.read_response() if conn.can_read(timeout=step.timeout) else QUIET
-                elif isinstance(step, Script):  # the heartbeat: one that fails leaves this view be
-                    value = None
-                    with contextlib.suppress(redis.RedisError):
-                        self.state.perform(step)
-                else:
-                    value = self.state.perform(step)
+            run_steps(self.follow_steps(), perform)
         finally:
             self.current = None
             self._conn = None
@@ -281,7 +274,8 @@ class Watcher(Background):
                     last_sync = time.monotonic()
             now = time.monotonic()
             if now >= heartbeat_at:  # quiet for a while: offer the round's heartbeat
-                yield Script("heartbeat", {"channel": CHANGES_CHANNEL, "ttl_ms": HEARTBEAT_LOCK_MS})
+                with contextlib.suppress(redis.RedisError):  # a failed one leaves this view be
+                    yield Script("heartbeat", {"channel": CHANGES_CHANNEL, "ttl_ms": HEARTBEAT_LOCK_MS})
                 heartbeat_at = self._next_heartbeat()
             if now - last_sync >= RESYNC_S:
                 yield from self._resync_steps()

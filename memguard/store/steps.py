@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+S = TypeVar("S")  # a step: the request path's (Script, ReadSnapshot) or a watcher's (also Listen)
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,9 @@ Step = Script | ReadSnapshot
 Steps = Generator[Step, Any, T]
 
 
-def run(steps: Steps[T], perform: Callable[[Step], Any]) -> T:
-    """Drive ``steps`` to its result, performing each step as a blocking call."""
+def run(steps: Generator[S, Any, T], perform: Callable[[S], Any]) -> T:
+    """Drive ``steps`` to its result, performing each step as a blocking call (an error is
+    thrown in where the step was yielded)."""
     value: Any = None
     error: Exception | None = None
     while True:
@@ -50,7 +52,7 @@ def run(steps: Steps[T], perform: Callable[[Step], Any]) -> T:
             value, error = None, exc
 
 
-async def arun(steps: Steps[T], perform: Callable[[Step], Awaitable[Any]]) -> T:
+async def arun(steps: Generator[S, Any, T], perform: Callable[[S], Awaitable[Any]]) -> T:
     """Drive ``steps`` to its result, awaiting each step."""
     value: Any = None
     error: Exception | None = None
