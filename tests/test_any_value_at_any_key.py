@@ -24,7 +24,9 @@ from memguard.store.keys import KEY_TYPES, Keys
 
 # The process's watcher thread draws its heartbeat jitter from `random` while Hypothesis draws
 # examples; Hypothesis mistakes that for a strategy using `random`.
-pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+# Its repr of these (large, composed) strategies is long, and only a note.
+pytestmark = [pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies"),
+              pytest.mark.filterwarnings("ignore:Generating overly large repr")]
 
 KEYS = Keys()
 BY = {"via": "test"}
