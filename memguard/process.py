@@ -88,7 +88,7 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
     watcher = Watcher(state, settings.probe_grace_seconds, hooks)
     state.on_change = watcher.apply_notice
     windowed = settings.latency_threshold_ms or settings.failure_rate_on
-    meter = ReadMeter(state, settings, hooks) if windowed else None
+    meter = ReadMeter(state, settings, hooks, watcher) if windowed else None
     guard = Guard(settings, state, hooks, watcher, meter)
     audit = AuditTrail(client, state.keys.audit, hooks)
     subscribers = [logs.on_event, audit.on_event]

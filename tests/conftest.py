@@ -114,6 +114,16 @@ def wait_past(epoch: float, what: str, timeout: float = 10) -> None:
     wait_for(lambda: time.time() > epoch, timeout, what, interval=0.01)
 
 
+def wait_caught_up(redis_db, window_key: str) -> None:
+    """Wait until a window that holds bad reads may be judged: ``CATCHUP_MS`` after the fleet
+    was told, when the healthy counts the processes kept have come in."""
+    from memguard.store.state import CATCHUP_MS
+
+    hot = redis_db.hget(window_key, "hot")
+    assert hot is not None, f"{window_key} holds no bad reads"
+    wait_past((int(hot) + CATCHUP_MS) / 1000, f"{window_key} caught up")
+
+
 def probe_ticks(worker: CeleryProcess) -> int:
     """Probe tasks a worker has finished, from its log."""
     return len(re.findall(r"Task memguard\.probe\[[^\]]+\] succeeded", worker.output()))

@@ -130,8 +130,8 @@ def test_any_value_at_any_key_fails_open_and_is_repaired_by_the_next_change(proc
         assert KEYS.forced in status.get("state_problems", ""), "a value that is no record is named"
     quick(lambda: audit.history(redis_db, KEYS.audit, 50), "history")
     quick(lambda: notify.claim(rt.state, "episode"), "the notification claim")
-    quick(lambda: rt.state.record_latencies(3, 0, by), "the latency window")
-    quick(lambda: rt.state.record_outcomes(3, 0, by), "the outcome window")
+    quick(lambda: rt.state.record_latencies([(0, 3, 0)], by), "the latency window")
+    quick(lambda: rt.state.record_outcomes([(0, 3, 0)], by), "the outcome window")
     quick(lambda: rt.ops.probe(by, probe=lambda timeout_s: None, scheduled=True), "a probe")
     quick(lambda: rt.state.lapse(by), "the lapse of an unprobed hold")
     quick(rt.state.reset_failures, "a success's reset")

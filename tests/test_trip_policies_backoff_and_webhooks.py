@@ -14,10 +14,10 @@ from memguard import flags, process, service
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.drill.localstack import wait_for
-from memguard.store.keys import NOTIFY_CURSOR_KEY
+from memguard.store.keys import LATENCY_KEY, NOTIFY_CURSOR_KEY
 from memguard.store.state import State
 
-from .conftest import API_KEY, probe_ticks, wait_past
+from .conftest import API_KEY, probe_ticks, wait_caught_up, wait_past
 
 CLIENTS = ["zep-python", "zep-cloud"]
 
@@ -34,13 +34,16 @@ def sample(name: str, **labels: str) -> float:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_slow_reads_trip_the_latency_trigger(configure, stub, client):
+def test_slow_reads_trip_the_latency_trigger(configure, stub, client, redis_db):
     rt = configure(zep_client=client, read_timeout_ms=2000, latency_threshold_ms=300, latency_min_reads=5)
     stub.set_fault("slow", delay_ms=400)
     for _ in range(4):
         assert service.fetch_thread_context("t")[1]["used"] is True
     rt.meter.flush()
     assert flags.get_forced_mode() is None, "4 reads are fewer than MEMORY_LATENCY_MIN_READS"
+    service.fetch_thread_context("t")
+    rt.meter.flush()
+    wait_caught_up(redis_db, LATENCY_KEY)
     service.fetch_thread_context("t")
     rt.meter.flush()
     record = flags.get_forced_mode()
@@ -51,7 +54,8 @@ def test_slow_reads_trip_the_latency_trigger(configure, stub, client):
 def test_latency_trip_is_fleet_wide_and_needs_a_slow_median(configure, stub, redis_db):
     rt = configure(read_timeout_ms=2000, latency_threshold_ms=300, latency_min_reads=5)
     other = State(redis_db, rt.settings, process.hooks)  # another process's batch, through the same script
-    other.record_latencies(3, 1, {"via": "test"})
+    other.record_latencies([(0, 3, 1)], {"via": "test"})
+    wait_caught_up(redis_db, LATENCY_KEY)
     stub.set_fault("slow", delay_ms=400)
     for _ in range(2):
         service.fetch_thread_context("t")
@@ -131,7 +135,7 @@ def test_429_retry_after_date_is_capped_and_plain_429_triggers_nothing(configure
 # -- dry run ------------------------------------------------------------------------------------
 
 
-def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stub, recorded, capsys):
+def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stub, recorded, capsys, redis_db):
     from memguard.observe import logs
 
     configure(disable_auto_downgrade=True, read_timeout_ms=2000, latency_threshold_ms=300,
@@ -148,6 +152,9 @@ def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stu
     process.get().meter.flush()
     flags.clear_forced_mode()  # empties the latency window: the fast reads above leave it
     stub.set_fault("slow", delay_ms=350)
+    service.fetch_thread_context("t")
+    process.get().meter.flush()
+    wait_caught_up(redis_db, LATENCY_KEY)
     service.fetch_thread_context("t")
     process.get().meter.flush()
     assert flags.get_forced_mode() is None

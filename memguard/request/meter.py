@@ -1,77 +1,153 @@
-"""The windowed triggers' local side: count reads in process, flush them in batches.
+"""The windowed triggers' local side: count reads in process, send them only when they matter.
 
 Two policies judge the fleet's reads over a sliding window rather than one at a time: the
 latency trip (``MEMORY_LATENCY_THRESHOLD_MS``: the median read is slow) and the failure-rate
 policy (``MEMORY_FAILURE_RATE_THRESHOLD``: too large a share of reads failed). A read only
-bumps counters under a lock (no Redis); a daemon thread adds the batch to the fleet's windows,
-one script per policy, and the script decides. A batch holding a failure or a slow read goes
-within a second (a trip is as prompt as before); a healthy one waits up to a window slot (a
-sixth of the window, at most ``HEALTHY_FLUSH_MAX_S``), which is the window's own accuracy: a
-healthy fleet then costs Redis one script per process per slot, not per second. Off, and no
-thread, unless one of them is set.
+bumps a counter under a lock (no Redis). The counts are kept per time bucket, so that when
+they are sent, each lands in the window slot of its own time; the window's script decides.
+
+- A batch holding a failure or a slow read is sent within a second (``FLUSH_S``).
+- Healthy counts only matter as the denominator of a window that holds bad reads. So while the
+  fleet's windows hold none, a process keeps its healthy counts (a window's worth, older ones
+  dropped) and sends nothing: a healthy fleet costs Redis no command for the policies.
+- The first bad reads in a window make its script tell the fleet once (a ``hot <window>``
+  message on memguard's channel, renewed every half window while bad reads remain). Each
+  process then sends what it kept within a second, and from then on once a slot (a sixth of
+  the window, at most ``HEALTHY_FLUSH_MAX_S``, the window's own accuracy). The script judges a
+  window only ``CATCHUP_S`` after the fleet was first told, when those counts are in.
+- A process whose view is not live (no watcher, or reconnecting) cannot hear the message and
+  sends once a slot, as if told.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.events import origin
+from memguard.request.watch import Watcher
 from memguard.store.background import Background
-from memguard.store.state import WINDOW_SLOTS, State
+from memguard.store.state import CATCHUP_MS, WINDOW_SLOTS, Counts, State
 
 FLUSH_S = 1.0
 HEALTHY_FLUSH_MAX_S = 10.0
+CATCHUP_S = CATCHUP_MS / 1000
+
+
+@dataclass(frozen=True)
+class Window:
+    """One policy's fleet window, as the meter sees it."""
+
+    name: str  # the Keys field and the name in the script's "hot" message
+    seconds: float
+    slow: bool  # bad reads are the slow ones (latency), else the failed ones (outcomes)
+
+    @property
+    def slot_s(self) -> float:
+        return self.seconds / WINDOW_SLOTS
 
 
 class ReadMeter(Background):
     THREAD_NAME = "memguard-meter"
 
-    def __init__(self, state: State, settings: Settings, hooks: events.Hooks) -> None:
+    def __init__(self, state: State, settings: Settings, hooks: events.Hooks,
+                 view: Watcher | None = None) -> None:
         super().__init__()
         self.state = state
         self.hooks = hooks
+        self.view = view
         self.slow_s = settings.latency_threshold_ms / 1000.0 if settings.latency_threshold_ms else None
-        self.outcomes = settings.failure_rate_on
-        windows = [w for w, on in ((settings.latency_window_seconds, self.slow_s is not None),
-                                   (settings.failure_rate_window_seconds, self.outcomes)) if on]
-        self.healthy_flush_s = max(FLUSH_S, min([HEALTHY_FLUSH_MAX_S, *(w / WINDOW_SLOTS for w in windows)]))
+        self.windows = [w for w, on in ((Window("latency", settings.latency_window_seconds, True),
+                                         self.slow_s is not None),
+                                        (Window("outcomes", settings.failure_rate_window_seconds, False),
+                                         settings.failure_rate_on)) if on]
+        self.healthy_flush_s = max(FLUSH_S, min([HEALTHY_FLUSH_MAX_S, *(w.slot_s for w in self.windows)]))
+        self.bucket_s = self.healthy_flush_s
+        self.keep_s = max((w.seconds for w in self.windows), default=0.0)
         self._lock = threading.Lock()
-        self._reads = self._slow = self._failed = 0
+        self._buckets: dict[int, list[int]] = {}  # int(monotonic // bucket_s): [reads, slow, failed]
+        self._urgent = False
         self._flushed_at = time.monotonic()
 
     def record(self, seconds: float, failed: bool) -> None:
+        slow = self.slow_s is not None and seconds > self.slow_s
+        index = int(time.monotonic() // self.bucket_s)
         with self._lock:
-            self._reads += 1
-            if self.slow_s is not None and seconds > self.slow_s:
-                self._slow += 1
-            if failed:
-                self._failed += 1
-
-    def flush(self) -> None:
-        self._flushed_at = time.monotonic()
-        with self._lock:
-            reads, slow, failed = self._reads, self._slow, self._failed
-            self._reads = self._slow = self._failed = 0
-        if not reads:
-            return
-        try:
-            if self.slow_s is not None:
-                self.state.record_latencies(reads, slow, origin("auto"))
-            if self.outcomes:
-                self.state.record_outcomes(reads, failed, origin("auto"))
-        except redis.RedisError as exc:
-            self.hooks.emit(events.GuardTrouble("redis_error", "meter", f"{type(exc).__name__}: {exc}"[:200]))
+            bucket = self._buckets.get(index)
+            if bucket is None:
+                bucket = self._buckets[index] = [0, 0, 0]
+            bucket[0] += 1
+            bucket[1] += slow
+            bucket[2] += failed
+            self._urgent = self._urgent or slow or failed
 
     def due(self, now: float) -> bool:
-        """Flush now? At once for a failure or a slow read, else once a slot."""
+        """Send now? At once for a failure or a slow read; within a second of the fleet being
+        told a window holds bad reads; then once a slot while it does; else never (the counts
+        are kept, a window's worth)."""
         with self._lock:
-            urgent = self._slow > 0 or self._failed > 0
-        return urgent or now - self._flushed_at >= self.healthy_flush_s
+            if self._urgent:
+                return True
+            oldest = int((now - self.keep_s) // self.bucket_s)
+            for index in [i for i in self._buckets if i < oldest]:
+                del self._buckets[index]
+            if not self._buckets:
+                return False
+        told = self._told()
+        if told is None:  # the view cannot hear the message: as if told
+            return now - self._flushed_at >= self.healthy_flush_s
+        if any(at > self._flushed_at for at in told.values()):
+            return True
+        hot = any(now - told.get(w.name, -math.inf) < w.seconds + w.slot_s for w in self.windows)
+        return hot and now - self._flushed_at >= self.healthy_flush_s
+
+    def _told(self) -> dict[str, float] | None:
+        """When this process heard each window's "hot" message (monotonic); None if it cannot."""
+        if self.view is None or self.view.current is None:
+            return None
+        return self.view.told
+
+    def flush_steps(self, now: float) -> Generator[Any, Any, None]:
+        """Send every kept count, each window's in its own slots (one script per window)."""
+        self._flushed_at = now
+        with self._lock:
+            buckets, self._buckets, self._urgent = self._buckets, {}, False
+        by = origin("auto")
+        for window in self.windows:
+            counts = self.counts(window, buckets, now)
+            if counts:
+                if window.slow:
+                    yield from self.state.record_latencies_steps(counts, by)
+                else:
+                    yield from self.state.record_outcomes_steps(counts, by)
+
+    def counts(self, window: Window, buckets: dict[int, list[int]], now: float) -> Counts:
+        """``buckets`` as the window's script takes them: (age in ms, reads, bad reads), one
+        entry per window slot, none older than the window."""
+        slot_ms = window.slot_s * 1000
+        slots: dict[int, list[int]] = {}
+        for index, (reads, slow, failed) in buckets.items():
+            age_ms = max(0, int((now - (index + 0.5) * self.bucket_s) * 1000))
+            if age_ms < window.seconds * 1000:
+                entry = slots.setdefault(int(age_ms // slot_ms), [age_ms, 0, 0])
+                entry[0] = min(entry[0], age_ms)
+                entry[1] += reads
+                entry[2] += slow if window.slow else failed
+        return [(age, reads, bad) for age, reads, bad in slots.values() if reads]
+
+    def flush(self) -> None:
+        try:
+            self.state.run(self.flush_steps(time.monotonic()))
+        except redis.RedisError as exc:
+            self.hooks.emit(events.GuardTrouble("redis_error", "meter", f"{type(exc).__name__}: {exc}"[:200]))
 
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_S):

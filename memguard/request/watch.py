@@ -55,6 +55,8 @@ HEARTBEAT_LOCK_MS = 3500  # one heartbeat per round fleet-wide: shorter than the
 RESYNC_S = 60.0
 INVALIDATE_CHANNEL = "__redis__:invalidate"
 HEARTBEAT = "heartbeat"
+HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_trip.lua)
+WINDOWS = ("latency", "outcomes")
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,14 @@ class Watcher(Background):
         self._liveness_until = 0.0
         self._last_corrupt: str | None = None
         self._conn: redis.Connection | None = None
+        # When each window's "hot" message arrived (monotonic): the read meter sends its kept
+        # healthy counts then, and once a slot while the window stays hot.
+        self.told: dict[str, float] = {}
 
     def stop(self) -> None:
         self._stop.set()
         self.current = None  # before the join: no read trusts a view that is going away
+        self.reconnect()  # wakes the thread, blocked reading until the next thing due
         super().stop()
 
     @property
@@ -197,6 +203,8 @@ class Watcher(Background):
                 backoff = 0.1
             except (redis.RedisError, OSError) as exc:
                 self.current = None
+                if self._stop.is_set():
+                    return  # stop() shut the socket: not a Redis error
                 self.hooks.emit(events.GuardTrouble("redis_error", "watch", type(exc).__name__))
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -261,8 +269,8 @@ class Watcher(Background):
         last_sync = time.monotonic()
         heartbeat_at = self._next_heartbeat()
         while not self._stop.is_set():
-            # Sleep until a message or the next thing due: about one wake-up a second.
-            due = min(heartbeat_at, last_sync + RESYNC_S, self._liveness_until, time.monotonic() + 1.0)
+            # Sleep until a message or the next thing due: a quiet view wakes once a round.
+            due = min(heartbeat_at, last_sync + RESYNC_S, self._liveness_until)
             if self.current is not None:
                 due = min(due, self.current.valid_until)
             message = yield Listen(max(0.001, due - time.monotonic()))
@@ -292,7 +300,10 @@ class Watcher(Background):
             return False
         channel, data = message[1], message[2]
         if channel == CHANGES_CHANNEL:
-            if data != HEARTBEAT:
+            if data.startswith(HOT):
+                if data[len(HOT):] in WINDOWS:
+                    self.told = {**self.told, data[len(HOT):]: time.monotonic()}
+            elif data != HEARTBEAT:
                 self.apply_notice(data, from_channel=True)
             return False
         if data is None:  # FLUSHALL / FLUSHDB: everything is gone

@@ -60,9 +60,9 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
     ScriptSpec("lapse", "lapse", (("FORCED", "forced"), ("VERSION", "version")),
                (*_TRANSITION, "grace_ms"), ("previous", "notice")),
     *(ScriptSpec(name, "window_trip", (("FORCED", "forced"), ("VERSION", "version"), ("WINDOW", window)),
-                 (*_TRANSITION, "reason", "reads", "bad", "window_ms", "min_reads", "ratio", "slot_ms",
-                  "hold_ms", "grace_ms", "by", "auto"),
-                 ("status", "reads", "bad", "record", "previous", "notice"))
+                 (*_TRANSITION, "reason", "window", "counts", "window_ms", "min_reads", "ratio", "slot_ms",
+                  "catchup_ms", "hold_ms", "grace_ms", "by", "auto"),
+                 ("status", "reads", "bad", "waiting", "record", "previous", "notice"))
       for name, window in (("latency_window", "latency"), ("outcome_window", "outcomes"))),
     ScriptSpec("probe_claim", "probe_claim",
                (("FORCED", "forced"), ("VERSION", "version"), ("LOCK", "lock"), ("HEARTBEAT", "heartbeat")),

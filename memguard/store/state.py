@@ -44,6 +44,10 @@ T = TypeVar("T")
 
 WINDOW_SLOTS = 6  # the latency and outcome windows are summed in this many time slots
 LATENCY_SLOW_RATIO = 0.5  # more than half the reads slow: the median is slow
+# A window's first bad reads are judged this long after the fleet was told of them, when the
+# healthy counts the processes kept have come in (memguard.request.meter).
+CATCHUP_MS = 2000
+Counts = list[tuple[int, int, int]]  # a window's batch: (age in ms, reads, bad reads) per slot
 # The prober's heartbeat outlives this many probe intervals: its absence means no prober.
 HEARTBEAT_INTERVALS = 12
 
@@ -218,32 +222,35 @@ class State:
             self.hooks.emit(events.WouldForce("consecutive_failures", s.hold_seconds, count))
         return t
 
-    def record_latencies(self, reads: int, slow: int, by: dict[str, Any]) -> Transition:
+    def record_latencies(self, counts: Counts, by: dict[str, Any]) -> Transition:
+        return self.run(self.record_latencies_steps(counts, by))
+
+    def record_latencies_steps(self, counts: Counts, by: dict[str, Any]) -> Steps[Transition]:
         """Add a batch of read latencies to the fleet's window; force when its median is slow."""
         s = self.settings
-        return self.run(self._window_trip_steps("latency_window", "latency", reads, slow,
-                                                s.latency_window_seconds, s.latency_min_reads,
-                                                LATENCY_SLOW_RATIO, by))
+        return (yield from self._window_trip_steps("latency_window", "latency", "latency", counts,
+                                                   s.latency_window_seconds, s.latency_min_reads,
+                                                   LATENCY_SLOW_RATIO, by))
 
-    def record_outcomes(self, reads: int, failed: int, by: dict[str, Any]) -> Transition:
-        return self.run(self.record_outcomes_steps(reads, failed, by))
+    def record_outcomes(self, counts: Counts, by: dict[str, Any]) -> Transition:
+        return self.run(self.record_outcomes_steps(counts, by))
 
-    def record_outcomes_steps(self, reads: int, failed: int, by: dict[str, Any]) -> Steps[Transition]:
+    def record_outcomes_steps(self, counts: Counts, by: dict[str, Any]) -> Steps[Transition]:
         """Add a batch of read outcomes to the fleet's window (the failure-rate policy); force
         when more than MEMORY_FAILURE_RATE_THRESHOLD of its reads failed."""
         s = self.settings
-        return (yield from self._window_trip_steps("outcome_window", "failure_rate", reads, failed,
+        return (yield from self._window_trip_steps("outcome_window", "failure_rate", "outcomes", counts,
                                                    s.failure_rate_window_seconds, s.failure_rate_min_reads,
                                                    s.failure_rate_threshold, by))
 
-    def _window_trip_steps(self, script: str, reason: str, reads: int, bad: int, window_seconds: int,
+    def _window_trip_steps(self, script: str, reason: str, window: str, counts: Counts, window_seconds: int,
                            min_reads: int, ratio: float, by: dict[str, Any]) -> Steps[Transition]:
         s = self.settings
         window_ms = window_seconds * 1000
         reply = yield from self._script(
-            script, reason=reason, reads=reads, bad=bad, window_ms=window_ms, min_reads=min_reads,
-            ratio=ratio, slot_ms=max(1, window_ms // WINDOW_SLOTS), hold_ms=s.hold_seconds * 1000,
-            grace_ms=self.grace_ms, by=by, auto=not s.disable_auto_downgrade)
+            script, reason=reason, window=window, counts=[list(c) for c in counts], window_ms=window_ms,
+            min_reads=min_reads, ratio=ratio, slot_ms=max(1, window_ms // WINDOW_SLOTS), catchup_ms=CATCHUP_MS,
+            hold_ms=s.hold_seconds * 1000, grace_ms=self.grace_ms, by=by, auto=not s.disable_auto_downgrade)
         t = Transition(Status(reply["status"]), record=parse_record(reply.get("record")),
                        previous=parse_record(reply.get("previous")))
         if t.status is Status.FORCED:

@@ -193,24 +193,67 @@ def test_async_reads_take_the_same_decisions():
     assert meta["reason"] == "auth" and store.calls == [("force", "auth", SETTINGS.hold_seconds, True, 0)]
 
 
-def test_the_meter_flushes_a_failure_at_once_and_healthy_reads_once_a_slot():
-    import time
+class _View:
+    """What the meter reads of a watcher: whether it is live, and when it heard "hot"."""
 
+    def __init__(self) -> None:
+        self.current: object | None = object()
+        self.told: dict[str, float] = {}
+
+
+def _meter(view=None, **settings):
     from memguard.config.settings import Settings
     from memguard.domain.events import Hooks
     from memguard.request.meter import ReadMeter
 
-    meter = ReadMeter(None, Settings(failure_rate_threshold=0.5, failure_rate_window_seconds=60,  # type: ignore[arg-type]
-                                     latency_threshold_ms=300, latency_window_seconds=30), Hooks())
+    return ReadMeter(None, Settings(**settings), Hooks(), view)  # type: ignore[arg-type]
+
+
+BOTH = {"failure_rate_threshold": 0.5, "failure_rate_window_seconds": 60, "latency_threshold_ms": 300,
+        "latency_window_seconds": 30}
+
+
+def test_a_healthy_meter_sends_nothing_until_the_fleet_is_told_of_bad_reads():
+    import time
+
+    view = _View()
+    meter = _meter(view, **BOTH)
     assert meter.healthy_flush_s == 5.0  # a slot of the shorter window (30 s / 6)
     now = time.monotonic()
     for _ in range(50):
         meter.record(0.01, failed=False)
-    assert not meter.due(now + 1) and meter.due(now + 5.1)
+    assert not meter.due(now + 1) and not meter.due(now + 25), "healthy counts are kept, not sent"
+    view.told = {"outcomes": now + 26}
+    assert meter.due(now + 26.5), "told: the kept counts go at once"
+    meter._flushed_at = now + 26.5  # as a flush does
+    meter.record(0.01, failed=False)
+    assert not meter.due(now + 27) and meter.due(now + 31.6), "then once a slot while the window is hot"
+    view.current, view.told = None, {}
+    meter._flushed_at = now - 5.1
+    assert meter.due(now), "a view that cannot hear: once a slot, as if told"
+
+
+def test_a_failure_or_a_slow_read_is_sent_at_once():
+    import time
+
+    meter = _meter(_View(), **BOTH)
     meter.record(0.01, failed=True)
-    assert meter.due(now + 1)
-    slow = ReadMeter(None, Settings(latency_threshold_ms=300), Hooks())  # type: ignore[arg-type]
+    assert meter.due(time.monotonic())
+    slow = _meter(_View(), latency_threshold_ms=300)
     slow.record(0.5, failed=False)
     assert slow.due(time.monotonic())
-    assert ReadMeter(None, Settings(failure_rate_threshold=0.5, failure_rate_window_seconds=600),  # type: ignore[arg-type]
-                     Hooks()).healthy_flush_s == 10.0  # capped
+    assert _meter(failure_rate_threshold=0.5, failure_rate_window_seconds=600).healthy_flush_s == 10.0  # capped
+
+
+def test_kept_counts_go_to_the_slots_of_their_own_time_and_old_ones_are_dropped():
+    import time
+
+    meter = _meter(_View(), **BOTH)
+    now = time.monotonic()
+    meter._buckets = {int((now - age) // meter.bucket_s): [10, 1, 2] for age in (1, 12, 24, 45, 70)}
+    outcomes, latency = (next(w for w in meter.windows if w.name == n) for n in ("outcomes", "latency"))
+    ages = sorted(c[0] for c in meter.counts(outcomes, meter._buckets, now))
+    assert len(ages) == 4 and ages[0] < 5_000 and 40_000 < ages[-1] < 50_000, ages  # 70 s: past the window
+    assert all(reads == 10 and bad == 2 for _, reads, bad in meter.counts(outcomes, meter._buckets, now))
+    assert [bad for _, _, bad in meter.counts(latency, meter._buckets, now)] == [1, 1, 1]  # within 30 s
+    assert not meter.due(now + 200) and meter._buckets == {}, "past the longest window: dropped"

@@ -1,32 +1,60 @@
--- WINDOW is a hash of per-slot counts: '<slot>:t' (reads) and '<slot>:b' (bad reads).
+-- WINDOW is a hash of per-slot counts, '<slot>:t' (reads) and '<slot>:b' (bad reads), and, while
+-- the window holds bad reads, 'hot' (ms when they began) and 'told' (ms when the fleet was last
+-- told). Healthy processes keep their counts until told (memguard.request.meter): the first bad
+-- reads publish 'hot <A.window>' on A.channel, again every half window while bad reads remain,
+-- and the window is judged only A.catchup_ms after 'hot', when the kept counts have come in.
+-- A.counts: {age_ms, reads, bad} per slot of the batch; each lands in the slot of its own time.
 local now = now_ms()
-local slot = math.floor(now / A.slot_ms)
-if type(redis.pcall('HINCRBY', WINDOW, slot .. ':t', A.reads)) ~= 'number' then
-  redis.call('DEL', WINDOW)  -- a count that is not a whole number: the window starts again
-  table.insert(REPAIRED, WINDOW .. ' held a count that is not a whole number')
-  redis.call('HINCRBY', WINDOW, slot .. ':t', A.reads)
+local function add(field, n)
+  if type(redis.pcall('HINCRBY', WINDOW, field, n)) ~= 'number' then
+    redis.call('HDEL', WINDOW, field)  -- a count that is not a whole number starts again
+    table.insert(REPAIRED, WINDOW .. ' held a count that is not a whole number')
+    redis.call('HINCRBY', WINDOW, field, n)
+  end
 end
-if type(redis.pcall('HINCRBY', WINDOW, slot .. ':b', A.bad)) ~= 'number' then
-  redis.call('HDEL', WINDOW, slot .. ':b')
-  redis.call('HINCRBY', WINDOW, slot .. ':b', A.bad)
+for _, c in ipairs(A.counts) do
+  local age, n, b = tonumber(c[1]), tonumber(c[2]), tonumber(c[3])
+  if age and n and b and age >= 0 and age < A.window_ms then
+    local slot = math.floor((now - age) / A.slot_ms)
+    if n ~= 0 then add(slot .. ':t', n) end
+    if b ~= 0 then add(slot .. ':b', b) end
+  end
 end
 redis.call('PEXPIRE', WINDOW, A.window_ms + 2 * A.slot_ms)
 local oldest = math.floor((now - A.window_ms) / A.slot_ms)
-local reads, bad = 0, 0
+local reads, bad, marks = 0, 0, {}
 local fields = redis.call('HGETALL', WINDOW)
 for i = 1, #fields, 2 do
-  local s, kind = string.match(fields[i], '^(%d+):([tb])$')
-  local n = tonumber(fields[i + 1])
-  if s == nil or n == nil or tonumber(s) < oldest then  -- old, or not memguard's
-    redis.call('HDEL', WINDOW, fields[i])
-  elseif kind == 't' then
-    reads = reads + n
+  local name, n = fields[i], tonumber(fields[i + 1])
+  if name == 'hot' or name == 'told' then
+    if n and n <= now then marks[name] = n end  -- else unreadable: written again below
   else
-    bad = bad + n
+    local s, kind = string.match(name, '^(%d+):([tb])$')
+    if s == nil or n == nil or tonumber(s) < oldest then  -- old, or not memguard's
+      redis.call('HDEL', WINDOW, name)
+    elseif kind == 't' then
+      reads = reads + n
+    else
+      bad = bad + n
+    end
   end
 end
-if reads < A.min_reads or bad <= reads * A.ratio then
-  return cjson.encode({status = 'counted', reads = reads, bad = bad})
+if bad <= 0 then
+  redis.call('HDEL', WINDOW, 'hot', 'told')
+  return cjson.encode({status = 'counted', reads = reads, bad = bad, waiting = false})
+end
+local hot = marks.hot
+if not hot then
+  hot = now
+  redis.call('HSET', WINDOW, 'hot', now)
+end
+if not marks.told or now - marks.told >= A.window_ms / 2 then
+  redis.call('HSET', WINDOW, 'told', now)
+  redis.call('PUBLISH', A.channel, 'hot ' .. A.window)
+end
+local waiting = now - hot < A.catchup_ms
+if waiting or reads < A.min_reads or bad <= reads * A.ratio then
+  return cjson.encode({status = 'counted', reads = reads, bad = bad, waiting = waiting})
 end
 local raw = redis.call('GET', FORCED)
 if decode(raw) then return cjson.encode({status = 'held', reads = reads, bad = bad, record = raw}) end
