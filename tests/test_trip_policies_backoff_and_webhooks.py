@@ -135,7 +135,8 @@ def test_429_retry_after_date_is_capped_and_plain_429_triggers_nothing(configure
 # -- dry run ------------------------------------------------------------------------------------
 
 
-def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stub, recorded, capsys, redis_db):
+def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stub, recorded, capsys,
+                                                                   redis_db):
     from memguard.observe import logs
 
     configure(disable_auto_downgrade=True, read_timeout_ms=2000, latency_threshold_ms=300,

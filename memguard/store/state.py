@@ -249,8 +249,9 @@ class State:
         window_ms = window_seconds * 1000
         reply = yield from self._script(
             script, reason=reason, window=window, counts=[list(c) for c in counts], window_ms=window_ms,
-            min_reads=min_reads, ratio=ratio, slot_ms=max(1, window_ms // WINDOW_SLOTS), catchup_ms=CATCHUP_MS,
-            hold_ms=s.hold_seconds * 1000, grace_ms=self.grace_ms, by=by, auto=not s.disable_auto_downgrade)
+            min_reads=min_reads, ratio=ratio, slot_ms=max(1, window_ms // WINDOW_SLOTS),
+            catchup_ms=CATCHUP_MS, hold_ms=s.hold_seconds * 1000, grace_ms=self.grace_ms, by=by,
+            auto=not s.disable_auto_downgrade)
         t = Transition(Status(reply["status"]), record=parse_record(reply.get("record")),
                        previous=parse_record(reply.get("previous")))
         if t.status is Status.FORCED:
