@@ -11,19 +11,20 @@ liveness, one connection per view, as N processes would have. Measured, all from
   idle connections measured in the same run: what memguard adds, fan-out included (one socket
   write per subscriber per message). ``commandstats`` is shown beside it, labelled as what it
   is: command time only.
-- The same with the read meters on: every view flushes a healthy batch into the failure-rate
-  window at memguard's own cadence (``ReadMeter.healthy_flush_s``), as a process reading
-  steadily would.
-- Output bytes/s, and how long a memguard force and a hand ``SET`` take to reach every view
-  (p50/p99/max over views; on one machine that is mostly the holders' own CPU).
+- The same with the policies on (the failure-rate window): every view has its own
+  ``memguard.request.meter.ReadMeter``, records steady healthy reads and runs the meter's own
+  schedule (``due``/``flush_steps``), as its thread would. Then the same with one view failing
+  a read a second, so that the window stays hot and every meter sends once a slot.
+- Output bytes/s, and how long a memguard force, a clear, a hand ``SET`` and a hand ``DEL``
+  take to reach every view (p50/p99/max over views). On one machine that is mostly the holders'
+  own CPU, so it is also shown for ``crowd.OBSERVERS`` processes of their own (a thread watcher each,
+  as an application has), connected after the whole fleet so that Redis writes to them last.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import multiprocessing as mp
-import random
 import socket
 import time
 from typing import Any
@@ -32,81 +33,15 @@ import redis
 
 from memguard.config.settings import Settings
 from memguard.domain import events
+from memguard.drill import crowd
 from memguard.drill.localstack import RedisServer
-from memguard.request import awatch
-from memguard.request.meter import ReadMeter
-from memguard.request.watch import Watcher
-from memguard.store.keys import FORCED_MODE_KEY
+from memguard.store.keys import FORCED_MODE_KEY, OUTCOMES_KEY
 from memguard.store.state import State
-from memguard.store.steps import arun
 
 SIZES = (1000, 5000, 10000)
 HOLDERS = 4
 WINDOW_S = 20.0
 TRIALS = 5
-READS_PER_S = 20  # each simulated process, healthy
-
-
-def _holder(url: str, count: int, conn: Any) -> None:
-    asyncio.run(_hold(url, count, conn))
-
-
-async def _hold(url: str, count: int, conn: Any) -> None:
-    """``count`` views in one process; obeys the parent: meters on/off, report when all see a state."""
-    settings = Settings(redis_url=url, zep_api_key="x", redis_timeout_ms=5000, failure_rate_threshold=0.5)
-    hooks = events.Hooks()
-    state = State(redis.Redis.from_url(url, decode_responses=True), settings, hooks)
-    gate = asyncio.Semaphore(32)  # re-reads at once per holder, as a few dozen processes' worth
-
-    async def perform(step: Any) -> Any:
-        async with gate:
-            return await state.aperform(step)
-
-    views = [Watcher(state, settings.probe_grace_seconds, hooks) for _ in range(count)]
-    tasks = []
-    for i, view in enumerate(views):
-        tasks.append(asyncio.create_task(awatch.run(view, perform)))
-        if i % 100 == 99:
-            await asyncio.sleep(0.02)  # connect gradually, as a fleet starts
-    while any(v.current is None for v in views):
-        await asyncio.sleep(0.05)
-    conn.send("ready")
-    loop = asyncio.get_running_loop()
-    meters: list[asyncio.Task[None]] = []
-    every = ReadMeter(state, settings, hooks).healthy_flush_s
-    by = events.origin("auto")
-
-    async def meter() -> None:
-        await asyncio.sleep(random.uniform(0, every))
-        while True:
-            await arun(state.record_outcomes_steps(int(READS_PER_S * every), 0, by), perform)
-            await asyncio.sleep(every)
-
-    while (command := await loop.run_in_executor(None, conn.recv)) is not None:
-        kind, arg = command
-        if kind == "meters":
-            if arg:
-                meters = [asyncio.create_task(meter()) for _ in views]
-            else:
-                for m in meters:
-                    m.cancel()
-                meters = []
-            conn.send("ok")
-        else:  # "see": report when each view first sees forced == arg
-            seen: list[float | None] = [None] * count
-            conn.send("armed")
-            deadline = time.monotonic() + 60
-            while None in seen and time.monotonic() < deadline:
-                now = time.perf_counter()
-                for i, view in enumerate(views):
-                    current = view.current
-                    if seen[i] is None and current is not None and (current.record is not None) == arg:
-                        seen[i] = now
-                await asyncio.sleep(0.001)
-            conn.send(seen)
-    for view in views:
-        view.stop()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _cpu(client: redis.Redis) -> float:
@@ -127,6 +62,10 @@ def _window(client: redis.Redis, seconds: float) -> dict[str, float]:
     cpu1, out1, usec1 = sample()
     elapsed = time.monotonic() - start
     return {"cpu_s": cpu1 - cpu0, "out_bytes": out1 - out0, "usec": usec1 - usec0, "seconds": elapsed}
+
+
+def _sum(windows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(w[k] for w in windows) for k in windows[0]}
 
 
 def _plain(port: int, n: int, seconds: float, client: redis.Redis) -> dict[str, float]:
@@ -153,28 +92,35 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
     client = redis.Redis(port=server.port, decode_responses=True)
     base = _plain(server.port, n, window_s, client)
     ctx = mp.get_context("spawn")
-    pipes, procs = [], []
-    for h in range(holders):
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_holder, args=(server.url, n // holders + (h < n % holders), child))
-        p.start()
-        pipes.append(parent)
-        procs.append(p)
+    pipes: list[Any] = []
+    procs: list[Any] = []
 
-    def ask(command: Any) -> list[Any]:
-        """Send ``command`` to every holder, then collect each one's answer."""
-        for parent in pipes:
+    def spawn(target: Any, *args: Any) -> Any:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=target, args=(server.url, *args, child))
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+        return parent
+
+    def ask(to: list[Any], command: Any) -> list[Any]:
+        """Send ``command`` to each of ``to``, then collect each one's answer."""
+        for parent in to:
             parent.send(command)
-        return [parent.recv() for parent in pipes]
+        return [parent.recv() for parent in to]
 
     try:
-        assert [parent.recv() for parent in pipes] == ["ready"] * holders
-        time.sleep(2)
-        idle = _window(client, window_s)
-        ask(("meters", True))
-        time.sleep(2)
-        policies = _window(client, window_s)
-        ask(("meters", False))
+        fleet = [spawn(crowd.hold, n // holders + (h < n % holders)) for h in range(holders)]
+        assert [parent.recv() for parent in fleet] == ["ready"] * holders
+        observers = [spawn(crowd.observe) for _ in range(crowd.OBSERVERS)]
+        assert [parent.recv() for parent in observers] == ["ready"] * crowd.OBSERVERS
+        windows: dict[str, list[dict[str, float]]] = {"idle": [], "healthy": [], "hot": []}
+        for mode in ("idle", "healthy", "idle", "healthy", "hot"):  # alternated: drift hits both
+            ask(fleet, ("reads", {"idle": None, "healthy": False, "hot": True}[mode]))
+            time.sleep(2)
+            windows[mode].append(_window(client, window_s / 2 if mode != "hot" else window_s))
+        ask(fleet, ("reads", None))
+        client.delete(OUTCOMES_KEY)
 
         state = State(client, Settings(redis_url=server.url), events.Hooks())
         now = time.time
@@ -185,20 +131,29 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
                 {"mode": "write_only", "reason": "manual_ops", "until": now() + 60, "forced_at": now()}))),
             "hand_del": (False, lambda: client.delete(FORCED_MODE_KEY)),
         }
-        seen_ms: dict[str, list[float]] = {k: [] for k in changes}
+        seen_ms: dict[str, dict[str, list[float]]] = {"all": {k: [] for k in changes},
+                                                       "observers": {k: [] for k in changes}}
+        busy_ms: dict[str, list[float]] = {k: [] for k in changes}
         for _ in range(trials):
             for name, (want, change) in changes.items():
-                assert ask(("see", want)) == ["armed"] * holders
-                at = time.perf_counter()
+                for parent in fleet:
+                    parent.send(("see", want))
+                for parent in observers:
+                    parent.send(want)
+                assert {parent.recv() for parent in fleet + observers} == {"armed"}
+                cpu0, at = _cpu(client), time.perf_counter()
                 change()
-                for parent in pipes:
-                    seen_ms[name] += [(t - at) * 1000 if t is not None else float("inf")
-                                      for t in parent.recv()]
+                for group, parents in (("all", fleet), ("observers", observers)):
+                    for parent in parents:
+                        seen_ms[group][name] += [(t - at) * 1000 if t is not None else float("inf")
+                                                 for t in parent.recv()]
+                busy_ms[name].append((_cpu(client) - cpu0) * 1000)
     finally:
         for parent in pipes:
             parent.send(None)
         for p in procs:
             p.join(60)
+    base = _sum([base, _plain(server.port, n, window_s, client)])  # before and after the fleet
 
     def per_view_us(w: dict[str, float]) -> float:
         return round((w["cpu_s"] / w["seconds"] - base["cpu_s"] / base["seconds"]) / n * 1e6, 2)
@@ -211,9 +166,12 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
     return {
         "watchers": n,
         "baseline_cpu_us_per_s_per_connection": round(base["cpu_s"] / base["seconds"] / n * 1e6, 2),
-        "idle": window(idle),
-        "policies_on": window(policies),
-        "propagation_to_all": {k: _dist(v) for k, v in seen_ms.items()},
+        "idle": window(_sum(windows["idle"])),
+        "policies_on": window(_sum(windows["healthy"])),
+        "policies_on_window_hot": window(_sum(windows["hot"])),
+        "propagation_to_all": {k: _dist(v) for k, v in seen_ms["all"].items()},
+        "propagation_to_observers": {k: _dist(v) for k, v in seen_ms["observers"].items()},
+        "redis_cpu_ms_per_change": {k: round(sorted(v)[len(v) // 2], 1) for k, v in busy_ms.items()},
     }
 
 
@@ -230,17 +188,23 @@ def run(sizes: tuple[int, ...] = SIZES, holders: int = HOLDERS, window_s: float 
 def report(res: dict[str, Any]) -> None:
     print(f"fleet benchmark: views run by memguard's watcher code on asyncio ({res['holders']} holder "
           f"processes), {res['window_seconds']:g} s windows, private redis-server on loopback")
-    print("Redis CPU from INFO used_cpu_user+sys, minus as many plain idle connections in the same run")
-    print(f"{'views':>6} {'idle µs/s/view':>15} {'idle out B/s':>13} {'policies µs/s/view':>19} "
-          f"{'policies out B/s':>17} {'cmd time only, idle':>20}")
+    print("Redis CPU from INFO used_cpu_user+sys, minus as many plain idle connections in the same run;")
+    print("'cmd time' is commandstats: command execution only, without the fan-out")
+    cols = (("idle", "idle"), ("policies_on", "policies on"), ("policies_on_window_hot", "window hot"))
+    print(f"{'views':>6} " + " ".join(f"{title + ' µs/s/view':>22} {'out B/s':>9}" for _, title in cols)
+          + f" {'cmd time, idle':>15}")
     for r in res["sizes"]:
-        i, p = r["idle"], r["policies_on"]
-        print(f"{r['watchers']:>6} {i['redis_cpu_us_per_s_per_view']:>15} {i['output_bytes_per_s']:>13} "
-              f"{p['redis_cpu_us_per_s_per_view']:>19} {p['output_bytes_per_s']:>17} "
-              f"{i['command_time_only_us_per_s_per_view']:>20}")
+        print(f"{r['watchers']:>6} " + " ".join(
+            f"{r[k]['redis_cpu_us_per_s_per_view']:>22} {r[k]['output_bytes_per_s']:>9}" for k, _ in cols)
+            + f" {r['idle']['command_time_only_us_per_s_per_view']:>15}")
     ratio = res["policies_per_view_ratio_largest_over_smallest"]
     print(f"policies on, per view, largest fleet / smallest: {ratio}x (target <= 1.3)")
-    print(f"{'views':>6} {'change':9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}   (seen by every view)")
+    print(f"{'views':>6} {'change':9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}   seen by: every view "
+          f"(holders share the CPU) | {crowd.OBSERVERS} processes of their own, connected last | "
+          f"Redis CPU ms (median)")
     for r in res["sizes"]:
         for name, d in r["propagation_to_all"].items():
-            print(f"{r['watchers']:>6} {name:9} {d['p50_ms']:>8} {d['p99_ms']:>8} {d['max_ms']:>8}")
+            o = r["propagation_to_observers"][name]
+            print(f"{r['watchers']:>6} {name:9} {d['p50_ms']:>8} {d['p99_ms']:>8} {d['max_ms']:>8}   | "
+                  f"{o['p50_ms']:>8} {o['p99_ms']:>8} {o['max_ms']:>8} | "
+                  f"{r['redis_cpu_ms_per_change'][name]:>8}")

@@ -35,5 +35,8 @@ def test_the_fleet_benchmark_runs_and_every_view_sees_every_change():
     assert [r["watchers"] for r in res["sizes"]] == [6, 12]
     for size in res["sizes"]:
         assert size["idle"]["output_bytes_per_s"] > 0 and "redis_cpu_us_per_s_per_view" in size["policies_on"]
-        for name, dist in size["propagation_to_all"].items():
-            assert math.isfinite(dist["max_ms"]), f"a view never saw {name} ({size['watchers']} views)"
+        assert "redis_cpu_us_per_s_per_view" in size["policies_on_window_hot"]
+        for group in ("propagation_to_all", "propagation_to_observers"):
+            for name, dist in size[group].items():
+                assert math.isfinite(dist["max_ms"]), f"{group}: never saw {name} ({size['watchers']} views)"
+        assert set(size["redis_cpu_ms_per_change"]) == {"force", "clear", "hand_set", "hand_del"}

@@ -323,3 +323,54 @@ def test_a_view_is_told_of_its_own_keys_only(configure, redis_db, idle_processes
     redis_db.set(k.forced, original_record())
     wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 2,
              "the view to hear of the hand-written record")
+
+
+CROWD = 300
+
+
+def test_every_change_reaches_every_view_while_a_crowd_is_connected(redis_server, redis_db):
+    """A force, a clear, a hand ``SET`` and a hand ``DEL`` with a crowd connected: CROWD views in
+    one process, each on its own connection with memguard's own protocol, then one application
+    process connected after them (so Redis writes to it last). That process sees every change
+    within 100 ms, and every view of the crowd sees it too."""
+    from memguard.drill import crowd
+
+    ctx = mp.get_context("spawn")
+    (holder, holder_end), (app, app_end) = ctx.Pipe(), ctx.Pipe()
+    procs = [ctx.Process(target=crowd.hold, args=(redis_server.url, CROWD, holder_end))]
+    procs[0].start()
+    try:
+        assert holder.recv() == "ready"
+        procs.append(ctx.Process(target=crowd.observe, args=(redis_server.url, app_end)))
+        procs[1].start()
+        assert app.recv() == "ready"
+        assert redis_db.pubsub_numsub("mem:mode:changes")[0][1] == CROWD + 1
+        state = process.build(Settings(redis_url=redis_server.url, zep_api_key="x"), watch=False,
+                              count_metrics=False).state
+        changes = {"force": (True, lambda: state.force("test", 60, {"via": "test"}, auto=False)),
+                   "clear": (False, lambda: state.clear({"via": "test"})),
+                   "hand SET": (True, lambda: redis_db.set(FORCED_MODE_KEY, original_record())),
+                   "hand DEL": (False, lambda: redis_db.delete(FORCED_MODE_KEY))}
+        app_ms: dict[str, list[float]] = {name: [] for name in changes}
+        crowd_ms: dict[str, list[float]] = {name: [] for name in changes}
+        for _ in range(3):
+            for name, (want, change) in changes.items():
+                holder.send(("see", want))
+                app.send(want)
+                assert (holder.recv(), app.recv()) == ("armed", "armed")
+                at = time.perf_counter()
+                change()
+                crowd_seen, app_seen = holder.recv(), app.recv()
+                assert None not in crowd_seen and None not in app_seen, f"a view never saw the {name}"
+                crowd_ms[name] += [(t - at) * 1000 for t in crowd_seen]
+                app_ms[name] += [(t - at) * 1000 for t in app_seen]
+    finally:
+        for parent in (holder, app):
+            with contextlib.suppress(OSError):
+                parent.send(None)
+        for proc in procs:
+            proc.join(20)
+    worst_app = {k: round(max(v), 1) for k, v in app_ms.items()}
+    print(f"with {CROWD} views connected, max ms: application process {worst_app}, "
+          f"every crowd view {({k: round(max(v), 1) for k, v in crowd_ms.items()})}")
+    assert all(w <= BOUND_MS for w in worst_app.values()), worst_app

@@ -104,9 +104,10 @@ class ReadMeter(Background):
         told = self._told()
         if told is None:  # the view cannot hear the message: as if told
             return now - self._flushed_at >= self.healthy_flush_s
-        if any(at > self._flushed_at for at in told.values()):
+        heard = [told.get(w.name, -math.inf) for w in self.windows]
+        if any(at > self._flushed_at for at in heard):
             return True
-        hot = any(now - told.get(w.name, -math.inf) < w.seconds + w.slot_s for w in self.windows)
+        hot = any(now - at < w.seconds + w.slot_s for w, at in zip(self.windows, heard, strict=True))
         return hot and now - self._flushed_at >= self.healthy_flush_s
 
     def _told(self) -> dict[str, float] | None:

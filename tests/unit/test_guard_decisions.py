@@ -223,6 +223,8 @@ def test_a_healthy_meter_sends_nothing_until_the_fleet_is_told_of_bad_reads():
     for _ in range(50):
         meter.record(0.01, failed=False)
     assert not meter.due(now + 1) and not meter.due(now + 25), "healthy counts are kept, not sent"
+    view.told = {"elsewhere": now + 26}
+    assert not meter.due(now + 26.5), "only this process's windows count"
     view.told = {"outcomes": now + 26}
     assert meter.due(now + 26.5), "told: the kept counts go at once"
     meter._flushed_at = now + 26.5  # as a flush does

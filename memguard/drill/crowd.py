@@ -1,0 +1,137 @@
+"""Many views in one process: the fleet benchmark's holders and the propagation tests' crowd.
+
+Each view is a ``memguard.request.watch.Watcher`` run by the asyncio driver
+(``memguard.request.awatch``), with its own connection and its own read meter: memguard's own
+handshake, tracking, notices, heartbeat, liveness and meter schedule, as that many processes
+would run them. A holder obeys its parent over a ``multiprocessing`` pipe:
+
+- ``("reads", None | False | True)``: stop reading; read healthily; read with this holder's
+  first view failing one read a tick (the windows stay hot);
+- ``("see", want)``: answer ``"armed"``, then, once every view shows forced == ``want`` (or
+  after 60 s), the ``perf_counter`` time each first did (``None``: never);
+- ``None``: stop.
+
+An observer (``observe``) is one view as an application holds it: its own process and thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis
+
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.request import awatch
+from memguard.request.meter import FLUSH_S, ReadMeter
+from memguard.request.watch import Watcher
+from memguard.store.state import State
+from memguard.store.steps import arun
+
+OBSERVERS = 4
+READS_PER_TICK = 2  # per view per meter tick; how many does not change what is sent
+
+
+class TimedView(Watcher):
+    """A view that notes when it first shows the state it is waiting for (no polling)."""
+
+    want: bool | None = None
+    seen: float | None = None
+
+    def _publish_view(self) -> None:
+        super()._publish_view()
+        current = self.current
+        if self.want is not None and self.seen is None and current is not None \
+                and (current.record is not None) == self.want:
+            self.seen = time.perf_counter()
+
+
+def settings_for(url: str) -> Settings:
+    return Settings(redis_url=url, zep_api_key="x", redis_timeout_ms=5000, failure_rate_threshold=0.5)
+
+
+async def see(views: list[TimedView], want: bool, conn: Any) -> None:
+    for view in views:
+        view.want, view.seen = want, None
+        if view.current is not None and (view.current.record is not None) == want:
+            view.seen = time.perf_counter()
+    conn.send("armed")
+    deadline = time.monotonic() + 60
+    while any(v.seen is None for v in views) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    conn.send([v.seen for v in views])
+    for view in views:
+        view.want = None
+
+
+def hold(url: str, count: int, conn: Any) -> None:
+    """A process holding ``count`` views (the target of a ``multiprocessing`` process)."""
+    asyncio.run(_hold(url, count, conn))
+
+
+async def _hold(url: str, count: int, conn: Any) -> None:
+    """``count`` views in one process, each with its own read meter; obeys the parent."""
+    settings = settings_for(url)
+    hooks = events.Hooks()
+    state = State(redis.Redis.from_url(url, decode_responses=True), settings, hooks)
+    gate = asyncio.Semaphore(32)  # re-reads at once per holder, as a few dozen processes' worth
+
+    async def perform(step: Any) -> Any:
+        async with gate:
+            return await state.aperform(step)
+
+    views = [TimedView(state, settings.probe_grace_seconds, hooks) for _ in range(count)]
+    meters = [ReadMeter(state, settings, hooks, view) for view in views]
+    tasks = []
+    for i, view in enumerate(views):
+        tasks.append(asyncio.create_task(awatch.run(view, perform)))
+        if i % 100 == 99:
+            await asyncio.sleep(0.02)  # connect gradually, as a fleet starts
+    while any(v.current is None for v in views):
+        await asyncio.sleep(0.05)
+    conn.send("ready")
+    loop = asyncio.get_running_loop()
+    reading: asyncio.Task[None] | None = None
+
+    async def read(failing: bool) -> None:
+        """Every view reads at a steady rate and runs its meter's schedule, as its thread would;
+        ``failing``: this holder's first view fails one read a second (the windows turn hot)."""
+        while True:
+            now = time.monotonic()
+            for i, meter in enumerate(meters):
+                for _ in range(READS_PER_TICK):
+                    meter.record(0.01, failed=failing and i == 0)
+                if meter.due(now):
+                    await arun(meter.flush_steps(now), perform)
+            await asyncio.sleep(FLUSH_S)
+
+    while (command := await loop.run_in_executor(None, conn.recv)) is not None:
+        kind, arg = command
+        if kind == "reads":  # None: stop; False: healthy; True: one failing view
+            if reading is not None:
+                reading.cancel()
+            reading = None if arg is None else asyncio.create_task(read(arg))
+            conn.send("ok")
+        else:
+            await see(views, arg, conn)
+    for view in views:
+        view.stop()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def observe(url: str, conn: Any) -> None:
+    """One view as an application process has it (its own thread and CPU), connected after the
+    fleet: Redis sends it each message after every other subscriber's."""
+    settings = settings_for(url)
+    state = State(redis.Redis.from_url(url, decode_responses=True), settings, events.Hooks())
+    view = TimedView(state, settings.probe_grace_seconds, events.Hooks())
+    state.on_change = view.apply_notice
+    view.start()
+    conn.send("ready" if view.wait_ready(10) else "not ready")
+    while (want := conn.recv()) is not None:
+        asyncio.run(see([view], want, conn))
+    view.stop()
