@@ -72,8 +72,8 @@ redis_values = st.one_of(
     st.tuples(st.just("stream"), st.dictionaries(texts, st.text(max_size=8), min_size=1, max_size=3)),
 )
 # The notify lock is taken only by a webhook delivery, the heartbeat lock only by a quiet
-# watcher: their repairs have their own tests below.
-USED_KEYS = sorted(k for k in KEY_TYPES if k not in ("notify_lock", "heartbeat_lock"))
+# watcher, the explain lock only by an explanation: their repairs have their own tests below.
+USED_KEYS = sorted(k for k in KEY_TYPES if k not in ("notify_lock", "heartbeat_lock", "explain_lock"))
 
 
 def write(client: Any, key: str, value: tuple[str, Any] | None) -> None:
@@ -113,10 +113,12 @@ def process_for_properties(configure, stub):
 def test_any_value_at_any_key_fails_open_and_is_repaired_by_the_next_change(process_for_properties, stub,
                                                                              redis_db, values):
     rt = process_for_properties
-    redis_db.flushall()
     stub.set_fault("ok")
+    setup = redis_db.pipeline(transaction=True)  # at once: the live view reacts to each write
+    setup.flushall()
     for field, value in values.items():
-        write(redis_db, getattr(KEYS, field), value)
+        write(setup, getattr(KEYS, field), value)
+    setup.execute()
     by = origin("test")
 
     # Reads and the read-only tools work whatever is there.
@@ -178,6 +180,30 @@ def test_the_heartbeat_works_over_any_value_at_its_lock(configure, redis_db):
     assert redis_db.type(KEYS.heartbeat_lock) == "string" and 0 < redis_db.pttl(KEYS.heartbeat_lock) <= 3500
     again = rt.state.call("heartbeat", channel="mem:mode:changes", ttl_ms=3500)
     assert again["sent"] is False, "one heartbeat per round"
+
+
+def test_an_explanation_works_over_any_value_at_its_lock_and_names_a_wrong_typed_record(configure, redis_db):
+    rt = configure()
+    rt.watcher.stop()  # this test's calls are the only ones
+
+    def explain() -> dict:
+        return rt.state.call("explain", channel="mem:mode:changes", ttl_ms=150)
+
+    for junk in (lambda: redis_db.hset(KEYS.explain_lock, "x", "1"),
+                 lambda: redis_db.set(KEYS.explain_lock, "x"),  # never expires
+                 lambda: redis_db.xadd(KEYS.explain_lock, {"x": "1"})):
+        redis_db.delete(KEYS.explain_lock)
+        junk()
+        reply = explain()
+        assert reply["sent"] is True and rt.state.explanation(reply["snapshot"]) is not None
+        assert redis_db.type(KEYS.explain_lock) == "string" and 0 < redis_db.pttl(KEYS.explain_lock) <= 150
+        assert explain()["sent"] is False, "the same values are published once"
+    redis_db.hset(KEYS.forced, "x", "1")
+    reply = explain()
+    snap = rt.state.explanation(reply["snapshot"])
+    assert reply["sent"] is True and snap is not None and snap.record is None
+    assert f"{KEYS.forced} holds a hash" in (snap.corrupt or ""), snap
+    assert redis_db.type(KEYS.forced) == "hash", "an explanation reads: a transition repairs"
 
 
 def test_a_notify_lock_memguard_did_not_take_is_replaced(configure, redis_db, recorded):

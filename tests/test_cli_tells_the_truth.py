@@ -44,7 +44,7 @@ def test_every_command_names_its_redis_and_shows_readable_times(env, redis_serve
     status = cli(env, "status").stdout.splitlines()
     assert status[0] == "mode:        write_only (base read_write)"
     assert re.fullmatch(r"forced:      yes, reason manual_ops, via cli on \S+:\d+ \(user \S+\)", status[1])
-    assert re.fullmatch(rf"until:       {ISO} \(9m 5\ds left, phase held, hold #1 of 10m\)", status[2])
+    assert re.fullmatch(rf"until:       {ISO} \((10m|9m 5\ds) left, phase held, hold #1 of 10m\)", status[2])
     assert status[-1] == f"redis:       {redis_server.url}"
     for command in (["clear"], ["probe"], ["history", "-n", "3"]):
         assert cli(env, *command).stdout.splitlines()[-1] == f"redis:       {redis_server.url}", command

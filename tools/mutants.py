@@ -73,7 +73,8 @@ MUTANTS = (
            "memguard/store/lua/probe_finish.lua", "A.hold_ms * 2 ^ (tonumber(rec.holds) or 1)", "A.hold_ms",
            ("tests/test_trip_policies_backoff_and_webhooks.py", "-k", "double_the_hold")),
     Mutant("hand-write-ignored", "a write no notice explains (a hand SET) is not re-read",
-           "memguard/request/watch.py", "        return bool(unexplained)\n", "        return False\n",
+           "memguard/request/watch.py", "        return EXPLAIN_IT if unexplained else None\n",
+           "        return None\n",
            ("tests/test_propagation_to_every_view.py", "-k", "any_writer")),
     Mutant("no-key-hygiene", "a script no longer removes a key of the wrong Redis type first",
            "memguard/store/scripts.py",
@@ -93,6 +94,18 @@ MUTANTS = (
            "headers = {\"Idempotency-Key\": f\"memguard-{msg['kind']}-{msg['id']}\"}",
            "headers: dict[str, str] = {}",
            ("tests/test_trip_policies_backoff_and_webhooks.py", "-k", "webhooks_once")),
+    Mutant("healthy-counts-sent-cold", "the read meter sends healthy counts once a slot, no window hot",
+           "memguard/request/meter.py",
+           "        return hot and now - self._flushed_at >= self.healthy_flush_s\n",
+           "        return now - self._flushed_at >= self.healthy_flush_s\n",
+           ("tests/test_failure_rate_policy.py", "-k", "sends_no_counts")),
+    Mutant("window-judged-before-catchup", "a window is judged before the fleet's kept counts are in",
+           "memguard/store/lua/window_trip.lua", "local waiting = now - hot < A.catchup_ms",
+           "local waiting = false", ("tests/test_failure_rate_policy.py", "-k", "fleet_wide")),
+    Mutant("kept-counts-in-todays-slot", "kept counts are sent as if read now, not in their own slots",
+           "memguard/request/meter.py",
+           "            age_ms = max(0, int((now - (index + 0.5) * self.bucket_s) * 1000))\n",
+           "            age_ms = 0\n", ("tests/test_failure_rate_policy.py", "-k", "sends_no_counts")),
 )
 
 

@@ -7,10 +7,15 @@ One connection per process, subscribed to two things:
   mem:mode:forced:v1 PREFIX mem:read:consec_failures``, ``{mem}:`` on a Cluster, redirected to
   this same connection): the server reports *any* change to them — a hand ``SET``/``DEL``,
   older code writing the original record, a key expiring, ``FLUSHALL``. A change no notice
-  explains is re-read at once. Writes to memguard's other keys (the read meter's windows, the
-  prober's heartbeat, the audit stream, locks, cursors, quorum sets) reach no watcher: every
-  message to every watcher is a socket write on the Redis server, for each of the fleet's
-  processes.
+  explains is explained once for the whole fleet: after a random wait of up to 50 ms, the first
+  view to ask runs ``store/lua/explain.lua``, which publishes what it read, and every other view
+  applies that message instead of re-reading (``FLUSHALL`` is re-read). Writes to memguard's
+  other keys (the read meter's windows, the prober's heartbeat, the audit stream, locks,
+  cursors, quorum sets) reach no watcher: every message to every watcher is a socket write on
+  the Redis server, for each of the fleet's processes.
+
+The change channel also carries the window scripts' ``hot <window>`` message (a policy's window
+now holds bad reads: the read meter sends its kept healthy counts) and the heartbeat.
 
 Liveness without polling: when no message has arrived for about four seconds, the process
 whose randomised timer fires first takes a short lock and publishes a heartbeat that every
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import socket
 import threading
@@ -55,6 +61,9 @@ HEARTBEAT_LOCK_MS = 3500  # one heartbeat per round fleet-wide: shorter than the
 RESYNC_S = 60.0
 INVALIDATE_CHANNEL = "__redis__:invalidate"
 HEARTBEAT = "heartbeat"
+EXPLAIN = "explain "  # + a snapshot: store/lua/explain.lua
+EXPLAIN_WAIT_S = 0.05  # the random wait before a view asks for an explanation itself
+EXPLAIN_LOCK_MS = 150  # one published explanation per change fleet-wide: longer than the wait
 HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_trip.lua)
 WINDOWS = ("latency", "outcomes")
 
@@ -67,6 +76,8 @@ class Listen:
 
 
 QUIET = object()  # no message within the wait
+RESYNC = object()  # what a message may ask for: a re-read of the state
+EXPLAIN_IT = object()  # ... or an explanation of a change no notice explained
 WatchStep = Listen | ReadSnapshot | Script  # Script: the heartbeat (store/lua/heartbeat.lua)
 
 
@@ -95,6 +106,8 @@ class Watcher(Background):
         self._failures_until = 0.0
         self._version = -1
         self._explained: set[str] = set()
+        self._unexplained = False  # a change awaits an explanation (store/lua/explain.lua)
+        self._stale = False  # the view missed this process's own write: re-read
         self._liveness_until = 0.0
         self._last_corrupt: str | None = None
         self._conn: redis.Connection | None = None
@@ -144,6 +157,11 @@ class Watcher(Background):
             if from_channel:  # even when our own write applied it already
                 self._explained.update(key for key, field in self.view_keys.items() if field in change)
             if version <= self._version:
+                if not from_channel and version < self._version:
+                    # This process's own write is older than what the view holds: the version
+                    # went back (FLUSHALL, a repaired version). Stop trusting the view; re-read.
+                    self._stale = True
+                    self.current = None
                 return  # already applied (our own write, seen again on the channel)
             self._version = version
             mono = time.monotonic()
@@ -185,7 +203,7 @@ class Watcher(Background):
 
     def _publish_view(self) -> None:
         """Expose the view, valid while the connection is live (and the record not lapsed)."""
-        if time.monotonic() >= self._liveness_until:
+        if time.monotonic() >= self._liveness_until or self._stale:
             self.current = None
             return
         deadline = self._liveness_until
@@ -268,19 +286,37 @@ class Watcher(Background):
         yield from self._resync_steps()
         last_sync = time.monotonic()
         heartbeat_at = self._next_heartbeat()
+        explain_at = math.inf
         while not self._stop.is_set():
             # Sleep until a message or the next thing due: a quiet view wakes once a round.
-            due = min(heartbeat_at, last_sync + RESYNC_S, self._liveness_until)
+            due = min(heartbeat_at, last_sync + RESYNC_S, self._liveness_until, explain_at)
             if self.current is not None:
                 due = min(due, self.current.valid_until)
             message = yield Listen(max(0.001, due - time.monotonic()))
             if message is not QUIET:
                 self._alive()
                 heartbeat_at = self._next_heartbeat()
-                if self._handle(message):
+                action = self._handle(message)
+                if action is RESYNC:
                     yield from self._resync_steps()
                     last_sync = time.monotonic()
+                elif action is EXPLAIN_IT and explain_at == math.inf:
+                    # A view that has lapsed (its record's key expired) serves no read: ask now.
+                    view = self.current
+                    live = view is not None and time.monotonic() < view.valid_until
+                    explain_at = time.monotonic() + (random.uniform(0, EXPLAIN_WAIT_S) if live else 0)
+                if not self._unexplained:  # explained meanwhile, by another view's message
+                    explain_at = math.inf
+            if self._stale:
+                yield from self._resync_steps()
+                last_sync = time.monotonic()
             now = time.monotonic()
+            if now >= explain_at:  # nobody explained the change yet: ask (or re-read)
+                explain_at = math.inf
+                reply = yield Script("explain", {"channel": CHANGES_CHANNEL, "ttl_ms": EXPLAIN_LOCK_MS})
+                if not self._apply_explanation(reply.get("snapshot")):
+                    yield from self._resync_steps()
+                    last_sync = time.monotonic()
             if now >= heartbeat_at:  # quiet for a while: offer the round's heartbeat
                 with contextlib.suppress(redis.RedisError):  # a failed one leaves this view be
                     yield Script("heartbeat", {"channel": CHANGES_CHANNEL, "ttl_ms": HEARTBEAT_LOCK_MS})
@@ -294,20 +330,23 @@ class Watcher(Background):
                 with self._lock:
                     self._publish_view()
 
-    def _handle(self, message: Any) -> bool:
-        """Apply one pushed message; True when the state must be re-read."""
+    def _handle(self, message: Any) -> object | None:
+        """Apply one pushed message; ``RESYNC`` when the state must be re-read, ``EXPLAIN_IT``
+        when a change no notice explains must be explained."""
         if not isinstance(message, list) or len(message) < 3 or message[0] != "message":
-            return False
+            return None
         channel, data = message[1], message[2]
         if channel == CHANGES_CHANNEL:
-            if data.startswith(HOT):
+            if data.startswith(EXPLAIN):
+                self._apply_explanation(data[len(EXPLAIN):])
+            elif data.startswith(HOT):
                 if data[len(HOT):] in WINDOWS:
                     self.told = {**self.told, data[len(HOT):]: time.monotonic()}
             elif data != HEARTBEAT:
                 self.apply_notice(data, from_channel=True)
-            return False
-        if data is None:  # FLUSHALL / FLUSHDB: everything is gone
-            return True
+            return None
+        if data is None:  # FLUSHALL / FLUSHDB: everything is gone, the version too
+            return RESYNC
         changed = self.view_keys.keys() & data
         with self._lock:
             unexplained = changed - self._explained
@@ -315,12 +354,25 @@ class Watcher(Background):
             if unexplained == {self.state.keys.counter} and time.monotonic() >= self._failures_until - 0.1:
                 self._set_failures(0, -2, time.monotonic())  # the failure window expired
                 self._publish_view()
-                return False
-        return bool(unexplained)
+                return None
+            self._unexplained = self._unexplained or bool(unexplained)
+        return EXPLAIN_IT if unexplained else None
+
+    def _apply_explanation(self, data: Any) -> bool:
+        """Apply an ``explain`` snapshot (a message, or this view's own reply); True if the view
+        now holds it or something newer."""
+        snap = self.state.explanation(data) if isinstance(data, str) else None
+        if snap is None or not self._apply_snapshot(snap):
+            return False
+        with self._lock:
+            self._unexplained = False
+        return True
 
     def _resync_steps(self) -> Generator[WatchStep, Any, None]:
         """Re-read; a read overtaken by a newer notice is read again. A version that went
         backwards and stays there (FLUSHALL, a Redis restart) is taken as it is."""
+        with self._lock:
+            self._unexplained = self._stale = False  # the read below covers it
         for _ in range(3):
             snap = yield from self.state.snapshot_steps()
             if self._apply_snapshot(snap):

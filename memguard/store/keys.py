@@ -23,6 +23,7 @@ NOTIFY_CURSOR_KEY = "mem:notify:cursor"
 NOTIFY_STUCK_KEY = "mem:notify:stuck"
 NOTIFY_LOCK_KEY = "mem:notify:lock"
 HEARTBEAT_LOCK_KEY = "mem:watch:heartbeat"
+EXPLAIN_LOCK_KEY = "mem:watch:explain"
 CHANGES_CHANNEL = "mem:mode:changes"
 
 
@@ -31,6 +32,7 @@ KEY_TYPES = {
     "forced": "string", "counter": "string", "version": "string", "lock": "string", "heartbeat": "string",
     "latency": "hash", "outcomes": "hash", "failing_hosts": "set", "auth_hosts": "set", "audit": "stream",
     "notify_cursor": "string", "notify_stuck": "string", "notify_lock": "string", "heartbeat_lock": "string",
+    "explain_lock": "string",
 }
 
 
@@ -52,6 +54,7 @@ class Keys:
     notify_stuck: str = NOTIFY_STUCK_KEY
     notify_lock: str = NOTIFY_LOCK_KEY
     heartbeat_lock: str = HEARTBEAT_LOCK_KEY
+    explain_lock: str = EXPLAIN_LOCK_KEY
 
     @classmethod
     def under(cls, prefix: str) -> Keys:

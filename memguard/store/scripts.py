@@ -30,6 +30,7 @@ class ScriptSpec:
     args: tuple[str, ...]
     reply: tuple[str, ...]
     prelude: bool = True
+    repair: bool = True  # the hygiene first removes a key of the wrong type (lua/hygiene.lua)
 
     def key_names(self, keys: Keys) -> list[str]:
         """The KEYS to pass, in the order the header binds them."""
@@ -75,6 +76,10 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
                ("status", "record", "previous", "notice")),
     ScriptSpec("heartbeat", "heartbeat", (("LOCK", "heartbeat_lock"),), ("channel", "ttl_ms"), ("sent",),
                prelude=False),
+    ScriptSpec("explain", "explain",
+               (("FORCED", "forced"), ("COUNTER", "counter"), ("VERSION", "version"),
+                ("LOCK", "explain_lock")),
+               ("channel", "ttl_ms"), ("sent", "snapshot"), prelude=False, repair=False),
     ScriptSpec("notify_claim", "notify_claim",
                (("AUDIT", "audit"), ("CURSOR", "notify_cursor"), ("STUCK", "notify_stuck")),
                ("limit", "stuck_episode"), ("stuck", "entries"), prelude=False),
@@ -90,7 +95,7 @@ def _compose(spec: ScriptSpec, prelude: str) -> str:
     whose reply gains ``repaired_keys`` when the hygiene removed anything."""
     header = ["local A = cjson.decode(ARGV[1])"]
     header += [f"local {lua} = KEYS[{i}]" for i, (lua, _) in enumerate(spec.keys, start=1)]
-    checks = [f"expect({lua}, '{KEY_TYPES[field]}')" for lua, field in spec.keys]
+    checks = [f"expect({lua}, '{KEY_TYPES[field]}')" for lua, field in spec.keys if spec.repair]
     return "\n".join([*header, _HYGIENE, *checks, prelude if spec.prelude else "",
                       "local function body()", _read(spec.source), "end",
                       "local reply = body()",

@@ -14,6 +14,7 @@ actions and notifications call it and never finish a transition by hand.
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 import time
@@ -134,12 +135,31 @@ class State:
     def snapshot_steps(self) -> Steps[Snapshot]:
         """One round trip of plain reads (no Lua: a script costs an idle Redis ~70 µs of CPU)."""
         (raw, count, beat, version), ttl, record_ttl, (secs, micros), *types = yield ReadSnapshot()
-        now = secs + micros // 1000 / 1000.0
-        k = self.keys
         # MGET answers nil for a key of another type: TYPE tells that apart from no key.
-        typed = zip(string_keys(k), types, strict=True)
+        typed = zip(string_keys(self.keys), types, strict=True)
         problems = [f"{key} holds a {kind}, not a string" for key, kind in typed
                     if kind not in ("none", "string")]
+        return self._snapshot(raw, count, beat, version, int(ttl), int(record_ttl),
+                              secs + micros // 1000 / 1000.0, problems)
+
+    def explanation(self, data: str) -> Snapshot | None:
+        """The snapshot in an ``explain`` script's reply or message (``store/lua/explain.lua``);
+        None if it is not one."""
+        try:
+            s = json.loads(data)
+            now, version = float(s["now"]) / 1000.0, int(s["version"])
+            ttl, record_ttl = int(s["ttl"]), int(s["fttl"])
+            raw, count = (None if s.get(f) is False else s.get(f) for f in ("forced", "count"))  # Lua's nil
+            problems = [str(p) for p in s.get("problems") or ()]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if not all(isinstance(v, str | None) for v in (raw, count)):
+            return None
+        return self._snapshot(raw, count, None, str(version), ttl, record_ttl, now, problems)
+
+    def _snapshot(self, raw: str | None, count: str | None, beat: str | None, version: str | None, ttl: int,
+                  record_ttl: int, now: float, problems: list[str]) -> Snapshot:
+        k = self.keys
         record = None
         if raw is not None:  # an empty string too: memguard never writes one
             try:
@@ -152,8 +172,8 @@ class State:
         if _whole(version) is None:
             problems.append(f"{k.version} is not a whole number: {shown(version)}")
         heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() and len(beat) < 20 else None
-        return Snapshot(record, "; ".join(problems) or None, fail_count or 0, int(ttl), now, heartbeat,
-                        _whole(version) or 0, int(record_ttl))
+        return Snapshot(record, "; ".join(problems) or None, fail_count or 0, ttl, now, heartbeat,
+                        _whole(version) or 0, record_ttl)
 
     def snapshot_commands(self, pipe: Any) -> None:
         k = self.keys

@@ -1,5 +1,6 @@
--- Runs before every script's body (after its header binds the keys). A memguard key holding a
--- value of another Redis type than memguard writes there (a hand HSET, an old tool) is removed,
+-- Runs before every script's body but explain's (after its header binds the keys). A memguard
+-- key holding a value of another Redis type than memguard writes there (a hand HSET, an old
+-- tool) is removed,
 -- so that the script works over it instead of failing with WRONGTYPE; the reply then lists
 -- it in ``repaired_keys``. Values of the right type but unreadable are each script's business.
 local REPAIRED = {}
