@@ -55,15 +55,17 @@ from memguard.store.steps import run as run_steps
 LIVENESS_S = 5.0  # the documented bound: no view serves a state older than this
 HEARTBEAT_AFTER_S = (4.0, 4.4)  # silence after which this process offers the heartbeat
 HEARTBEAT_LOCK_MS = 3500  # one heartbeat per round fleet-wide: shorter than the quiet timer
-# Writes that bypass the scripts are reported by tracking; this slow re-read only bounds the
-# one case tracking cannot tell apart: a foreign write to a key in the same instant a script
-# wrote it.
-RESYNC_S = 60.0
+# Writes that bypass the scripts are reported by tracking; this slow re-read (at a random point
+# of the range, so that a fleet started at once does not re-read at once) only bounds the one
+# case tracking cannot tell apart: a foreign write to a key in the same instant a script wrote it.
+RESYNC_S = (45.0, 75.0)
 INVALIDATE_CHANNEL = "__redis__:invalidate"
 HEARTBEAT = "heartbeat"
 EXPLAIN = "explain "  # + a snapshot: store/lua/explain.lua
 EXPLAIN_WAIT_S = 0.05  # the random wait before a view asks for an explanation itself
-EXPLAIN_LOCK_MS = 150  # one published explanation per change fleet-wide: longer than the wait
+# How long the digest of the values last explained is kept: while the values stay the same, no
+# later asker publishes them again (a slow fleet asks over seconds; each message reaches all).
+EXPLAIN_LOCK_MS = 60_000
 HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_trip.lua)
 WINDOWS = ("latency", "outcomes")
 
@@ -284,12 +286,12 @@ class Watcher(Background):
             self._version = -1  # whatever was applied before, the re-read below decides
         self._alive()
         yield from self._resync_steps()
-        last_sync = time.monotonic()
+        resync_at = self._next_resync()
         heartbeat_at = self._next_heartbeat()
         explain_at = math.inf
         while not self._stop.is_set():
             # Sleep until a message or the next thing due: a quiet view wakes once a round.
-            due = min(heartbeat_at, last_sync + RESYNC_S, self._liveness_until, explain_at)
+            due = min(heartbeat_at, resync_at, self._liveness_until, explain_at)
             if self.current is not None:
                 due = min(due, self.current.valid_until)
             message = yield Listen(max(0.001, due - time.monotonic()))
@@ -299,7 +301,7 @@ class Watcher(Background):
                 action = self._handle(message)
                 if action is RESYNC:
                     yield from self._resync_steps()
-                    last_sync = time.monotonic()
+                    resync_at = self._next_resync()
                 elif action is EXPLAIN_IT and explain_at == math.inf:
                     # A view that has lapsed (its record's key expired) serves no read: ask now.
                     view = self.current
@@ -309,21 +311,22 @@ class Watcher(Background):
                     explain_at = math.inf
             if self._stale:
                 yield from self._resync_steps()
-                last_sync = time.monotonic()
+                resync_at = self._next_resync()
             now = time.monotonic()
             if now >= explain_at:  # nobody explained the change yet: ask (or re-read)
                 explain_at = math.inf
                 reply = yield Script("explain", {"channel": CHANGES_CHANNEL, "ttl_ms": EXPLAIN_LOCK_MS})
-                if not self._apply_explanation(reply.get("snapshot")):
+                # Not taken, and nothing newer was: the version went back (or is unreadable).
+                if not self._apply_explanation(reply.get("snapshot")) and self._unexplained:
                     yield from self._resync_steps()
-                    last_sync = time.monotonic()
+                    resync_at = self._next_resync()
             if now >= heartbeat_at:  # quiet for a while: offer the round's heartbeat
                 with contextlib.suppress(redis.RedisError):  # a failed one leaves this view be
                     yield Script("heartbeat", {"channel": CHANGES_CHANNEL, "ttl_ms": HEARTBEAT_LOCK_MS})
                 heartbeat_at = self._next_heartbeat()
-            if now - last_sync >= RESYNC_S:
+            if now >= resync_at:
                 yield from self._resync_steps()
-                last_sync = now
+                resync_at = self._next_resync()
             if now >= self._liveness_until:
                 raise redis.ConnectionError("no message within the liveness bound")
             if self.current is not None and now >= self.current.valid_until:
@@ -387,6 +390,10 @@ class Watcher(Background):
         if view is not None or self._version >= 0:
             with self._lock:
                 self._publish_view()
+
+    @staticmethod
+    def _next_resync() -> float:
+        return time.monotonic() + random.uniform(*RESYNC_S)
 
     @staticmethod
     def _next_heartbeat() -> float:
