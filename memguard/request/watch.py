@@ -63,6 +63,7 @@ INVALIDATE_CHANNEL = "__redis__:invalidate"
 HEARTBEAT = "heartbeat"
 EXPLAIN = "explain "  # + a snapshot: store/lua/explain.lua
 EXPLAIN_WAIT_S = 0.05  # the random wait before a view asks for an explanation itself
+EXPLAIN_DRAIN = 16  # messages already there that are taken first, when that wait is over
 # How long the digest of the values last explained is kept: while the values stay the same, no
 # later asker publishes them again (a slow fleet asks over seconds; each message reaches all).
 EXPLAIN_LOCK_MS = 60_000
@@ -289,6 +290,25 @@ class Watcher(Background):
         resync_at = self._next_resync()
         heartbeat_at = self._next_heartbeat()
         explain_at = math.inf
+
+        def take(message: Any) -> Generator[WatchStep, Any, None]:
+            """One pushed message: the connection is alive; apply it, and re-read or schedule
+            an explanation when it asks for one."""
+            nonlocal heartbeat_at, resync_at, explain_at
+            self._alive()
+            heartbeat_at = self._next_heartbeat()
+            action = self._handle(message)
+            if action is RESYNC:
+                yield from self._resync_steps()
+                resync_at = self._next_resync()
+            elif action is EXPLAIN_IT and explain_at == math.inf:
+                # A view that has lapsed (its record's key expired) serves no read: ask now.
+                view = self.current
+                live = view is not None and time.monotonic() < view.valid_until
+                explain_at = time.monotonic() + (random.uniform(0, EXPLAIN_WAIT_S) if live else 0)
+            if not self._unexplained:  # explained meanwhile, by another view's message
+                explain_at = math.inf
+
         while not self._stop.is_set():
             # Sleep until a message or the next thing due: a quiet view wakes once a round.
             due = min(heartbeat_at, resync_at, self._liveness_until, explain_at)
@@ -296,24 +316,21 @@ class Watcher(Background):
                 due = min(due, self.current.valid_until)
             message = yield Listen(max(0.001, due - time.monotonic()))
             if message is not QUIET:
-                self._alive()
-                heartbeat_at = self._next_heartbeat()
-                action = self._handle(message)
-                if action is RESYNC:
-                    yield from self._resync_steps()
-                    resync_at = self._next_resync()
-                elif action is EXPLAIN_IT and explain_at == math.inf:
-                    # A view that has lapsed (its record's key expired) serves no read: ask now.
-                    view = self.current
-                    live = view is not None and time.monotonic() < view.valid_until
-                    explain_at = time.monotonic() + (random.uniform(0, EXPLAIN_WAIT_S) if live else 0)
-                if not self._unexplained:  # explained meanwhile, by another view's message
-                    explain_at = math.inf
+                yield from take(message)
             if self._stale:
                 yield from self._resync_steps()
                 resync_at = self._next_resync()
             now = time.monotonic()
-            if now >= explain_at:  # nobody explained the change yet: ask (or re-read)
+            if now >= explain_at:  # nobody explained the change yet?
+                # First what has already arrived: most often another view's explanation.
+                for _ in range(EXPLAIN_DRAIN):
+                    message = yield Listen(0.001)
+                    if message is QUIET:
+                        break
+                    yield from take(message)
+                    if explain_at == math.inf:
+                        break
+            if now >= explain_at:  # still not: ask (or re-read)
                 explain_at = math.inf
                 reply = yield Script("explain", {"channel": CHANGES_CHANNEL, "ttl_ms": EXPLAIN_LOCK_MS})
                 # Not taken, and nothing newer was: the version went back (or is unreadable).
