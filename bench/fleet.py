@@ -50,18 +50,26 @@ def _cpu(client: redis.Redis) -> float:
 
 
 def _window(client: redis.Redis, seconds: float) -> dict[str, float]:
-    """Redis CPU seconds, output bytes and command time (µs) over ``seconds``."""
-    def sample() -> tuple[float, int, int]:
-        stats = client.info("commandstats")
-        usec = sum(v["usec"] for k, v in stats.items() if k not in ("cmdstat_info",))
-        return _cpu(client), int(client.info("stats")["total_net_output_bytes"]), usec
+    """Redis CPU seconds, output bytes, command time (µs) and commands sent by clients (scripts
+    count once, not the commands they run) over ``seconds``."""
+    def sample() -> tuple[float, int, int, int]:
+        stats = {k: v for k, v in client.info("commandstats").items() if k != "cmdstat_info"}
+        usec = sum(v["usec"] for v in stats.values())
+        sent = sum(v["calls"] for k, v in stats.items() if k in _CLIENT_COMMANDS)
+        return _cpu(client), int(client.info("stats")["total_net_output_bytes"]), usec, sent
 
-    cpu0, out0, usec0 = sample()
+    cpu0, out0, usec0, sent0 = sample()
     start = time.monotonic()
     time.sleep(seconds)
-    cpu1, out1, usec1 = sample()
+    cpu1, out1, usec1, sent1 = sample()
     elapsed = time.monotonic() - start
-    return {"cpu_s": cpu1 - cpu0, "out_bytes": out1 - out0, "usec": usec1 - usec0, "seconds": elapsed}
+    return {"cpu_s": cpu1 - cpu0, "out_bytes": out1 - out0, "usec": usec1 - usec0, "commands": sent1 - sent0,
+            "seconds": elapsed}
+
+
+# What a view or a meter sends itself (the snapshot read, a script); a script's own commands
+# (TYPE, GET, PUBLISH...) are counted by commandstats too, and left out here.
+_CLIENT_COMMANDS = ("cmdstat_mget", "cmdstat_evalsha", "cmdstat_script|load")
 
 
 def _sum(windows: list[dict[str, float]]) -> dict[str, float]:
@@ -160,6 +168,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
 
     def window(w: dict[str, float]) -> dict[str, float]:
         return {"redis_cpu_us_per_s_per_view": per_view_us(w),
+                "commands_per_s_per_view": round(w["commands"] / w["seconds"] / n, 4),
                 "output_bytes_per_s": round(w["out_bytes"] / w["seconds"]),
                 "command_time_only_us_per_s_per_view": round(w["usec"] / w["seconds"] / n, 3)}
 
@@ -182,7 +191,10 @@ def run(sizes: tuple[int, ...] = SIZES, holders: int = HOLDERS, window_s: float 
     first, last = results[0]["policies_on"], results[-1]["policies_on"]
     return {"sizes": results, "window_seconds": window_s, "holders": holders,
             "policies_per_view_ratio_largest_over_smallest": round(
-                last["redis_cpu_us_per_s_per_view"] / max(first["redis_cpu_us_per_s_per_view"], 0.01), 2)}
+                last["redis_cpu_us_per_s_per_view"] / max(first["redis_cpu_us_per_s_per_view"], 0.01), 2),
+            "window_hot_per_view_ratio_largest_over_smallest": round(
+                results[-1]["policies_on_window_hot"]["redis_cpu_us_per_s_per_view"]
+                / max(results[0]["policies_on_window_hot"]["redis_cpu_us_per_s_per_view"], 0.01), 2)}
 
 
 def report(res: dict[str, Any]) -> None:
@@ -197,8 +209,13 @@ def report(res: dict[str, Any]) -> None:
         print(f"{r['watchers']:>6} " + " ".join(
             f"{r[k]['redis_cpu_us_per_s_per_view']:>22} {r[k]['output_bytes_per_s']:>9}" for k, _ in cols)
             + f" {r['idle']['command_time_only_us_per_s_per_view']:>15}")
-    ratio = res["policies_per_view_ratio_largest_over_smallest"]
-    print(f"policies on, per view, largest fleet / smallest: {ratio}x (target <= 1.3)")
+    print(f"{'views':>6} commands sent per view per second: " + " | ".join(
+        title for _, title in cols))
+    for r in res["sizes"]:
+        print(f"{r['watchers']:>6} " + " | ".join(f"{r[k]['commands_per_s_per_view']:.4f}" for k, _ in cols))
+    print("per view, largest fleet / smallest (target <= 1.3): policies on "
+          f"{res['policies_per_view_ratio_largest_over_smallest']}x, window hot "
+          f"{res['window_hot_per_view_ratio_largest_over_smallest']}x")
     print(f"{'views':>6} {'change':9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}   seen by: every view "
           f"(holders share the CPU) | {crowd.OBSERVERS} processes of their own, connected last | "
           f"Redis CPU ms (median)")
