@@ -19,7 +19,7 @@ from memguard import flags, process, service
 from memguard.config.settings import Settings
 from memguard.drill.localstack import RedisServer, wait_for
 from memguard.request.watch import LIVENESS_S
-from memguard.store.keys import FORCED_MODE_KEY
+from memguard.store.keys import EXPLAIN_LOCK_KEY, FORCED_MODE_KEY
 
 TRIALS = 10
 BOUND_MS = 100
@@ -242,6 +242,8 @@ def test_a_force_and_a_clear_cost_the_other_processes_no_command(configure, redi
         assert any(c.startswith("EVALSHA") for t, c, addr in lines if addr in ours), "the write was seen"
         others = [c for t, c, addr in lines if t != "lua" and addr not in ours and not is_heartbeat(c)]
         assert others == [], others
+        asked = [c for t, c, addr in lines if t != "lua" and EXPLAIN_LOCK_KEY in c]
+        assert asked == [], f"the notice explains the change, yet a view asked: {asked}"
 
 
 def test_ten_idle_processes_send_one_heartbeat_a_round_in_all(redis_server, idle_processes):
