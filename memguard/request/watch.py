@@ -81,7 +81,7 @@ class Listen:
 QUIET = object()  # no message within the wait
 RESYNC = object()  # what a message may ask for: a re-read of the state
 EXPLAIN_IT = object()  # ... or an explanation of a change no notice explained
-WatchStep = Listen | ReadSnapshot | Script  # Script: the heartbeat (store/lua/heartbeat.lua)
+WatchStep = Listen | ReadSnapshot | Script  # Script: the heartbeat or an explanation (store/lua/)
 
 
 @dataclass(frozen=True)
