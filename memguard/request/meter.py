@@ -14,7 +14,7 @@ they are sent, each lands in the window slot of its own time; the window's scrip
   message on memguard's channel, renewed every half window while bad reads remain). Each
   process then sends what it kept within a second, and from then on once a slot (a sixth of
   the window, at most ``HEALTHY_FLUSH_MAX_S``, the window's own accuracy). The script judges a
-  window only ``CATCHUP_S`` after the fleet was first told, when those counts are in.
+  window only ``state.CATCHUP_MS`` (2 s) after the fleet was first told, when those counts are in.
 - A process whose view is not live (no watcher, or reconnecting) cannot hear the message and
   sends once a slot, as if told.
 """
@@ -35,11 +35,10 @@ from memguard.domain import events
 from memguard.domain.events import origin
 from memguard.request.watch import Watcher
 from memguard.store.background import Background
-from memguard.store.state import CATCHUP_MS, WINDOW_SLOTS, Counts, State
+from memguard.store.state import WINDOW_SLOTS, Counts, State
 
 FLUSH_S = 1.0
 HEALTHY_FLUSH_MAX_S = 10.0
-CATCHUP_S = CATCHUP_MS / 1000
 
 
 @dataclass(frozen=True)

@@ -286,21 +286,26 @@ class Watcher(Background):
         with self._lock:
             self._version = -1  # whatever was applied before, the re-read below decides
         self._alive()
-        yield from self._resync_steps()
-        resync_at = self._next_resync()
+        resync_at = heartbeat_at = explain_at = math.inf
+
+        def resync() -> Generator[WatchStep, Any, None]:
+            """Re-read, and the next slow re-read is a while from now."""
+            nonlocal resync_at
+            yield from self._resync_steps()
+            resync_at = self._next_resync()
+
+        yield from resync()
         heartbeat_at = self._next_heartbeat()
-        explain_at = math.inf
 
         def take(message: Any) -> Generator[WatchStep, Any, None]:
             """One pushed message: the connection is alive; apply it, and re-read or schedule
             an explanation when it asks for one."""
-            nonlocal heartbeat_at, resync_at, explain_at
+            nonlocal heartbeat_at, explain_at
             self._alive()
             heartbeat_at = self._next_heartbeat()
             action = self._handle(message)
             if action is RESYNC:
-                yield from self._resync_steps()
-                resync_at = self._next_resync()
+                yield from resync()
             elif action is EXPLAIN_IT and explain_at == math.inf:
                 # A view that has lapsed (its record's key expired) serves no read: ask now.
                 view = self.current
@@ -318,8 +323,7 @@ class Watcher(Background):
             if message is not QUIET:
                 yield from take(message)
             if self._stale:
-                yield from self._resync_steps()
-                resync_at = self._next_resync()
+                yield from resync()
             now = time.monotonic()
             if now >= explain_at:  # nobody explained the change yet?
                 # First what has already arrived: most often another view's explanation.
@@ -335,15 +339,13 @@ class Watcher(Background):
                 reply = yield Script("explain", {"channel": CHANGES_CHANNEL, "ttl_ms": EXPLAIN_LOCK_MS})
                 # Not taken, and nothing newer was: the version went back (or is unreadable).
                 if not self._apply_explanation(reply.get("snapshot")) and self._unexplained:
-                    yield from self._resync_steps()
-                    resync_at = self._next_resync()
+                    yield from resync()
             if now >= heartbeat_at:  # quiet for a while: offer the round's heartbeat
                 with contextlib.suppress(redis.RedisError):  # a failed one leaves this view be
                     yield Script("heartbeat", {"channel": CHANGES_CHANNEL, "ttl_ms": HEARTBEAT_LOCK_MS})
                 heartbeat_at = self._next_heartbeat()
             if now >= resync_at:
-                yield from self._resync_steps()
-                resync_at = self._next_resync()
+                yield from resync()
             if now >= self._liveness_until:
                 raise redis.ConnectionError("no message within the liveness bound")
             if self.current is not None and now >= self.current.valid_until:

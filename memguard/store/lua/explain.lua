@@ -3,9 +3,10 @@
 -- short random wait: the first to ask about the values as they now are publishes them on
 -- A.channel as 'explain <snapshot>', so the rest of the fleet applies it without a command;
 -- LOCK holds a digest of the values (and the record's expiry) last published, for A.ttl_ms,
--- so later askers about the same values publish nothing. Every caller also gets the snapshot in its reply. VERSION is
--- bumped for each caller, so an explanation is never taken for an older one. Read-only but for
--- VERSION and LOCK: a key of the wrong type is named in problems, left for a transition to repair.
+-- so later askers about the same values publish nothing. Every caller also gets the snapshot
+-- in its reply. VERSION is bumped for each caller, so an explanation is never taken for an
+-- older one. Read-only but for VERSION and LOCK: a key of the wrong type is named in problems,
+-- left for a transition to repair.
 local v = redis.pcall('INCR', VERSION)
 if type(v) ~= 'number' then return cjson.encode({sent = false}) end  -- unreadable: the view re-reads
 local problems = {}
