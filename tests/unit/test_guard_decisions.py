@@ -253,7 +253,8 @@ def test_kept_counts_go_to_the_slots_of_their_own_time_and_old_ones_are_dropped(
 
     meter = _meter(_View(), **BOTH)
     now = time.monotonic()
-    meter._buckets = {int((now - age) // meter.bucket_s): [10, 1, 2] for age in (1, 12, 24, 45, 70)}
+    # Wherever now falls in a 5 s bucket, each age stays in a 10 s outcome slot of its own.
+    meter._buckets = {int((now - age) // meter.bucket_s): [10, 1, 2] for age in (1, 15, 24, 45, 70)}
     outcomes, latency = (next(w for w in meter.windows if w.name == n) for n in ("outcomes", "latency"))
     ages = sorted(c[0] for c in meter.counts(outcomes, meter._buckets, now))
     assert len(ages) == 4 and ages[0] < 5_000 and 40_000 < ages[-1] < 50_000, ages  # 70 s: past the window
