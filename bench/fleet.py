@@ -17,8 +17,12 @@ liveness, one connection per view, as N processes would have. Measured, all from
   a read a second, so that the window stays hot and every meter sends once a slot.
 - Output bytes/s, and how long a memguard force, a clear, a hand ``SET`` and a hand ``DEL``
   take to reach every view (p50/p99/max over views). On one machine that is mostly the holders'
-  own CPU, so it is also shown for ``crowd.OBSERVERS`` processes of their own (a thread watcher each,
-  as an application has), connected after the whole fleet so that Redis writes to them last.
+  own CPU (they run at the lowest priority, as the CPU of other machines), so it is also shown
+  for ``crowd.OBSERVERS`` processes of their own (a thread watcher each, as an application has),
+  connected before the fleet: Redis writes a message to its subscribers last-subscribed first,
+  so these are written to last.
+- The floor for that: how long a bare ``PUBLISH`` takes to reach the first of N plain
+  subscribed connections (the one written to last), measured on the baseline's connections.
 """
 
 from __future__ import annotations
@@ -55,8 +59,7 @@ def _window(client: redis.Redis, seconds: float) -> dict[str, float]:
     def sample() -> tuple[float, int, int, int]:
         stats = {k: v for k, v in client.info("commandstats").items() if k != "cmdstat_info"}
         usec = sum(v["usec"] for v in stats.values())
-        sent = sum(v["calls"] for k, v in stats.items() if k in _CLIENT_COMMANDS)
-        return _cpu(client), int(client.info("stats")["total_net_output_bytes"]), usec, sent
+        return _cpu(client), int(client.info("stats")["total_net_output_bytes"]), usec, _sent(stats)
 
     cpu0, out0, usec0, sent0 = sample()
     start = time.monotonic()
@@ -72,19 +75,35 @@ def _window(client: redis.Redis, seconds: float) -> dict[str, float]:
 _CLIENT_COMMANDS = ("cmdstat_mget", "cmdstat_evalsha", "cmdstat_script|load")
 
 
+def _sent(stats: dict[str, Any]) -> int:
+    return sum(v["calls"] for k, v in stats.items() if k in _CLIENT_COMMANDS)
+
+
 def _sum(windows: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(w[k] for w in windows) for k in windows[0]}
 
 
 def _plain(port: int, n: int, seconds: float, client: redis.Redis) -> dict[str, float]:
-    """``n`` plain connections, each after one PING, idle for the window: the baseline."""
+    """``n`` plain connections, each after one PING, idle for the window: the baseline. Then
+    each subscribes, and ``fanout_ms`` is how long a bare PUBLISH took to reach the first."""
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-    for s in socks:
-        s.sendall(b"PING\r\n")
-    for s in socks:
-        s.recv(64)
     try:
-        return _window(client, seconds)
+        for commands in (b"PING\r\n", b"SUBSCRIBE bench:floor\r\n"):
+            for s in socks:
+                s.sendall(commands)
+            for s in socks:
+                s.recv(64)
+            if commands.startswith(b"PING"):
+                window = _window(client, seconds)
+        fanout_ms = []
+        for _ in range(5):
+            at = time.perf_counter()
+            client.publish("bench:floor", json.dumps({"v": 1, "forced": "x" * 120}))
+            socks[0].recv(4096)
+            fanout_ms.append((time.perf_counter() - at) * 1000)
+            for s in socks[1:]:
+                s.recv(4096)
+        return {**window, "fanout_ms": sorted(fanout_ms)[2]}
     finally:
         for s in socks:
             s.close()
@@ -118,10 +137,10 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         return [parent.recv() for parent in to]
 
     try:
-        fleet = [spawn(crowd.hold, n // holders + (h < n % holders)) for h in range(holders)]
-        assert [parent.recv() for parent in fleet] == ["ready"] * holders
         observers = [spawn(crowd.observe) for _ in range(crowd.OBSERVERS)]
         assert [parent.recv() for parent in observers] == ["ready"] * crowd.OBSERVERS
+        fleet = [spawn(crowd.hold, n // holders + (h < n % holders)) for h in range(holders)]
+        assert [parent.recv() for parent in fleet] == ["ready"] * holders
         windows: dict[str, list[dict[str, float]]] = {"idle": [], "healthy": [], "hot": []}
         for mode in ("idle", "healthy", "idle", "healthy", "hot"):  # alternated: drift hits both
             ask(fleet, ("reads", {"idle": None, "healthy": False, "hot": True}[mode]))
@@ -142,6 +161,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         seen_ms: dict[str, dict[str, list[float]]] = {"all": {k: [] for k in changes},
                                                        "observers": {k: [] for k in changes}}
         busy_ms: dict[str, list[float]] = {k: [] for k in changes}
+        sent: dict[str, list[int]] = {k: [] for k in changes}
         for _ in range(trials):
             for name, (want, change) in changes.items():
                 for parent in fleet:
@@ -149,19 +169,22 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
                 for parent in observers:
                     parent.send(want)
                 assert {parent.recv() for parent in fleet + observers} == {"armed"}
-                cpu0, at = _cpu(client), time.perf_counter()
+                sent0, cpu0, at = _sent(client.info("commandstats")), _cpu(client), time.perf_counter()
                 change()
                 for group, parents in (("all", fleet), ("observers", observers)):
                     for parent in parents:
                         seen_ms[group][name] += [(t - at) * 1000 if t is not None else float("inf")
                                                  for t in parent.recv()]
                 busy_ms[name].append((_cpu(client) - cpu0) * 1000)
+                sent[name].append(_sent(client.info("commandstats")) - sent0 - (name in ("force", "clear")))
     finally:
         for parent in pipes:
             parent.send(None)
         for p in procs:
             p.join(60)
-    base = _sum([base, _plain(server.port, n, window_s, client)])  # before and after the fleet
+    after = _plain(server.port, n, window_s, client)
+    fanout_ms = sorted((base.pop("fanout_ms"), after.pop("fanout_ms")))[0]
+    base = _sum([base, after])  # before and after the fleet
 
     def per_view_us(w: dict[str, float]) -> float:
         return round((w["cpu_s"] / w["seconds"] - base["cpu_s"] / base["seconds"]) / n * 1e6, 2)
@@ -180,7 +203,9 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         "policies_on_window_hot": window(_sum(windows["hot"])),
         "propagation_to_all": {k: _dist(v) for k, v in seen_ms["all"].items()},
         "propagation_to_observers": {k: _dist(v) for k, v in seen_ms["observers"].items()},
+        "bare_publish_to_first_subscriber_ms": round(fanout_ms, 1),
         "redis_cpu_ms_per_change": {k: round(sorted(v)[len(v) // 2], 1) for k, v in busy_ms.items()},
+        "commands_sent_by_views_per_change": {k: sorted(v)[len(v) // 2] for k, v in sent.items()},
     }
 
 
@@ -217,11 +242,14 @@ def report(res: dict[str, Any]) -> None:
           f"{res['policies_per_view_ratio_largest_over_smallest']}x, window hot "
           f"{res['window_hot_per_view_ratio_largest_over_smallest']}x")
     print(f"{'views':>6} {'change':9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}   seen by: every view "
-          f"(holders share the CPU) | {crowd.OBSERVERS} processes of their own, connected last | "
-          f"Redis CPU ms (median)")
+          f"(holders share the CPU) | {crowd.OBSERVERS} processes of their own, written to last | "
+          f"Redis CPU ms, commands the views sent (medians)")
     for r in res["sizes"]:
         for name, d in r["propagation_to_all"].items():
             o = r["propagation_to_observers"][name]
             print(f"{r['watchers']:>6} {name:9} {d['p50_ms']:>8} {d['p99_ms']:>8} {d['max_ms']:>8}   | "
                   f"{o['p50_ms']:>8} {o['p99_ms']:>8} {o['max_ms']:>8} | "
-                  f"{r['redis_cpu_ms_per_change'][name]:>8}")
+                  f"{r['redis_cpu_ms_per_change'][name]:>8} "
+                  f"{r['commands_sent_by_views_per_change'][name]:>6}")
+        print(f"{r['watchers']:>6} floor: a bare PUBLISH reached the first of {r['watchers']} plain "
+              f"subscribers (written to last) in {r['bare_publish_to_first_subscriber_ms']} ms")

@@ -18,7 +18,7 @@ import redis
 from memguard import flags, process, service
 from memguard.config.settings import Settings
 from memguard.drill.localstack import RedisServer, wait_for
-from memguard.request.watch import LIVENESS_S
+from memguard.request.watch import EXPLAIN_ASKERS, LIVENESS_S
 from memguard.store.keys import EXPLAIN_LOCK_KEY, FORCED_MODE_KEY
 
 TRIALS = 10
@@ -331,21 +331,22 @@ CROWD = 300
 
 
 def test_every_change_reaches_every_view_while_a_crowd_is_connected(redis_server, redis_db):
-    """A force, a clear, a hand ``SET`` and a hand ``DEL`` with a crowd connected: CROWD views in
-    one process, each on its own connection with memguard's own protocol, then one application
-    process connected after them (so Redis writes to it last). That process sees every change
-    within 100 ms, and every view of the crowd sees it too."""
+    """A force, a clear, a hand ``SET`` and a hand ``DEL`` with a crowd connected: one application
+    process, then CROWD views in one process, each on its own connection with memguard's own
+    protocol (Redis writes a message to the last subscribed first: to the application process
+    last). That process sees every change within 100 ms, and every view of the crowd sees it
+    too. A hand write is explained by a few views for all, not re-read by each."""
     from memguard.drill import crowd
 
     ctx = mp.get_context("spawn")
     (holder, holder_end), (app, app_end) = ctx.Pipe(), ctx.Pipe()
-    procs = [ctx.Process(target=crowd.hold, args=(redis_server.url, CROWD, holder_end))]
+    procs = [ctx.Process(target=crowd.observe, args=(redis_server.url, app_end))]
     procs[0].start()
     try:
-        assert holder.recv() == "ready"
-        procs.append(ctx.Process(target=crowd.observe, args=(redis_server.url, app_end)))
-        procs[1].start()
         assert app.recv() == "ready"
+        procs.append(ctx.Process(target=crowd.hold, args=(redis_server.url, CROWD, holder_end)))
+        procs[1].start()
+        assert holder.recv() == "ready"
         assert redis_db.pubsub_numsub("mem:mode:changes")[0][1] == CROWD + 1
         state = process.build(Settings(redis_url=redis_server.url, zep_api_key="x"), watch=False,
                               count_metrics=False).state
@@ -380,8 +381,8 @@ def test_every_change_reaches_every_view_while_a_crowd_is_connected(redis_server
           f"every crowd view {({k: round(max(v), 1) for k, v in crowd_ms.items()})}")
     assert all(w <= BOUND_MS for w in worst_app.values()), worst_app
     print(f"commands sent by all {CROWD + 1} views for each change: {calls}")
-    for name in ("hand SET", "hand DEL"):  # explained once for the fleet, not re-read by each view
-        assert sorted(calls[name])[1] < CROWD, (name, calls[name])
+    for name in ("hand SET", "hand DEL"):  # about EXPLAIN_ASKERS ask; Poisson(6) > 24: 1e-7
+        assert sorted(calls[name])[1] <= 4 * EXPLAIN_ASKERS, (name, calls[name])
 
 
 def commands(client: redis.Redis) -> int:

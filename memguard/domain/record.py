@@ -179,6 +179,7 @@ class Snapshot:
     probe_heartbeat: float | None = None  # Redis time of the prober's last tick, if recent
     version: int = 0  # of the last notice sent (writes that bypass the scripts do not bump it)
     record_ttl_ms: int = -2  # the record key's own expiry (-1: none), e.g. a hand SET ... EX
+    fleet: int = 0  # connections subscribed to the change channel, as the server counts them
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ An observer (``observe``) is one view as an application holds it: its own proces
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -67,7 +68,10 @@ async def see(views: list[TimedView], want: bool, conn: Any) -> None:
 
 
 def hold(url: str, count: int, conn: Any) -> None:
-    """A process holding ``count`` views (the target of a ``multiprocessing`` process)."""
+    """A process holding ``count`` views (the target of a ``multiprocessing`` process). It runs
+    at the lowest CPU priority: on one machine the holders would otherwise take the CPU the
+    Redis server and the observers need, which in a fleet are on machines of their own."""
+    os.nice(19)
     asyncio.run(_hold(url, count, conn))
 
 

@@ -7,12 +7,13 @@ One connection per process, subscribed to two things:
   mem:mode:forced:v1 PREFIX mem:read:consec_failures``, ``{mem}:`` on a Cluster, redirected to
   this same connection): the server reports *any* change to them — a hand ``SET``/``DEL``,
   older code writing the original record, a key expiring, ``FLUSHALL``. A change no notice
-  explains is explained once for the whole fleet: after a random wait of up to 50 ms, the first
-  view to ask runs ``store/lua/explain.lua``, which publishes what it read, and every other view
-  applies that message instead of re-reading (``FLUSHALL`` is re-read). Writes to memguard's
-  other keys (the read meter's windows, the prober's heartbeat, the audit stream, locks,
-  cursors, quorum sets) reach no watcher: every message to every watcher is a socket write on
-  the Redis server, for each of the fleet's processes.
+  explains is explained once for the whole fleet: about six views, chosen at random by the
+  fleet's size that the server reports, ask ``store/lua/explain.lua`` at once; the first one
+  publishes what it read, and every other view applies that message instead of re-reading
+  (``FLUSHALL`` is re-read). The rest ask only if no explanation came within a quarter to half
+  a second. Writes to memguard's other keys (the read meter's windows, the prober's heartbeat,
+  the audit stream, locks, cursors, quorum sets) reach no watcher: every message to every
+  watcher is a socket write on the Redis server, for each of the fleet's processes.
 
 The change channel also carries the window scripts' ``hot <window>`` message (a policy's window
 now holds bad reads: the read meter sends its kept healthy counts) and the heartbeat.
@@ -62,7 +63,12 @@ RESYNC_S = (45.0, 75.0)
 INVALIDATE_CHANNEL = "__redis__:invalidate"
 HEARTBEAT = "heartbeat"
 EXPLAIN = "explain "  # + a snapshot: store/lua/explain.lua
-EXPLAIN_WAIT_S = 0.05  # the random wait before a view asks for an explanation itself
+# About this many views of a live fleet ask for an explanation at once (each with a chance of
+# EXPLAIN_ASKERS / the fleet's size); that none does is about as likely as e**-6 (0.25 %).
+EXPLAIN_ASKERS = 6
+# The rest wait this long (at random within it) for the explanation, and ask only if none came:
+# longer than the fleet's own fan-out of it, which takes Redis ~10-15 µs a connection.
+EXPLAIN_WAIT_S = (0.25, 0.5)
 EXPLAIN_DRAIN = 16  # messages already there that are taken first, when that wait is over
 # How long the digest of the values last explained is kept: while the values stay the same, no
 # later asker publishes them again (a slow fleet asks over seconds; each message reaches all).
@@ -110,6 +116,7 @@ class Watcher(Background):
         self._version = -1
         self._explained: set[str] = set()
         self._unexplained = False  # a change awaits an explanation (store/lua/explain.lua)
+        self._fleet = 1  # the fleet's size, from the last re-read or explanation
         self._stale = False  # the view missed this process's own write: re-read
         self._liveness_until = 0.0
         self._last_corrupt: str | None = None
@@ -180,6 +187,7 @@ class Watcher(Background):
             if snap.version < self._version:
                 return False
             self._version = snap.version
+            self._fleet = snap.fleet or self._fleet
             mono = time.monotonic()
             if snap.corrupt is not None and snap.corrupt != self._last_corrupt:
                 self.hooks.emit(events.GuardTrouble("corrupt_state", "watch", snap.corrupt[:120]))
@@ -287,6 +295,7 @@ class Watcher(Background):
             self._version = -1  # whatever was applied before, the re-read below decides
         self._alive()
         resync_at = heartbeat_at = explain_at = math.inf
+        drain = False  # before asking, take what has already arrived (the view waited for it)
 
         def resync() -> Generator[WatchStep, Any, None]:
             """Re-read, and the next slow re-read is a while from now."""
@@ -300,17 +309,15 @@ class Watcher(Background):
         def take(message: Any) -> Generator[WatchStep, Any, None]:
             """One pushed message: the connection is alive; apply it, and re-read or schedule
             an explanation when it asks for one."""
-            nonlocal heartbeat_at, explain_at
+            nonlocal heartbeat_at, explain_at, drain
             self._alive()
             heartbeat_at = self._next_heartbeat()
             action = self._handle(message)
             if action is RESYNC:
                 yield from resync()
             elif action is EXPLAIN_IT and explain_at == math.inf:
-                # A view that has lapsed (its record's key expired) serves no read: ask now.
-                view = self.current
-                live = view is not None and time.monotonic() < view.valid_until
-                explain_at = time.monotonic() + (random.uniform(0, EXPLAIN_WAIT_S) if live else 0)
+                wait = self._explain_wait()
+                explain_at, drain = time.monotonic() + wait, wait > 0
             if not self._unexplained:  # explained meanwhile, by another view's message
                 explain_at = math.inf
 
@@ -325,7 +332,7 @@ class Watcher(Background):
             if self._stale:
                 yield from resync()
             now = time.monotonic()
-            if now >= explain_at:  # nobody explained the change yet?
+            if now >= explain_at and drain:  # waited, and nobody explained the change yet?
                 # First what has already arrived: most often another view's explanation.
                 for _ in range(EXPLAIN_DRAIN):
                     message = yield Listen(0.001)
@@ -389,6 +396,16 @@ class Watcher(Background):
         with self._lock:
             self._unexplained = False
         return True
+
+    def _explain_wait(self) -> float:
+        """How long to wait for another view's explanation before asking: none for a view that
+        has lapsed (its record's key expired: it serves no read) and for about EXPLAIN_ASKERS
+        views of the fleet, chosen at random; EXPLAIN_WAIT_S for the rest."""
+        view = self.current
+        if view is None or time.monotonic() >= view.valid_until \
+                or random.random() * self._fleet < EXPLAIN_ASKERS:
+            return 0.0
+        return random.uniform(*EXPLAIN_WAIT_S)
 
     def _resync_steps(self) -> Generator[WatchStep, Any, None]:
         """Re-read; a read overtaken by a newer notice is read again. A version that went

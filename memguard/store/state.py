@@ -134,13 +134,13 @@ class State:
 
     def snapshot_steps(self) -> Steps[Snapshot]:
         """One round trip of plain reads (no Lua: a script costs an idle Redis ~70 µs of CPU)."""
-        (raw, count, beat, version), ttl, record_ttl, (secs, micros), *types = yield ReadSnapshot()
+        (raw, count, beat, version), ttl, record_ttl, (secs, micros), numsub, *types = yield ReadSnapshot()
         # MGET answers nil for a key of another type: TYPE tells that apart from no key.
         typed = zip(string_keys(self.keys), types, strict=True)
         problems = [f"{key} holds a {kind}, not a string" for key, kind in typed
                     if kind not in ("none", "string")]
         return self._snapshot(raw, count, beat, version, int(ttl), int(record_ttl),
-                              secs + micros // 1000 / 1000.0, problems)
+                              secs + micros // 1000 / 1000.0, problems, fleet=int(numsub[0][1]))
 
     def explanation(self, data: str) -> Snapshot | None:
         """The snapshot in an ``explain`` script's reply or message (``store/lua/explain.lua``);
@@ -151,14 +151,15 @@ class State:
             ttl, record_ttl = int(s["ttl"]), int(s["fttl"])
             raw, count = (None if s.get(f) is False else s.get(f) for f in ("forced", "count"))  # Lua's nil
             problems = [str(p) for p in s.get("problems") or ()]
+            fleet = int(s.get("fleet") or 0)
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
         if not all(isinstance(v, str | None) for v in (raw, count)):
             return None
-        return self._snapshot(raw, count, None, str(version), ttl, record_ttl, now, problems)
+        return self._snapshot(raw, count, None, str(version), ttl, record_ttl, now, problems, fleet=fleet)
 
     def _snapshot(self, raw: str | None, count: str | None, beat: str | None, version: str | None, ttl: int,
-                  record_ttl: int, now: float, problems: list[str]) -> Snapshot:
+                  record_ttl: int, now: float, problems: list[str], *, fleet: int = 0) -> Snapshot:
         k = self.keys
         record = None
         if raw is not None:  # an empty string too: memguard never writes one
@@ -173,7 +174,7 @@ class State:
             problems.append(f"{k.version} is not a whole number: {shown(version)}")
         heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() and len(beat) < 20 else None
         return Snapshot(record, "; ".join(problems) or None, fail_count or 0, ttl, now, heartbeat,
-                        _whole(version) or 0, record_ttl)
+                        _whole(version) or 0, record_ttl, fleet)
 
     def snapshot_commands(self, pipe: Any) -> None:
         k = self.keys
@@ -181,6 +182,7 @@ class State:
         pipe.pttl(k.counter)
         pipe.pttl(k.forced)
         pipe.time()
+        pipe.pubsub_numsub(CHANGES_CHANNEL)
         for key in string_keys(k):
             pipe.type(key)
 

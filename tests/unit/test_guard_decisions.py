@@ -261,3 +261,24 @@ def test_kept_counts_go_to_the_slots_of_their_own_time_and_old_ones_are_dropped(
     assert all(reads == 10 and bad == 2 for _, reads, bad in meter.counts(outcomes, meter._buckets, now))
     assert [bad for _, _, bad in meter.counts(latency, meter._buckets, now)] == [1, 1, 1]  # within 30 s
     assert not meter.due(now + 200) and meter._buckets == {}, "past the longest window: dropped"
+
+
+def test_of_a_live_fleet_about_six_views_ask_for_an_explanation_at_once_and_a_lapsed_view_does():
+    """A hand write is explained by a few views for the whole fleet: each asks at once with a
+    chance of EXPLAIN_ASKERS in the fleet's size; the rest wait for the explanation first."""
+    import math
+
+    import redis
+
+    from memguard.request.watch import EXPLAIN_ASKERS, EXPLAIN_WAIT_S, View, Watcher
+    from memguard.store.state import State
+
+    watcher = Watcher(State(redis.Redis(port=1), SETTINGS, events.Hooks()), 5.0, events.Hooks())
+    watcher.current, watcher._fleet = View(None, math.inf, 0.0), 10_000
+    waits = [watcher._explain_wait() for _ in range(100_000)]  # ten fleets' worth: ~60 at once
+    assert 25 <= sum(w == 0 for w in waits) <= 10 * EXPLAIN_ASKERS * 2
+    assert all(w == 0 or EXPLAIN_WAIT_S[0] <= w <= EXPLAIN_WAIT_S[1] for w in waits)
+    watcher._fleet = EXPLAIN_ASKERS  # a fleet this small: every view asks
+    assert {watcher._explain_wait() for _ in range(100)} == {0.0}
+    watcher._fleet, watcher.current = 10_000, None  # lapsed: it serves no read, so it asks now
+    assert watcher._explain_wait() == 0.0
