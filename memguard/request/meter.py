@@ -35,6 +35,7 @@ from memguard.domain import events
 from memguard.domain.events import origin
 from memguard.request.watch import Watcher
 from memguard.store.background import Background
+from memguard.store.keys import LATENCY_WINDOW, OUTCOMES_WINDOW
 from memguard.store.state import WINDOW_SLOTS, Counts, State
 
 FLUSH_S = 1.0
@@ -64,9 +65,9 @@ class ReadMeter(Background):
         self.hooks = hooks
         self.view = view
         self.slow_s = settings.latency_threshold_ms / 1000.0 if settings.latency_threshold_ms else None
-        self.windows = [w for w, on in ((Window("latency", settings.latency_window_seconds, True),
+        self.windows = [w for w, on in ((Window(LATENCY_WINDOW, settings.latency_window_seconds, True),
                                          self.slow_s is not None),
-                                        (Window("outcomes", settings.failure_rate_window_seconds, False),
+                                        (Window(OUTCOMES_WINDOW, settings.failure_rate_window_seconds, False),
                                          settings.failure_rate_on)) if on]
         self.healthy_flush_s = max(FLUSH_S, min([HEALTHY_FLUSH_MAX_S, *(w.slot_s for w in self.windows)]))
         self.bucket_s = self.healthy_flush_s

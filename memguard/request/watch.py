@@ -48,7 +48,7 @@ from memguard.config.target import keepalive_options
 from memguard.domain import events
 from memguard.domain.record import ForcedRecord, Snapshot, parse_record
 from memguard.store.background import Background
-from memguard.store.keys import CHANGES_CHANNEL
+from memguard.store.keys import CHANGES_CHANNEL, WINDOWS
 from memguard.store.state import State
 from memguard.store.steps import ReadSnapshot, Script
 from memguard.store.steps import run as run_steps
@@ -74,7 +74,6 @@ EXPLAIN_DRAIN = 16  # messages already there that are taken first, when that wai
 # later asker publishes them again (a slow fleet asks over seconds; each message reaches all).
 EXPLAIN_LOCK_MS = 60_000
 HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_trip.lua)
-WINDOWS = ("latency", "outcomes")
 
 
 @dataclass(frozen=True)

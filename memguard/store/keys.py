@@ -25,6 +25,10 @@ NOTIFY_LOCK_KEY = "mem:notify:lock"
 HEARTBEAT_LOCK_KEY = "mem:watch:heartbeat"
 EXPLAIN_LOCK_KEY = "mem:watch:explain"
 CHANGES_CHANNEL = "mem:mode:changes"
+# The read meter's windows, by their ``Keys`` field: what their scripts are told, and what a
+# window that holds bad reads announces on the change channel (``hot <window>``).
+LATENCY_WINDOW, OUTCOMES_WINDOW = "latency", "outcomes"
+WINDOWS = (LATENCY_WINDOW, OUTCOMES_WINDOW)
 
 
 # The Redis type memguard writes at each key (``Keys`` field names); any other is repaired.

@@ -37,7 +37,7 @@ from memguard.domain.record import (
 )
 from memguard.store import scripts
 from memguard.store.aio import AsyncRedis
-from memguard.store.keys import CHANGES_CHANNEL, Keys
+from memguard.store.keys import CHANGES_CHANNEL, LATENCY_WINDOW, OUTCOMES_WINDOW, Keys
 from memguard.store.steps import ReadSnapshot, Script, Step, Steps
 from memguard.store.steps import run as run_steps
 
@@ -250,7 +250,7 @@ class State:
     def record_latencies_steps(self, counts: Counts, by: dict[str, Any]) -> Steps[Transition]:
         """Add a batch of read latencies to the fleet's window; force when its median is slow."""
         s = self.settings
-        return (yield from self._window_trip_steps("latency_window", "latency", "latency", counts,
+        return (yield from self._window_trip_steps("latency_window", "latency", LATENCY_WINDOW, counts,
                                                    s.latency_window_seconds, s.latency_min_reads,
                                                    LATENCY_SLOW_RATIO, by))
 
@@ -261,7 +261,7 @@ class State:
         """Add a batch of read outcomes to the fleet's window (the failure-rate policy); force
         when more than MEMORY_FAILURE_RATE_THRESHOLD of its reads failed."""
         s = self.settings
-        return (yield from self._window_trip_steps("outcome_window", "failure_rate", "outcomes", counts,
+        return (yield from self._window_trip_steps("outcome_window", "failure_rate", OUTCOMES_WINDOW, counts,
                                                    s.failure_rate_window_seconds, s.failure_rate_min_reads,
                                                    s.failure_rate_threshold, by))
 
