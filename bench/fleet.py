@@ -21,6 +21,8 @@ liveness, one connection per view, as N processes would have. Measured, all from
   for ``crowd.OBSERVERS`` processes of their own (a thread watcher each, as an application has),
   connected before the fleet: Redis writes a message to its subscribers last-subscribed first,
   so these are written to last.
+- For a hand write, when a held view first asked for its explanation: on one machine the
+  holders' CPU, not Redis, decides it.
 - The floor for that: how long a bare ``PUBLISH`` takes to reach the first of N plain
   subscribed connections (the one written to last), measured on the baseline's connections.
 """
@@ -162,6 +164,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
                                                        "observers": {k: [] for k in changes}}
         busy_ms: dict[str, list[float]] = {k: [] for k in changes}
         sent: dict[str, list[int]] = {k: [] for k in changes}
+        asked_ms: dict[str, list[float]] = {k: [] for k in changes}
         for _ in range(trials):
             for name, (want, change) in changes.items():
                 for parent in fleet:
@@ -176,6 +179,8 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
                         seen_ms[group][name] += [(t - at) * 1000 if t is not None else float("inf")
                                                  for t in parent.recv()]
                 busy_ms[name].append((_cpu(client) - cpu0) * 1000)
+                first = [t for t in ask(fleet, ("asked", None)) if t is not None]
+                asked_ms[name] += [(min(first) - at) * 1000] if first else []
                 sent[name].append(_sent(client.info("commandstats")) - sent0 - (name in ("force", "clear")))
     finally:
         for parent in pipes:
@@ -206,6 +211,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         "bare_publish_to_first_subscriber_ms": round(fanout_ms, 1),
         "redis_cpu_ms_per_change": {k: round(sorted(v)[len(v) // 2], 1) for k, v in busy_ms.items()},
         "commands_sent_by_views_per_change": {k: sorted(v)[len(v) // 2] for k, v in sent.items()},
+        "first_explanation_asked_ms": {k: round(sorted(v)[len(v) // 2], 1) for k, v in asked_ms.items() if v},
     }
 
 
@@ -225,7 +231,9 @@ def run(sizes: tuple[int, ...] = SIZES, holders: int = HOLDERS, window_s: float 
 def report(res: dict[str, Any]) -> None:
     print(f"fleet benchmark: views run by memguard's watcher code on asyncio ({res['holders']} holder "
           f"processes), {res['window_seconds']:g} s windows, private redis-server on loopback")
-    print("Redis CPU from INFO used_cpu_user+sys, minus as many plain idle connections in the same run;")
+    print("Redis CPU from INFO used_cpu_user+sys, minus as many plain idle connections in the same run")
+    print("(those cost " + ", ".join(f"{r['baseline_cpu_us_per_s_per_connection']} µs/s each at "
+                                     f"{r['watchers']}" for r in res["sizes"]) + ");")
     print("'cmd time' is commandstats: command execution only, without the fan-out")
     cols = (("idle", "idle"), ("policies_on", "policies on"), ("policies_on_window_hot", "window hot"))
     print(f"{'views':>6} " + " ".join(f"{title + ' µs/s/view':>22} {'out B/s':>9}" for _, title in cols)
@@ -251,5 +259,7 @@ def report(res: dict[str, Any]) -> None:
                   f"{o['p50_ms']:>8} {o['p99_ms']:>8} {o['max_ms']:>8} | "
                   f"{r['redis_cpu_ms_per_change'][name]:>8} "
                   f"{r['commands_sent_by_views_per_change'][name]:>6}")
+        print(f"{r['watchers']:>6} a held view first asked for an explanation after (median ms): "
+              + ", ".join(f"{k} {v}" for k, v in r["first_explanation_asked_ms"].items()))
         print(f"{r['watchers']:>6} floor: a bare PUBLISH reached the first of {r['watchers']} plain "
               f"subscribers (written to last) in {r['bare_publish_to_first_subscriber_ms']} ms")

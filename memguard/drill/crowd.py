@@ -9,6 +9,8 @@ would run them. A holder obeys its parent over a ``multiprocessing`` pipe:
   first view failing one read a tick (the windows stay hot);
 - ``("see", want)``: answer ``"armed"``, then, once every view shows forced == ``want`` (or
   after 60 s), the ``perf_counter`` time each first did (``None``: never);
+- ``("asked", None)``: the ``perf_counter`` time a view first asked for an explanation since
+  the last such command (``None``: none did);
 - ``None``: stop.
 
 An observer (``observe``) is one view as an application holds it: its own process and thread.
@@ -29,7 +31,7 @@ from memguard.request import awatch
 from memguard.request.meter import FLUSH_S, ReadMeter
 from memguard.request.watch import Watcher
 from memguard.store.state import State
-from memguard.store.steps import arun
+from memguard.store.steps import Script, arun
 
 OBSERVERS = 4
 READS_PER_TICK = 2  # per view per meter tick; how many does not change what is sent
@@ -81,8 +83,11 @@ async def _hold(url: str, count: int, conn: Any) -> None:
     hooks = events.Hooks()
     state = State(redis.Redis.from_url(url, decode_responses=True), settings, hooks)
     gate = asyncio.Semaphore(32)  # re-reads at once per holder, as a few dozen processes' worth
+    asked: list[float] = []  # when views asked for an explanation (store/lua/explain.lua)
 
     async def perform(step: Any) -> Any:
+        if isinstance(step, Script) and step.name == "explain":
+            asked.append(time.perf_counter())
         async with gate:
             return await state.aperform(step)
 
@@ -118,6 +123,9 @@ async def _hold(url: str, count: int, conn: Any) -> None:
                 reading.cancel()
             reading = None if arg is None else asyncio.create_task(read(arg))
             conn.send("ok")
+        elif kind == "asked":
+            conn.send(min(asked, default=None))
+            asked.clear()
         else:
             await see(views, arg, conn)
     for view in views:
