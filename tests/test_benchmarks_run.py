@@ -40,3 +40,6 @@ def test_the_fleet_benchmark_runs_and_every_view_sees_every_change():
             for name, dist in size[group].items():
                 assert math.isfinite(dist["max_ms"]), f"{group}: never saw {name} ({size['watchers']} views)"
         assert set(size["redis_cpu_ms_per_change"]) == {"force", "clear", "hand_set", "hand_del"}
+        assert size["explanations_asked_by_held_views_per_change"]["force"] == 0  # the notice explains it
+        assert size["explanations_asked_by_held_views_per_change"]["hand_set"] <= size["watchers"]
+        assert size["bare_publish_to_first_subscriber_ms"] > 0

@@ -9,8 +9,10 @@ would run them. A holder obeys its parent over a ``multiprocessing`` pipe:
   first view failing one read a tick (the windows stay hot);
 - ``("see", want)``: answer ``"armed"``, then, once every view shows forced == ``want`` (or
   after 60 s), the ``perf_counter`` time each first did (``None``: never);
-- ``("asked", None)``: the ``perf_counter`` time a view first asked for an explanation since
-  the last such command (``None``: none did);
+- ``("asked", None)``: how many times views asked for an explanation since the last such
+  command, and the ``perf_counter`` time of the first (``None``: none did);
+- ``("troubles", None)``: how many ``GuardTrouble`` events (a view that reconnected...) the
+  views emitted since ready or the last such command;
 - ``None``: stop.
 
 An observer (``observe``) is one view as an application holds it: its own process and thread.
@@ -71,9 +73,10 @@ async def see(views: list[TimedView], want: bool, conn: Any) -> None:
 
 def hold(url: str, count: int, conn: Any) -> None:
     """A process holding ``count`` views (the target of a ``multiprocessing`` process). It runs
-    at the lowest CPU priority: on one machine the holders would otherwise take the CPU the
-    Redis server and the observers need, which in a fleet are on machines of their own."""
-    os.nice(19)
+    at a low CPU priority: on one machine the holders would otherwise take the CPU the Redis
+    server and the observers need, which in a fleet are on machines of their own. (At the
+    lowest, 19, their views missed heartbeats and reconnected.)"""
+    os.nice(10)
     asyncio.run(_hold(url, count, conn))
 
 
@@ -84,6 +87,8 @@ async def _hold(url: str, count: int, conn: Any) -> None:
     state = State(redis.Redis.from_url(url, decode_responses=True), settings, hooks)
     gate = asyncio.Semaphore(32)  # re-reads at once per holder, as a few dozen processes' worth
     asked: list[float] = []  # when views asked for an explanation (store/lua/explain.lua)
+    troubles: list[events.GuardTrouble] = []  # e.g. a view that reconnected
+    hooks.subscribe(lambda e: troubles.append(e) if isinstance(e, events.GuardTrouble) else None)
 
     async def perform(step: Any) -> Any:
         if isinstance(step, Script) and step.name == "explain":
@@ -94,12 +99,12 @@ async def _hold(url: str, count: int, conn: Any) -> None:
     views = [TimedView(state, settings.probe_grace_seconds, hooks) for _ in range(count)]
     meters = [ReadMeter(state, settings, hooks, view) for view in views]
     tasks = []
-    for i, view in enumerate(views):
+    for i, view in enumerate(views):  # connect gradually, as a fleet starts: 100 at a time
         tasks.append(asyncio.create_task(awatch.run(view, perform)))
-        if i % 100 == 99:
-            await asyncio.sleep(0.02)  # connect gradually, as a fleet starts
-    while any(v.current is None for v in views):
-        await asyncio.sleep(0.05)
+        if i % 100 == 99 or i == count - 1:
+            while any(v.current is None for v in views[: i + 1]):
+                await asyncio.sleep(0.02)
+    troubles.clear()
     conn.send("ready")
     loop = asyncio.get_running_loop()
     reading: asyncio.Task[None] | None = None
@@ -124,8 +129,11 @@ async def _hold(url: str, count: int, conn: Any) -> None:
             reading = None if arg is None else asyncio.create_task(read(arg))
             conn.send("ok")
         elif kind == "asked":
-            conn.send(min(asked, default=None))
+            conn.send((min(asked, default=None), len(asked)))
             asked.clear()
+        elif kind == "troubles":
+            conn.send(len(troubles))
+            troubles.clear()
         else:
             await see(views, arg, conn)
     for view in views:
