@@ -297,10 +297,11 @@ class Watcher(Background):
         drain = False  # before asking, take what has already arrived (the view waited for it)
 
         def resync() -> Generator[WatchStep, Any, None]:
-            """Re-read, and the next slow re-read is a while from now."""
-            nonlocal resync_at
+            """Re-read, and the next slow re-read is a while from now. The read covers a change
+            still waiting for its explanation: this view no longer asks for one."""
+            nonlocal resync_at, explain_at
             yield from self._resync_steps()
-            resync_at = self._next_resync()
+            resync_at, explain_at = self._next_resync(), math.inf
 
         yield from resync()
         heartbeat_at = self._next_heartbeat()

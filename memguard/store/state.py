@@ -151,7 +151,7 @@ class State:
             ttl, record_ttl = int(s["ttl"]), int(s["fttl"])
             raw, count = (None if s.get(f) is False else s.get(f) for f in ("forced", "count"))  # Lua's nil
             problems = [str(p) for p in s.get("problems") or ()]
-            fleet = int(s.get("fleet") or 0)
+            fleet = max(0, int(s.get("fleet") or 0))
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
         if not all(isinstance(v, str | None) for v in (raw, count)):

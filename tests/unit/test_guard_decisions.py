@@ -282,3 +282,36 @@ def test_of_a_live_fleet_about_six_views_ask_for_an_explanation_at_once_and_a_la
     assert {watcher._explain_wait() for _ in range(100)} == {0.0}
     watcher._fleet, watcher.current = 10_000, None  # lapsed: it serves no read, so it asks now
     assert watcher._explain_wait() == 0.0
+
+
+def test_a_view_whose_re_read_covers_a_hand_write_does_not_ask_for_its_explanation(monkeypatch):
+    """A slow re-read that lands while the view waits for another view's explanation has read
+    the new values already: the view must not ask a second time (its ask would be wasted)."""
+    import time
+
+    import redis
+
+    from memguard.request import watch
+    from memguard.store.state import State
+    from memguard.store.steps import ReadSnapshot, Script
+
+    monkeypatch.setattr(watch, "EXPLAIN_WAIT_S", (0.05, 0.05))
+    monkeypatch.setattr(watch, "RESYNC_S", (0.01, 0.01))
+    watcher = watch.Watcher(State(redis.Redis(port=1), SETTINGS, events.Hooks()), 5.0, events.Hooks())
+    snapshot = [[None, None, None, "5"], -2, -2, [1_796_000_000, 0], [("mem:mode:changes", 10**9)],
+                "none", "none", "none"]
+    steps = watcher.follow_steps()
+    assert isinstance(next(steps), ReadSnapshot)
+    step = steps.send(snapshot)  # a fleet this large: this view waits rather than asking at once
+    assert isinstance(step, watch.Listen) and watcher.current is not None
+    step = steps.send(["message", watch.INVALIDATE_CHANNEL, [watcher.state.keys.forced]])
+    assert isinstance(step, watch.Listen), "waiting for an explanation"
+    time.sleep(0.015)
+    step = steps.send(watch.QUIET)  # the slow re-read is due now, before the explanation's wait ends
+    assert isinstance(step, ReadSnapshot)
+    monkeypatch.setattr(watch, "RESYNC_S", (100.0, 100.0))
+    step = steps.send(snapshot)
+    time.sleep(0.05)  # past the explanation's wait
+    for _ in range(3):
+        assert not isinstance(step, Script), f"asked after the re-read covered the change: {step}"
+        step = steps.send(watch.QUIET)
