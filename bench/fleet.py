@@ -124,9 +124,9 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
     pipes: list[Any] = []
     procs: list[Any] = []
 
-    def spawn(target: Any, *args: Any) -> Any:
+    def spawn(target: Any, *args: Any, **kwargs: Any) -> Any:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=target, args=(server.url, *args, child))
+        proc = ctx.Process(target=target, args=(server.url, *args, child), kwargs=kwargs)
         proc.start()
         pipes.append(parent)
         procs.append(proc)
@@ -141,7 +141,8 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
     try:
         observers = [spawn(crowd.observe) for _ in range(crowd.OBSERVERS)]
         assert [parent.recv() for parent in observers] == ["ready"] * crowd.OBSERVERS
-        fleet = [spawn(crowd.hold, n // holders + (h < n % holders)) for h in range(holders)]
+        # Nice 10: at 19 the holders' views missed heartbeats and reconnected.
+        fleet = [spawn(crowd.hold, n // holders + (h < n % holders), nice=10) for h in range(holders)]
         assert [parent.recv() for parent in fleet] == ["ready"] * holders
         deadline = time.monotonic() + 120  # steady first: 5 s in which no view reconnected
         while not time.sleep(5) and sum(ask(fleet, ("troubles", None))) and time.monotonic() < deadline:

@@ -71,12 +71,12 @@ async def see(views: list[TimedView], want: bool, conn: Any) -> None:
         view.want = None
 
 
-def hold(url: str, count: int, conn: Any) -> None:
-    """A process holding ``count`` views (the target of a ``multiprocessing`` process). It runs
-    at a low CPU priority: on one machine the holders would otherwise take the CPU the Redis
-    server and the observers need, which in a fleet are on machines of their own. (At the
-    lowest, 19, their views missed heartbeats and reconnected.)"""
-    os.nice(10)
+def hold(url: str, count: int, conn: Any, nice: int = 0) -> None:
+    """A process holding ``count`` views (the target of a ``multiprocessing`` process), at CPU
+    priority ``nice``: the fleet benchmark lowers it, as on one machine the holders would
+    otherwise take the CPU the Redis server and the observers need, which in a fleet are on
+    machines of their own."""
+    os.nice(nice)
     asyncio.run(_hold(url, count, conn))
 
 
