@@ -17,7 +17,7 @@ liveness, one connection per view, as N processes would have. Measured, all from
   a read a second, so that the window stays hot and every meter sends once a slot.
 - Output bytes/s, and how long a memguard force, a clear, a hand ``SET`` and a hand ``DEL``
   take to reach every view (p50/p99/max over views). On one machine that is mostly the holders'
-  own CPU (they run at the lowest priority, as the CPU of other machines), so it is also shown
+  own CPU (they run at nice 10, as if on machines of their own), so it is also shown
   for ``crowd.OBSERVERS`` processes of their own (a thread watcher each, as an application has),
   connected before the fleet: Redis writes a message to its subscribers last-subscribed first,
   so these are written to last.
@@ -144,9 +144,11 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         # Nice 10: at 19 the holders' views missed heartbeats and reconnected.
         fleet = [spawn(crowd.hold, n // holders + (h < n % holders), nice=10) for h in range(holders)]
         assert [parent.recv() for parent in fleet] == ["ready"] * holders
-        deadline = time.monotonic() + 120  # steady first: 5 s in which no view reconnected
-        while not time.sleep(5) and sum(ask(fleet, ("troubles", None))) and time.monotonic() < deadline:
-            pass
+        deadline = time.monotonic() + 120
+        while True:  # steady first: 5 s in which no view reconnected
+            time.sleep(5)
+            if not sum(ask(fleet, ("troubles", None))) or time.monotonic() > deadline:
+                break
         windows: dict[str, list[dict[str, float]]] = {"idle": [], "healthy": [], "hot": []}
         for mode in ("idle", "healthy", "idle", "healthy", "hot"):  # alternated: drift hits both
             ask(fleet, ("reads", {"idle": None, "healthy": False, "hot": True}[mode]))
