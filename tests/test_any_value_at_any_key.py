@@ -207,6 +207,28 @@ def test_an_explanation_works_over_any_value_at_its_lock_and_names_a_wrong_typed
     assert redis_db.type(KEYS.forced) == "hash", "an explanation reads: a transition repairs"
 
 
+def test_the_same_values_are_explained_again_after_a_transition_came_between(configure, redis_db):
+    """An operator's hand DEL, a trip, the same hand DEL again: the fleet last heard the trip's
+    notice, so the second DEL's values must be published though they match the first's."""
+    rt = configure()
+    rt.watcher.stop()  # this test's calls are the only ones
+
+    def explain() -> dict:
+        return rt.state.call("explain", channel="mem:mode:changes", ttl_ms=60_000)
+
+    redis_db.delete(KEYS.forced)
+    first = explain()
+    assert first["sent"] is True
+    again = explain()
+    assert again["sent"] is False, "the same values, nothing between: published once"
+    assert rt.state.explanation(again["snapshot"]).version == rt.state.explanation(first["snapshot"]).version
+    rt.state.force("test", 60, {"via": "test"}, auto=False)
+    redis_db.delete(KEYS.forced)
+    after = explain()
+    assert after["sent"] is True, "a transition came between: the fleet holds its values"
+    assert rt.state.explanation(after["snapshot"]).version > rt.state.explanation(first["snapshot"]).version
+
+
 def test_a_notify_lock_memguard_did_not_take_is_replaced(configure, redis_db, recorded):
     from memguard.config.settings import Settings
     from memguard.domain import events

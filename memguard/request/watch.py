@@ -70,8 +70,8 @@ EXPLAIN_ASKERS = 6
 # longer than the fleet's own fan-out of it, which takes Redis ~10-15 µs a connection.
 EXPLAIN_WAIT_S = (0.25, 0.5)
 EXPLAIN_DRAIN = 16  # messages already there that are taken first, when that wait is over
-# How long the digest of the values last explained is kept: while the values stay the same, no
-# later asker publishes them again (a slow fleet asks over seconds; each message reaches all).
+# How long the digest of the values last explained (and their version) is kept: while neither
+# changes, no later asker publishes them again (each message reaches the whole fleet).
 EXPLAIN_LOCK_MS = 60_000
 HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_trip.lua)
 
