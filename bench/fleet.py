@@ -173,6 +173,8 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         busy_ms: dict[str, list[float]] = {k: [] for k in changes}
         explained: dict[str, list[int]] = {k: [] for k in changes}
         ask(fleet, ("asked", None))  # counted from here
+        ask(fleet, ("troubles", None))
+        troubled: dict[str, int] = {k: 0 for k in changes}
         asked_ms: dict[str, list[float]] = {k: [] for k in changes}
         for _ in range(trials):
             for name, (want, change) in changes.items():
@@ -192,6 +194,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
                 first = [t for t, _ in asked if t is not None]
                 asked_ms[name] += [(min(first) - at) * 1000] if first else []
                 explained[name].append(sum(count for _, count in asked))
+                troubled[name] += sum(ask(fleet, ("troubles", None)))
     finally:
         for parent in pipes:
             parent.send(None)
@@ -224,6 +227,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         "explanations_asked_by_held_views_per_change": {
             k: sorted(v)[len(v) // 2] for k, v in explained.items()},
         "first_explanation_asked_ms": {k: round(sorted(v)[len(v) // 2], 1) for k, v in asked_ms.items() if v},
+        "view_troubles_during_changes": troubled,
     }
 
 
@@ -274,5 +278,7 @@ def report(res: dict[str, Any]) -> None:
                   f"{r['explanations_asked_by_held_views_per_change'][name]:>6}")
         print(f"{r['watchers']:>6} a held view first asked for an explanation after (median ms): "
               + ", ".join(f"{k} {v}" for k, v in r["first_explanation_asked_ms"].items()))
+        print(f"{r['watchers']:>6} views that reconnected or failed a step during the changes: "
+              + ", ".join(f"{k} {v}" for k, v in r["view_troubles_during_changes"].items()))
         print(f"{r['watchers']:>6} floor: a bare PUBLISH reached the first of {r['watchers']} plain "
               f"subscribers (written to last) in {r['bare_publish_to_first_subscriber_ms']} ms")
