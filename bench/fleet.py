@@ -61,7 +61,8 @@ def _window(client: redis.Redis, seconds: float) -> dict[str, float]:
     def sample() -> tuple[float, int, int, int]:
         stats = {k: v for k, v in client.info("commandstats").items() if k != "cmdstat_info"}
         usec = sum(v["usec"] for v in stats.values())
-        return _cpu(client), int(client.info("stats")["total_net_output_bytes"]), usec, _sent(stats)
+        sent = sum(v["calls"] for k, v in stats.items() if k in _CLIENT_COMMANDS)
+        return _cpu(client), int(client.info("stats")["total_net_output_bytes"]), usec, sent
 
     cpu0, out0, usec0, sent0 = sample()
     start = time.monotonic()
@@ -75,10 +76,6 @@ def _window(client: redis.Redis, seconds: float) -> dict[str, float]:
 # What a view or a meter sends itself (the snapshot read, a script); a script's own commands
 # (TYPE, GET, PUBLISH...) are counted by commandstats too, and left out here.
 _CLIENT_COMMANDS = ("cmdstat_mget", "cmdstat_evalsha", "cmdstat_script|load")
-
-
-def _sent(stats: dict[str, Any]) -> int:
-    return sum(v["calls"] for k, v in stats.items() if k in _CLIENT_COMMANDS)
 
 
 def _sum(windows: list[dict[str, float]]) -> dict[str, float]:

@@ -263,17 +263,24 @@ def test_kept_counts_go_to_the_slots_of_their_own_time_and_old_ones_are_dropped(
     assert not meter.due(now + 200) and meter._buckets == {}, "past the longest window: dropped"
 
 
+def _watcher():
+    """A watcher whose steps a test drives itself (its client never connects)."""
+    import redis
+
+    from memguard.request.watch import Watcher
+    from memguard.store.state import State
+
+    return Watcher(State(redis.Redis(port=1), SETTINGS, events.Hooks()), 5.0, events.Hooks())
+
+
 def test_of_a_live_fleet_about_six_views_ask_for_an_explanation_at_once_and_a_lapsed_view_does():
     """A hand write is explained by a few views for the whole fleet: each asks at once with a
     chance of EXPLAIN_ASKERS in the fleet's size; the rest wait for the explanation first."""
     import math
 
-    import redis
+    from memguard.request.watch import EXPLAIN_ASKERS, EXPLAIN_WAIT_S, View
 
-    from memguard.request.watch import EXPLAIN_ASKERS, EXPLAIN_WAIT_S, View, Watcher
-    from memguard.store.state import State
-
-    watcher = Watcher(State(redis.Redis(port=1), SETTINGS, events.Hooks()), 5.0, events.Hooks())
+    watcher = _watcher()
     watcher.current, watcher._fleet = View(None, math.inf, 0.0), 10_000
     waits = [watcher._explain_wait() for _ in range(100_000)]  # ten fleets' worth: ~60 at once
     assert 25 <= sum(w == 0 for w in waits) <= 10 * EXPLAIN_ASKERS * 2
@@ -289,15 +296,12 @@ def test_a_view_whose_re_read_covers_a_hand_write_does_not_ask_for_its_explanati
     the new values already: the view must not ask a second time (its ask would be wasted)."""
     import time
 
-    import redis
-
     from memguard.request import watch
-    from memguard.store.state import State
     from memguard.store.steps import ReadSnapshot, Script
 
     monkeypatch.setattr(watch, "EXPLAIN_WAIT_S", (0.05, 0.05))
     monkeypatch.setattr(watch, "RESYNC_S", (0.01, 0.01))
-    watcher = watch.Watcher(State(redis.Redis(port=1), SETTINGS, events.Hooks()), 5.0, events.Hooks())
+    watcher = _watcher()
     snapshot = [[None, None, None, "5"], -2, -2, [1_796_000_000, 0], [("mem:mode:changes", 10**9)],
                 "none", "none", "none"]
     steps = watcher.follow_steps()
