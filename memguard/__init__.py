@@ -9,6 +9,9 @@ The public surface::
     await memguard.afetch_thread_context(thread_id)   # the same on an asyncio event loop
     await memguard.awarm_up()                  # optional, at start-up: build before the first read
     memguard.flags                             # modes and the forced record (the seed's API)
+    memguard.serve_metrics(port)               # /metrics from this process, in a thread
+    memguard.metrics_wsgi_app()                # /metrics to mount in a WSGI app
+    memguard.__version__
 
 Importing it changes nothing in the application and loads nothing else: each name is
 imported when first used (Celery with ``install``, a Zep SDK with memguard's own reader,
@@ -26,14 +29,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from memguard import flags
     from memguard.integrations.tasks import install
+    from memguard.process import metrics_wsgi_app, serve_metrics
     from memguard.service import Meta, fetch_thread_context, guarded
 
-__all__ = ["afetch_thread_context", "awarm_up", "fetch_thread_context", "flags", "guarded", "install"]
+__version__ = "0.2.0"  # the one place: pyproject.toml reads it, ``memguard --version`` prints it
+
+__all__ = ["__version__", "afetch_thread_context", "awarm_up", "fetch_thread_context", "flags", "guarded",
+           "install", "metrics_wsgi_app", "serve_metrics"]
 
 _WHERE = {
     "install": "memguard.integrations.tasks",
     "guarded": "memguard.service",
     "fetch_thread_context": "memguard.service",
+    "serve_metrics": "memguard.process",
+    "metrics_wsgi_app": "memguard.process",
 }
 
 

@@ -83,6 +83,13 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
     ``hooks`` is the process's own unless a benchmark or test brings its own. A one-shot command
     keeps no metrics (``count_metrics=False``): nothing would scrape them, and prometheus-client
     is then never imported."""
+    # Logs and metrics first: a fault building the rest (a missing script file) is then
+    # counted and logged like any other.
+    hooks.subscribe(logs.on_event)
+    if count_metrics:
+        from memguard.observe import metrics
+
+        hooks.subscribe(metrics.on_event)
     client = redis_client(settings)
     state = State(client, settings, hooks)
     watcher = Watcher(state, settings.probe_grace_seconds, hooks)
@@ -91,13 +98,7 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
     meter = ReadMeter(state, settings, hooks, watcher) if windowed else None
     guard = Guard(settings, state, hooks, watcher, meter)
     audit = AuditTrail(client, state.keys.audit, hooks)
-    subscribers = [logs.on_event, audit.on_event]
-    if count_metrics:
-        from memguard.observe import metrics
-
-        subscribers.append(metrics.on_event)
-    for subscriber in subscribers:
-        hooks.subscribe(subscriber)
+    hooks.subscribe(audit.on_event)
     switches = None
     if settings.redis_target.kind == "sentinel":
 

@@ -3,7 +3,8 @@
 Both resolve the process's guard at call time (``memguard.process.get``), so a function
 decorated at import is correct in a forked child and after ``process.configure``. Neither
 raises what Zep, Redis or a bad configuration raised: the value is ``None`` and ``meta`` says
-why.
+why. Nor what memguard itself raised (a bug, a missing package file): the read then runs
+unguarded, the fault is counted and logged, and ``meta["guard_error"]`` names its type.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import functools
 import inspect
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -21,6 +22,7 @@ from memguard.domain import events
 
 if TYPE_CHECKING:
     from memguard.process import Process
+    from memguard.request.zep import Readers
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,9 +90,11 @@ def fetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     try:
         proc = _get()
         reader = proc.readers.reader
+        timeout_s = proc.settings.read_timeout_s
     except SettingsError as exc:
         return None, _config_error(exc)
-    timeout_s = proc.settings.read_timeout_s
+    except Exception as fault:
+        return _unguarded(fault, lambda: _bare_readers().reader.read_context(thread_id, _bare_timeout()))
     return proc.guard.call(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
 
 
@@ -104,9 +108,15 @@ async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     try:
         proc = await _aget()
         reader = await proc.readers.aget()
+        timeout_s = proc.settings.read_timeout_s
     except SettingsError as exc:
         return None, _config_error(exc)
-    timeout_s = proc.settings.read_timeout_s
+    except Exception as fault:
+
+        async def read() -> str | None:
+            return await (await _bare_readers().aget()).read_context(thread_id, _bare_timeout())
+
+        return await _aunguarded(fault, read)
     return await proc.guard.acall(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
 
 
@@ -151,9 +161,11 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
             async def awrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
                 try:
                     proc = await _aget()
+                    thread_id, budget_s = resolve(proc, args, kwargs)
                 except SettingsError as exc:
                     return None, _config_error(exc)
-                thread_id, budget_s = resolve(proc, args, kwargs)
+                except Exception as fault:
+                    return await _aunguarded(fault, lambda: read(*args, **kwargs))
                 return await proc.guard.acall(thread_id, read, args, kwargs, budget_s=budget_s)
 
             return awrapper
@@ -162,9 +174,11 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
         def wrapper(*args: Any, **kwargs: Any) -> tuple[Any, Meta]:
             try:
                 proc = _get()
+                thread_id, budget_s = resolve(proc, args, kwargs)
             except SettingsError as exc:
                 return None, _config_error(exc)
-            thread_id, budget_s = resolve(proc, args, kwargs)
+            except Exception as fault:
+                return _unguarded(fault, lambda: read(*args, **kwargs))
             return proc.guard.call(thread_id, read, args, kwargs, budget_s=budget_s)
 
         return wrapper
@@ -175,3 +189,64 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
 def _config_error(exc: SettingsError) -> Meta:
     _wiring().hooks.emit(events.GuardTrouble("config_error", "read", str(exc)))
     return {"used": False, "source": "config_error", "error": str(exc)}
+
+
+# -- when memguard cannot guard: the read runs unguarded -------------------------------------
+
+_bare: Readers | None = None
+_unreported: set[str] = set()  # fault types told on stderr when not even the hooks could be had
+
+
+def _bare_readers() -> Readers:
+    """memguard's own Zep readers without the process (whose building failed)."""
+    global _bare
+    if _bare is None:
+        from memguard.request.zep import Readers
+
+        _bare = Readers(_wiring().load_settings())
+    return _bare
+
+
+def _bare_timeout() -> float:
+    return _bare_readers().settings.read_timeout_s
+
+
+def _report(fault: Exception) -> Meta:
+    """Count and log a fault of memguard's own (building the process, say); the meta to add."""
+    try:
+        _wiring().hooks.emit(events.internal("build", fault))
+    except Exception:  # not even the wiring imports: say so once per type, where it can be seen
+        name = type(fault).__name__
+        if name not in _unreported and len(_unreported) < 64:
+            _unreported.add(name)
+            detail = events.internal("build", fault).detail
+            print(f"memguard: internal error, reads go on unguarded: {detail}", file=sys.stderr)
+    return {"guard_error": type(fault).__name__}
+
+
+def _unguarded(fault: Exception, read: Callable[[], R]) -> tuple[R | None, Meta]:
+    """The read with no guard around it: memguard could not be had for it."""
+    meta = _report(fault)
+    try:
+        value = read()
+    except Exception as exc:
+        return None, {**_error_meta(exc), **meta}
+    return value, {"used": True, "source": "zep", **meta}
+
+
+async def _aunguarded(fault: Exception, read: Callable[[], Awaitable[R]]) -> tuple[R | None, Meta]:
+    meta = _report(fault)
+    try:
+        value = await read()
+    except Exception as exc:
+        return None, {**_error_meta(exc), **meta}
+    return value, {"used": True, "source": "zep", **meta}
+
+
+def _error_meta(exc: Exception) -> Meta:
+    try:
+        from memguard.request.guard import zep_error_meta
+    except Exception:  # the request path itself does not import
+        return {"used": False, "source": "zep_error", "reason": None, "status": None,
+                "error": type(exc).__name__}
+    return zep_error_meta(exc)

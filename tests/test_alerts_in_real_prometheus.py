@@ -99,11 +99,10 @@ def dashboard_queries() -> dict[str, dict[str, str]]:
 
 READER = """
 import sys, time
-from memguard import service
-from memguard import process
-process.serve_metrics(int(sys.argv[1]), "127.0.0.1")
+import memguard
+memguard.serve_metrics(int(sys.argv[1]), "127.0.0.1")
 while True:
-    service.fetch_thread_context("live-reader")
+    memguard.fetch_thread_context("live-reader")
     time.sleep(0.02)
 """
 

@@ -1,16 +1,16 @@
 """What happened, as small frozen dataclasses handed to the subscribers of a ``Hooks``.
 
 The guard core only emits these; metrics, logs, the audit trail and anything else (tests,
-the drill) subscribe. A subscriber that raises never breaks a read: it is reported on stderr
-and skipped. The process's one ``Hooks`` is made by ``memguard.process`` and handed to every
-object that emits.
+the drill) subscribe. A subscriber that raises never breaks a read: it is skipped, and the
+other subscribers hear of it as an ``internal`` ``GuardTrouble`` (counted and logged). The
+process's one ``Hooks`` is made by ``memguard.process`` and handed to every object that emits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,12 +137,27 @@ class OperatorAction:
 class GuardTrouble:
     """The guard's own parts misbehaved: Redis errors, corrupt keys, lost events."""
 
-    kind: str  # redis_error, corrupt_state, config_error, webhook_failed, master_switch
+    kind: str  # redis_error, corrupt_state, config_error, webhook_failed, master_switch, internal
     op: str
     detail: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", bounded(self.detail, ERROR_CHARS))
+
+
+INTERNAL = "internal"
+
+
+def internal(op: str, fault: BaseException, where: str = "") -> GuardTrouble:
+    """A fault of memguard's own (a bug, a missing file, an unexpected reply) during ``op``. Its
+    detail starts with the exception's type; the message is bounded, and one that cannot be
+    made into text is named as such."""
+    try:
+        message = str(fault)[:ERROR_CHARS]
+    except Exception:
+        message = "<message unavailable>"
+    place = f" in {where}" if where else ""
+    return GuardTrouble(INTERNAL, op, f"{type(fault).__name__}{place}: {message}")
 
 
 Event = (ModeForced | WouldForce | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished
@@ -173,4 +188,15 @@ class Hooks:
             try:
                 fn(event)
             except Exception as exc:  # a broken hook must never break a read
-                print(f"memguard: event subscriber {fn!r} failed: {exc!r}", file=sys.stderr)
+                self._report(fn, event, exc)
+
+    def _report(self, broken: Subscriber, event: Event, exc: Exception) -> None:
+        """Tell the other subscribers (logs, metrics) that ``broken`` raised; a failure while
+        handling such a report is not reported again."""
+        if isinstance(event, GuardTrouble) and event.kind == INTERNAL:
+            return
+        trouble = internal("subscriber", exc, getattr(broken, "__qualname__", type(broken).__name__))
+        for fn in self._subscribers:
+            if fn is not broken:
+                with contextlib.suppress(Exception):
+                    fn(trouble)

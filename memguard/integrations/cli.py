@@ -3,7 +3,8 @@
 Every command names the Redis it talks to (password masked). Every failure is one line on
 stderr and a non-zero exit: 2 for refused input or a bad setting, 3 when Redis cannot be
 reached (refused, timed out, authentication, no such database, Sentinel or Cluster down, told
-apart with the setting to check). The exit code is the action's: an action that was done
+apart with the setting to check), 70 for a fault of memguard's own (a bug, a missing package
+file), named in one line without a traceback. The exit code is the action's: an action that was done
 exits 0 even if something after it failed (recording it in the audit trail, say), and says
 so on stderr. The one-shot commands wait up to ``CLI_TIMEOUT_S`` for Redis, longer than the
 request path's budget. A closed pipe (``memguard status | head -1``) ends the command quietly.
@@ -31,10 +32,12 @@ CLI_TIMEOUT_S = 2.0  # an operator can wait for an answer; the request path wait
 
 
 def _parser() -> argparse.ArgumentParser:
+    from memguard import __version__
     from memguard.domain.record import DOWNGRADE_REASONS
     from memguard.ops.actions import MAX_REASON_LEN, MAX_TTL_SECONDS, OPERATOR_HOLD_SECONDS
 
     parser = argparse.ArgumentParser(prog="memguard", description="Fleet-wide Zep read guard.")
+    parser.add_argument("--version", action="version", version=f"memguard {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("status", help="the fleet's mode, record, failure count, prober and last "
                        "operator action")
@@ -89,18 +92,28 @@ def _drill(drill: Any, args: argparse.Namespace) -> int:
     return code
 
 
+EX_SOFTWARE = 70  # sysexits.h: a fault of memguard's own
+
+
 def main(argv: list[str] | None = None) -> int:
+    command = "memguard"
     try:
-        return _main(argv)
+        parser = _parser()
+        args = parser.parse_args(argv)
+        command = args.cmd
+        return _main(parser, args)
     except BrokenPipeError:  # the reader went away (| head): nothing more to say, to anyone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as fault:  # a fault of memguard's own: one line naming it, never a traceback
+        from memguard.domain import events
+
+        detail = events.internal(command, fault).detail
+        print(f"memguard: internal error during {command}: {detail}", file=sys.stderr)
+        return EX_SOFTWARE
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from memguard import process
     from memguard.domain import events
     from memguard.domain.events import origin

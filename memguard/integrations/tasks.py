@@ -47,11 +47,23 @@ def _by(task: Task) -> dict[str, Any]:
     return origin("task", task_id=task.request.id, sent_from=task.request.origin or None)
 
 
+class InternalFault(Exception):
+    """A task failed on a fault of memguard's own; its one line names the fault."""
+
+
 def _operator_call(task: Task, action: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                    **extra: Any) -> Any:
-    """Run an operator action as who sent it; a refusal is recorded and logged by the action."""
-    fn: Callable[..., Any] = getattr(process.get().ops, action)
-    return fn(_by(task), positional=args, **kwargs, **extra)
+    """Run an operator action as who sent it; a refusal is recorded and logged by the action,
+    and a fault of memguard's own is counted, logged and answered in one line."""
+    try:
+        fn: Callable[..., Any] = getattr(process.get().ops, action)
+        return fn(_by(task), positional=args, **kwargs, **extra)
+    except (OperatorError, SettingsError, redis.RedisError):
+        raise
+    except Exception as fault:
+        trouble = events.internal(action, fault)
+        process.hooks.emit(trouble)
+        raise InternalFault(f"memguard.{action} failed on an internal error: {trouble.detail}") from None
 
 
 def probe_entry(settings: Settings, interval: float | None = None) -> dict[str, Any]:
@@ -116,7 +128,7 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
 
 def _register_tasks(app: Celery, probe: Probe | None) -> None:
     # A refusal is an expected outcome: Celery logs it in one line, without a traceback.
-    opts: dict[str, Any] = {"bind": True, "shared": False, "throws": (OperatorError,)}
+    opts: dict[str, Any] = {"bind": True, "shared": False, "throws": (OperatorError, InternalFault)}
 
     @app.task(name="memguard.force", **opts)
     def force(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -190,6 +190,10 @@ class _Sampler:
 
 _sampler = _Sampler(BLOCKED_LOG_INTERVAL_S)
 _config_errors_logged: set[str] = set()
+# Internal faults already logged, by (op, exception type): each is logged once per process; the
+# set is bounded, so a stream of new types cannot grow it without end.
+_internal_logged: set[tuple[str, str]] = set()
+INTERNAL_KINDS_LOGGED = 256
 
 
 def on_event(event: events.Event) -> None:
@@ -230,6 +234,13 @@ def on_event(event: events.Event) -> None:
         if event.detail not in _config_errors_logged:  # once per process: it will not fix itself
             _config_errors_logged.add(event.detail)
             emit(logging.ERROR, "memguard_config_error", op=event.op, detail=event.detail)
+    elif isinstance(event, events.GuardTrouble) and event.kind == events.INTERNAL:
+        error_type = event.detail.split(":", 1)[0].split(" ", 1)[0]
+        key = (event.op, error_type)
+        if key not in _internal_logged and len(_internal_logged) < INTERNAL_KINDS_LOGGED:
+            _internal_logged.add(key)
+            emit(logging.ERROR, "memguard_internal_error", op=event.op, error_type=error_type,
+                 detail=event.detail)
     elif isinstance(event, events.GuardTrouble):
         suppressed = _sampler.take(f"trouble:{event.kind}:{event.op}")
         if suppressed is not None:

@@ -37,7 +37,7 @@ BLOCKED = Counter("memory_zep_reads_blocked_total", "Reads answered 'no context'
 RESTORED = Counter("memory_mode_restored_total", "Forced records ended, by reason "
                    "(probe_success, manual_clear, lapsed)", ["reason"])
 TROUBLE = Counter("memory_guard_errors_total", "The guard's own trouble: Redis errors, corrupt "
-                  "state", ["kind", "op"])
+                  "state, internal faults the reads failed open on", ["kind", "op"])
 OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a read (sampled)",
                      buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
@@ -47,6 +47,7 @@ for _counter, _labels in ((DOWNGRADES, DOWNGRADE_REASONS), (WOULD, AUTO_REASONS)
     for _label in _labels:
         _counter.labels(_label)
 TROUBLE.labels("redis_error", "check")
+TROUBLE.labels("internal", "check")
 
 
 def on_event(event: events.Event) -> None:

@@ -16,6 +16,7 @@ but for ``await``); every Redis step (a failure, a force, a reset) is a generato
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -37,6 +38,18 @@ OVERHEAD_SAMPLE_EVERY = 16
 
 R = TypeVar("R")
 Meta = dict[str, Any]
+
+
+def zep_error_meta(exc: BaseException, verdict: Verdict | None = None) -> Meta:
+    """The meta of a read that raised: its classification, or only its type when even
+    classifying it failed (the caller's meta never depends on memguard working)."""
+    try:
+        verdict = verdict or classify(exc)
+    except Exception:
+        return {"used": False, "source": "zep_error", "reason": None, "status": None,
+                "error": type(exc).__name__}
+    return {"used": False, "source": "zep_error", "reason": verdict.reason, "status": verdict.status,
+            "error": type(exc).__name__}
 
 
 class Store(Protocol):
@@ -124,28 +137,41 @@ class Guard:
 
     def call(self, thread_id: str, fn: Callable[..., R], args: Sequence[Any] = (),
              kwargs: Mapping[str, Any] | None = None, budget_s: float | None = None) -> tuple[R | None, Meta]:
-        """Run one read under the guard; never raises what the read or Redis raised.
+        """Run one read under the guard; never raises what the read, Redis or memguard raised.
 
         A read that returns but overran ``budget_s`` gives the caller its value and counts
-        as a ``timeout`` failure: a Zep that answers in 2 s is degraded, not healthy.
+        as a ``timeout`` failure: a Zep that answers in 2 s is degraded, not healthy. A fault
+        of memguard's own before the read lets the read run unguarded; one after it keeps the
+        read's outcome. Either way ``meta["guard_error"]`` names the fault's type.
         """
         started = time.perf_counter()
-        if self.base is not EffectiveMode.READ_WRITE:
-            return None, self._read_disabled()
-        record = self._viewed()  # the healthy path: no Redis, no steps to drive
-        if record is UNKNOWN:
-            record = steps.run(self._forced_from_redis(), self.state.perform)
-        if record is not None:
-            return None, self._blocked(thread_id, record)
+        try:
+            if self.base is not EffectiveMode.READ_WRITE:
+                return None, self._read_disabled()
+            record = self._viewed()  # the healthy path: no Redis, no steps to drive
+            if record is UNKNOWN:
+                record = steps.run(self._forced_from_redis(), self.state.perform)
+            if record is not None:
+                return None, self._blocked(thread_id, record)
+        except Exception as fault:
+            bypass = self.fault("check", fault)
+        else:
+            bypass = {}
         called = time.perf_counter()
         try:
             value = fn(*args, **(kwargs or {}))
         except Exception as exc:
-            return None, steps.run(self._failed(exc, thread_id, called), self.state.perform)
-        meta, then = self._returned(thread_id, started, called, budget_s)
-        if then is not None:
-            steps.run(then, self.state.perform)
-        return value, meta
+            try:
+                return None, {**steps.run(self._failed(exc, thread_id, called), self.state.perform), **bypass}
+            except Exception as fault:
+                return None, self._failed_unrecorded(exc, fault)
+        try:
+            meta, then = self._returned(thread_id, started, called, budget_s)
+            if then is not None:
+                steps.run(then, self.state.perform)
+        except Exception as fault:
+            meta = {"used": True, "source": "zep", **self.fault("success", fault)}
+        return value, {**meta, **bypass}
 
     async def acall(self, thread_id: str, fn: Callable[..., Awaitable[R]], args: Sequence[Any] = (),
                     kwargs: Mapping[str, Any] | None = None,
@@ -153,22 +179,45 @@ class Guard:
         """``call`` for a coroutine function: the same decisions, with the read and any Redis
         step awaited (``redis.asyncio``)."""
         started = time.perf_counter()
-        if self.base is not EffectiveMode.READ_WRITE:
-            return None, self._read_disabled()
-        record = self._viewed()
-        if record is UNKNOWN:
-            record = await steps.arun(self._forced_from_redis(), self.state.aperform)
-        if record is not None:
-            return None, self._blocked(thread_id, record)
+        try:
+            if self.base is not EffectiveMode.READ_WRITE:
+                return None, self._read_disabled()
+            record = self._viewed()
+            if record is UNKNOWN:
+                record = await steps.arun(self._forced_from_redis(), self.state.aperform)
+            if record is not None:
+                return None, self._blocked(thread_id, record)
+        except Exception as fault:
+            bypass = self.fault("check", fault)
+        else:
+            bypass = {}
         called = time.perf_counter()
         try:
             value = await fn(*args, **(kwargs or {}))
         except Exception as exc:
-            return None, await steps.arun(self._failed(exc, thread_id, called), self.state.aperform)
-        meta, then = self._returned(thread_id, started, called, budget_s)
-        if then is not None:
-            await steps.arun(then, self.state.aperform)
-        return value, meta
+            try:
+                return None, {**await steps.arun(self._failed(exc, thread_id, called), self.state.aperform),
+                              **bypass}
+            except Exception as fault:
+                return None, self._failed_unrecorded(exc, fault)
+        try:
+            meta, then = self._returned(thread_id, started, called, budget_s)
+            if then is not None:
+                await steps.arun(then, self.state.aperform)
+        except Exception as fault:
+            meta = {"used": True, "source": "zep", **self.fault("success", fault)}
+        return value, {**meta, **bypass}
+
+    def fault(self, op: str, fault: Exception) -> Meta:
+        """A fault of memguard's own on a read: counted and logged (``GuardTrouble`` of kind
+        ``internal``); the meta the caller gets names its type."""
+        with contextlib.suppress(Exception):
+            self.hooks.emit(events.internal(op, fault))
+        return {"guard_error": type(fault).__name__}
+
+    def _failed_unrecorded(self, exc: Exception, fault: Exception) -> Meta:
+        """The read failed and memguard could not record it: the read's outcome, and the fault."""
+        return {**zep_error_meta(exc), **self.fault("failure", fault)}
 
     def _read_disabled(self) -> Meta:
         return {"used": False, "source": "read_disabled", "mode": self.base.value}
@@ -182,8 +231,7 @@ class Guard:
         verdict = yield from self._failure_steps(exc, thread_id)
         if self.meter is not None:
             self.meter.record(took, failed=verdict.action is not Action.IGNORE)
-        return {"used": False, "source": "zep_error", "reason": verdict.reason, "status": verdict.status,
-                "error": type(exc).__name__}
+        return zep_error_meta(exc, verdict)
 
     def _returned(self, thread_id: str, started: float, called: float,
                   budget_s: float | None) -> tuple[Meta, Steps[None] | None]:

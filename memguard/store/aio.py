@@ -64,6 +64,6 @@ class AsyncRedis:
             timeout = self.settings.redis_timeout_ms / 1000.0
             client = self.settings.redis_target.aclient(
                 decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout)
-            registered = {name: client.register_script(source) for name, source in scripts.SOURCES.items()}
+            registered = {name: client.register_script(source) for name, source in scripts.sources().items()}
             entry = self._per_loop[loop] = (self._generation, client, registered)
         return entry[1], entry[2]

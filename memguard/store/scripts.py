@@ -6,12 +6,15 @@ the one JSON argument into ``A`` (so the body reads ``A.reason``, ``A.hold_ms``.
 the script's keys to the Lua names its spec lists (``FORCED``, ``COUNTER``...); the body
 returns one JSON object. Nothing is passed or read by position.
 
-The sources are read once, when this module is first imported; ``docs/store.md`` has the same
+The sources are read once, when a store first asks for them (``sources()``), not at import:
+a missing file is a fault of the store being built, which the request path fails open on,
+never an ImportError of everything that imports the store. ``docs/store.md`` has the same
 table for people, and a test holds the two together.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -90,13 +93,13 @@ def _read(source: str) -> str:
     return resources.files("memguard.store").joinpath("lua", f"{source}.lua").read_text()
 
 
-def _compose(spec: ScriptSpec, prelude: str) -> str:
+def _compose(spec: ScriptSpec, prelude: str, hygiene: str) -> str:
     """Header, hygiene (every key of a wrong type removed), prelude, then the body as a function
     whose reply gains ``repaired_keys`` when the hygiene removed anything."""
     header = ["local A = cjson.decode(ARGV[1])"]
     header += [f"local {lua} = KEYS[{i}]" for i, (lua, _) in enumerate(spec.keys, start=1)]
     checks = [f"expect({lua}, '{KEY_TYPES[field]}')" for lua, field in spec.keys if spec.repair]
-    return "\n".join([*header, _HYGIENE, *checks, prelude if spec.prelude else "",
+    return "\n".join([*header, hygiene, *checks, prelude if spec.prelude else "",
                       "local function body()", _read(spec.source), "end",
                       "local reply = body()",
                       "if #REPAIRED > 0 then",
@@ -107,9 +110,11 @@ def _compose(spec: ScriptSpec, prelude: str) -> str:
                       "return reply"])
 
 
-_HYGIENE = _read("hygiene")
-_PRELUDE = _read("prelude")
-SOURCES: dict[str, str] = {name: _compose(spec, _PRELUDE) for name, spec in SPECS.items()}
+@functools.cache
+def sources() -> dict[str, str]:
+    """Every script's full source by name, read from the package on the first call."""
+    prelude, hygiene = _read("prelude"), _read("hygiene")
+    return {name: _compose(spec, prelude, hygiene) for name, spec in SPECS.items()}
 
 
 def encode_args(name: str, args: dict[str, Any]) -> list[str]:

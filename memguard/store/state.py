@@ -83,7 +83,7 @@ class State:
         self.grace_ms = settings.probe_grace_seconds * 1000
         self.keys = Keys.under(settings.redis_target.key_prefix)
         self.channel = CHANGES_CHANNEL
-        self._scripts = {name: client.register_script(source) for name, source in scripts.SOURCES.items()}
+        self._scripts = {name: client.register_script(source) for name, source in scripts.sources().items()}
         self.async_redis = AsyncRedis(settings, self.keys, self.perform, self.snapshot_commands)
 
     # -- performing steps (memguard.store.steps): blocking here, asyncio in AsyncRedis ------

@@ -25,11 +25,13 @@ def record(reason: str = "manual_ops", left_s: float = 60.0, lapse_in_s: float |
 
 class FakeStore:
     def __init__(self, base: EffectiveMode = EffectiveMode.READ_WRITE, *,
-                 snapshot_record: ForcedRecord | None = None, down: bool = False, count: int = 1) -> None:
+                 snapshot_record: ForcedRecord | None = None, down: bool = False, count: int = 1,
+                 faults: dict[str, Exception] | None = None) -> None:
         self.base = base
         self.snapshot_record = snapshot_record
         self.down = down
         self.count = count
+        self.faults = faults or {}  # step name -> what it raises: a bug, an unexpected reply
         self.calls: list[tuple[Any, ...]] = []
 
     def mode(self, record: ForcedRecord | None) -> EffectiveMode:
@@ -43,6 +45,8 @@ class FakeStore:
 
     def _answer(self, call: tuple[Any, ...], result: Any) -> Any:
         self.calls.append(call)
+        if call[0] in self.faults:
+            raise self.faults[call[0]]
         if self.down:
             raise redis.ConnectionError("the fake store is down")
         return result

@@ -97,7 +97,7 @@ def test_no_module_is_longer_than_450_lines():
 
 def test_every_script_reads_exactly_its_named_arguments_and_keys():
     for name, spec in scripts.SPECS.items():
-        body = scripts.SOURCES[name].split("\n", len(spec.keys) + 1)[-1]
+        body = scripts.sources()[name].split("\n", len(spec.keys) + 1)[-1]
         used_args = set(re.findall(r"\bA\.(\w+)", body))
         # The prelude's helpers read A.channel only when a script calls notify().
         assert used_args <= set(spec.args), (name, used_args - set(spec.args))
