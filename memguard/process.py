@@ -151,6 +151,12 @@ def get() -> Process:
         return _current
 
 
+def settings() -> Settings:
+    """The settings this process's objects are, or would be, built from."""
+    proc = _current
+    return proc.settings if proc is not None else (_settings or load_settings())
+
+
 def current() -> Process | None:
     """The process's objects if built, without building them (never blocks)."""
     return _current

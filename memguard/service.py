@@ -203,7 +203,7 @@ def _bare_readers() -> Readers:
     if _bare is None:
         from memguard.request.zep import Readers
 
-        _bare = Readers(_wiring().load_settings())
+        _bare = Readers(_wiring().settings())
     return _bare
 
 
@@ -244,6 +244,8 @@ async def _aunguarded(fault: Exception, read: Callable[[], Awaitable[R]]) -> tup
 
 
 def _error_meta(exc: Exception) -> Meta:
+    if isinstance(exc, SettingsError):  # memguard's own reader cannot be made
+        return _config_error(exc)
     try:
         from memguard.request.guard import zep_error_meta
     except Exception:  # the request path itself does not import
