@@ -57,7 +57,8 @@ MUTANTS = (
     # Our own: the other promises a regression must not slip past.
     Mutant("no-safety-net", "a fault of memguard's own on a read is raised into the caller",
            "memguard/request/guard.py",
-           '        with contextlib.suppress(Exception):\n            self.hooks.emit(events.internal(op, fault))\n',
+           "        with contextlib.suppress(Exception):\n"
+           "            self.hooks.emit(events.internal(op, fault))\n",
            "        raise fault\n",
            ("tests/unit/test_guard_never_raises_its_own_faults.py",
             "tests/test_guard_never_raises_into_the_caller.py")),
