@@ -31,7 +31,7 @@ Meta = dict[str, Any]
 
 class _Decorator(Protocol):
     @overload
-    def __call__(
+    def __call__(  # type: ignore[overload-overlap]  # a coroutine function is also a callable
         self, fn: Callable[P, Coroutine[Any, Any, R]], /
     ) -> Callable[P, Coroutine[Any, Any, tuple[R | None, Meta]]]: ...
 
@@ -121,7 +121,7 @@ async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
 
 
 @overload
-def guarded(
+def guarded(  # type: ignore[overload-overlap]  # a coroutine function is also a callable
     fn: Callable[P, Coroutine[Any, Any, R]], /
 ) -> Callable[P, Coroutine[Any, Any, tuple[R | None, Meta]]]: ...
 
@@ -152,7 +152,7 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
 
         def resolve(proc: Process, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float]:
             """The thread id and the read's budget."""
-            thread_id = str(args[0] if args else kwargs.get(first, ""))
+            thread_id = str(args[0] if args else kwargs.get(first or "", ""))
             return thread_id, (timeout_ms or proc.settings.read_timeout_ms) / 1000.0
 
         if inspect.iscoroutinefunction(read):

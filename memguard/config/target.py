@@ -83,8 +83,8 @@ class Target:
         nodes = tuple(_host_port(h, SENTINEL_PORT if sentinel else None) for h in hosts.split(","))
         path = [p for p in parts.path.split("/") if p]
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        common = dict(nodes=nodes, username=unquote(username) or None, password=unquote(password) or None,
-                      ssl=scheme.startswith("rediss"))
+        common: dict[str, Any] = dict(nodes=nodes, username=unquote(username) or None,
+                                      password=unquote(password) or None, ssl=scheme.startswith("rediss"))
         if sentinel:
             if not path or len(path) > 2:
                 raise ValueError("expected /<service>[/<db>] after the sentinels, e.g. "
@@ -128,14 +128,15 @@ class Target:
         """One unpooled connection to the server holding memguard's keys, for the watcher:
         the current master, or on a cluster the node that owns the ``{mem}`` slot."""
         if self.kind == "single":
-            return redis.ConnectionPool.from_url(self.url, **options).make_connection()
+            pool = redis.ConnectionPool.from_url(self.url, **options)
+            return cast(redis.Connection, pool.make_connection())
         if self.kind == "sentinel":
             master = self.sentinels.master_for(self.service, db=self.db, **self._auth(), **options)
             return master.connection_pool.make_connection()  # asks the sentinels on connect
         finder = self.client(socket_timeout=options.get("socket_timeout"),
                              socket_connect_timeout=options.get("socket_connect_timeout"))
         try:
-            node = finder.get_node_from_key(CLUSTER_KEY_PREFIX)
+            node = cast(RedisCluster, finder).get_node_from_key(CLUSTER_KEY_PREFIX)
         finally:
             finder.close()
         cls = redis.SSLConnection if self.ssl else redis.Connection
@@ -216,7 +217,7 @@ class LazyCluster:
         self._lock = threading.Lock()
 
     def register_script(self, script: str) -> Script:
-        return Script(self, script)  # hashed locally; loaded on the first call
+        return Script(cast(RedisCluster, self), script)  # hashed locally; loaded on the first call
 
     def get_encoder(self) -> Encoder:
         return Encoder("utf-8", "strict", False)
@@ -250,7 +251,7 @@ def celery_transport(redis_url: str, env: Mapping[str, str]) -> dict[str, Any]:
     CELERY_BROKER_URL, else ``redis_url`` (in kombu's ``sentinel://`` form for Sentinel);
     results at CELERY_RESULT_BACKEND, else the broker. Raises ``ValueError`` for a Cluster
     without CELERY_BROKER_URL: a Cluster cannot carry them."""
-    broker, options = env.get("CELERY_BROKER_URL"), {}
+    broker, options = env.get("CELERY_BROKER_URL"), cast(dict[str, Any], {})
     if not broker:
         broker, options = Target.parse(redis_url).celery_broker()
     return {"broker_url": broker, "broker_transport_options": options,

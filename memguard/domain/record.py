@@ -89,7 +89,7 @@ def record_problem(data: Any, now: float | None) -> str | None:
     until = data.get("until")
     if not _finite(until):
         return f"until is not a finite number: {shown(until)}"
-    if now is not None and until > now + LONGEST_AHEAD_S:
+    if now is not None and isinstance(until, int | float) and until > now + LONGEST_AHEAD_S:
         return f"until is {until - now:.0f} s ahead, past the longest hold ({LONGEST_AHEAD_S} s)"
     for name in _NUMBERS:
         if data.get(name) is not None and not _finite(data[name]):

@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import redis
 
@@ -35,7 +37,7 @@ def _port_below(limit: int) -> int:
     return port
 
 
-def wait_for(check, timeout: float, what: str, interval: float = 0.05) -> None:
+def wait_for(check: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -133,7 +135,9 @@ class SentinelGroup:
             return False
 
     def master_port(self) -> int:
-        return int(self.sentinels[0].client().sentinel_get_master_addr_by_name(self.service)[1])
+        sentinel = self.sentinels[0].client()
+        address = cast(tuple[str, int], sentinel.sentinel_get_master_addr_by_name(self.service))
+        return int(address[1])
 
     def failover(self, timeout: float = 20) -> int:
         """``SENTINEL FAILOVER``; returns the new master's port once it accepts writes."""
@@ -224,12 +228,12 @@ class CeleryProcess:
 
     def start(self, ready_timeout: float = 30) -> CeleryProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        proc = self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self._log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         marker = "ready." if self.kind == "worker" else "beat: Starting..."
-        wait_for(lambda: marker in self.output() or self.proc.poll() is not None, ready_timeout,
+        wait_for(lambda: marker in self.output() or proc.poll() is not None, ready_timeout,
                  f"celery {self.kind} {self.name}")
-        if self.proc.poll() is not None:
+        if proc.poll() is not None:
             raise RuntimeError(f"celery {self.kind} {self.name} exited:\n{self.output()[-3000:]}")
         return self
 

@@ -203,7 +203,7 @@ class ZepStub:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> ZepStub:
         self._thread.start()

@@ -38,6 +38,8 @@ class Scheduler(RedBeatScheduler):
     lock it holds, then sends what is due) and ``close``'s lock handling is RedBeat's.
     """
 
+    lock: Any  # RedBeat's: its redis-py Lock while this beat holds it, else None
+
     def tick(self, min: Any = min, **kwargs: Any) -> float:
         try:
             if self.lock_key and self.lock is None and not self._take_lock():

@@ -107,7 +107,7 @@ class Operations:
             "last_operator_action": audit.last_operator_action(self.state.client, self.state.keys.audit),
         }
         problems = [snap.corrupt] if snap.corrupt is not None else []
-        audit_type = self.state.client.type(self.state.keys.audit)
+        audit_type = str(self.state.client.type(self.state.keys.audit))  # decoded: already text
         if audit_type not in ("none", "stream"):
             problems.append(f"{self.state.keys.audit} holds a {audit_type}, not a stream")
         if problems:

@@ -59,13 +59,14 @@ class AuditTrail:
         fields = entry(event)
         if fields is None:
             return
+        stream_fields: dict[Any, Any] = dict(fields)
         try:
-            self.client.xadd(self.key, fields, maxlen=AUDIT_MAXLEN, approximate=True)
+            self.client.xadd(self.key, stream_fields, maxlen=AUDIT_MAXLEN, approximate=True)
         except redis.ResponseError as exc:  # a value memguard did not write (WRONGTYPE): replace it
             self.hooks.emit(events.GuardTrouble("corrupt_state", "audit", f"{self.key}: {exc}"[:200]))
             with contextlib.suppress(redis.RedisError):
                 self.client.delete(self.key)
-                self.client.xadd(self.key, fields, maxlen=AUDIT_MAXLEN, approximate=True)
+                self.client.xadd(self.key, stream_fields, maxlen=AUDIT_MAXLEN, approximate=True)
         except redis.RedisError as exc:
             self.hooks.emit(events.GuardTrouble("redis_error", "audit", f"{type(exc).__name__}: {exc}"[:200]))
 
@@ -73,8 +74,8 @@ class AuditTrail:
 def history(client: redis.Redis, key: str, count: int = 20) -> list[dict[str, Any]]:
     """The newest ``count`` entries, oldest first, with their Redis time. A key that is not a
     stream reads as no entries: the next recorded event replaces it."""
-    try:
-        rows = client.xrevrange(key, count=count)
+    try:  # the client decodes responses: ids, names and values are text
+        rows: list[tuple[str, dict[str, str]]] = client.xrevrange(key, count=count)  # type: ignore[assignment]
     except redis.ResponseError:
         return []
     out = []

@@ -116,7 +116,8 @@ def prime_async_transport() -> None:
         import httpcore._async.connection_pool  # noqa: F401
 
 
-def _options(timeout_s: float) -> dict[str, Any]:
+def _options(timeout_s: float) -> Any:
+    """Each SDK's ``RequestOptions`` (a TypedDict of its own): one attempt, this timeout."""
     return {"timeout_in_seconds": timeout_s, "max_retries": 0}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -49,9 +50,9 @@ class SwitchListener(Background):
                 self._stop.wait(0.5)
 
     def _listen(self, host: str, port: int) -> None:
+        auth: dict[str, Any] = dict(self.target.sentinel_auth)
         client = redis.Redis(host=host, port=port, decode_responses=True, socket_connect_timeout=1.0,
-                             socket_keepalive=True, socket_keepalive_options=keepalive_options(),
-                             **self.target.sentinel_auth)
+                             socket_keepalive=True, socket_keepalive_options=keepalive_options(), **auth)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(SWITCH_CHANNEL)

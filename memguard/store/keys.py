@@ -62,7 +62,7 @@ class Keys:
 
     @classmethod
     def under(cls, prefix: str) -> Keys:
-        return cls(**{f.name: prefix + f.default.removeprefix("mem:") for f in dataclasses.fields(cls)})
+        return cls(**{f.name: prefix + str(f.default).removeprefix("mem:") for f in dataclasses.fields(cls)})
 
     @property
     def prefix(self) -> str:

@@ -19,9 +19,10 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from memguard.config.settings import Settings
 from memguard.domain import events
@@ -190,7 +191,8 @@ class State:
         """The client to pipeline plain reads on: on a Cluster, the node owning memguard's slot
         (a cluster pipeline refuses MGET and TIME)."""
         if self.settings.redis_target.kind == "cluster":
-            return self.client.get_node_from_key(self.keys.forced).redis_connection
+            node = cast(RedisCluster, self.client).get_node_from_key(self.keys.forced)
+            return cast(redis.Redis, node.redis_connection)
         return self.client
 
     def mode(self, record: ForcedRecord | None) -> EffectiveMode:
