@@ -214,12 +214,12 @@ class CeleryProcess:
     """``celery -A <app> worker|beat`` as a real subprocess with its own log file."""
 
     def __init__(self, kind: str, env: dict[str, str], logdir: str, name: str, *extra: str,
-                 app: str = "memguard", cwd: str | None = None) -> None:
+                 app: str = "memguard", cwd: str | None = None, python: str = sys.executable) -> None:
         self.kind = kind
         self.name = name
         self.cwd = cwd
         self.log_path = Path(logdir) / f"{name}.log"
-        args = [sys.executable, "-m", "celery", "-A", app, "--quiet", kind, "-l", "info"]
+        args = [python, "-m", "celery", "-A", app, "--quiet", kind, "-l", "info"]
         if kind == "worker":
             args += ["-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
         self.args = args + list(extra)

@@ -1,0 +1,227 @@
+"""memguard as users install it: the wheel and the sdist built from the checkout, each installed
+(not editable) into a fresh venv and run from a directory outside the checkout, against a
+private redis-server and the Zep stub; the distributions' contents, their metadata and the
+package's types.
+
+``./run matrix`` runs this module under each supported Python: the venv is made from the
+interpreter running the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import memguard
+from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env, wait_for
+from memguard.drill.zepstub import ZepStub
+from memguard.store import scripts
+
+from .conftest import API_KEY, ROOT
+
+VERSION = memguard.__version__
+EXCLUDED = ("tests/", "bench/", "tools/", ".venv", "examples/", ".ci/")
+
+
+def run(*args: str | Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kw)
+    assert out.returncode == 0, f"{args} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory) -> dict[str, Path]:
+    """The sdist, and the wheel built from it (so the wheel also proves the sdist complete)."""
+    out = tmp_path_factory.mktemp("dist")
+    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT, cwd=out)
+    return {"wheel": out / f"memguard-{VERSION}-py3-none-any.whl", "sdist": out / f"memguard-{VERSION}.tar.gz"}
+
+
+def loaded_files() -> set[str]:
+    """Every non-Python file under memguard/ that the code opens at run time."""
+    lua = {f"memguard/store/lua/{name}.lua" for name in ("prelude", "hygiene")}
+    lua |= {f"memguard/store/lua/{spec.source}.lua" for spec in scripts.SPECS.values()}
+    return lua | {"memguard/py.typed"}
+
+
+def package_files() -> set[str]:
+    """Every non-Python file the checkout has under memguard/."""
+    listed = run("git", "ls-files", "memguard", cwd=ROOT).stdout.split()
+    return {name for name in listed if not name.endswith(".py")}
+
+
+def test_the_wheel_and_the_sdist_carry_every_file_the_package_loads_and_nothing_else(dists):
+    assert loaded_files() <= package_files(), "a loaded file is not in the checkout"
+    wheel = set(zipfile.ZipFile(dists["wheel"]).namelist())
+    prefix = f"memguard-{VERSION}/"
+    with tarfile.open(dists["sdist"]) as tar:
+        sdist = {name.removeprefix(prefix) for name in tar.getnames()}
+    for name, files in (("wheel", wheel), ("sdist", sdist)):
+        assert package_files() - files == set(), f"the {name} lacks package files"
+        strays = sorted(f for f in files if f.startswith(EXCLUDED) or "__pycache__" in f)
+        assert strays == [], f"the {name} holds files from outside the package: {strays[:5]}"
+    assert {"LICENSE", "CHANGELOG.md", "README.md"} <= sdist
+    assert f"memguard-{VERSION}.dist-info/licenses/LICENSE" in wheel
+
+
+def test_the_metadata_renders_on_pypi_and_declares_every_supported_python(dists):
+    out = run(sys.executable, "-m", "twine", "check", "--strict", dists["wheel"], dists["sdist"])
+    assert out.stdout.count("PASSED") == 2, out.stdout
+    metadata = zipfile.ZipFile(dists["wheel"]).read(f"memguard-{VERSION}.dist-info/METADATA").decode()
+    assert "License-Expression: MIT" in metadata
+    for minor in ("3.11", "3.12", "3.13"):
+        assert f"Classifier: Programming Language :: Python :: {minor}" in metadata
+    assert "Requires-Python: >=3.11" in metadata and "Typing :: Typed" in metadata
+
+
+def test_mypy_is_clean_on_the_package():
+    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:]
+
+
+# -- installed into a fresh venv, run outside the checkout ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory) -> Path:
+    """A fresh venv of the interpreter running the tests; memguard's dependencies come with
+    the first install (pip's cache makes later runs fast)."""
+    where = tmp_path_factory.mktemp("venv") / "v"
+    base = getattr(sys, "_base_executable", sys.executable)
+    run(base, "-m", "venv", where)
+    return where
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("outside-the-checkout")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.pop("ZEP_API_URL", None)
+    return {**env, **extra}
+
+
+def install(venv: Path, dist: Path) -> None:
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    run(*pip, "--force-reinstall", "--no-deps", dist) if (venv / "bin" / "memguard").exists() else run(*pip, dist)
+
+
+READS = """
+import json, sys
+import memguard
+
+assert memguard.__file__.startswith(sys.prefix), memguard.__file__  # the installed copy
+
+
+@memguard.guarded
+def mine(thread_id: str) -> str:
+    return "own:" + thread_id
+
+
+out = {"file": memguard.__file__}
+out["reads"] = [memguard.fetch_thread_context(sys.argv[1]) for _ in range(int(sys.argv[2]))]
+out["own"] = mine(sys.argv[1])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("kind", ["wheel", "sdist"])
+def test_the_installed_package_guards_reads_and_its_cli_and_drill_work(kind, dists, venv, outside):
+    install(venv, dists[kind])
+    bin_ = venv / "bin"
+    (outside / "reads.py").write_text(READS)
+    with RedisServer() as redis_server, ZepStub(api_key=API_KEY) as stub:
+        env = clean_env(REDIS_URL=redis_server.url, ZEP_API_URL=stub.url, ZEP_API_KEY=API_KEY)
+
+        def memguard_cli(*args: str) -> str:
+            return run(bin_ / "memguard", *args, cwd=outside, env=env).stdout
+
+        assert memguard_cli("--version").strip() == f"memguard {VERSION}"
+        healthy = json.loads(run(bin_ / "python", "reads.py", "t-ok", "1", cwd=outside, env=env).stdout)
+        assert str(venv) in healthy["file"] and str(ROOT) not in healthy["file"]
+        [(context, meta)] = healthy["reads"]
+        assert meta == {"used": True, "source": "zep"} and context is not None
+        assert healthy["own"] == ["own:t-ok", {"used": True, "source": "zep"}]
+        assert stub.reads_of("t-ok") == 1
+
+        stub.set_fault("500")  # three failing reads force the fleet; the next read is blocked
+        failing = json.loads(run(bin_ / "python", "reads.py", "t-bad", "3", cwd=outside, env=env).stdout)
+        assert [meta["source"] for _, meta in failing["reads"]] == ["zep_error"] * 3
+        assert failing["own"][1]["source"] == "write_only_forced"
+        status = json.loads(memguard_cli("status", "--json"))
+        assert status["mode"] == "write_only" and status["reason"] == "consecutive_failures", status
+        stub.set_fault("ok")
+
+        memguard_cli("clear")
+        assert json.loads(memguard_cli("status", "--json"))["mode"] == "read_write"
+        memguard_cli("force", "--reason", "manual_ops", "--ttl", "60")
+        status = json.loads(memguard_cli("status", "--json"))
+        assert status["mode"] == "write_only" and status["reason"] == "manual_ops", status
+        memguard_cli("clear")
+        assert json.loads(memguard_cli("status", "--json"))["mode"] == "read_write"
+
+    drill = run(bin_ / "memguard", "drill", cwd=outside, env=clean_env(), timeout=180).stdout
+    assert "drills: all passed" in drill, drill[-3000:]
+
+
+def readme_example() -> str:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- example-app -->\n```python\n(.*?)```", readme, re.S)
+    assert block, "the README has no example-app snippet"
+    return block.group(1)
+
+
+def readme_force_command() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    line = re.search(r"^celery -A myapp call memguard\.force --kwargs '(\{.*?\})'$", readme, re.M)
+    assert line, "the README shows no celery call memguard.force"
+    kwargs = json.loads(line.group(1))
+    assert kwargs["ttl_seconds"] > 2
+    return ["-A", "myapp", "call", "memguard.force", "--kwargs", json.dumps({**kwargs, "ttl_seconds": 2})]
+
+
+def test_the_readmes_celery_example_runs_from_the_installed_wheel(dists, venv, outside, tmp_path):
+    """The README's example app, verbatim: a prefork worker, two beats, ``celery call
+    memguard.force`` (with a 2 s hold instead of 600), and the probe restores."""
+    install(venv, dists["wheel"])
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "myapp.py").write_text(readme_example())
+    python = str(venv / "bin" / "python")
+    with RedisServer() as broker, RedisServer() as state, ZepStub(api_key=API_KEY) as stub:
+        env = clean_env(**{k: v for k, v in stack_env(state.url, stub.url, API_KEY).items()
+                           if k in ("REDIS_URL", "ZEP_API_URL", "ZEP_API_KEY", "PYTHONUNBUFFERED")},
+                        CELERY_BROKER_URL=broker.url, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="1")
+        procs = [CeleryProcess("worker", env, str(tmp_path), "w", "-P", "prefork", "-c", "2", app="myapp",
+                               cwd=str(app_dir), python=python)]
+        procs += [CeleryProcess("beat", env, str(tmp_path), name, app="myapp", cwd=str(app_dir), python=python)
+                  for name in ("b1", "b2")]
+        try:
+            for p in procs:
+                p.start()
+            run(venv / "bin" / "celery", *readme_force_command(), cwd=app_dir, env=env)
+
+            def status() -> dict:
+                return json.loads(run(venv / "bin" / "memguard", "status", "--json", cwd=app_dir, env=env).stdout)
+
+            wait_for(lambda: status()["mode"] == "write_only", 20, "the worker to run memguard.force")
+            forced_at = time.monotonic()
+            wait_for(lambda: status()["mode"] == "read_write", 30, "the probe to restore")
+            assert time.monotonic() - forced_at < 30
+            assert stub.reads_of("memguard-probe") >= 1
+            assert all(p.alive() for p in procs), [p.output()[-2000:] for p in procs if not p.alive()]
+            assert sum("Sending due task memguard-probe" in p.output() for p in procs[1:]) == 1
+        finally:
+            for p in procs:
+                p.stop()
