@@ -43,7 +43,8 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     """The sdist, and the wheel built from it (so the wheel also proves the sdist complete)."""
     out = tmp_path_factory.mktemp("dist")
     run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT, cwd=out)
-    return {"wheel": out / f"memguard-{VERSION}-py3-none-any.whl", "sdist": out / f"memguard-{VERSION}.tar.gz"}
+    return {"wheel": out / f"memguard-{VERSION}-py3-none-any.whl",
+            "sdist": out / f"memguard-{VERSION}.tar.gz"}
 
 
 def loaded_files() -> set[str]:
@@ -84,7 +85,8 @@ def test_the_metadata_renders_on_pypi_and_declares_every_supported_python(dists)
 
 
 def test_mypy_is_clean_on_the_package():
-    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stdout[-4000:]
 
 
@@ -114,7 +116,10 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def install(venv: Path, dist: Path) -> None:
     pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    run(*pip, "--force-reinstall", "--no-deps", dist) if (venv / "bin" / "memguard").exists() else run(*pip, dist)
+    if (venv / "bin" / "memguard").exists():  # the dependencies are in: replace memguard alone
+        run(*pip, "--force-reinstall", "--no-deps", dist)
+    else:
+        run(*pip, dist)
 
 
 READS = """
@@ -205,15 +210,16 @@ def test_the_readmes_celery_example_runs_from_the_installed_wheel(dists, venv, o
                         CELERY_BROKER_URL=broker.url, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="1")
         procs = [CeleryProcess("worker", env, str(tmp_path), "w", "-P", "prefork", "-c", "2", app="myapp",
                                cwd=str(app_dir), python=python)]
-        procs += [CeleryProcess("beat", env, str(tmp_path), name, app="myapp", cwd=str(app_dir), python=python)
-                  for name in ("b1", "b2")]
+        procs += [CeleryProcess("beat", env, str(tmp_path), name, app="myapp", cwd=str(app_dir),
+                                python=python) for name in ("b1", "b2")]
         try:
             for p in procs:
                 p.start()
             run(venv / "bin" / "celery", *readme_force_command(), cwd=app_dir, env=env)
 
             def status() -> dict:
-                return json.loads(run(venv / "bin" / "memguard", "status", "--json", cwd=app_dir, env=env).stdout)
+                out = run(venv / "bin" / "memguard", "status", "--json", cwd=app_dir, env=env)
+                return json.loads(out.stdout)
 
             wait_for(lambda: status()["mode"] == "write_only", 20, "the worker to run memguard.force")
             forced_at = time.monotonic()
