@@ -1,7 +1,7 @@
 """The one place that builds a process's memguard objects and wires them together.
 
-``build`` makes them in order, each given what it needs: settings → store → view → guard →
-read meter → subscribers (logs, metrics, the audit trail) → notifications and operator
+``build`` makes them in order, each given what it needs: settings → subscribers (logs,
+metrics) → store → view → guard → read meter → the audit trail → notifications and operator
 actions. Below this module nothing looks up a global: every object holds what it was given.
 
 The entry points (``memguard.service``, ``memguard.flags``, the Celery tasks, the command line,
