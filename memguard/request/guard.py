@@ -162,9 +162,10 @@ class Guard:
             value = fn(*args, **(kwargs or {}))
         except Exception as exc:
             try:
-                return None, {**steps.run(self._failed(exc, thread_id, called), self.state.perform), **bypass}
+                meta = steps.run(self._failed(exc, thread_id, called), self.state.perform)
             except Exception as fault:
                 return None, self._failed_unrecorded(exc, fault)
+            return None, {**meta, **bypass}
         try:
             meta, then = self._returned(thread_id, started, called, budget_s)
             if then is not None:
@@ -196,10 +197,10 @@ class Guard:
             value = await fn(*args, **(kwargs or {}))
         except Exception as exc:
             try:
-                return None, {**await steps.arun(self._failed(exc, thread_id, called), self.state.aperform),
-                              **bypass}
+                meta = await steps.arun(self._failed(exc, thread_id, called), self.state.aperform)
             except Exception as fault:
                 return None, self._failed_unrecorded(exc, fault)
+            return None, {**meta, **bypass}
         try:
             meta, then = self._returned(thread_id, started, called, budget_s)
             if then is not None:
