@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 import memguard
 from memguard import process, service
+from memguard.drill.localstack import wait_for
 from memguard.integrations import cli
 from memguard.observe import logs
 from memguard.ops.actions import Operations
@@ -113,7 +114,10 @@ def test_an_unexpected_script_reply_never_reaches_the_caller(configure, stub, mo
         assert meta["reason"] == "http_5xx"
     assert errors("failure") == before + 3
     assert len(internal_lines(caplog)) == 1
-    # The scripts themselves ran: the third failure forced the fleet, and the view saw it.
+    # The scripts themselves ran: the third failure forced the fleet. The reply that would have
+    # told this process's view at once was the unexpected one: the view hears the notice instead.
+    wait_for(lambda: (view := process.get().watcher.current) is not None and view.record is not None, 5,
+             "the view to see the force")
     context, meta = memguard.fetch_thread_context("t-500")
     assert meta["source"] == "write_only_forced" and meta["reason"] == "consecutive_failures"
 
