@@ -94,7 +94,7 @@ def fetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     except SettingsError as exc:
         return None, _config_error(exc)
     except Exception as fault:
-        return _unguarded(fault, lambda: _bare_readers().reader.read_context(thread_id, _bare_timeout()))
+        return _unguarded(fault, lambda: _bare_read(thread_id))
     return proc.guard.call(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
 
 
@@ -112,11 +112,7 @@ async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     except SettingsError as exc:
         return None, _config_error(exc)
     except Exception as fault:
-
-        async def read() -> str | None:
-            return await (await _bare_readers().aget()).read_context(thread_id, _bare_timeout())
-
-        return await _aunguarded(fault, read)
+        return await _aunguarded(fault, lambda: _abare_read(thread_id))
     return await proc.guard.acall(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
 
 
@@ -207,20 +203,26 @@ def _bare_readers() -> Readers:
     return _bare
 
 
-def _bare_timeout() -> float:
-    return _bare_readers().settings.read_timeout_s
+def _bare_read(thread_id: str) -> str | None:
+    readers = _bare_readers()
+    return readers.reader.read_context(thread_id, readers.settings.read_timeout_s)
+
+
+async def _abare_read(thread_id: str) -> str | None:
+    readers = _bare_readers()
+    return await (await readers.aget()).read_context(thread_id, readers.settings.read_timeout_s)
 
 
 def _report(fault: Exception) -> Meta:
     """Count and log a fault of memguard's own (building the process, say); the meta to add."""
+    trouble = events.internal("build", fault)
     try:
-        _wiring().hooks.emit(events.internal("build", fault))
+        _wiring().hooks.emit(trouble)
     except Exception:  # not even the wiring imports: say so once per type, where it can be seen
         name = type(fault).__name__
         if name not in _unreported and len(_unreported) < 64:
             _unreported.add(name)
-            detail = events.internal("build", fault).detail
-            print(f"memguard: internal error, reads go on unguarded: {detail}", file=sys.stderr)
+            print(f"memguard: internal error, reads go on unguarded: {trouble.detail}", file=sys.stderr)
     return {"guard_error": type(fault).__name__}
 
 
@@ -246,9 +248,6 @@ async def _aunguarded(fault: Exception, read: Callable[[], Awaitable[R]]) -> tup
 def _error_meta(exc: Exception) -> Meta:
     if isinstance(exc, SettingsError):  # memguard's own reader cannot be made
         return _config_error(exc)
-    try:
-        from memguard.request.guard import zep_error_meta
-    except Exception:  # the request path itself does not import
-        return {"used": False, "source": "zep_error", "reason": None, "status": None,
-                "error": type(exc).__name__}
-    return zep_error_meta(exc)
+    from memguard.domain.classify import error_meta  # pure: the fault path's only import
+
+    return error_meta(exc)

@@ -132,6 +132,18 @@ _CONNECTION_ERRORS = (("httpx", "TransportError"), ("requests", "exceptions.Conn
                       ("urllib3", "exceptions.MaxRetryError"))
 
 
+def error_meta(exc: BaseException, verdict: Verdict | None = None) -> dict[str, Any]:
+    """What a caller's ``meta`` says of a read that raised: its classification, or only its
+    type when even classifying it failed (the caller's meta never depends on memguard working)."""
+    try:
+        verdict = verdict or classify(exc)
+    except Exception:
+        return {"used": False, "source": "zep_error", "reason": None, "status": None,
+                "error": type(exc).__name__}
+    return {"used": False, "source": "zep_error", "reason": verdict.reason, "status": verdict.status,
+            "error": type(exc).__name__}
+
+
 def _loaded(classes: tuple[tuple[str, str], ...]) -> list[type[BaseException]]:
     found = []
     for module_name, path in classes:

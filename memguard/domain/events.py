@@ -140,9 +140,11 @@ class GuardTrouble:
     kind: str  # redis_error, corrupt_state, config_error, webhook_failed, master_switch, internal
     op: str
     detail: str = ""
+    error_type: str = ""  # an internal fault's exception type (its detail starts with it too)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", bounded(self.detail, ERROR_CHARS))
+        object.__setattr__(self, "error_type", bounded(self.error_type))
 
 
 INTERNAL = "internal"
@@ -157,7 +159,8 @@ def internal(op: str, fault: BaseException, where: str = "") -> GuardTrouble:
     except Exception:
         message = "<message unavailable>"
     place = f" in {where}" if where else ""
-    return GuardTrouble(INTERNAL, op, f"{type(fault).__name__}{place}: {message}")
+    name = type(fault).__name__
+    return GuardTrouble(INTERNAL, op, f"{name}{place}: {message}", name)
 
 
 Event = (ModeForced | WouldForce | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished

@@ -235,11 +235,10 @@ def on_event(event: events.Event) -> None:
             _config_errors_logged.add(event.detail)
             emit(logging.ERROR, "memguard_config_error", op=event.op, detail=event.detail)
     elif isinstance(event, events.GuardTrouble) and event.kind == events.INTERNAL:
-        error_type = event.detail.split(":", 1)[0].split(" ", 1)[0]
-        key = (event.op, error_type)
+        key = (event.op, event.error_type)
         if key not in _internal_logged and len(_internal_logged) < INTERNAL_KINDS_LOGGED:
             _internal_logged.add(key)
-            emit(logging.ERROR, "memguard_internal_error", op=event.op, error_type=error_type,
+            emit(logging.ERROR, "memguard_internal_error", op=event.op, error_type=event.error_type,
                  detail=event.detail)
     elif isinstance(event, events.GuardTrouble):
         suppressed = _sampler.take(f"trouble:{event.kind}:{event.op}")

@@ -25,7 +25,7 @@ import redis
 
 from memguard.config.settings import Settings
 from memguard.domain import events
-from memguard.domain.classify import Action, Verdict, classify
+from memguard.domain.classify import Action, Verdict, classify, error_meta
 from memguard.domain.events import origin
 from memguard.domain.modes import EffectiveMode
 from memguard.domain.record import ForcedRecord, Snapshot, Transition
@@ -38,18 +38,6 @@ OVERHEAD_SAMPLE_EVERY = 16
 
 R = TypeVar("R")
 Meta = dict[str, Any]
-
-
-def zep_error_meta(exc: BaseException, verdict: Verdict | None = None) -> Meta:
-    """The meta of a read that raised: its classification, or only its type when even
-    classifying it failed (the caller's meta never depends on memguard working)."""
-    try:
-        verdict = verdict or classify(exc)
-    except Exception:
-        return {"used": False, "source": "zep_error", "reason": None, "status": None,
-                "error": type(exc).__name__}
-    return {"used": False, "source": "zep_error", "reason": verdict.reason, "status": verdict.status,
-            "error": type(exc).__name__}
 
 
 class Store(Protocol):
@@ -154,7 +142,7 @@ class Guard:
             if record is not None:
                 return None, self._blocked(thread_id, record)
         except Exception as fault:
-            bypass = self.fault("check", fault)
+            bypass = self._fault("check", fault)
         else:
             bypass = {}
         called = time.perf_counter()
@@ -171,7 +159,7 @@ class Guard:
             if then is not None:
                 steps.run(then, self.state.perform)
         except Exception as fault:
-            meta = {"used": True, "source": "zep", **self.fault("success", fault)}
+            meta = {"used": True, "source": "zep", **self._fault("success", fault)}
         return value, {**meta, **bypass}
 
     async def acall(self, thread_id: str, fn: Callable[..., Awaitable[R]], args: Sequence[Any] = (),
@@ -189,7 +177,7 @@ class Guard:
             if record is not None:
                 return None, self._blocked(thread_id, record)
         except Exception as fault:
-            bypass = self.fault("check", fault)
+            bypass = self._fault("check", fault)
         else:
             bypass = {}
         called = time.perf_counter()
@@ -206,10 +194,10 @@ class Guard:
             if then is not None:
                 await steps.arun(then, self.state.aperform)
         except Exception as fault:
-            meta = {"used": True, "source": "zep", **self.fault("success", fault)}
+            meta = {"used": True, "source": "zep", **self._fault("success", fault)}
         return value, {**meta, **bypass}
 
-    def fault(self, op: str, fault: Exception) -> Meta:
+    def _fault(self, op: str, fault: Exception) -> Meta:
         """A fault of memguard's own on a read: counted and logged (``GuardTrouble`` of kind
         ``internal``); the meta the caller gets names its type."""
         with contextlib.suppress(Exception):
@@ -218,7 +206,7 @@ class Guard:
 
     def _failed_unrecorded(self, exc: Exception, fault: Exception) -> Meta:
         """The read failed and memguard could not record it: the read's outcome, and the fault."""
-        return {**zep_error_meta(exc), **self.fault("failure", fault)}
+        return {**error_meta(exc), **self._fault("failure", fault)}
 
     def _read_disabled(self) -> Meta:
         return {"used": False, "source": "read_disabled", "mode": self.base.value}
@@ -232,7 +220,7 @@ class Guard:
         verdict = yield from self._failure_steps(exc, thread_id)
         if self.meter is not None:
             self.meter.record(took, failed=verdict.action is not Action.IGNORE)
-        return zep_error_meta(exc, verdict)
+        return error_meta(exc, verdict)
 
     def _returned(self, thread_id: str, started: float, called: float,
                   budget_s: float | None) -> tuple[Meta, Steps[None] | None]:
