@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import pytest
 from celery import Celery
@@ -133,6 +134,21 @@ def test_the_cli_names_a_fault_of_its_own_in_one_line_and_exits_70(scripts_missi
     assert redis_server.client().keys("*") == []  # nothing was changed
 
 
+def test_a_fault_line_masks_the_secrets_its_message_holds(scripts_missing, monkeypatch, redis_server,
+                                                          capsys):
+    secret = "zep-secret-Kq81"
+    monkeypatch.setenv("ZEP_API_KEY", secret)
+    monkeypatch.setenv("REDIS_URL", redis_server.url.replace("redis://", "redis://:pw-Vz93@"))
+
+    def leaky(source: str) -> str:
+        raise FileNotFoundError(f"no {source}.lua under {os.environ['REDIS_URL']} for key {secret}")
+
+    monkeypatch.setattr(scripts, "_read", leaky)
+    assert cli.main(["status"]) == cli.EX_SOFTWARE
+    err = capsys.readouterr().err
+    assert "FileNotFoundError" in err and secret not in err and "pw-Vz93" not in err, err
+
+
 def test_a_task_answers_a_fault_of_its_own_in_one_line(configure, monkeypatch):
     configure()
     app = Celery("faulty", set_as_current=False)
@@ -140,12 +156,14 @@ def test_a_task_answers_a_fault_of_its_own_in_one_line(configure, monkeypatch):
     memguard.install(app)
 
     def broken(self, by, **kwargs):
-        raise KeyError("a field memguard expected")
+        raise KeyError("a field memguard expected, not zep-secret-Kq81")
 
     monkeypatch.setattr(Operations, "force", broken)
     before = errors("force")
+    monkeypatch.setenv("ZEP_API_KEY", "zep-secret-Kq81")
     result = app.tasks["memguard.force"].apply(kwargs={"reason": "manual_ops"})
     assert result.failed()
     assert type(result.result).__name__ == "InternalFault"
     assert str(result.result).count("\n") == 0 and "KeyError" in str(result.result)
+    assert "zep-secret-Kq81" not in str(result.result)
     assert errors("force") == before + 1

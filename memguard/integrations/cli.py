@@ -106,11 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as fault:  # a fault of memguard's own: one line naming it, never a traceback
-        from memguard.domain import events
-
-        detail = events.internal(command, fault).detail
-        print(f"memguard: internal error during {command}: {detail}", file=sys.stderr)
+        print(f"memguard: internal error during {command}: {_fault_detail(command, fault)}", file=sys.stderr)
         return EX_SOFTWARE
+
+
+def _fault_detail(command: str, fault: Exception) -> str:
+    """The fault's type and message, secrets masked; its type alone if even that fails (so that
+    nothing unmasked is printed)."""
+    try:
+        from memguard.domain import events
+        from memguard.observe.logs import scrubbed
+
+        return scrubbed(events.internal(command, fault).detail)
+    except Exception:
+        return type(fault).__name__
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -143,7 +152,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             # The action was done: say what went wrong around it (status prints its own warning).
             for trouble in (t for t in troubles if t.op != "status"):
                 print(f"memguard: note: {trouble.kind} during {trouble.op} (the {args.cmd} itself was done): "
-                      f"{trouble.detail}", file=sys.stderr)
+                      f"{logs.scrubbed(trouble.detail)}", file=sys.stderr)
         elif args.cmd == "drill":
             from memguard.drill import run as drill
 

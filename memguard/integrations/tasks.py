@@ -63,7 +63,8 @@ def _operator_call(task: Task, action: str, args: tuple[Any, ...], kwargs: dict[
     except Exception as fault:
         trouble = events.internal(action, fault)
         process.hooks.emit(trouble)
-        raise InternalFault(f"memguard.{action} failed on an internal error: {trouble.detail}") from None
+        detail = logs.scrubbed(trouble.detail)
+        raise InternalFault(f"memguard.{action} failed on an internal error: {detail}") from None
 
 
 def probe_entry(settings: Settings, interval: float | None = None) -> dict[str, Any]:

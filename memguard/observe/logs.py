@@ -105,6 +105,12 @@ def _scrub(text: str, secrets: list[str]) -> str:
     return _auth_headers(text)
 
 
+def scrubbed(text: str) -> str:
+    """``text`` as any memguard output may show it: every secret memguard knows of masked (for
+    lines that do not go through the log, such as a command's one-line error)."""
+    return _scrub(text, _secret_values())
+
+
 def redact(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor (JSON mode): drop secret-named fields, scrub secret values from the rest."""
     return _scrub_nested(event_dict, _secret_values())
