@@ -32,17 +32,13 @@ VERSION = memguard.__version__
 EXCLUDED = ("tests/", "bench/", "tools/", ".venv", "examples/", ".ci/")
 
 
-# Building, installing, the drill and the example's Celery processes take CPU for a minute,
-# which the suite's latency tests in the other workers (100 ms deadlines) must not lose to them.
-NICE = 10
-
-
 def _lower_priority() -> None:
-    os.nice(NICE)
+    os.nice(10)
 
 
 def run(*args: str | Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
-    """A command at nice ``NICE``."""
+    """A command at nice 10: building, installing and the drill take CPU for a minute, which
+    the suite's latency tests in the other workers (100 ms deadlines) must not lose to them."""
     out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout,
                          preexec_fn=_lower_priority, **kw)
     assert out.returncode == 0, f"{args} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
@@ -220,9 +216,9 @@ def test_the_readmes_celery_example_runs_from_the_installed_wheel(dists, venv, o
                            if k in ("REDIS_URL", "ZEP_API_URL", "ZEP_API_KEY", "PYTHONUNBUFFERED")},
                         CELERY_BROKER_URL=broker.url, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="1")
         procs = [CeleryProcess("worker", env, str(tmp_path), "w", "-P", "prefork", "-c", "2", app="myapp",
-                               cwd=str(app_dir), python=python, nice=NICE)]
+                               cwd=str(app_dir), python=python)]
         procs += [CeleryProcess("beat", env, str(tmp_path), name, app="myapp", cwd=str(app_dir),
-                                python=python, nice=NICE) for name in ("b1", "b2")]
+                                python=python) for name in ("b1", "b2")]
         try:
             for p in procs:
                 p.start()

@@ -214,8 +214,7 @@ class CeleryProcess:
     """``celery -A <app> worker|beat`` as a real subprocess with its own log file."""
 
     def __init__(self, kind: str, env: dict[str, str], logdir: str, name: str, *extra: str,
-                 app: str = "memguard", cwd: str | None = None, python: str = sys.executable,
-                 nice: int = 0) -> None:
+                 app: str = "memguard", cwd: str | None = None, python: str = sys.executable) -> None:
         self.kind = kind
         self.name = name
         self.cwd = cwd
@@ -225,14 +224,12 @@ class CeleryProcess:
             args += ["-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
         self.args = args + list(extra)
         self.env = env
-        self.nice = nice  # a lower priority, for processes that must not crowd others' deadlines
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout: float = 30) -> CeleryProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         proc = self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self._log,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None)
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         marker = "ready." if self.kind == "worker" else "beat: Starting..."
         wait_for(lambda: marker in self.output() or proc.poll() is not None, ready_timeout,
                  f"celery {self.kind} {self.name}")
