@@ -32,15 +32,8 @@ VERSION = memguard.__version__
 EXCLUDED = ("tests/", "bench/", "tools/", ".venv", "examples/", ".ci/")
 
 
-def _lower_priority() -> None:
-    os.nice(10)
-
-
 def run(*args: str | Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
-    """A command at nice 10: building, installing and the drill take CPU for a minute, which
-    the suite's latency tests in the other workers (100 ms deadlines) must not lose to them."""
-    out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                         preexec_fn=_lower_priority, **kw)
+    out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kw)
     assert out.returncode == 0, f"{args} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
