@@ -162,8 +162,7 @@ def stack(tmp_path, stub, monkeypatch):
 
 # The modules that spend longest waiting on real clocks start first, so that with
 # `pytest -n 4 --dist loadfile` (./run test) no worker begins one of them near the end.
-SLOW_FIRST = ("test_alerts_in_real_prometheus", "test_existing_celery_app", "test_release",
-              "test_shortened_soak",
+SLOW_FIRST = ("test_alerts_in_real_prometheus", "test_existing_celery_app", "test_shortened_soak",
               "test_beat_rides_through_redis_restart", "test_sentinel_failover",
               "test_trip_policies_backoff_and_webhooks", "test_prober_and_operator_tasks",
               "test_benchmarks_run")
