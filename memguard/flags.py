@@ -63,9 +63,10 @@ def force_write_only(reason: str, ttl_seconds: int = DEFAULT_HOLD_SECONDS,
     return forced
 
 
-def clear_forced_mode(by: dict[str, Any] | None = None) -> bool:
-    """Remove the forced record now (audited); True if there was one."""
-    return process.get().ops.clear(by or origin("api"))["cleared"]
+def clear_forced_mode(by: dict[str, Any] | None = None, *, ramp: bool = True) -> bool:
+    """Remove the forced record now (audited); True if there was one. Reads return through the
+    recovery ramp, or with ``ramp=False`` all at once (ending a ramp in progress too)."""
+    return process.get().ops.clear(by or origin("api"), ramp=ramp)["cleared"]
 
 
 def increment_consecutive_failures() -> int:

@@ -86,9 +86,14 @@ def recorded() -> Iterator[list[events.Event]]:
     process.hooks.unsubscribe(seen.append)
 
 
+# The tests of what memguard did before the recovery ramp run with the ramp off: they are the
+# proof that MEMORY_RECOVERY_RAMP_SECONDS=0 behaves as before. The ramp's own tests turn it on.
+NO_RAMP = {"MEMORY_RECOVERY_RAMP_SECONDS": "0"}
+
+
 def make_settings(redis_url: str, stub: ZepStub, **kw) -> Settings:
     base = dict(redis_url=redis_url, zep_api_url=stub.url, zep_api_key=API_KEY, read_timeout_ms=200,
-                probe_timeout_ms=150, hold_seconds=300, probe_grace_seconds=60)
+                probe_timeout_ms=150, hold_seconds=300, probe_grace_seconds=60, ramp_seconds=0)
     base.update(kw)
     return Settings(**base)
 
@@ -137,8 +142,8 @@ def stack(tmp_path, stub, monkeypatch):
         procs: list[CeleryProcess] = []
 
         def env(**extra: str) -> dict[str, str]:
-            e = stack_env(server.url, stub.url, API_KEY, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5",
-                          **extra)
+            e = stack_env(server.url, stub.url, API_KEY, **{
+                "MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS": "0.5", **NO_RAMP, **extra})
             e["PYTHONPATH"] = str(ROOT)
             return e
 

@@ -250,7 +250,7 @@ def test_force_from_elsewhere_is_seen_and_a_broken_channel_fails_safe(configure,
     from memguard.config.settings import Settings
     from memguard.store.state import State
 
-    other = State(redis_db, Settings(), process.hooks)
+    other = State(redis_db, Settings(ramp_seconds=0), process.hooks)
     other.force("manual_ops", 60, {"via": "test"}, auto=False)
     deadline = time.monotonic() + 5
     while service.fetch_thread_context("t")[1]["used"] and time.monotonic() < deadline:

@@ -56,6 +56,9 @@ class Settings:
     quorum_auth: bool = False
     instance: str = field(default_factory=socket.gethostname)
     metrics_port: int | None = None  # a Celery worker's /metrics (its main process)
+    ramp_seconds: int = 30  # the recovery ramp after a hold (memguard.domain.ramp); 0: none
+    ramp_min_percent: float = 10.0
+    ramp_aggression: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +101,14 @@ class Settings:
     def hold_cap_seconds(self) -> int:
         """The longest hold: backoff and Retry-After stop here (never below the base hold)."""
         return max(self.hold_max_seconds, self.hold_seconds)
+
+    @property
+    def ramp(self) -> dict[str, float] | None:
+        """The ramp a restore starts, as the scripts take it; None when ramps are off."""
+        if not self.ramp_seconds:
+            return None
+        return {"seconds": self.ramp_seconds, "min_percent": self.ramp_min_percent,
+                "aggression": self.ramp_aggression}
 
     @property
     def probe_timeout_s(self) -> float:
@@ -257,6 +268,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "quorum_auth": ("MEMORY_QUORUM_AUTH", _bool),
     "instance": ("MEMGUARD_INSTANCE", _text),
     "metrics_port": ("MEMGUARD_METRICS_PORT", _int_in(1, 65_535)),
+    "ramp_seconds": ("MEMORY_RECOVERY_RAMP_SECONDS", _int_in(0, 3_600)),  # ramp.MAX_RAMP_SECONDS
+    "ramp_min_percent": ("MEMORY_RECOVERY_RAMP_MIN_PERCENT", _float_in(0.0, 100.0)),
+    "ramp_aggression": ("MEMORY_RECOVERY_RAMP_AGGRESSION", _float_in(0.1, 10.0)),  # ramp.MIN_/MAX_AGGRESSION
 }
 
 VARIABLE_NAMES = frozenset(var for var, _ in _VARIABLES.values())

@@ -56,6 +56,7 @@ class ModeForced:
     holds: int = 1
     fail_count: int | None = None
     by: dict[str, Any] | None = None
+    trigger: str | None = None  # ramp_failed: the trigger that tripped during the ramp
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,23 @@ class ModeRestored:
     reason: str  # probe_success, manual_clear, lapsed
     previous_reason: str
     by: dict[str, Any] | None = None
+    ramp_seconds: float = 0.0  # > 0: reads return through a recovery ramp this long; 0: all at once
+
+
+@dataclass(frozen=True)
+class RampCompleted:
+    """A recovery ramp ran its course: every read goes to Zep, and the back-off starts again."""
+
+    previous_reason: str  # the hold's reason
+    holds: int
+    seconds: float
 
 
 @dataclass(frozen=True)
 class ReadBlocked:
+    """A read answered without Zep: the fleet is forced (the record's reason), or the read's
+    conversation is not yet admitted by the recovery ramp (reason ``ramp``, until its end)."""
+
     thread_id: str
     reason: str
     until: float
@@ -163,8 +177,8 @@ def internal(op: str, fault: BaseException, where: str = "") -> GuardTrouble:
     return GuardTrouble(INTERNAL, op, f"{name}{place}: {message}", name)
 
 
-Event = (ModeForced | WouldForce | ModeRestored | ReadBlocked | FailureRecorded | ProbeFinished | ReadFinished
-         | OperatorAction | GuardTrouble)
+Event = (ModeForced | WouldForce | ModeRestored | RampCompleted | ReadBlocked | FailureRecorded
+         | ProbeFinished | ReadFinished | OperatorAction | GuardTrouble)
 Subscriber = Callable[[Event], None]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memguard.domain.modes import EffectiveMode, combine
+from memguard.domain.ramp import Ramp
 from memguard.domain.record import ForcedRecord, Snapshot
 
 
@@ -19,11 +20,20 @@ class FleetStatus:
     fail_count: int
     probe_heartbeat: float | None
     grace_seconds: float
+    ramp: Ramp | None = None  # a recovery ramp still running (None once it has run its course)
 
     @classmethod
     def of(cls, snap: Snapshot, base: EffectiveMode, grace_seconds: float) -> FleetStatus:
+        ramp = snap.ramp if snap.ramp is not None and snap.redis_now < snap.ramp.end else None
         return cls(combine(base, snap.record is not None), snap.record, snap.redis_now, snap.fail_count,
-                   snap.probe_heartbeat, grace_seconds)
+                   snap.probe_heartbeat, grace_seconds, ramp)
+
+    @property
+    def ramp_share(self) -> float:
+        """The share of conversations the ramp admits now: 1 with no ramp running, 0 while forced."""
+        if self.record is not None:
+            return 0.0
+        return self.ramp.share(self.redis_now) if self.ramp is not None else 1.0
 
     @property
     def forced(self) -> bool:

@@ -7,7 +7,8 @@ The validity rule of a record is here and, word for word, in the scripts' prelud
 (``store/lua/prelude.lua``, ``decode``): a JSON object with ``mode`` "write_only", a finite
 number ``until`` at most ``LONGEST_AHEAD_S`` ahead of the Redis clock, and optional fields of
 their own types (``null`` counts as absent): numbers finite, ``holds`` a whole number >= 1,
-``reason`` a string of at most ``MAX_REASON_BYTES``, ``by`` an object, ``id`` a string.
+``reason`` and ``trigger`` strings of at most ``MAX_REASON_BYTES``, ``by`` an object, ``id`` a
+string.
 Anything else is no record: reads fail open, status names the problem, and the next transition
 replaces it.
 """
@@ -19,7 +20,10 @@ import json
 import math
 import reprlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memguard.domain.ramp import Ramp
 
 # The longest hold memguard writes (a day: the operators' and the backoff cap's limit), plus
 # clock skew between hosts. A record ending later was not written by memguard.
@@ -29,7 +33,8 @@ _NUMBERS = ("forced_at", "lapse_at", "since", "hold_seconds")
 
 # Reasons memguard itself forces with (an operator may give any other, such as manual_ops).
 AUTO_REASONS = ("auth", "consecutive_failures", "latency", "rate_limited", "failure_rate")
-DOWNGRADE_REASONS = (*AUTO_REASONS, "probe_failed", "manual_ops")
+# ramp_failed: a trip during a recovery ramp (memguard.domain.ramp); the record's ``trigger`` says which.
+DOWNGRADE_REASONS = (*AUTO_REASONS, "probe_failed", "ramp_failed", "manual_ops")
 RESTORE_REASONS = ("probe_success", "manual_clear", "lapsed")
 PROBE_RESULTS = ("success", "failed", "lost", "superseded")
 
@@ -75,7 +80,7 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -87,19 +92,20 @@ def record_problem(data: Any, now: float | None) -> str | None:
     if data.get("mode") != "write_only":
         return f"mode is not 'write_only': {shown(data.get('mode'))}"
     until = data.get("until")
-    if not _finite(until):
+    if not finite(until):
         return f"until is not a finite number: {shown(until)}"
     if now is not None and isinstance(until, int | float) and until > now + LONGEST_AHEAD_S:
         return f"until is {until - now:.0f} s ahead, past the longest hold ({LONGEST_AHEAD_S} s)"
     for name in _NUMBERS:
-        if data.get(name) is not None and not _finite(data[name]):
+        if data.get(name) is not None and not finite(data[name]):
             return f"{name} is not a finite number: {shown(data[name])}"
     holds = data.get("holds")
-    if holds is not None and not (_finite(holds) and holds >= 1 and holds == int(holds)):
+    if holds is not None and not (finite(holds) and holds >= 1 and holds == int(holds)):
         return f"holds is not a whole number >= 1: {shown(holds)}"
-    reason = data.get("reason")
-    if reason is not None and not (isinstance(reason, str) and len(reason.encode()) <= MAX_REASON_BYTES):
-        return f"reason is not a string of at most {MAX_REASON_BYTES} bytes: {shown(reason)}"
+    for name in ("reason", "trigger"):
+        text = data.get(name)
+        if text is not None and not (isinstance(text, str) and len(text.encode()) <= MAX_REASON_BYTES):
+            return f"{name} is not a string of at most {MAX_REASON_BYTES} bytes: {shown(text)}"
     # An empty array passes as an empty object: Lua's cjson cannot tell the two apart.
     if data.get("by") is not None and not (isinstance(data["by"], dict) or data["by"] == []):
         return f"by is not an object: {shown(data['by'])}"
@@ -124,6 +130,7 @@ class ForcedRecord:
     holds: int
     by: dict[str, Any]
     since: float  # when this run of holds began (a failed probe's re-force keeps it)
+    trigger: str | None = None  # a ramp_failed record's triggering reason
 
     @classmethod
     def parse(cls, raw: str, now: float | None = None) -> ForcedRecord:
@@ -147,6 +154,7 @@ class ForcedRecord:
             holds=int(data.get("holds") or 1),
             by=data.get("by") or {},
             since=float(data.get("since") if data.get("since") is not None else forced_at),
+            trigger=data.get("trigger"),
         )
 
     def lapse_time(self, grace_seconds: float) -> float:
@@ -163,6 +171,7 @@ class ForcedRecord:
             "hold_seconds": round(self.until - self.forced_at, 3),
             "since": self.since,
             "by": self.by,
+            **({"trigger": self.trigger} if self.trigger else {}),
         }
 
 
@@ -180,6 +189,7 @@ class Snapshot:
     version: int = 0  # of the last notice sent (writes that bypass the scripts do not bump it)
     record_ttl_ms: int = -2  # the record key's own expiry (-1: none), e.g. a hand SET ... EX
     fleet: int = 0  # connections subscribed to the change channel, as the server counts them
+    ramp: Ramp | None = None  # the recovery ramp's record, if valid (it may have run its course)
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,7 @@ class Transition:
     previous: ForcedRecord | None = None
     fail_count: int = 0
     ident: str = ""
+    ramp: Ramp | None = None  # the ramp this transition started, or the one it found complete
 
 
 def parse_record(raw: str | None, now: float | None = None) -> ForcedRecord | None:

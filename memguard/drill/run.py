@@ -32,6 +32,7 @@ from memguard.ops.prober import PROBE_THREAD_ID
 
 DRILL_KEY = "drill-key-not-a-secret"
 HOLD_SECONDS = 5
+RAMP_SECONDS = 6  # the local stack's recovery ramp: short, and long enough to watch it rise
 
 
 class Timeline:
@@ -120,7 +121,8 @@ def _on_event(tl: Timeline) -> Callable[[events.Event], None]:
         elif isinstance(e, events.FailureRecorded):
             tl.say(f"event read failed reason={e.reason} status={e.status} fail_count={e.fail_count}")
         elif isinstance(e, events.ModeRestored):
-            tl.say(f"event memory_mode_restored mode={e.mode} reason={e.reason}")
+            ramp = f" (recovery ramp of {e.ramp_seconds:g} s starts)" if e.ramp_seconds else ""
+            tl.say(f"event memory_mode_restored mode={e.mode} reason={e.reason}{ramp}")
 
     return show
 
@@ -136,8 +138,9 @@ def auth_drill(tl: Timeline, set_fault: Callable[[str], None], sender: Celery) -
     tl.say(f"next read -> source={meta.get('source')} (no call to Zep)")
     ok = ok and meta.get("source") == "write_only_forced"
     set_fault("ok")
-    cleared = sender.send_task("memguard.clear").get(timeout=20)
-    tl.say(f"operator clear through Celery (memguard.clear) -> {cleared}")
+    # At once, not through the recovery ramp: the next drill needs every read to reach Zep.
+    cleared = sender.send_task("memguard.clear", kwargs={"ramp": False}).get(timeout=20)
+    tl.say(f"operator clear through Celery (memguard.clear, ramp=False: no recovery ramp) -> {cleared}")
     ok = ok and _wait(lambda: not _status()["forced"], 5)
     _metric_line(tl)
     return DrillResult("auth", ok, f"forced reason={st.get('reason')}")
@@ -155,9 +158,30 @@ def failure_drill(tl: Timeline, set_fault: Callable[[str], None], threshold: int
     return DrillResult("failure", ok, f"forced reason={st.get('reason')} fail_count={st['fail_count']}")
 
 
+RAMP_READS_PER_SECOND = 40  # distinct conversations read each second of the ramp
+
+
+def _ramp_second(tl: Timeline, second: int, zep_reads: Callable[[], int] | None) -> tuple[float, float]:
+    """One second of reads of distinct conversations during the ramp: the fleet's share (status)
+    and the share this process admitted, printed with what reached Zep."""
+    share = (_status().get("ramp") or {}).get("share_percent", 100.0)
+    before = zep_reads() if zep_reads else 0
+    admitted = 0
+    started = time.monotonic()
+    for i in range(RAMP_READS_PER_SECOND):
+        admitted += service.fetch_thread_context(f"drill-conv-{second}-{i}")[1].get("used") is True
+        time.sleep(max(0.0, started + (i + 1) / RAMP_READS_PER_SECOND - time.monotonic()))
+    reached = f", {zep_reads() - before} reached the Zep stub" if zep_reads else ""
+    tl.say(f"ramp: fleet share {share:5.1f} %, admitted {admitted:2d} of {RAMP_READS_PER_SECOND} "
+           f"conversations{reached}")
+    return share, 100.0 * admitted / RAMP_READS_PER_SECOND
+
+
 def recovery_drill(tl: Timeline, set_fault: Callable[[str], None], hold: float, interval: float,
-                   probes: Callable[[], int] | None) -> DrillResult:
-    tl.say("== recovery drill: Zep healthy again -> after the hold the beat-driven probe restores")
+                   probes: Callable[[], int] | None,
+                   zep_reads: Callable[[], int] | None = None) -> DrillResult:
+    tl.say("== recovery drill: Zep healthy again -> after the hold the beat-driven probe restores, "
+           "through the recovery ramp")
     set_fault("ok")
     before = probes() if probes else 0
     st = _status()
@@ -165,12 +189,25 @@ def recovery_drill(tl: Timeline, set_fault: Callable[[str], None], hold: float, 
         return DrillResult("recovery", False, "nothing to recover from: the fleet is not forced")
     tl.say(f"holding for {st['seconds_left']}s; reads stay blocked until the probe succeeds")
     restored = _wait(lambda: not _status()["forced"], hold + 4 * interval + 10)
+    ramp = _status().get("ramp")
+    shares: list[tuple[float, float]] = []
+    if restored and ramp:
+        tl.say(f"recovery ramp: {ramp['seconds']:g} s from {ramp['min_percent']:g} % "
+               f"(aggression {ramp['aggression']:g}); each read decides by its conversation")
+        second = 0
+        while _status().get("ramp") and second < ramp["seconds"] + 2 * interval + 5:
+            shares.append(_ramp_second(tl, second, zep_reads))
+            second += 1
     ctx, meta = service.fetch_thread_context("drill-thread")
     tl.say(f"read after recovery -> context={ctx!r} source={meta.get('source')}")
     n = (probes() - before) if probes else None
-    ok = restored and meta.get("used") is True and (n is None or n == 1)
+    rising = not ramp or (len(shares) >= 2 and shares[-1][1] > shares[0][1])
+    ok = restored and rising and meta.get("used") is True and (n is None or n == 1)
     _metric_line(tl)
-    return DrillResult("recovery", ok, f"restored={restored} probe reads={n}")
+    detail = f"restored={restored} probe reads={n}"
+    if ramp:
+        detail += f" ramp admitted {shares[0][1]:.0f} % -> {shares[-1][1]:.0f} %" if shares else " (no ramp)"
+    return DrillResult("recovery", ok, detail)
 
 
 def _canary_sender(settings: Settings) -> Celery:
@@ -186,7 +223,8 @@ def _canary_sender(settings: Settings) -> Celery:
 
 
 def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str | None = None,
-        hold: int = HOLD_SECONDS, out: Any = None, logdir: str | None = None) -> int:
+        hold: int = HOLD_SECONDS, out: Any = None, logdir: str | None = None,
+        ramp: int = RAMP_SECONDS) -> int:
     tl = Timeline(out)
     interval = 1.0
     show = _on_event(tl)
@@ -215,7 +253,7 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
                     process.configure(real_zep)
 
             process.configure(real_zep)
-            probes = None
+            probes = zep_reads = None
             sender = _canary_sender(settings)
             threshold = real_zep.threshold
         else:
@@ -226,7 +264,7 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
             stack.append(stub)
             tl.say(f"local stack: redis-server {redis_server.url}, Zep stub {stub.url}, hold {hold}s")
             env = stack_env(redis_server.url, stub.url, key,
-                            MEMORY_DOWNGRADE_HOLD_SECONDS=str(hold),
+                            MEMORY_DOWNGRADE_HOLD_SECONDS=str(hold), MEMORY_RECOVERY_RAMP_SECONDS=str(ramp),
                             MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS=str(interval),
                             MEMORY_ZEP_READ_TIMEOUT_MS="200")
             os.environ.update({k: env[k] for k in ("REDIS_URL", "ZEP_API_URL", "ZEP_API_KEY")})
@@ -249,6 +287,9 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
             def probes() -> int:
                 return stub.reads_of(PROBE_THREAD_ID)
 
+            def zep_reads() -> int:
+                return sum(stub.stats()["reads_by_thread"].values())
+
             sender = Celery(broker=redis_server.url, backend=redis_server.url)
             threshold = process.get().settings.threshold
             watch = _Watch(tl, stub)
@@ -258,7 +299,7 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
         results = [
             auth_drill(tl, set_fault, sender),
             failure_drill(tl, set_fault, threshold),
-            recovery_drill(tl, set_fault, hold, interval, probes),
+            recovery_drill(tl, set_fault, hold, interval, probes, zep_reads),
         ]
     finally:
         process.hooks.unsubscribe(show)

@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true",
                    help="replace a longer hold in place (without it, a longer hold is kept)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("clear", help="end the forced mode now")
+    p = sub.add_parser("clear", help="end the forced mode now: reads return through the recovery ramp")
+    p.add_argument("--no-ramp", action="store_true",
+                   help="restore every read at once (also ends a recovery ramp in progress)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("probe", help="probe Zep now if a hold has expired (a manual probe: it does "
                        "not count as beat's tick)")
@@ -70,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print this process's JSON log lines inline (stderr) instead of into drill.log")
     p.add_argument("--hold", type=int, default=5, help="hold seconds for the local stack (default 5)")
+    p.add_argument("--ramp", type=int, default=6,
+                   help="recovery ramp seconds for the local stack (default 6; 0: restore at once)")
     p = sub.add_parser("metrics", help="serve /metrics")
     p.add_argument("--port", type=int, default=9464)
     p.add_argument("--addr", default="0.0.0.0")
@@ -86,7 +90,8 @@ def _drill(drill: Any, args: argparse.Namespace) -> int:
     # Left open to the end of the process: late lines (a shutdown warning) still have a home.
     stream = sys.stderr if args.verbose else open(path, "a")  # noqa: SIM115
     logs.configure(level="INFO", stream=stream)
-    code = drill.run(args.redis_url, args.zep_url, args.zep_key, hold=args.hold, logdir=logdir)
+    code = drill.run(args.redis_url, args.zep_url, args.zep_key, hold=args.hold, logdir=logdir,
+                     ramp=args.ramp)
     files = sorted(name for name in os.listdir(logdir) if name.endswith(".log"))
     print(f"logs (JSON lines) in {logdir}: {', '.join(files) or 'none'}")
     return code
@@ -195,7 +200,7 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
         res = proc.ops.force(by, reason=args.reason, ttl_seconds=args.ttl, replace=args.replace)
         lines = cli_text.force_lines(res, now)
     elif args.cmd == "clear":
-        res = proc.ops.clear(by)
+        res = proc.ops.clear(by, ramp=not args.no_ramp)
         lines = cli_text.clear_lines(res)
     else:
         res = proc.ops.probe(by)

@@ -34,6 +34,11 @@ def status_lines(st: dict[str, Any], now: float) -> list[str]:
                   f"lapses in:   {duration(st['lapses_in'])} if no probe acts"]
     else:
         lines.append("forced:      no")
+    ramp = st.get("ramp")
+    if ramp:
+        lines.append(f"recovering:  {ramp['share_percent']:.0f} % of reads admitted, "
+                     f"{ramp['seconds_left']:.0f} s of {ramp['seconds']:g} left (after {ramp['reason']}; "
+                     f"the hold was {ramp['previous_reason']}, hold #{ramp['holds']})")
     lines.append(f"failures:    {st['fail_count']} of {st['threshold']} in the current window")
     seen = st["prober_seen_seconds_ago"]
     lines.append("prober:      " + ("no probe tick seen recently: is celery beat running?" if seen is None
@@ -57,8 +62,13 @@ def force_lines(res: dict[str, Any], now: float) -> list[str]:
 
 
 def clear_lines(res: dict[str, Any]) -> list[str]:
+    if res.get("ramp_ended"):
+        return ["ended the recovery ramp: every read goes to Zep again"]
     if not res["cleared"]:
         return ["nothing to clear: the fleet was not forced"]
+    if res.get("ramp_seconds"):
+        return [f"cleared: reads return to Zep through a {res['ramp_seconds']:g} s recovery ramp "
+                f"(the hold was {res['previous_reason']}; --no-ramp restores every read at once)"]
     return [f"cleared: reads go to Zep again (the hold was {res['previous_reason']})"]
 
 

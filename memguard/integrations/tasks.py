@@ -138,7 +138,7 @@ def _register_tasks(app: Celery, probe: Probe | None) -> None:
 
     @app.task(name="memguard.clear", **opts)
     def clear(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Remove the forced record now."""
+        """Remove the forced record now; reads return through the recovery ramp unless ramp=False."""
         return _operator_call(self, "clear", args, kwargs)
 
     @app.task(name="memguard.status", **opts)

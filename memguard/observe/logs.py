@@ -206,8 +206,11 @@ def on_event(event: events.Event) -> None:
     if isinstance(event, events.ModeForced):
         emit(logging.WARNING, "memory_mode_forced", prev_mode=event.prev_mode, next_mode=event.next_mode,
              reason=event.reason, hold_seconds=event.hold_seconds, until=event.until, holds=event.holds,
-             by=event.by)
-        if event.reason == "auth":
+             by=event.by, **({"trigger": event.trigger} if event.trigger else {}))
+        if event.reason == "ramp_failed":
+            emit(logging.ERROR, "memory_recovery_ramp_failed", trigger=event.trigger, holds=event.holds,
+                 hold_seconds=event.hold_seconds, until=event.until)
+        elif event.reason == "auth":
             emit(logging.ERROR, "zep_auth_failure_auto_downgrade", reason=event.reason, until=event.until)
         elif event.reason == "consecutive_failures":
             emit(logging.ERROR, "zep_consecutive_failures_auto_downgrade", fail_count=event.fail_count,
@@ -217,7 +220,18 @@ def on_event(event: events.Event) -> None:
              hold_seconds=event.hold_seconds, fail_count=event.fail_count, dry_run=True)
     elif isinstance(event, events.ModeRestored):
         emit(logging.INFO, "memory_mode_restored", mode=event.mode, reason=event.reason,
-             previous_reason=event.previous_reason, by=event.by)
+             previous_reason=event.previous_reason, by=event.by, ramp_seconds=event.ramp_seconds)
+        if event.ramp_seconds > 0:
+            emit(logging.INFO, "memory_recovery_ramp_started", reason=event.reason,
+                 previous_reason=event.previous_reason, ramp_seconds=event.ramp_seconds)
+    elif isinstance(event, events.RampCompleted):
+        emit(logging.INFO, "memory_recovery_ramp_completed", previous_reason=event.previous_reason,
+             holds=event.holds, ramp_seconds=event.seconds)
+    elif isinstance(event, events.ReadBlocked) and event.reason == "ramp":
+        suppressed = _sampler.take("held")
+        if suppressed is not None:
+            emit(logging.INFO, "zep_read_held_recovery_ramp", thread_id=event.thread_id, until=event.until,
+                 suppressed_since_last=suppressed)
     elif isinstance(event, events.ReadBlocked):
         suppressed = _sampler.take("blocked")
         if suppressed is not None:

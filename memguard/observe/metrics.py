@@ -23,6 +23,7 @@ from memguard.domain.modes import EffectiveMode
 from memguard.domain.record import AUTO_REASONS, DOWNGRADE_REASONS, PROBE_RESULTS, RESTORE_REASONS
 from memguard.store.state import State
 
+RAMP_RESULTS = ("started", "completed", "failed")
 StateSource = Callable[[], State]  # the process's store, resolved at scrape time
 
 DOWNGRADES = Counter("memory_zep_downgrades_total", "Fleet downgrades to write_only, by reason",
@@ -36,6 +37,8 @@ BLOCKED = Counter("memory_zep_reads_blocked_total", "Reads answered 'no context'
                   ["reason"])
 RESTORED = Counter("memory_mode_restored_total", "Forced records ended, by reason "
                    "(probe_success, manual_clear, lapsed)", ["reason"])
+RAMPS = Counter("memory_recovery_ramps_total", "Recovery ramps after a hold, by result (started, completed, "
+                "failed: a trip during the ramp forced the fleet again)", ["result"])
 TROUBLE = Counter("memory_guard_errors_total", "The guard's own trouble: Redis errors, corrupt "
                   "state, internal faults the reads failed open on", ["kind", "op"])
 OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a read (sampled)",
@@ -43,7 +46,8 @@ OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a 
 
 # Series exist at 0 from the start, so increase() sees the first downgrade of a process.
 for _counter, _labels in ((DOWNGRADES, DOWNGRADE_REASONS), (WOULD, AUTO_REASONS), (FAILURES, FAILURE_REASONS),
-                          (PROBES, PROBE_RESULTS), (RESTORED, RESTORE_REASONS)):
+                          (PROBES, PROBE_RESULTS), (RESTORED, RESTORE_REASONS), (RAMPS, RAMP_RESULTS),
+                          (BLOCKED, ("ramp",))):
     for _label in _labels:
         _counter.labels(_label)
 TROUBLE.labels("redis_error", "check")
@@ -59,10 +63,16 @@ def on_event(event: events.Event) -> None:
         FAILURES.labels(event.reason).inc()
     elif isinstance(event, events.ModeForced):
         DOWNGRADES.labels(event.reason).inc()
+        if event.reason == "ramp_failed":
+            RAMPS.labels("failed").inc()
     elif isinstance(event, events.WouldForce):
         WOULD.labels(event.reason).inc()
     elif isinstance(event, events.ModeRestored):
         RESTORED.labels(event.reason).inc()
+        if event.ramp_seconds > 0:
+            RAMPS.labels("started").inc()
+    elif isinstance(event, events.RampCompleted):
+        RAMPS.labels("completed").inc()
     elif isinstance(event, events.ProbeFinished):
         PROBES.labels(event.result).inc()
     elif isinstance(event, events.GuardTrouble):
@@ -100,6 +110,11 @@ class FleetStateCollector(Collector):
         yield _gauge("memory_mode_hold_expired_seconds", "Seconds since the hold ended without a probe "
                      "result (0 when held or not forced)", fleet.expired_seconds)
         yield _gauge("memory_zep_consecutive_failures", "The fleet's failure count", fleet.fail_count)
+        yield _gauge("memory_recovery_ramp_share", "Share of conversations whose reads go to Zep: the "
+                     "recovery ramp's share while one runs, 1 with none, 0 while forced", fleet.ramp_share)
+        left = max(0.0, fleet.ramp.end - fleet.redis_now) if fleet.ramp and not fleet.forced else 0.0
+        yield _gauge("memory_recovery_ramp_seconds_left", "Seconds left in the recovery ramp (0 with none)",
+                     left)
         age = fleet.prober_age
         yield _gauge("memory_prober_up", "1 while the prober's heartbeat is fresh (a probe tick within the "
                      "last 12 probe intervals), 0 when no prober is running", 0 if age is None else 1)

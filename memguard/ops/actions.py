@@ -86,10 +86,18 @@ class Operations:
         return {"forced": True, "kept": False, **t.record.as_dict()}
 
     def clear(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
-        self._accept("clear", by, kwargs, key_problems(kwargs, frozenset()), positional)
-        t = self.state.clear(by)
+        """End the hold: reads return through the recovery ramp, or (``ramp=False``) at once,
+        which also ends a ramp in progress."""
+        ramp = kwargs.get("ramp", True)
+        problems = key_problems(kwargs, frozenset({"ramp"}))
+        if ramp not in (True, False):
+            problems.append(f"ramp must be true or false, got {shown(ramp)}")
+        self._accept("clear", by, kwargs, problems, positional)
+        t = self.state.clear(by, ramp=ramp is True)
         return {"cleared": t.previous is not None,
-                "previous_reason": t.previous.reason if t.previous else None}
+                "previous_reason": t.previous.reason if t.previous else None,
+                "ramp_seconds": t.ramp.seconds if t.ramp else 0,
+                "ramp_ended": t.previous is None and t.status is Status.CLEARED}
 
     def status(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
         self._accept("status", by, kwargs, key_problems(kwargs, frozenset()), positional)
@@ -106,6 +114,8 @@ class Operations:
             "prober_seen_seconds_ago": None if age is None else round(age, 1),
             "last_operator_action": audit.last_operator_action(self.state.client, self.state.keys.audit),
         }
+        if fleet.ramp is not None and fleet.record is None:
+            out["ramp"] = fleet.ramp.as_dict(fleet.redis_now)
         problems = [snap.corrupt] if snap.corrupt is not None else []
         audit_type = str(self.state.client.type(self.state.keys.audit))  # decoded: already text
         if audit_type not in ("none", "stream"):

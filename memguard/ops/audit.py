@@ -18,7 +18,8 @@ from memguard.domain import events
 from memguard.domain.words import by_text, duration, iso
 
 AUDIT_MAXLEN = 10_000
-RECORDED = (events.ModeForced, events.ModeRestored, events.ProbeFinished, events.OperatorAction)
+RECORDED = (events.ModeForced, events.ModeRestored, events.RampCompleted, events.ProbeFinished,
+            events.OperatorAction)
 
 
 def entry(event: events.Event) -> dict[str, str] | None:
@@ -26,10 +27,14 @@ def entry(event: events.Event) -> dict[str, str] | None:
     if isinstance(event, events.ModeForced):
         fields: dict[str, Any] = {"event": "forced", "reason": event.reason, "prev_mode": event.prev_mode,
                                   "until": event.until, "hold_seconds": event.hold_seconds,
-                                  "holds": event.holds, "by": event.by}
+                                  "holds": event.holds, "by": event.by, "trigger": event.trigger}
     elif isinstance(event, events.ModeRestored):
         fields = {"event": event.reason if event.reason != "probe_success" else "restored",
-                  "reason": event.reason, "previous_reason": event.previous_reason, "by": event.by}
+                  "reason": event.reason, "previous_reason": event.previous_reason, "by": event.by,
+                  "ramp_seconds": event.ramp_seconds or None}
+    elif isinstance(event, events.RampCompleted):
+        fields = {"event": "ramp_completed", "previous_reason": event.previous_reason, "holds": event.holds,
+                  "ramp_seconds": event.seconds}
     elif isinstance(event, events.ProbeFinished):
         fields = {"event": "probe", "result": event.result,
                   "duration_ms": round(event.duration_seconds * 1000, 1), "error": event.error}
@@ -114,9 +119,16 @@ def describe(item: dict[str, Any]) -> str:
         hold = item.get("hold_seconds")
         what = f"forced write_only reason={item.get('reason')} " \
                f"hold={duration(hold) if isinstance(hold, int | float) else hold} holds={item.get('holds')}"
+        if item.get("trigger"):
+            what += f" (recovery ramp failed: {item['trigger']})"
+    elif kind == "ramp_completed":
+        what = "recovery ramp completed: every read goes to Zep " \
+               f"(the hold was {item.get('previous_reason')}, holds={item.get('holds')})"
     elif kind == "probe":
         what = f"probe {item.get('result')} in {item.get('duration_ms')} ms" + \
                (f" ({item['error']})" if item.get("error") else "")
     else:
         what = f"{kind} (was {item.get('previous_reason')})"
+        if item.get("ramp_seconds"):
+            what += f", recovery ramp of {item['ramp_seconds']} s started"
     return f"{stamp}  {what}{who}"

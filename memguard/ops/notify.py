@@ -38,7 +38,10 @@ LOCK_S = 120  # longer than a delivery takes; a deliverer that died frees it aft
 TIMEOUT_S = 2.0
 ATTEMPTS = 3
 BACKOFF_S = (0.2, 0.5)
-NOTIFIED = {"forced": "downgrade", "restored": "restore", "lapsed": "restore", "manual_clear": "restore"}
+# A restore that starts a recovery ramp is "recovering"; the ramp's end is the "restore". A
+# restore without a ramp (MEMORY_RECOVERY_RAMP_SECONDS=0, clear --no-ramp) is the "restore" at once.
+NOTIFIED = {"forced": "downgrade", "restored": "restore", "lapsed": "restore", "manual_clear": "restore",
+            "ramp_completed": "restore"}
 PAGERDUTY_DEDUP_KEY = "memguard-fleet-write-only"  # one incident: triggers and resolves pair up
 
 
@@ -58,14 +61,23 @@ def messages(state: State, settings: Settings) -> list[dict[str, Any]]:
         kind = NOTIFIED.get(e.get("event", ""))
         if kind is None:
             continue
+        ramp = e.get("ramp_seconds")
         if kind == "downgrade":
             until = float(json.loads(e.get("until", "0")))
-            text = (f"memguard: Zep reads downgraded to write_only fleet-wide (reason {e.get('reason')}, "
-                    f"hold {e.get('holds', '1')}), until {_when(until)}")
+            trigger = f", the recovery ramp failed on {e['trigger']}" if e.get("trigger") else ""
+            text = (f"memguard: Zep reads downgraded to write_only fleet-wide (reason {e.get('reason')}"
+                    f"{trigger}, hold {e.get('holds', '1')}), until {_when(until)}")
+        elif e.get("event") == "ramp_completed":
+            text = (f"memguard: Zep reads restored: the recovery ramp completed, every read goes to Zep "
+                    f"(the hold was {e.get('previous_reason')})")
+        elif ramp:
+            kind = "recovering"
+            text = (f"memguard: Zep reads recovering ({e.get('reason')}): a {ramp} s ramp admits a growing "
+                    f"share of conversations (the hold was {e.get('previous_reason')})")
         else:
             text = (f"memguard: Zep reads restored ({e.get('reason')}; the hold was "
                     f"{e.get('previous_reason')})")
-        out.append({"kind": kind, "reason": e.get("reason"), "text": text, "id": e["id"]})
+        out.append({"kind": kind, "reason": e.get("reason") or e.get("event"), "text": text, "id": e["id"]})
     if stuck and record is not None:
         out.append({"kind": "stuck", "reason": record.reason, "id": episode,
                     "text": f"memguard: still write_only after {fleet.stuck_seconds / 60:.0f} minutes "
@@ -86,7 +98,7 @@ def payload(fmt: str, url: str, msg: dict[str, Any]) -> tuple[str, dict[str, Any
         target, routing_key = urldefrag(url)
         return target, {
             "routing_key": routing_key,
-            "event_action": "resolve" if msg["kind"] == "restore" else "trigger",
+            "event_action": {"restore": "resolve", "recovering": "acknowledge"}.get(msg["kind"], "trigger"),
             "dedup_key": PAGERDUTY_DEDUP_KEY,
             "payload": {"summary": msg["text"], "source": "memguard",
                         "severity": "critical" if msg["kind"] == "stuck" else "warning",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import redis
@@ -28,6 +29,7 @@ from memguard.domain import events
 from memguard.domain.classify import Action, Verdict, classify, error_meta
 from memguard.domain.events import origin
 from memguard.domain.modes import EffectiveMode
+from memguard.domain.ramp import LocalRamp
 from memguard.domain.record import ForcedRecord, Snapshot, Transition
 from memguard.store import steps
 from memguard.store.steps import Step, Steps
@@ -70,6 +72,18 @@ class View(Protocol):
     def current(self) -> Any: ...
 
 
+@dataclass(frozen=True)
+class Gate:
+    """What decides a read when the view cannot: the forced record and the ramp, read from Redis
+    (the view's ``View`` has the same two fields)."""
+
+    record: ForcedRecord | None
+    ramp: LocalRamp | None
+
+
+OPEN = Gate(None, None)  # Redis cannot say: the read fails open
+
+
 class Meter(Protocol):
     def record(self, seconds: float, failed: bool) -> None: ...
 
@@ -91,32 +105,35 @@ class Guard:
 
     def forced(self) -> ForcedRecord | None:
         """The active forced record, or None; from the in-process view while it is valid."""
-        record = self._viewed()
-        if record is UNKNOWN:
-            return steps.run(self._forced_from_redis(), self.state.perform)
-        return record
+        gate = self._viewed()
+        if gate is UNKNOWN:
+            gate = steps.run(self._gate_from_redis(), self.state.perform)
+        return gate.record
 
     def _viewed(self) -> Any:
-        """The view's record (or None) while the view is valid, else ``UNKNOWN``."""
+        """The view (its record and ramp) while it is valid, else ``UNKNOWN``."""
         view = self.view.current if self.view is not None else None
         if view is not None and time.monotonic() < view.valid_until:
-            return view.record
+            return view
         return UNKNOWN
 
-    def _forced_from_redis(self) -> Steps[ForcedRecord | None]:
+    def _gate_from_redis(self) -> Steps[Gate]:
         if time.monotonic() < self._down_until:
-            return None
+            return OPEN
         try:
             snap = yield from self.state.snapshot_steps()
             if snap.corrupt is not None:
                 self.hooks.emit(events.GuardTrouble("corrupt_state", "check", snap.corrupt[:120]))
-            record = snap.record
+            record, ramp = snap.record, snap.ramp
+            local = None if ramp is None else LocalRamp.at(ramp, snap.redis_now, time.monotonic())
             if record is None or snap.redis_now < record.lapse_time(self.settings.probe_grace_seconds):
-                return record
-            yield from self.state.lapse_steps(origin("lapse"))
+                return Gate(record, local)
+            lapsed = yield from self.state.lapse_steps(origin("lapse"))
+            if lapsed.ramp is not None:
+                return Gate(None, LocalRamp.at(lapsed.ramp, lapsed.ramp.start, time.monotonic()))
         except redis.RedisError as exc:
             self._redis_down("check", exc)
-        return None
+        return OPEN
 
     def effective_mode(self) -> EffectiveMode:
         return self.state.mode(self.forced())
@@ -136,11 +153,13 @@ class Guard:
         try:
             if self.base is not EffectiveMode.READ_WRITE:
                 return None, self._read_disabled()
-            record = self._viewed()  # the healthy path: no Redis, no steps to drive
-            if record is UNKNOWN:
-                record = steps.run(self._forced_from_redis(), self.state.perform)
-            if record is not None:
-                return None, self._blocked(thread_id, record)
+            gate = self._viewed()  # the healthy path: no Redis, no steps to drive
+            if gate is UNKNOWN:
+                gate = steps.run(self._gate_from_redis(), self.state.perform)
+            if gate.record is not None:
+                return None, self._blocked(thread_id, gate.record)
+            if gate.ramp is not None and (held := self._ramp_held(thread_id, gate.ramp)) is not None:
+                return None, held
         except Exception as fault:
             bypass = self._fault("check", fault)
         else:
@@ -171,11 +190,13 @@ class Guard:
         try:
             if self.base is not EffectiveMode.READ_WRITE:
                 return None, self._read_disabled()
-            record = self._viewed()
-            if record is UNKNOWN:
-                record = await steps.arun(self._forced_from_redis(), self.state.aperform)
-            if record is not None:
-                return None, self._blocked(thread_id, record)
+            gate = self._viewed()
+            if gate is UNKNOWN:
+                gate = await steps.arun(self._gate_from_redis(), self.state.aperform)
+            if gate.record is not None:
+                return None, self._blocked(thread_id, gate.record)
+            if gate.ramp is not None and (held := self._ramp_held(thread_id, gate.ramp)) is not None:
+                return None, held
         except Exception as fault:
             bypass = self._fault("check", fault)
         else:
@@ -210,6 +231,14 @@ class Guard:
 
     def _read_disabled(self) -> Meta:
         return {"used": False, "source": "read_disabled", "mode": self.base.value}
+
+    def _ramp_held(self, thread_id: str, ramp: LocalRamp) -> Meta | None:
+        """None when the ramp admits this conversation now; else the held read's meta."""
+        share = ramp.held(thread_id if isinstance(thread_id, str) else str(thread_id), time.monotonic())
+        if share is None:
+            return None
+        self.hooks.emit(events.ReadBlocked(str(thread_id), "ramp", ramp.ramp.end))
+        return {"used": False, "source": "ramp_held", "share": round(share, 4), "until": ramp.ramp.end}
 
     def _blocked(self, thread_id: str, record: ForcedRecord) -> Meta:
         self.hooks.emit(events.ReadBlocked(thread_id, record.reason, record.until))

@@ -15,18 +15,16 @@ One connection per process, subscribed to two things:
   the audit stream, locks, cursors, quorum sets) reach no watcher: every message to every
   watcher is a socket write on the Redis server, for each of the fleet's processes.
 
-The change channel also carries the window scripts' ``hot <window>`` message (a policy's window
-now holds bad reads: the read meter sends its kept healthy counts) and the heartbeat.
+The channel also carries the heartbeat and the window scripts' ``hot <window>`` (the read
+meter then sends its kept healthy counts). The view holds the recovery ramp too.
 
-Liveness without polling: when no message has arrived for about four seconds, the process
-whose randomised timer fires first takes a short lock and publishes a heartbeat that every
-process receives (``store/lua/heartbeat.lua``); a timer that fires while that heartbeat is still
-on its way finds the lock taken and publishes nothing. So a round costs Redis one message per
-process, never one per process per process. A view whose connection has been silent for
-``LIVENESS_S`` (5 s) lapses, and the guard reads Redis on each read instead (fail safe, never
-stale) until the watcher has reconnected, re-enabled tracking and re-read the state: no view
-ever serves a state older than 5 s. TCP keepalive on the connection still notices a peer that
-died without a word.
+Liveness without polling: after about four quiet seconds, the process whose randomised timer
+fires first takes a short lock and publishes a heartbeat (``store/lua/heartbeat.lua``); later
+timers find the lock taken. A round costs Redis one message per process, never N². A view
+silent for ``LIVENESS_S`` (5 s) lapses, and the guard reads Redis on each read instead (fail
+safe, never stale) until the watcher has reconnected, re-enabled tracking and re-read the
+state: no view ever serves a state older than 5 s. TCP keepalive notices a peer that died
+without a word.
 """
 
 from __future__ import annotations
@@ -46,6 +44,7 @@ import redis
 
 from memguard.config.target import keepalive_options
 from memguard.domain import events
+from memguard.domain.ramp import LocalRamp, Ramp, parse_ramp
 from memguard.domain.record import ForcedRecord, Snapshot, parse_record
 from memguard.store.background import Background
 from memguard.store.keys import CHANGES_CHANNEL, WINDOWS
@@ -73,6 +72,8 @@ EXPLAIN_DRAIN = 16  # messages already there that are taken first, when that wai
 # How long the digest of the values last explained (and their version) is kept: while neither
 # changes, no later asker publishes them again (each message reaches the whole fleet).
 EXPLAIN_LOCK_MS = 60_000
+# A notice explains the tracking messages that follow it (at once, on this connection) this long.
+EXPLAINED_S = 1.0
 HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_trip.lua)
 
 
@@ -94,6 +95,7 @@ class View:
     record: ForcedRecord | None
     valid_until: float  # monotonic; past it the view says nothing
     failures_until: float  # monotonic; before it the failure counter may be non-zero
+    ramp: LocalRamp | None = None  # the recovery ramp, while one is in Redis
 
 
 class Watcher(Background):
@@ -105,15 +107,18 @@ class Watcher(Background):
         super().__init__()
         self.state = state
         self.hooks = hooks
-        self.view_keys = {state.keys.forced: "forced", state.keys.counter: "count"}
+        self.view_keys = {state.keys.forced: "forced", state.keys.counter: "count", state.keys.ramp: "ramp"}
         self.grace_seconds = grace_seconds
         self.current: View | None = None
         self._lock = threading.Lock()
         self._record: ForcedRecord | None = None
+        self._ramp: LocalRamp | None = None
         self._record_lapse_mono = float("inf")
         self._failures_until = 0.0
         self._version = -1
-        self._explained: set[str] = set()
+        # Keys a channel notice explained, until when: a script changing two keys sends two
+        # tracking messages (one per prefix), each taking its own key.
+        self._explained: dict[str, float] = {}
         self._unexplained = False  # a change awaits an explanation (store/lua/explain.lua)
         self._fleet = 1  # the fleet's size, from the last re-read or explanation
         self._stale = False  # the view missed this process's own write: re-read
@@ -164,7 +169,8 @@ class Watcher(Background):
             return
         with self._lock:
             if from_channel:  # even when our own write applied it already
-                self._explained.update(key for key, field in self.view_keys.items() if field in change)
+                until = time.monotonic() + EXPLAINED_S
+                self._explained.update((k, until) for k, field in self.view_keys.items() if field in change)
             if version <= self._version:
                 if not from_channel and version < self._version:
                     # This process's own write is older than what the view holds: the version
@@ -178,6 +184,8 @@ class Watcher(Background):
                 self._set_record(change["forced"] or None, change["now"] / 1000.0, mono)
             if "count" in change:
                 self._set_failures(int(change["count"]), int(change["ttl"]), mono)
+            if "ramp" in change:
+                self._set_ramp(parse_ramp(change["ramp"] or None), change["now"] / 1000.0, mono)
             self._publish_view()
 
     def _apply_snapshot(self, snap: Snapshot) -> bool:
@@ -197,6 +205,7 @@ class Watcher(Background):
                 if snap.record_ttl_ms > 0:  # Redis reports the expiry up to ~100 ms late: don't wait
                     self._record_lapse_mono = min(self._record_lapse_mono, mono + snap.record_ttl_ms / 1000)
             self._set_failures(snap.fail_count, snap.fail_ttl_ms, mono)
+            self._set_ramp(snap.ramp, snap.redis_now, mono)
             self._publish_view()
             return True
 
@@ -204,6 +213,11 @@ class Watcher(Background):
         self._record = parse_record(raw)
         if self._record is not None:
             self._record_lapse_mono = mono + self._record.lapse_time(self.grace_seconds) - redis_now
+
+    def _set_ramp(self, ramp: Ramp | None, redis_now: float, mono: float) -> None:
+        """The ramp on this process's clock, fixed while its id stays: so the share only grows."""
+        if ramp is None or self._ramp is None or self._ramp.ramp.id != ramp.id:
+            self._ramp = None if ramp is None else LocalRamp.at(ramp, redis_now, mono)
 
     def _set_failures(self, count: int, ttl_ms: int, mono: float) -> None:
         if count <= 0 and ttl_ms <= 0:
@@ -219,7 +233,7 @@ class Watcher(Background):
         deadline = self._liveness_until
         if self._record is not None:
             deadline = min(deadline, self._record_lapse_mono)
-        self.current = View(self._record, deadline, self._failures_until)
+        self.current = View(self._record, deadline, self._failures_until, self._ramp)
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -378,8 +392,8 @@ class Watcher(Background):
             return RESYNC
         changed = self.view_keys.keys() & data
         with self._lock:
-            unexplained = changed - self._explained
-            self._explained.clear()
+            now = time.monotonic()
+            unexplained = {key for key in changed if self._explained.pop(key, 0.0) < now}
             if unexplained == {self.state.keys.counter} and time.monotonic() >= self._failures_until - 0.1:
                 self._set_failures(0, -2, time.monotonic())  # the failure window expired
                 self._publish_view()

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 FORCED_MODE_KEY = "mem:mode:forced:v1"
+RAMP_KEY = "mem:mode:ramp"  # the recovery ramp (memguard.domain.ramp); unknown to earlier releases
 CONSECUTIVE_FAILURES_KEY = "mem:read:consec_failures"
 VERSION_KEY = "mem:state:version"
 PROBE_LOCK_KEY = "mem:probe:lock"
@@ -33,7 +34,8 @@ WINDOWS = (LATENCY_WINDOW, OUTCOMES_WINDOW)
 
 # The Redis type memguard writes at each key (``Keys`` field names); any other is repaired.
 KEY_TYPES = {
-    "forced": "string", "counter": "string", "version": "string", "lock": "string", "heartbeat": "string",
+    "forced": "string", "ramp": "string", "counter": "string", "version": "string", "lock": "string",
+    "heartbeat": "string",
     "latency": "hash", "outcomes": "hash", "failing_hosts": "set", "auth_hosts": "set", "audit": "stream",
     "notify_cursor": "string", "notify_stuck": "string", "notify_lock": "string", "heartbeat_lock": "string",
     "explain_lock": "string",
@@ -45,6 +47,7 @@ class Keys:
     """The key names one process uses; ``Keys.under(prefix)`` gives a Cluster's."""
 
     forced: str = FORCED_MODE_KEY
+    ramp: str = RAMP_KEY
     counter: str = CONSECUTIVE_FAILURES_KEY
     version: str = VERSION_KEY
     lock: str = PROBE_LOCK_KEY

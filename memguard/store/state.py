@@ -27,6 +27,7 @@ from redis.cluster import RedisCluster
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.modes import EffectiveMode, base_mode_of, combine
+from memguard.domain.ramp import Ramp, parse_ramp
 from memguard.domain.record import (
     CorruptRecord,
     ForcedRecord,
@@ -54,9 +55,9 @@ Counts = list[tuple[int, int, int]]  # a window's batch: (age in ms, reads, bad 
 HEARTBEAT_INTERVALS = 12
 
 
-def string_keys(keys: Keys) -> tuple[str, str, str]:
+def string_keys(keys: Keys) -> tuple[str, str, str, str]:
     """The string keys a snapshot reads, whose type it checks."""
-    return keys.forced, keys.counter, keys.version
+    return keys.forced, keys.counter, keys.version, keys.ramp
 
 
 def _whole(raw: str | None) -> int | None:
@@ -135,13 +136,14 @@ class State:
 
     def snapshot_steps(self) -> Steps[Snapshot]:
         """One round trip of plain reads (no Lua: a script costs an idle Redis ~70 µs of CPU)."""
-        (raw, count, beat, version), ttl, record_ttl, (secs, micros), numsub, *types = yield ReadSnapshot()
+        (raw, count, beat, version, ramp), ttl, record_ttl, (secs, micros), numsub, *types = \
+            yield ReadSnapshot()
         # MGET answers nil for a key of another type: TYPE tells that apart from no key.
         typed = zip(string_keys(self.keys), types, strict=True)
         problems = [f"{key} holds a {kind}, not a string" for key, kind in typed
                     if kind not in ("none", "string")]
         return self._snapshot(raw, count, beat, version, int(ttl), int(record_ttl),
-                              secs + micros // 1000 / 1000.0, problems, fleet=int(numsub[0][1]))
+                              secs + micros // 1000 / 1000.0, problems, fleet=int(numsub[0][1]), ramp=ramp)
 
     def explanation(self, data: str) -> Snapshot | None:
         """The snapshot in an ``explain`` script's reply or message (``store/lua/explain.lua``);
@@ -150,17 +152,19 @@ class State:
             s = json.loads(data)
             now, version = float(s["now"]) / 1000.0, int(s["version"])
             ttl, record_ttl = int(s["ttl"]), int(s["fttl"])
-            raw, count = (None if s.get(f) is False else s.get(f) for f in ("forced", "count"))  # Lua's nil
+            raw, count, ramp = (None if s.get(f) is False else s.get(f) for f in ("forced", "count", "ramp"))
             problems = [str(p) for p in s.get("problems") or ()]
             fleet = max(0, int(s.get("fleet") or 0))
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not all(isinstance(v, str | None) for v in (raw, count)):
+        if not all(isinstance(v, str | None) for v in (raw, count, ramp)):
             return None
-        return self._snapshot(raw, count, None, str(version), ttl, record_ttl, now, problems, fleet=fleet)
+        return self._snapshot(raw, count, None, str(version), ttl, record_ttl, now, problems, fleet=fleet,
+                              ramp=ramp)
 
     def _snapshot(self, raw: str | None, count: str | None, beat: str | None, version: str | None, ttl: int,
-                  record_ttl: int, now: float, problems: list[str], *, fleet: int = 0) -> Snapshot:
+                  record_ttl: int, now: float, problems: list[str], *, fleet: int = 0,
+                  ramp: str | None = None) -> Snapshot:
         k = self.keys
         record = None
         if raw is not None:  # an empty string too: memguard never writes one
@@ -168,6 +172,12 @@ class State:
                 record = ForcedRecord.parse(raw, now)
             except CorruptRecord as exc:
                 problems.append(f"{k.forced}: {exc}")
+        ramp_record = None
+        if ramp is not None:
+            try:
+                ramp_record = Ramp.parse(ramp, now)
+            except CorruptRecord as exc:
+                problems.append(f"{k.ramp}: {exc}")
         fail_count = _whole(count)
         if fail_count is None:
             problems.append(f"{k.counter} is not a whole number: {shown(count)}")
@@ -175,11 +185,11 @@ class State:
             problems.append(f"{k.version} is not a whole number: {shown(version)}")
         heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() and len(beat) < 20 else None
         return Snapshot(record, "; ".join(problems) or None, fail_count or 0, ttl, now, heartbeat,
-                        _whole(version) or 0, record_ttl, fleet)
+                        _whole(version) or 0, record_ttl, fleet, ramp_record)
 
     def snapshot_commands(self, pipe: Any) -> None:
         k = self.keys
-        pipe.mget(k.forced, k.counter, k.heartbeat, k.version)
+        pipe.mget(k.forced, k.counter, k.heartbeat, k.version, k.ramp)
         pipe.pttl(k.counter)
         pipe.pttl(k.forced)
         pipe.time()
@@ -215,7 +225,8 @@ class State:
         s = self.settings
         reply = yield from self._script(
             "force", reason=reason, hold_ms=hold_seconds * 1000, grace_ms=self.grace_ms, by=by, auto=auto,
-            quorum=quorum, instance=s.instance, window_ms=s.window_seconds * 1000, replace=replace)
+            quorum=quorum, instance=s.instance, window_ms=s.window_seconds * 1000, replace=replace,
+            **self._trip_args())
         status = Status(reply["status"])
         if status is not Status.FORCED:
             return Transition(status, record=parse_record(reply.get("record")))
@@ -233,7 +244,7 @@ class State:
         reply = yield from self._script(
             "record_failure", window_ms=s.window_seconds * 1000, threshold=s.threshold,
             hold_ms=s.hold_seconds * 1000, grace_ms=self.grace_ms, by=by, auto=not s.disable_auto_downgrade,
-            quorum=s.quorum_hosts, instance=s.instance)
+            quorum=s.quorum_hosts, instance=s.instance, **self._trip_args())
         count = int(reply["count"])
         t = Transition(Status(reply["status"]), record=parse_record(reply["record"]),
                        previous=parse_record(reply["previous"]), fail_count=count)
@@ -275,7 +286,7 @@ class State:
             script, reason=reason, window=window, counts=[list(c) for c in counts], window_ms=window_ms,
             min_reads=min_reads, ratio=ratio, slot_ms=max(1, window_ms // WINDOW_SLOTS),
             catchup_ms=CATCHUP_MS, hold_ms=s.hold_seconds * 1000, grace_ms=self.grace_ms, by=by,
-            auto=not s.disable_auto_downgrade)
+            auto=not s.disable_auto_downgrade, **self._trip_args())
         t = Transition(Status(reply["status"]), record=parse_record(reply.get("record")),
                        previous=parse_record(reply.get("previous")))
         if t.status is Status.FORCED:
@@ -291,24 +302,39 @@ class State:
         """End the failure window (a read succeeded); True if there was a count."""
         return bool((yield from self._script("reset_failures"))["reset"])
 
-    def clear(self, by: dict[str, Any]) -> Transition:
-        """Remove the record and the failure count now (an operator's clear)."""
-        previous = parse_record(self.call("clear")["previous"])
-        if previous is None:
-            return Transition(Status.IDLE)
-        self.hooks.emit(events.ModeRestored(self.base.value, "manual_clear", previous.reason, by))
-        return Transition(Status.CLEARED, previous=previous)
+    def _trip_args(self) -> dict[str, Any]:
+        """An automatic trip during a ramp backs off as a failed probe does."""
+        return {"cap_ms": self.settings.hold_cap_seconds * 1000, "jitter": random.uniform(0.9, 1.0)}
+
+    def _restored(self, reason: str, previous: ForcedRecord, ramp: str | None,
+                  by: dict[str, Any]) -> Ramp | None:
+        """A hold ended (``ramp``: the ramp the script started, if any): the event, and the ramp."""
+        started = parse_ramp(ramp)
+        self.hooks.emit(events.ModeRestored(self.base.value, reason, previous.reason, by,
+                                            started.seconds if started else 0.0))
+        return started
+
+    def clear(self, by: dict[str, Any], *, ramp: bool = True) -> Transition:
+        """Remove the record and the failure count now (an operator's clear): reads return
+        through a ramp, or (``ramp=False``) at once, which also ends a ramp in progress."""
+        reply = self.call("clear", ramp=self.settings.ramp if ramp else None)
+        previous = parse_record(reply["previous"])
+        if previous is None:  # CLEARED without a record: --no-ramp ended a ramp in progress
+            return Transition(Status.CLEARED if reply.get("notice") else Status.IDLE)
+        started = self._restored("manual_clear", previous, reply.get("ramp"), by)
+        return Transition(Status.CLEARED, previous=previous, ramp=started)
 
     def lapse(self, by: dict[str, Any]) -> Transition:
         return self.run(self.lapse_steps(by))
 
     def lapse_steps(self, by: dict[str, Any]) -> Steps[Transition]:
         """End a record whose hold plus grace has passed on the Redis clock."""
-        previous = parse_record((yield from self._script("lapse", grace_ms=self.grace_ms))["previous"])
+        reply = yield from self._script("lapse", grace_ms=self.grace_ms, ramp=self.settings.ramp)
+        previous = parse_record(reply["previous"])
         if previous is None:
             return Transition(Status.IDLE)
-        self.hooks.emit(events.ModeRestored(self.base.value, "lapsed", previous.reason, by))
-        return Transition(Status.LAPSED, previous=previous)
+        started = self._restored("lapsed", previous, reply.get("ramp"), by)
+        return Transition(Status.LAPSED, previous=previous, ramp=started)
 
     def claim_probe(self, lock_ms: int, *, heartbeat: bool = True) -> tuple[Transition, str]:
         """Take the fleet-wide probe lock if a hold has expired; returns the lock token.
@@ -321,8 +347,12 @@ class State:
         if status is Status.CORRUPT:
             self.hooks.emit(events.GuardTrouble("corrupt_state", "probe", "forced record removed"))
             return Transition(Status.CORRUPT), token
+        completed = parse_ramp(reply.get("completed"))
+        if completed is not None:  # this tick ended a ramp that had run its course: once fleet-wide
+            self.hooks.emit(events.RampCompleted(completed.previous_reason, completed.holds,
+                                                 completed.seconds))
         record = parse_record(reply.get("record"))
-        return Transition(status, record=record, ident=reply.get("ident", "")), token
+        return Transition(status, record=record, ident=reply.get("ident", ""), ramp=completed), token
 
     def finish_probe(self, token: str, claim: Transition, *, success: bool, started: float,
                      error: str, by: dict[str, Any]) -> Transition:
@@ -330,17 +360,18 @@ class State:
         s = self.settings
         reply = self.call("probe_finish", token=token, ident=claim.ident, success=success,
                           hold_ms=s.hold_seconds * 1000, grace_ms=self.grace_ms, by=by,
-                          cap_ms=s.hold_cap_seconds * 1000, jitter=random.uniform(0.9, 1.0))
+                          cap_ms=s.hold_cap_seconds * 1000, jitter=random.uniform(0.9, 1.0), ramp=s.ramp)
         duration = time.perf_counter() - started
         status = Status(reply["status"])
         if status is Status.RESTORED:
-            t = Transition(status, previous=parse_record(reply["previous"]))
+            t = Transition(status, previous=parse_record(reply["previous"]),
+                           ramp=parse_ramp(reply.get("ramp")))
         else:
             t = Transition(status, record=parse_record(reply.get("record")),
                            previous=parse_record(reply.get("previous")))
         self.hooks.emit(events.ProbeFinished(t.status.probe_result, duration, error))
         if t.status is Status.RESTORED and t.previous is not None:
-            self.hooks.emit(events.ModeRestored(self.base.value, "probe_success", t.previous.reason, by))
+            self._restored("probe_success", t.previous, reply.get("ramp"), by)
         elif t.status is Status.REFORCED:
             self._forced(t)
         return t
@@ -358,4 +389,5 @@ class State:
             holds=record.holds,
             fail_count=t.fail_count or None,
             by=record.by,
+            trigger=record.trigger,
         ))

@@ -19,9 +19,10 @@ local function read(key)
   return false
 end
 local t = redis.call('TIME')
-local forced, count = read(FORCED), read(COUNTER)
+local forced, count, ramp = read(FORCED), read(COUNTER), read(RAMP)
 local expires = redis.pcall('PEXPIRETIME', FORCED)  -- Redis 7; on 6 an error, left out
-local digest = redis.sha1hex(table.concat({tostring(forced), tostring(count), table.concat(problems, ';'),
+local digest = redis.sha1hex(table.concat({tostring(forced), tostring(count), tostring(ramp),
+                                           table.concat(problems, ';'),
                                            type(expires) == 'number' and expires or ''}, '\0'))
 local v = tonumber(current)
 local sent = redis.pcall('GET', LOCK) ~= digest .. ':' .. tostring(current)
@@ -32,7 +33,7 @@ if sent or v == nil then
   redis.call('SET', LOCK, digest .. ':' .. v, 'PX', A.ttl_ms)
 end
 local snapshot = cjson.encode({
-  forced = forced, count = count, version = v,
+  forced = forced, count = count, ramp = ramp, version = v,
   ttl = redis.call('PTTL', COUNTER), fttl = redis.call('PTTL', FORCED),
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), problems = problems,
   fleet = redis.call('PUBSUB', 'NUMSUB', A.channel)[2]})

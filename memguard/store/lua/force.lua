@@ -9,5 +9,11 @@ local now = now_ms()
 if prev and not A.replace and prev['until'] * 1000 > now + A.hold_ms then
   return cjson.encode({status = 'kept', record = raw})
 end
-local new = write_record(now, A.reason, A.hold_ms, A.grace_ms, A.by, prev)
-return cjson.encode({status = 'forced', record = new, previous = raw or '', notice = notify({forced = new})})
+local new, ramp
+if A.auto then
+  new, ramp = trip(now, A.reason, A.hold_ms, A.grace_ms, A.by, A.cap_ms, A.jitter)
+else  -- an operator's force starts a run of holds of its own, and ends any ramp
+  new, ramp = write_record(now, A.reason, A.hold_ms, A.grace_ms, A.by, prev), end_ramp()
+end
+return cjson.encode({status = 'forced', record = new, previous = raw or '',
+                     notice = notify({forced = new, ramp = ramp})})

@@ -36,8 +36,10 @@ local function decode(raw)
   end
   local h = rec.holds
   if not absent(h) and not (finite(h) and h >= 1 and math.floor(h) == h) then return false end
-  local r = rec.reason
-  if not absent(r) and not (type(r) == 'string' and #r <= MAX_REASON_BYTES) then return false end
+  for _, name in ipairs({'reason', 'trigger'}) do
+    local r = rec[name]
+    if not absent(r) and not (type(r) == 'string' and #r <= MAX_REASON_BYTES) then return false end
+  end
   -- an object; cjson gives an empty array as an empty table too, so that one passes
   if not absent(rec.by) and (type(rec.by) ~= 'table' or rec.by[1] ~= nil) then return false end
   if not absent(rec.id) and type(rec.id) ~= 'string' then return false end
@@ -70,20 +72,92 @@ local function notify(change)
   return notice
 end
 
--- Writes a new record at FORCED; a failed probe's re-force (prev given) keeps its run.
-local function write_record(now, reason, hold_ms, grace_ms, by, prev)
+-- Writes a new record at FORCED; a failed probe's or ramp's re-force (prev given: the record or
+-- the ramp) keeps its run. A ramp's failure names its trigger.
+local function write_record(now, reason, hold_ms, grace_ms, by, prev, trigger)
   local holds, since = 1, now / 1000
-  if prev and reason == 'probe_failed' then
+  if prev and (reason == 'probe_failed' or reason == 'ramp_failed') then
     holds = (finite(prev.holds) and prev.holds or 1) + 1
     since = finite(prev.since) and prev.since or finite(prev.forced_at) and prev.forced_at or since
   end
   local by_json = cjson.encode(by)
   local rec = {mode = 'write_only', reason = reason, forced_at = now / 1000, since = since,
                hold_seconds = hold_ms / 1000, lapse_at = (now + hold_ms + grace_ms) / 1000,
-               holds = holds, by = by, id = redis.sha1hex(now .. by_json .. reason)}
+               holds = holds, by = by, id = redis.sha1hex(now .. by_json .. reason), trigger = trigger}
   rec['until'] = (now + hold_ms) / 1000
   local raw = cjson.encode(rec)
   -- Safety net only: readers or the prober normally end the record (and log it) first.
   redis.call('SET', FORCED, raw, 'PXAT', now + hold_ms + 2 * grace_ms)
   return raw
+end
+
+-- The recovery ramp (memguard.domain.ramp). Its validity rule, the same as ramp_problem there:
+-- a JSON object with id a string of 1 to MAX_ID_BYTES, start a finite number at most
+-- CLOCK_SKEW_MS ahead of the Redis clock, seconds in (0, MAX_RAMP_S], min_percent in [0, 100],
+-- aggression in [0.1, 10], and optional fields of their own types (JSON null counts as absent).
+local MAX_RAMP_S, MAX_ID_BYTES, CLOCK_SKEW_MS = 3600, 64, 5000  -- ramp.MAX_RAMP_SECONDS, ...
+local RAMP_KEPT_MS = 600000  -- the key outlives its end by this: a safety net, the prober ends it
+
+local function within(v, lo, hi) return finite(v) and v >= lo and v <= hi end
+
+-- nil: no ramp; false: a value that is not a valid ramp; else the ramp.
+local function decode_ramp(raw, now)
+  if not raw then return nil end
+  local ok, r = pcall(cjson.decode, raw)
+  if not ok or type(r) ~= 'table' then return false end
+  if type(r.id) ~= 'string' or #r.id < 1 or #r.id > MAX_ID_BYTES then return false end
+  if not finite(r.start) or r.start * 1000 > now + CLOCK_SKEW_MS then return false end
+  if not within(r.seconds, 0, MAX_RAMP_S) or r.seconds <= 0 then return false end
+  if not within(r.min_percent, 0, 100) or not within(r.aggression, 0.1, 10) then return false end
+  local h = r.holds
+  if not absent(h) and not (finite(h) and h >= 1 and math.floor(h) == h) then return false end
+  if not absent(r.since) and not finite(r.since) then return false end
+  for _, name in ipairs({'reason', 'previous_reason'}) do
+    local t = r[name]
+    if not absent(t) and not (type(t) == 'string' and #t <= MAX_REASON_BYTES) then return false end
+  end
+  return r
+end
+
+-- The ramp in progress at now (ms), or nil: a ramp past its end is complete.
+local function active_ramp(now)
+  local r = decode_ramp(redis.call('GET', RAMP), now)
+  if r and now < (r.start + r.seconds) * 1000 then return r end
+  return nil
+end
+
+-- Removes the ramp; '' if there was one (the notice's ramp field), else nil.
+local function end_ramp()
+  if redis.call('DEL', RAMP) == 1 then return '' end
+  return nil
+end
+
+-- A hold (rec, when valid) ended by reason: start a ramp if asked for one (spec: its seconds,
+-- min_percent and aggression), else end any ramp. The notice's ramp field: the new ramp, '' if
+-- one was removed, or nil.
+local function start_ramp(now, rec, reason, spec)
+  if type(spec) ~= 'table' or not rec then return end_ramp() end
+  local r = {id = redis.sha1hex('ramp:' .. now .. ':' .. ident(rec)), start = now / 1000,
+             seconds = spec.seconds, min_percent = spec.min_percent, aggression = spec.aggression,
+             holds = finite(rec.holds) and rec.holds or 1, reason = reason,
+             since = finite(rec.since) and rec.since or finite(rec.forced_at) and rec.forced_at or now / 1000,
+             previous_reason = type(rec.reason) == 'string' and rec.reason or 'unknown'}
+  local raw = cjson.encode(r)
+  redis.call('SET', RAMP, raw, 'PXAT', now + r.seconds * 1000 + RAMP_KEPT_MS)
+  return raw
+end
+
+-- An automatic trigger's new record. During a ramp (the half-open state) it is the ramp's
+-- failure: reason ramp_failed with the trigger named, holds + 1 and the back-off growing as
+-- after a failed probe (cap_ms, jitter). Returns the record and the notice's ramp field.
+local function trip(now, reason, hold_ms, grace_ms, by, cap_ms, jitter)
+  local r = active_ramp(now)
+  local new
+  if r then
+    local hold = math.min(cap_ms, hold_ms * 2 ^ (finite(r.holds) and r.holds or 1))
+    new = write_record(now, 'ramp_failed', math.floor(hold * jitter), grace_ms, by, r, reason)
+  else
+    new = write_record(now, reason, hold_ms, grace_ms, by, nil)
+  end
+  return new, end_ramp()
 end

@@ -19,7 +19,7 @@ elseif count >= A.threshold then
     status, raw = 'disabled', ''
   else
     previous = raw or ''
-    raw = write_record(now_ms(), 'consecutive_failures', A.hold_ms, A.grace_ms, A.by, nil)
+    raw, change.ramp = trip(now_ms(), 'consecutive_failures', A.hold_ms, A.grace_ms, A.by, A.cap_ms, A.jitter)
     change.forced, status = raw, 'forced'
   end
 end

@@ -52,13 +52,14 @@ if not marks.told or now - marks.told >= A.window_ms / 2 then
   redis.call('HSET', WINDOW, 'told', now)
   redis.call('PUBLISH', A.channel, 'hot ' .. A.window)
 end
-local waiting = now - hot < A.catchup_ms
+-- During a ramp (the half-open state) the window is judged at once.
+local waiting = now - hot < A.catchup_ms and not active_ramp(now)
 if waiting or reads < A.min_reads or bad <= reads * A.ratio then
   return cjson.encode({status = 'counted', reads = reads, bad = bad, waiting = waiting})
 end
 local raw = redis.call('GET', FORCED)
 if decode(raw) then return cjson.encode({status = 'held', reads = reads, bad = bad, record = raw}) end
 if not A.auto then return cjson.encode({status = 'disabled', reads = reads, bad = bad}) end
-local new = write_record(now, A.reason, A.hold_ms, A.grace_ms, A.by, nil)
+local new, ramp = trip(now, A.reason, A.hold_ms, A.grace_ms, A.by, A.cap_ms, A.jitter)
 return cjson.encode({status = 'forced', reads = reads, bad = bad, record = new, previous = raw or '',
-                     notice = notify({forced = new})})
+                     notice = notify({forced = new, ramp = ramp})})

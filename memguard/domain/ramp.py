@@ -1,0 +1,171 @@
+"""The recovery ramp: after a hold ends, a growing share of conversations reads Zep again.
+
+A Zep that has just recovered, often with cold caches, would otherwise take the whole fleet's
+traffic at once, trip again and make the fleet flap with the hold as its period. So the end of
+a hold (a probe's success, an operator's clear, a lapse) writes a ramp record beside the
+forced record, and each read decides alone, with no I/O, whether it is admitted:
+
+    share(t) = max(min_percent / 100, (t / seconds) ** (1 / aggression))   (Envoy's slow start)
+
+    admitted  <=>  hash(ramp id, thread id) / 2**64 < share(t)
+
+``t`` runs on the Redis clock (the record's ``start``), so every process decides the same for
+the same conversation at the same moment; the share only grows, so a conversation once
+admitted stays admitted; a new ramp id gives each ramp another order. Until the ramp ends it is
+the half-open state: a trip then is ``ramp_failed`` and keeps the back-off growing.
+
+The validity rule of a ramp record is here and, word for word, in the scripts' prelude
+(``store/lua/prelude.lua``, ``decode_ramp``): a JSON object with ``id`` a string of 1 to
+``MAX_ID_BYTES``, ``start`` a finite number at most ``CLOCK_SKEW_S`` ahead of the Redis clock,
+``seconds`` in (0, ``MAX_RAMP_SECONDS``], ``min_percent`` in [0, 100], ``aggression`` in
+[``MIN_AGGRESSION``, ``MAX_AGGRESSION``], and optional fields of their own types (``null``
+counts as absent): ``holds`` a whole number >= 1, ``since`` finite, ``reason`` and
+``previous_reason`` strings of at most ``MAX_REASON_BYTES``. Anything else is no ramp: reads
+are all admitted (fail open), status names the problem, and the next transition replaces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from memguard.domain.record import MAX_REASON_BYTES, CorruptRecord, finite, shown
+
+MAX_RAMP_SECONDS = 3600
+MAX_ID_BYTES = 64  # a blake2b key is at most 64 bytes
+CLOCK_SKEW_S = 5  # a ramp never starts later than now: its writer read the Redis clock
+MIN_AGGRESSION, MAX_AGGRESSION = 0.1, 10.0
+_WHOLE = 2.0 ** 64
+
+
+def ramp_problem(data: Any, now: float | None) -> str | None:
+    """Why ``data`` (a decoded ramp record) is not valid, or None. ``now``: the Redis clock."""
+    if not isinstance(data, dict):
+        return f"not a JSON object: {shown(data)}"
+    rid = data.get("id")
+    if not (isinstance(rid, str) and 1 <= len(rid.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES):
+        return f"id is not a string of 1 to {MAX_ID_BYTES} bytes: {shown(rid)}"
+    start = data.get("start")
+    if not finite(start):
+        return f"start is not a finite number: {shown(start)}"
+    if now is not None and start > now + CLOCK_SKEW_S:
+        return f"start is {start - now:.0f} s ahead of the Redis clock"
+    for name, lo, hi, low_open in (("seconds", 0, MAX_RAMP_SECONDS, True), ("min_percent", 0, 100, False),
+                                   ("aggression", MIN_AGGRESSION, MAX_AGGRESSION, False)):
+        value = data.get(name)
+        if not finite(value) or value > hi or value < lo or (low_open and value <= lo):
+            return f"{name} is not a number in {'(' if low_open else '['}{lo:g}, {hi:g}]: {shown(value)}"
+    holds = data.get("holds")
+    if holds is not None and not (finite(holds) and holds >= 1 and holds == int(holds)):
+        return f"holds is not a whole number >= 1: {shown(holds)}"
+    if data.get("since") is not None and not finite(data["since"]):
+        return f"since is not a finite number: {shown(data['since'])}"
+    for name in ("reason", "previous_reason"):
+        text = data.get(name)
+        if text is not None and not (isinstance(text, str) and len(text.encode()) <= MAX_REASON_BYTES):
+            return f"{name} is not a string of at most {MAX_REASON_BYTES} bytes: {shown(text)}"
+    return None
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A ramp record as stored in Redis (times are Redis epoch seconds)."""
+
+    id: str
+    start: float
+    seconds: float
+    min_percent: float
+    aggression: float
+    holds: int
+    since: float
+    reason: str  # what ended the hold: probe_success, manual_clear, lapsed
+    previous_reason: str  # the hold's own reason
+
+    @classmethod
+    def parse(cls, raw: str, now: float | None = None) -> Ramp:
+        """The ramp in ``raw``; raises ``CorruptRecord`` saying what is wrong."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, TypeError, RecursionError):
+            raise CorruptRecord(f"not JSON: {shown(raw)}") from None
+        problem = ramp_problem(data, now)
+        if problem is not None:
+            raise CorruptRecord(problem)
+        start = float(data["start"])
+        return cls(id=data["id"], start=start, seconds=float(data["seconds"]),
+                   min_percent=float(data["min_percent"]), aggression=float(data["aggression"]),
+                   holds=int(data.get("holds") or 1),
+                   since=float(data["since"]) if data.get("since") is not None else start,
+                   reason=data.get("reason") or "unknown",
+                   previous_reason=data.get("previous_reason") or "unknown")
+
+    @property
+    def end(self) -> float:
+        return self.start + self.seconds
+
+    def share(self, now: float) -> float:
+        """The share of conversations admitted at ``now`` (Redis seconds), 0 to 1."""
+        return share(now - self.start, self.seconds, self.min_percent, self.aggression)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {"id": self.id, "start": self.start, "seconds": self.seconds,
+                "share_percent": round(100 * self.share(now), 1),
+                "seconds_left": round(max(0.0, self.end - now), 1), "min_percent": self.min_percent,
+                "aggression": self.aggression, "holds": self.holds, "reason": self.reason,
+                "previous_reason": self.previous_reason}
+
+
+def share(elapsed: float, seconds: float, min_percent: float, aggression: float) -> float:
+    """Envoy's slow-start curve: ``max(min, (t / window) ** (1 / aggression))``, 1 from the end."""
+    if elapsed >= seconds:
+        return 1.0
+    return max(min_percent / 100.0, (max(0.0, elapsed) / seconds) ** (1.0 / aggression))
+
+
+def position(ramp_id: bytes, thread_id: str) -> float:
+    """Where a conversation stands in a ramp's order, in [0, 1): the same in every process."""
+    digest = hashlib.blake2b(thread_id.encode("utf-8", "surrogatepass"), digest_size=8, key=ramp_id).digest()
+    return int.from_bytes(digest, "big") / _WHOLE
+
+
+@dataclass(frozen=True)
+class LocalRamp:
+    """A ramp on this process's monotonic clock: what a read decides with, and nothing else.
+
+    ``mono_start`` is fixed when the process first learns of the ramp (``at``), so within a
+    process the share only grows and an admitted conversation stays admitted."""
+
+    ramp: Ramp
+    key: bytes
+    mono_start: float
+    mono_end: float
+    min_share: float
+    exponent: float
+
+    @classmethod
+    def at(cls, ramp: Ramp, redis_now: float, mono_now: float) -> LocalRamp:
+        start = mono_now - (redis_now - ramp.start)
+        return cls(ramp, ramp.id.encode("utf-8", "surrogatepass"), start, start + ramp.seconds,
+                   ramp.min_percent / 100.0, 1.0 / ramp.aggression)
+
+    def share(self, mono: float) -> float:
+        if mono >= self.mono_end:
+            return 1.0
+        return max(self.min_share, (max(0.0, mono - self.mono_start) / self.ramp.seconds) ** self.exponent)
+
+    def held(self, thread_id: str, mono: float) -> float | None:
+        """The share that leaves ``thread_id`` out at ``mono``, or None: it is admitted."""
+        share = self.share(mono)
+        return None if share >= 1.0 or position(self.key, thread_id) < share else share
+
+
+def parse_ramp(raw: str | None, now: float | None = None) -> Ramp | None:
+    """The ramp in ``raw``, or None when there is none or it is not valid."""
+    if not raw:
+        return None
+    try:
+        return Ramp.parse(raw, now)
+    except CorruptRecord:
+        return None
