@@ -202,6 +202,7 @@ class Transition:
     fail_count: int = 0
     ident: str = ""
     ramp: Ramp | None = None  # the ramp this transition started, or the one it found complete
+    waiting: bool = False  # a window script: its bad reads are judged after the catch-up
 
 
 def parse_record(raw: str | None, now: float | None = None) -> ForcedRecord | None:

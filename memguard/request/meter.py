@@ -17,6 +17,9 @@ they are sent, each lands in the window slot of its own time; the window's scrip
   window only ``state.CATCHUP_MS`` (2 s) after the fleet was first told, when those counts are in.
 - A process whose view is not live (no watcher, or reconnecting) cannot hear the message and
   sends once a slot, as if told.
+- A process that sent bad reads the script did not judge yet (``waiting``) calls it again, with
+  no counts, when the catch-up is over: a burst of bad reads followed by silence is judged
+  within a few seconds, not only when some later read is sent.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from memguard.domain.events import origin
 from memguard.request.watch import Watcher
 from memguard.store.background import Background
 from memguard.store.keys import LATENCY_WINDOW, OUTCOMES_WINDOW
-from memguard.store.state import WINDOW_SLOTS, Counts, State
+from memguard.store.state import CATCHUP_MS, WINDOW_SLOTS, Counts, State
 
 FLUSH_S = 1.0
 HEALTHY_FLUSH_MAX_S = 10.0
+RECHECK_S = CATCHUP_MS / 1000 + 0.2  # after a batch the script kept waiting: its verdict is due
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class ReadMeter(Background):
         self._buckets: dict[int, list[int]] = {}  # int(monotonic // bucket_s): [reads, slow, failed]
         self._urgent = False
         self._flushed_at = time.monotonic()
+        self._recheck_at: dict[str, float] = {}  # window -> when to ask for the verdict on our bad reads
 
     def record(self, seconds: float, failed: bool) -> None:
         slow = self.slow_s is not None and seconds > self.slow_s
@@ -94,7 +99,7 @@ class ReadMeter(Background):
         told a window holds bad reads; then once a slot while it does; else never (the counts
         are kept, a window's worth)."""
         with self._lock:
-            if self._urgent:
+            if self._urgent or any(at <= now for at in self._recheck_at.values()):
                 return True
             oldest = int((now - self.keep_s) // self.bucket_s)
             for index in [i for i in self._buckets if i < oldest]:
@@ -124,11 +129,15 @@ class ReadMeter(Background):
         by = origin("auto")
         for window in self.windows:
             counts = self.counts(window, buckets, now)
-            if counts:
+            recheck = self._recheck_at.get(window.name, math.inf) <= now
+            if counts or recheck:  # no counts: only the verdict on the bad reads sent before
+                self._recheck_at.pop(window.name, None)
                 if window.slow:
-                    yield from self.state.record_latencies_steps(counts, by)
+                    t = yield from self.state.record_latencies_steps(counts, by)
                 else:
-                    yield from self.state.record_outcomes_steps(counts, by)
+                    t = yield from self.state.record_outcomes_steps(counts, by)
+                if t.waiting and (recheck or any(bad for _, _, bad in counts)):
+                    self._recheck_at[window.name] = now + RECHECK_S
 
     def counts(self, window: Window, buckets: dict[int, list[int]], now: float) -> Counts:
         """``buckets`` as the window's script takes them: (age in ms, reads, bad reads), one

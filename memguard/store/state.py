@@ -288,7 +288,7 @@ class State:
             catchup_ms=CATCHUP_MS, hold_ms=s.hold_seconds * 1000, grace_ms=self.grace_ms, by=by,
             auto=not s.disable_auto_downgrade, **self._trip_args())
         t = Transition(Status(reply["status"]), record=parse_record(reply.get("record")),
-                       previous=parse_record(reply.get("previous")))
+                       previous=parse_record(reply.get("previous")), waiting=reply.get("waiting") is True)
         if t.status is Status.FORCED:
             self._forced(t)
         elif t.status is Status.DISABLED:
