@@ -129,6 +129,7 @@ def describe(item: dict[str, Any]) -> str:
                (f" ({item['error']})" if item.get("error") else "")
     else:
         what = f"{kind} (was {item.get('previous_reason')})"
-        if item.get("ramp_seconds"):
-            what += f", recovery ramp of {item['ramp_seconds']} s started"
+        ramp = item.get("ramp_seconds")
+        if ramp:
+            what += f", recovery ramp of {duration(ramp) if isinstance(ramp, int | float) else ramp} started"
     return f"{stamp}  {what}{who}"

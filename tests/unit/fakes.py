@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from memguard.domain.modes import EffectiveMode, combine
+from memguard.domain.ramp import LocalRamp, Ramp
 from memguard.domain.record import ForcedRecord, Snapshot, Status, Transition
 from memguard.request.watch import View
 from memguard.store.steps import Step, Steps
@@ -82,10 +83,22 @@ class FakeView:
     """The watcher's view: ``current`` is what it can say now (None: nothing)."""
 
     def __init__(self, record: ForcedRecord | None = None, *, valid_s: float = 60.0,
-                 failures_for_s: float = 0.0) -> None:
+                 failures_for_s: float = 0.0, ramp: LocalRamp | None = None) -> None:
         now = time.monotonic()
         failures_until = now + failures_for_s if failures_for_s else 0.0
-        self.current: View | None = View(record, now + valid_s, failures_until)
+        self.current: View | None = View(record, now + valid_s, failures_until, ramp)
+
+
+def ramp(seconds: float = 30.0, elapsed: float = 0.0, min_percent: float = 10.0, aggression: float = 1.0,
+         ramp_id: str = "r1") -> Ramp:
+    """A ramp record that started ``elapsed`` seconds ago (on this machine's clock)."""
+    return Ramp(ramp_id, time.time() - elapsed, seconds, min_percent, aggression, 1, time.time() - 600,
+                "probe_success", "auth")
+
+
+def local_ramp(**kw: Any) -> LocalRamp:
+    r = ramp(**kw)
+    return LocalRamp.at(r, time.time(), time.monotonic())
 
 
 class FakeMeter:
