@@ -16,6 +16,7 @@ from memguard.request.guard import Guard
 
 from .fakes import FakeStore, FakeView, local_ramp, ramp
 
+
 def ok() -> str:
     return "context"
 
