@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from memguard import flags, service
 from memguard.domain.events import origin
+from memguard.domain.ramp import parse_ramp, ramp_problem
 from memguard.domain.record import Status, record_problem
+from memguard.drill.localstack import wait_for
 from memguard.integrations.cli_text import json_safe
 from memguard.ops import audit, notify
 from memguard.store.keys import KEY_TYPES, Keys
@@ -55,11 +57,34 @@ valid_records = st.fixed_dictionaries(
 # A valid record with exactly one field changed to anything: where the two rules could part.
 one_field_off = st.tuples(valid_records, st.sampled_from(sorted(FIELDS)).flatmap(
     lambda name: FIELDS[name].map(lambda value: (name, value)))).map(lambda r: {**r[0], r[1][0]: r[1][1]})
+# Ramp records: running ones started in the last 100 s and last at least 3000 s, complete ones
+# ended over 1000 s ago, so no ramp ends while a test runs.
+RAMP_FIELDS = {
+    "id": st.one_of(st.text(min_size=1, max_size=64), st.text(min_size=65, max_size=70), json_values),
+    "start": st.one_of(st.floats(NOW - 100, NOW - 1), st.floats(NOW - 10_000, NOW - 5_000),
+                       st.floats(NOW + 100, NOW + 1e6), json_values),
+    "seconds": st.one_of(st.floats(3_000, 3_600), st.floats(3_601, 1e9), st.just(0), json_values),
+    "min_percent": st.one_of(st.floats(0, 100), st.floats(100.5, 1e6), st.floats(-1e6, -0.5), json_values),
+    "aggression": st.one_of(st.floats(0.1, 10), st.floats(10.5, 1e6), st.floats(-5, 0.09), json_values),
+    "holds": st.one_of(st.integers(-2, 5), st.floats(0, 5), json_values),
+    "since": st.one_of(numbers, json_values),
+    "reason": st.one_of(st.text(max_size=80), st.text(min_size=201, max_size=220), json_values),
+    "previous_reason": st.one_of(st.text(max_size=80), json_values),
+}
+ramps = st.fixed_dictionaries({}, optional=RAMP_FIELDS)
+valid_ramps = st.fixed_dictionaries(
+    {"id": st.text(min_size=1, max_size=20), "start": st.floats(NOW - 100, NOW - 1),
+     "seconds": st.floats(3_000, 3_600), "min_percent": st.floats(0, 100), "aggression": st.floats(0.1, 10)},
+    optional={"holds": st.integers(1, 9), "reason": st.text(max_size=50), "since": numbers})
+one_ramp_field_off = st.tuples(valid_ramps, st.sampled_from(sorted(RAMP_FIELDS)).flatmap(
+    lambda name: RAMP_FIELDS[name].map(lambda value: (name, value)))).map(
+    lambda r: {**r[0], r[1][0]: r[1][1]})
 strings = st.one_of(
     st.text(max_size=30),
     st.sampled_from(["0", "1", "-5", "99999999999999999999", "NaN", "1e400", "xyz", "0-0", "1-1", "{}"]),
     json_values.map(json.dumps),
     records.map(json.dumps),
+    st.one_of(ramps, valid_ramps).map(json.dumps),
 )
 texts = st.text(min_size=1, max_size=8)
 redis_values = st.one_of(
@@ -125,11 +150,16 @@ def test_any_value_at_any_key_fails_open_and_is_repaired_by_the_next_change(proc
     for read in (lambda: service.fetch_thread_context("t"),
                  lambda: asyncio.run(service.afetch_thread_context("t"))):
         _, meta = quick(read, "a read")
-        assert meta["source"] in ("zep", "write_only_forced"), meta
+        assert meta["source"] in ("zep", "write_only_forced", "ramp_held"), meta
     status = quick(lambda: rt.ops.status(by), "status")
     json.dumps(json_safe(status), allow_nan=False)
     if values["forced"] is not None and status["forced"] is False:
         assert KEYS.forced in status.get("state_problems", ""), "a value that is no record is named"
+    if values["ramp"] is not None and "ramp" not in status and not status["forced"]:
+        ramp_value = values["ramp"][1] if values["ramp"][0] == "string" else None
+        parsed = parse_ramp(ramp_value) if ramp_value is not None else None
+        complete = parsed is not None and parsed.end < time.time()
+        assert complete or KEYS.ramp in status.get("state_problems", ""), "a value that is no ramp is named"
     quick(lambda: audit.history(redis_db, KEYS.audit, 50), "history")
     quick(lambda: notify.claim(rt.state, "episode"), "the notification claim")
     quick(lambda: rt.state.record_latencies([(0, 3, 0)], by), "the latency window")
@@ -172,6 +202,27 @@ def test_the_scripts_and_python_judge_a_record_by_one_rule(process_for_propertie
     t = rt.state.force("auth", 300, BY, auto=True)
     assert (t.status is Status.HELD) == python_valid, (record, t.status)
     assert python_valid or t.status is Status.FORCED
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ramp=st.one_of(ramps, valid_ramps, one_ramp_field_off))
+@example(ramp={"id": "r", "start": NOW + 60, "seconds": 3_600, "min_percent": 10, "aggression": 1})
+def test_the_scripts_and_python_judge_a_ramp_by_one_rule(process_for_properties, redis_db, ramp):
+    """A trigger during a running ramp is its failure (reason ramp_failed): the Lua verdict that
+    the ramp is valid and running. ``ramp_problem`` and its end are the Python one. They agree,
+    and the reads agree with them: a ramp that is no ramp holds no read back."""
+    rt = process_for_properties
+    redis_db.delete(KEYS.forced)  # the last example's force
+    wait_for(lambda: (view := rt.watcher.current) is not None and view.record is None, 2, "the view")
+    redis_db.set(KEYS.ramp, json.dumps(ramp))
+    data = json.loads(json.dumps(ramp))
+    running = ramp_problem(data, time.time()) is None and time.time() < data["start"] + data["seconds"]
+    if not running:
+        sources = {service.fetch_thread_context(f"t{i}")[1]["source"] for i in range(20)}
+        assert sources == {"zep"}, (ramp, sources)
+    t = rt.state.force("auth", 300, BY, auto=True)
+    assert t.record is not None and (t.record.reason == "ramp_failed") == running, (ramp, t.record)
+    assert not redis_db.exists(KEYS.ramp), "the new hold ends the ramp"
 
 
 def test_the_heartbeat_works_over_any_value_at_its_lock(configure, redis_db):

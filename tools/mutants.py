@@ -44,8 +44,8 @@ MUTANTS = (
            "memguard/integrations/tasks.py", "os._exit(78)", "os._exit(1)",
            ("tests/test_existing_celery_app.py", "-k", "exits or refuses or naming")),
     Mutant("force-notice-unpublished", "memguard's own force publishes no freshness notice",
-           "memguard/store/lua/force.lua", "notice = notify({forced = new})",
-           "notice = (function() local c = {forced = new}; c.v = redis.call('INCR', VERSION); "
+           "memguard/store/lua/force.lua", "notice = notify({forced = new, ramp = ramp})",
+           "notice = (function() local c = {forced = new, ramp = ramp}; c.v = redis.call('INCR', VERSION); "
            "c.now = now_ms(); return cjson.encode(c) end)()",
            ("tests/test_propagation_to_every_view.py", "-k", "no_command")),
     Mutant("probe-lock-owner-unchecked", "a probe's result is applied without checking its lock's owner",
@@ -134,6 +134,20 @@ MUTANTS = (
            "memguard/request/meter.py",
            "            age_ms = max(0, int((now - (index + 0.5) * self.bucket_s) * 1000))\n",
            "            age_ms = 0\n", ("tests/test_failure_rate_policy.py", "-k", "sends_no_counts")),
+    Mutant("ramp-skipped", "the recovery ramp is ignored: every read is admitted at once after a hold",
+           "memguard/request/guard.py",
+           "share = ramp.held(thread_id if isinstance(thread_id, str) else str(thread_id), time.monotonic())",
+           "share = None", ("tests/unit/test_recovery_ramp_decisions.py",)),
+    Mutant("ramp-random-decision", "a read is admitted at random under the share, not by its conversation",
+           "memguard/domain/ramp.py", "position(self.key, thread_id) < share",
+           "__import__('random').random() < share", ("tests/unit/test_recovery_ramp_decisions.py",)),
+    Mutant("back-off-reset-at-ramp-start", "the back-off resets when a ramp starts, not when it completes",
+           "memguard/store/lua/prelude.lua", "holds = finite(rec.holds) and rec.holds or 1, reason = reason,",
+           "holds = 1, reason = reason,", ("tests/test_recovery_ramp.py", "-k", "back_off")),
+    Mutant("window-verdict-waits-for-reads",
+           "bad reads a window kept waiting are judged only when more reads come",
+           "memguard/request/meter.py", "self._recheck_at[window.name] = now + RECHECK_S", "pass",
+           ("tests/test_a_window_is_judged_without_later_reads.py",)),
 )
 
 
