@@ -16,6 +16,7 @@ import sys
 import time
 
 import httpx
+import redis
 
 from memguard.drill.localstack import free_port, wait_for
 
@@ -165,6 +166,58 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
         assert empty == [], empty
         age = float(prom.api("query", query=heartbeat_age)["result"][0]["value"][1])
         assert 0 <= age < 5, "a ticking prober's heartbeat age"
+    finally:
+        prom.stop()
+        reader.terminate()
+        reader.wait(10)
+
+
+RAMP_READER = """
+import itertools, sys, time
+import memguard
+memguard.serve_metrics(int(sys.argv[1]), "127.0.0.1")
+for i in itertools.count():  # a new conversation each time: the ramp admits a growing share of them
+    memguard.fetch_thread_context(f"conversation-{i}")
+    time.sleep(0.01)
+"""
+
+
+def test_a_zep_that_falls_over_as_reads_return_fires_the_ramp_alert(stack, tmp_path):
+    require_binary("prometheus", "prometheus")
+    conf = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "1", "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "2",
+            "MEMORY_RECOVERY_RAMP_SECONDS": "60"}
+    reader_port, worker_port = free_port(), free_port()
+    stack.spawn("worker", "ramp-worker", "-P", "solo", MEMGUARD_METRICS_PORT=str(worker_port), **conf)
+    stack.spawn("beat", "ramp-beat", **conf)
+    reader = subprocess.Popen([sys.executable, "-c", RAMP_READER, str(reader_port)], env=stack.env(**conf),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = Prometheus(tmp_path, [f"127.0.0.1:{reader_port}", f"127.0.0.1:{worker_port}"])
+    redis_db = redis.Redis.from_url(stack.server.url, decode_responses=True)
+    share = dashboard_queries()["Recovery ramp: share of conversations admitted, ramps by result"]["A"]
+
+    def forced_reason() -> str | None:
+        raw = redis_db.get("mem:mode:forced:v1")
+        return json.loads(raw)["reason"] if raw else None
+
+    def admitted() -> float:
+        result = prom.api("query", query=share)["result"]
+        return float(result[0]["value"][1]) if result else -1.0
+
+    try:
+        wait_for(lambda: [t["health"] for t in prom.api("targets")["activeTargets"]] == ["up", "up"], 30,
+                 "both targets scraped")
+        stack.stub.set_fault("503")
+        wait_for(lambda: forced_reason() == "consecutive_failures", 10, "the fleet to be forced")
+        assert not prom.firing("MemoryRecoveryRampFailing")
+        for _ in range(2):  # Zep answers the probe, then falls over as the ramp's reads return
+            stack.stub.set_fault("ok")
+            wait_for(lambda: redis_db.exists("mem:mode:ramp"), 20, "the probe to start a ramp")
+            wait_for(lambda: 0 < admitted() < 1, 10, "the dashboard to show the ramp's share")
+            stack.stub.set_fault("503")
+            wait_for(lambda: forced_reason() == "ramp_failed", 10, "the ramp's reads to force again")
+        wait_for(lambda: prom.firing("MemoryRecoveryRampFailing"), 30, "MemoryRecoveryRampFailing")
+        assert admitted() == 0.0, "no conversation is admitted while forced"
+        # (It resolves an hour later: runbook/alerts_test.yml holds that timing.)
     finally:
         prom.stop()
         reader.terminate()
