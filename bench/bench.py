@@ -202,7 +202,9 @@ def main() -> None:
     res: dict[str, Any] = {"reads": n}
     with RedisServer() as server:
         raw = redis.Redis(port=server.port)
-        settings = Settings(redis_url=server.url, zep_api_key="x", threshold=10**6)
+        # No recovery ramp after this run's clears (the propagation trials): the later cases read
+        # at full rate. The ramp has its own case below.
+        settings = Settings(redis_url=server.url, zep_api_key="x", threshold=10**6, ramp_seconds=0)
         rt = quiet_build(settings)
         rt.watcher.wait_ready()
         guard = rt.guard
@@ -242,6 +244,24 @@ def main() -> None:
         res["memguard_failure_rate"] = summary(rate, base)
         res["memguard_failure_rate"]["redis_commands_per_read"] = per_read(raw, before, n)
         rate_rt.close()
+
+        # Inside a recovery ramp: each read also hashes (ramp id, thread id) and computes the share.
+        # A share just under 1 makes the read take the whole decision and still be admitted.
+        ramp_rt = quiet_build(Settings(redis_url=server.url, zep_api_key="x", threshold=10**6,
+                                       ramp_seconds=3600, ramp_min_percent=99.99))
+        ramp_rt.watcher.wait_ready()
+        ramp_rt.state.force("bench", 60, {"via": "bench"}, auto=False)
+        ramp_rt.state.clear({"via": "bench"})
+        deadline = time.monotonic() + 5
+        while ((v := ramp_rt.watcher.current) is None or v.ramp is None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ramp_rt.guard.call("t", noop)[1]["source"] == "zep", "the bench's thread is admitted"
+        before = commands(raw)
+        ramped = timed(lambda: ramp_rt.guard.call("t", noop), n, warmup=0)
+        res["memguard_in_ramp"] = summary(ramped, base)
+        res["memguard_in_ramp"]["redis_commands_per_read"] = per_read(raw, before, n)
+        ramp_rt.state.clear({"via": "bench"}, ramp=False)
+        ramp_rt.close()
 
         # asyncio: the same guard driven by acall, inside one event loop, against an awaited no-op.
         async def anoop() -> str:
@@ -290,6 +310,10 @@ def main() -> None:
             "async_over_sync_overhead_p50": round(
                 res["memguard_async"]["p50_us"] / max(res["memguard"]["p50_us"], 1e-3), 2
             ),
+            "ramp_extra_p50_over_bare_rtt": round(
+                (res["memguard_in_ramp"]["p50_us"] - res["memguard"]["p50_us"])
+                / res["bare_redis_get"]["p50_us"], 4),
+            "ramp_extra_p50_us": round(res["memguard_in_ramp"]["p50_us"] - res["memguard"]["p50_us"], 3),
         }
 
         # Failure path: round trips per recorded failure.
@@ -333,6 +357,7 @@ def main() -> None:
         ("forked_child_decorated", "decorated at import, forked child"),
         ("memguard_latency_trip", "memguard overhead, latency trip on"),
         ("memguard_failure_rate", "memguard overhead, failure-rate on"),
+        ("memguard_in_ramp", "memguard overhead, in a ramp"),
         ("async_call", "awaited coroutine call (asyncio)"),
         ("memguard_async", "memguard overhead, async (acall)"),
         ("seed_get_del", "seed design overhead (GET+DEL)"),
@@ -347,6 +372,8 @@ def main() -> None:
     print(f"pybreaker / memguard p50:            {r['pybreaker_over_memguard_p50']}x (target >= 30x)")
     print(f"async / sync memguard overhead p50:  {r['async_over_sync_overhead_p50']}x "
           "(one implementation, driven by acall)")
+    print(f"in-ramp read, extra p50:             {r['ramp_extra_p50_us']} µs = "
+          f"{r['ramp_extra_p50_over_bare_rtt']} bare RTT (target <= 2 µs)")
     print("memguard's idle cost per process: see --fleet")
     startup.report(res["startup"])
     fp = res["failure_path"]

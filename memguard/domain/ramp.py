@@ -130,35 +130,45 @@ def position(ramp_id: bytes, thread_id: str) -> float:
     return int.from_bytes(digest, "big") / _WHOLE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LocalRamp:
     """A ramp on this process's monotonic clock: what a read decides with, and nothing else.
 
     ``mono_start`` is fixed when the process first learns of the ramp (``at``), so within a
-    process the share only grows and an admitted conversation stays admitted."""
+    process the share only grows and an admitted conversation stays admitted. The keyed hash
+    is set up once per ramp: a read only copies it (the decision costs about a microsecond)."""
 
     ramp: Ramp
-    key: bytes
+    hasher: Any  # blake2b keyed with the ramp id: ``position``'s, ready to copy
     mono_start: float
-    mono_end: float
+    seconds: float
     min_share: float
     exponent: float
 
     @classmethod
     def at(cls, ramp: Ramp, redis_now: float, mono_now: float) -> LocalRamp:
-        start = mono_now - (redis_now - ramp.start)
-        return cls(ramp, ramp.id.encode("utf-8", "surrogatepass"), start, start + ramp.seconds,
-                   ramp.min_percent / 100.0, 1.0 / ramp.aggression)
+        key = ramp.id.encode("utf-8", "surrogatepass")
+        return cls(ramp, hashlib.blake2b(digest_size=8, key=key), mono_now - (redis_now - ramp.start),
+                   ramp.seconds, ramp.min_percent / 100.0, 1.0 / ramp.aggression)
 
     def share(self, mono: float) -> float:
-        if mono >= self.mono_end:
-            return 1.0
-        return max(self.min_share, (max(0.0, mono - self.mono_start) / self.ramp.seconds) ** self.exponent)
+        elapsed = mono - self.mono_start
+        return share(elapsed, self.seconds, self.min_share * 100, 1.0 / self.exponent)
 
     def held(self, thread_id: str, mono: float) -> float | None:
-        """The share that leaves ``thread_id`` out at ``mono``, or None: it is admitted."""
-        share = self.share(mono)
-        return None if share >= 1.0 or position(self.key, thread_id) < share else share
+        """The share that leaves ``thread_id`` out at ``mono``, or None: it is admitted.
+        ``share`` and ``position`` written out, since every read in a ramp runs this."""
+        elapsed = mono - self.mono_start
+        if elapsed >= self.seconds:
+            return None
+        now = elapsed / self.seconds if elapsed > 0 else 0.0
+        if self.exponent != 1.0:
+            now **= self.exponent
+        if now < self.min_share:
+            now = self.min_share
+        h = self.hasher.copy()
+        h.update(thread_id.encode("utf-8", "surrogatepass"))
+        return None if int.from_bytes(h.digest(), "big") < now * _WHOLE else now
 
 
 def parse_ramp(raw: str | None, now: float | None = None) -> Ramp | None:

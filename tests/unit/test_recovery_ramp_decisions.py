@@ -58,6 +58,15 @@ def test_every_process_decides_the_same_and_a_new_ramp_picks_another_order():
     assert len(first & second) / len(first) < 0.45, "another ramp admits others first"
 
 
+def test_a_reads_decision_is_its_conversations_position_under_the_share():
+    r = local_ramp(seconds=10, ramp_id="ramp-c")
+    for step in (0, 2.5, 5, 7.5, 9.9):
+        now = r.share(r.mono_start + step)
+        for i in range(300):
+            admitted = r.held(f"c{i}", r.mono_start + step) is None
+            assert admitted == (position(b"ramp-c", f"c{i}") < now), (step, i)
+
+
 def test_held_reads_answer_no_context_with_the_share_and_never_call_zep():
     store = FakeStore()
     hooks = events.Hooks()
