@@ -30,20 +30,24 @@ CARD_SETTINGS = (
     "MEMORY_LATENCY_THRESHOLD_MS", "MEMORY_LATENCY_MIN_READS", "MEMORY_LATENCY_WINDOW_SECONDS",
     "MEMORY_FAILURE_RATE_THRESHOLD", "MEMORY_FAILURE_RATE_WINDOW_SECONDS", "MEMORY_FAILURE_RATE_MIN_READS",
     "MEMORY_WEBHOOK_URLS", "MEMORY_WEBHOOK_FORMAT", "MEMORY_NOTIFY_STUCK_SECONDS", "MEMORY_QUORUM_HOSTS",
-    "MEMGUARD_INSTANCE", "MEMGUARD_METRICS_PORT",
+    "MEMGUARD_INSTANCE", "MEMGUARD_METRICS_PORT", "MEMORY_RECOVERY_RAMP_SECONDS",
+    "MEMORY_RECOVERY_RAMP_MIN_PERCENT", "MEMORY_RECOVERY_RAMP_AGGRESSION",
 )
 CARD_METRICS = (
     "memory_zep_downgrades_total", "memory_mode_gauge", "memory_zep_context_failures_total",
     "memory_zep_probes_total", "memory_zep_reads_blocked_total", "memory_mode_restored_total",
     "memory_guard_errors_total", "memory_guard_overhead_seconds", "memory_zep_would_downgrade_total",
     "memory_guard_state_up", "memory_mode_holds", "memory_mode_hold_seconds_left",
-    "memory_zep_consecutive_failures", "memory_prober_up",
+    "memory_zep_consecutive_failures", "memory_prober_up", "memory_recovery_ramp_share",
+    "memory_recovery_ramp_seconds_left", "memory_recovery_ramps_total",
 )
 CARD_LOG_EVENTS = (
     "memory_mode_forced", "memory_mode_restored", "zep_read_blocked_forced_mode",
     "zep_auth_failure_auto_downgrade", "zep_consecutive_failures_auto_downgrade", "memory_mode_would_force",
     "zep_read_failed", "memory_probe_finished", "memguard_operator_action", "memguard_operator_refused",
     "memguard_config_error", "memguard_internal_error", "memguard_redis_error",
+    "memory_recovery_ramp_started", "memory_recovery_ramp_completed", "memory_recovery_ramp_failed",
+    "zep_read_held_recovery_ramp",
 )
 
 
@@ -89,7 +93,11 @@ def test_every_log_event_on_the_card_is_emitted(caplog):
         events.ModeForced("read_write", "write_only", "consecutive_failures", 300, 1.0, fail_count=3),
         events.WouldForce("auth", 300),
         events.ModeRestored("read_write", "probe_success", "auth"),
+        events.ModeRestored("read_write", "probe_success", "auth", ramp_seconds=30),
+        events.RampCompleted("auth", 2, 30),
+        events.ModeForced("read_write", "write_only", "ramp_failed", 600, 1.0, holds=2, trigger="auth"),
         events.ReadBlocked("t", "auth", 1.0),
+        events.ReadBlocked("t", "ramp", 1.0),
         events.FailureRecorded("timeout", "count", None, "t"),
         events.ProbeFinished("success", 0.01),
         events.OperatorAction("force", True),
