@@ -58,10 +58,12 @@ def read_for(seconds: float) -> None:
     rows: list[str] = []
     exceptions = 0
     end = time.time() + seconds
+    n = 0
     while time.time() < end:
         started = time.time()
-        try:
-            _, meta = memguard.fetch_thread_context("soak-thread")
+        n += 1
+        try:  # many conversations: after each hold, the recovery ramp admits a growing share
+            _, meta = memguard.fetch_thread_context(f"soak-thread-{n % 64}")
             rows.append(f"{started:.4f} {time.time():.4f} {int(meta['source'] == 'write_only_forced')} "
                         f"{meta['source']}")
         except Exception:  # the contract says this never happens: count it if it does
@@ -96,13 +98,14 @@ def summarise(per_process: list[dict[str, Any]], history: list[dict[str, Any]], 
     # change (the audit trail's times are taken just after each change's script).
     changes = [t for a, b, _ in forced for t in (a, b)]
     longest_wrong = 0.0
-    reads = counted = wrong = 0
+    reads = counted = wrong = held = 0
     for proc in per_process:
         for row in proc["rows"]:
             start_s, end_s, seen_s, source = row.split(" ")
             t, t_end, seen = float(start_s), float(end_s), seen_s == "1"
             reads += 1
             counted += source == "zep_error"
+            held += source == "ramp_held"
             a, b = t - PROPAGATION_S, t_end + AUDIT_LAG_S
             either = any(a <= c <= b for c in changes)  # the mode changed during the read
             if not either and seen != fleet_forced(t):
@@ -122,6 +125,7 @@ def summarise(per_process: list[dict[str, Any]], history: list[dict[str, Any]], 
     return {
         "processes": len(per_process),
         "reads": reads,
+        "held_by_ramp": held,
         "failures_counted": counted,
         "failures_injected": injected,
         "downgrades_per_outage": downgrades,
@@ -153,7 +157,8 @@ def run(minutes: float, logdir: str | None = None, sentinel: bool = False) -> di
         env = stack_env(server.url, stub.url, key, SOAK_BROKER_URL=server.url,
                         SOAK_RESULTS_URL=results_server.url, PYTHONPATH=str(Path(__file__).parent),
                         MEMORY_DOWNGRADE_HOLD_SECONDS="2", MEMORY_DOWNGRADE_HOLD_MAX_SECONDS="2",
-                        MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5", MEMORY_ZEP_READ_TIMEOUT_MS="100")
+                        MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5", MEMORY_ZEP_READ_TIMEOUT_MS="100",
+                        MEMORY_RECOVERY_RAMP_SECONDS="2")  # a ramp over well before the next outage
         # Three children read; the fourth is free for beat's probe ticks.
         worker = CeleryProcess("worker", env, logdir, "soak-worker", "-P", "prefork", "-c", "4", "-O", "fair",
                                app="soak")
@@ -209,6 +214,7 @@ def report(res: dict[str, Any]) -> None:
           "timeouts, healthy)")
     rows = [
         ("reads", res["reads"], ""),
+        ("reads held by a recovery ramp", res["held_by_ramp"], ""),
         ("failures counted / injected", f"{res['failures_counted']} / {res['failures_injected']}", "equal"),
         *((f"downgrades in outage '{d['outage']}'", d["downgrades"], "1")
           for d in res["downgrades_per_outage"]),

@@ -271,3 +271,31 @@ def test_a_process_of_an_earlier_release_reads_at_full_rate_during_a_ramp(config
     for i in range(100):
         counts[service.fetch_thread_context(f"t{i}")[1]["source"]] += 1
     assert counts["ramp_held"] == held_here, "the earlier release changed nothing for this one"
+
+
+def test_a_hold_that_lapsed_unprobed_ends_in_a_ramp_too(configure, stub, redis_db):
+    rt = configure(ramp_seconds=30, probe_grace_seconds=1)
+    rt.ops.force(BY, reason="manual_ops", ttl_seconds=1)
+    # No prober: past the hold and its grace, the next read ends the record, and the ramp begins.
+    wait_for(lambda: service.fetch_thread_context("t")[1]["source"] != "write_only_forced", 5, "the lapse")
+    ramp = rt.ops.status(BY)["ramp"]
+    assert (ramp["reason"], ramp["previous_reason"]) == ("lapsed", "manual_ops")
+    sources = {service.fetch_thread_context(f"t{i}")[1]["source"] for i in range(100)}
+    assert sources == {"zep", "ramp_held"}
+    lapsed = [e for e in audit.history(redis_db, rt.state.keys.audit, 10) if e["event"] == "lapsed"]
+    assert len(lapsed) == 1 and lapsed[0]["ramp_seconds"] == 30
+
+
+def test_a_failure_rate_trip_during_a_ramp_is_judged_at_once(configure, stub):
+    rt = configure(ramp_seconds=30, failure_rate_threshold=0.1, failure_rate_min_reads=5)
+    rt.meter.stop()  # the batch is sent below, when the test says
+    rt.ops.force(BY, reason="manual_ops", ttl_seconds=60)
+    rt.ops.clear(BY)
+    stub.set_fault("503")
+    failed = 0
+    while failed < 6:
+        failed += service.fetch_thread_context(f"c-{time.monotonic_ns()}")[1]["source"] == "zep_error"
+    stub.set_fault("ok")
+    rt.meter.flush()  # one batch, its window turning hot now: no 2 s catch-up inside a ramp
+    forced = flags.get_forced_mode()
+    assert forced is not None and (forced["reason"], forced["trigger"]) == ("ramp_failed", "failure_rate")
