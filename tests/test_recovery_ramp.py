@@ -234,6 +234,9 @@ def test_the_operator_sees_the_ramp_and_can_end_it(configure, stub, redis_server
     assert " s of 30 left (after manual_clear; the hold was manual_ops" in line, line
     as_json = json.loads(cli("status", "--json").stdout)["ramp"]
     assert 10 <= as_json["share_percent"] < 20 and as_json["seconds"] == 30
+    again = cli("clear")  # nothing forced: the ramp runs on
+    assert again.stdout.startswith("nothing to clear: the fleet was not forced"), again.stdout
+    assert json.loads(cli("status", "--json").stdout)["ramp"]["id"] == as_json["id"]
     assert "ramp_completed" not in cli("history").stdout
     ended = cli("clear", "--no-ramp")
     assert ended.stdout.startswith("ended the recovery ramp: every read goes to Zep again"), ended.stdout

@@ -319,8 +319,8 @@ class State:
         through a ramp, or (``ramp=False``) at once, which also ends a ramp in progress."""
         reply = self.call("clear", ramp=self.settings.ramp if ramp else None)
         previous = parse_record(reply["previous"])
-        if previous is None:  # CLEARED without a record: --no-ramp ended a ramp in progress
-            return Transition(Status.CLEARED if reply.get("notice") else Status.IDLE)
+        if previous is None:  # no hold ended; --no-ramp may have ended a ramp in progress ("")
+            return Transition(Status.CLEARED if reply.get("ramp") == "" else Status.IDLE)
         started = self._restored("manual_clear", previous, reply.get("ramp"), by)
         return Transition(Status.CLEARED, previous=previous, ramp=started)
 

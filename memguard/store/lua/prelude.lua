@@ -133,10 +133,11 @@ local function end_ramp()
 end
 
 -- A hold (rec, when valid) ended by reason: start a ramp if asked for one (spec: its seconds,
--- min_percent and aggression), else end any ramp. The notice's ramp field: the new ramp, '' if
--- one was removed, or nil.
+-- min_percent and aggression), else end any ramp. No valid hold ended: a ramp in progress stays.
+-- The notice's ramp field: the new ramp, '' if one was removed, or nil.
 local function start_ramp(now, rec, reason, spec)
-  if type(spec) ~= 'table' or not rec then return end_ramp() end
+  if type(spec) ~= 'table' then return end_ramp() end
+  if not rec then return nil end
   local r = {id = redis.sha1hex('ramp:' .. now .. ':' .. ident(rec)), start = now / 1000,
              seconds = spec.seconds, min_percent = spec.min_percent, aggression = spec.aggression,
              holds = finite(rec.holds) and rec.holds or 1, reason = reason,
