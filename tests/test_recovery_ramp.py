@@ -302,3 +302,20 @@ def test_a_failure_rate_trip_during_a_ramp_is_judged_at_once(configure, stub):
     rt.meter.flush()  # one batch, its window turning hot now: no 2 s catch-up inside a ramp
     forced = flags.get_forced_mode()
     assert forced is not None and (forced["reason"], forced["trigger"]) == ("ramp_failed", "failure_rate")
+
+
+def test_the_tasks_clear_through_a_ramp_or_at_once_and_status_shows_it(stack):
+    stack.spawn("worker", "ramp-tasks", "-P", "solo", MEMORY_RECOVERY_RAMP_SECONDS="30")
+
+    def call(name: str, **kwargs: object) -> dict:
+        return stack.sender.send_task(name, kwargs=kwargs).get(timeout=20)
+
+    call("memguard.force", reason="manual_ops", ttl_seconds=60)
+    cleared = call("memguard.clear")
+    assert cleared["cleared"] and cleared["ramp_seconds"] == 30
+    ramp = call("memguard.status")["ramp"]
+    assert ramp["reason"] == "manual_clear" and 10 <= ramp["share_percent"] < 20 and ramp["seconds"] == 30
+    ended = call("memguard.clear", ramp=False)
+    assert ended["ramp_ended"] is True and "ramp" not in call("memguard.status")
+    with pytest.raises(OperatorError, match="ramp must be true or false"):
+        call("memguard.clear", ramp="yes")
