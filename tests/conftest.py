@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.pop("ZEP_API_URL", None)
 
 
-# ./run mutants only needs to know that a property fails: no shrinking, no example database.
-hypothesis.settings.register_profile("mutants", phases=[hypothesis.Phase.generate], database=None)
+# ./run mutants only needs to know that a property fails: no shrinking, no example database. The
+# explicit examples still run: they are the cases a property must always check.
+hypothesis.settings.register_profile("mutants", phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+                                     database=None)
 
 RABBITMQ = ("127.0.0.1", 5672)  # guest/guest: this machine kind and CI run one
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
