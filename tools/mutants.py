@@ -148,6 +148,20 @@ MUTANTS = (
            "bad reads a window kept waiting are judged only when more reads come",
            "memguard/request/meter.py", "self._recheck_at[window.name] = now + RECHECK_S", "pass",
            ("tests/test_a_window_is_judged_without_later_reads.py",)),
+    # Promised figures and names (README, docs/settings.md, DESIGN.md): their tests write them.
+    Mutant("liveness-60s", "the liveness bound raised from 5 s to 60 s",
+           "memguard/request/watch.py", "LIVENESS_S = 5.0", "LIVENESS_S = 60.0",
+           ("tests/test_hung_redis.py",)),
+    Mutant("forced-key-renamed", "the forced record's key renamed",
+           "memguard/store/keys.py", 'FORCED_MODE_KEY = "mem:mode:forced:v1"',
+           'FORCED_MODE_KEY = "mem:mode:forced:v2"',
+           ("tests/test_promised_figures.py", "-k", "design_names")),
+    Mutant("probe-budget-1500ms", "the probe's budget default raised from 150 ms to 1.5 s",
+           "memguard/config/settings.py", "probe_timeout_ms: int = 150", "probe_timeout_ms: int = 1500",
+           ("tests/test_promised_figures.py", "-k", "150_ms")),
+    Mutant("threshold-4", "the consecutive-failure threshold default raised from 3 to 4",
+           "memguard/config/settings.py", "threshold: int = 3", "threshold: int = 4",
+           ("tests/test_promised_figures.py", "-k", "three_failures")),
 )
 
 
