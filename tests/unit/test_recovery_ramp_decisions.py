@@ -127,3 +127,14 @@ def test_a_local_ramp_keeps_the_redis_clocks_elapsed_time():
     r = ramp(seconds=20, elapsed=5)
     local = LocalRamp.at(r, time.time(), time.monotonic())
     assert local.share(time.monotonic()) == pytest.approx(0.25, abs=0.01)
+
+
+def test_a_pagerduty_receiver_hears_a_ramp_start_as_acknowledge_and_its_end_as_resolve():
+    from memguard.ops.notify import payload
+
+    url = "https://events.pagerduty.com/v2/enqueue#routing-key"
+    actions = {kind: payload("pagerduty", url, {"kind": kind, "reason": "r", "text": "t", "id": "1"})[1]
+               for kind in ("downgrade", "recovering", "restore")}
+    assert {k: v["event_action"] for k, v in actions.items()} == {
+        "downgrade": "trigger", "recovering": "acknowledge", "restore": "resolve"}
+    assert len({v["dedup_key"] for v in actions.values()}) == 1, "one incident"
