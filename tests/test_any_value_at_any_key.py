@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from memguard import flags, service
 from memguard.domain.events import origin
 from memguard.domain.ramp import parse_ramp, ramp_problem
-from memguard.domain.record import Status, record_problem
+from memguard.domain.record import Status, parse_record, record_problem
 from memguard.drill.localstack import wait_for
 from memguard.integrations.cli_text import json_safe
 from memguard.ops import audit, notify
@@ -193,12 +193,16 @@ def test_any_value_at_any_key_fails_open_and_is_repaired_by_the_next_change(proc
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(record=st.one_of(records, valid_records, one_field_off))
 @example(record={"mode": "write_only", "until": 4e9, "reason": "manual_ops"})  # ends in 2096: no record
+@example(record={"mode": "write_only", "until": NOW + 600, "reason": "\ud800"})  # cjson refuses the escape
 def test_the_scripts_and_python_judge_a_record_by_one_rule(process_for_properties, redis_db, record):
     """An automatic trigger keeps a valid record (held) and replaces anything else (forced): the
     Lua verdict. ``record_problem`` is the Python one. They agree on every record."""
     rt = process_for_properties
     redis_db.set(KEYS.forced, json.dumps(record))
-    python_valid = record_problem(json.loads(json.dumps(record)), time.time()) is None
+    # Python's verdict as memguard reads a record: parsed from the same JSON text.
+    python_valid = parse_record(json.dumps(record), time.time()) is not None
+    assert python_valid == (record_problem(json.loads(json.dumps(record)), time.time()) is None
+                            and "\\ud800" not in json.dumps(record))
     t = rt.state.force("auth", 300, BY, auto=True)
     assert (t.status is Status.HELD) == python_valid, (record, t.status)
     assert python_valid or t.status is Status.FORCED
@@ -207,6 +211,7 @@ def test_the_scripts_and_python_judge_a_record_by_one_rule(process_for_propertie
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ramp=st.one_of(ramps, valid_ramps, one_ramp_field_off))
 @example(ramp={"id": "r", "start": NOW + 60, "seconds": 3_600, "min_percent": 10, "aggression": 1})
+@example(ramp={"id": "\ud800", "start": NOW - 10, "seconds": 3_600, "min_percent": 10, "aggression": 1})
 def test_the_scripts_and_python_judge_a_ramp_by_one_rule(process_for_properties, redis_db, ramp):
     """A trigger during a running ramp is its failure (reason ramp_failed): the Lua verdict that
     the ramp is valid and running. ``ramp_problem`` and its end are the Python one. They agree,
@@ -215,8 +220,10 @@ def test_the_scripts_and_python_judge_a_ramp_by_one_rule(process_for_properties,
     redis_db.delete(KEYS.forced)  # the last example's force
     wait_for(lambda: (view := rt.watcher.current) is not None and view.record is None, 2, "the view")
     redis_db.set(KEYS.ramp, json.dumps(ramp))
-    data = json.loads(json.dumps(ramp))
-    running = ramp_problem(data, time.time()) is None and time.time() < data["start"] + data["seconds"]
+    parsed = parse_ramp(json.dumps(ramp), time.time())
+    running = parsed is not None and time.time() < parsed.end
+    assert (parsed is not None) == (ramp_problem(json.loads(json.dumps(ramp)), time.time()) is None
+                                    and "\\ud800" not in json.dumps(ramp))
     if not running:
         sources = {service.fetch_thread_context(f"t{i}")[1]["source"] for i in range(20)}
         assert sources == {"zep"}, (ramp, sources)

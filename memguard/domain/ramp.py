@@ -27,11 +27,10 @@ are all admitted (fail open), status names the problem, and the next transition 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from memguard.domain.record import MAX_REASON_BYTES, CorruptRecord, finite, shown
+from memguard.domain.record import MAX_REASON_BYTES, CorruptRecord, decoded, finite, shown
 
 MAX_RAMP_SECONDS = 3600
 MAX_ID_BYTES = 64  # a blake2b key is at most 64 bytes
@@ -64,7 +63,8 @@ def ramp_problem(data: Any, now: float | None) -> str | None:
         return f"since is not a finite number: {shown(data['since'])}"
     for name in ("reason", "previous_reason"):
         text = data.get(name)
-        if text is not None and not (isinstance(text, str) and len(text.encode()) <= MAX_REASON_BYTES):
+        if text is not None and not (isinstance(text, str)
+                                     and len(text.encode("utf-8", "surrogatepass")) <= MAX_REASON_BYTES):
             return f"{name} is not a string of at most {MAX_REASON_BYTES} bytes: {shown(text)}"
     return None
 
@@ -86,10 +86,7 @@ class Ramp:
     @classmethod
     def parse(cls, raw: str, now: float | None = None) -> Ramp:
         """The ramp in ``raw``; raises ``CorruptRecord`` saying what is wrong."""
-        try:
-            data = json.loads(raw)
-        except (ValueError, TypeError, RecursionError):
-            raise CorruptRecord(f"not JSON: {shown(raw)}") from None
+        data = decoded(raw)
         problem = ramp_problem(data, now)
         if problem is not None:
             raise CorruptRecord(problem)

@@ -84,6 +84,17 @@ def finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def decoded(raw: str) -> Any:
+    """``raw`` as JSON, as the scripts' cjson reads it: text holding a lone surrogate escape
+    (which cjson refuses) is no JSON either. Raises ``CorruptRecord``."""
+    try:
+        data = json.loads(raw)
+        json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError on a lone surrogate
+    except (ValueError, TypeError, RecursionError):
+        raise CorruptRecord(f"not JSON: {shown(raw)}") from None
+    return data
+
+
 def record_problem(data: Any, now: float | None) -> str | None:
     """Why ``data`` (a decoded record) is not valid, or None. ``now``: the Redis clock, for the
     ``until`` bound (None for a record a script has just written)."""
@@ -104,7 +115,8 @@ def record_problem(data: Any, now: float | None) -> str | None:
         return f"holds is not a whole number >= 1: {shown(holds)}"
     for name in ("reason", "trigger"):
         text = data.get(name)
-        if text is not None and not (isinstance(text, str) and len(text.encode()) <= MAX_REASON_BYTES):
+        if text is not None and not (isinstance(text, str)
+                                     and len(text.encode("utf-8", "surrogatepass")) <= MAX_REASON_BYTES):
             return f"{name} is not a string of at most {MAX_REASON_BYTES} bytes: {shown(text)}"
     # An empty array passes as an empty object: Lua's cjson cannot tell the two apart.
     if data.get("by") is not None and not (isinstance(data["by"], dict) or data["by"] == []):
@@ -135,10 +147,7 @@ class ForcedRecord:
     @classmethod
     def parse(cls, raw: str, now: float | None = None) -> ForcedRecord:
         """The record in ``raw``; raises ``CorruptRecord`` saying what is wrong."""
-        try:
-            data = json.loads(raw)
-        except (ValueError, TypeError, RecursionError):
-            raise CorruptRecord(f"not JSON: {shown(raw)}") from None
+        data = decoded(raw)
         problem = record_problem(data, now)
         if problem is not None:
             raise CorruptRecord(problem)
