@@ -171,7 +171,9 @@ def test_a_ramp_completes_once_fleet_wide_and_webhooks_tell_its_start_from_its_e
     rt.ops.force(BY, reason="manual_ops", ttl_seconds=60)
     cleared = rt.ops.clear(BY)
     assert cleared["cleared"] and cleared["ramp_seconds"] == 3
-    assert [m["kind"] for m in notify.messages(rt.state, rt.settings)] == ["downgrade", "recovering"]
+    started = notify.messages(rt.state, rt.settings)
+    assert [m["kind"] for m in started] == ["downgrade", "recovering"]
+    assert "a 3 s ramp admits a growing share of conversations" in started[1]["text"], started[1]["text"]
     left = rt.ops.status(BY)["ramp"]["seconds_left"]
     assert rt.ops.probe(BY, scheduled=True)["result"] == "idle"
     assert redis_db.exists(rt.state.keys.ramp), "not before its end"

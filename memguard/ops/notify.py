@@ -45,6 +45,14 @@ NOTIFIED = {"forced": "downgrade", "restored": "restore", "lapsed": "restore", "
 PAGERDUTY_DEDUP_KEY = "memguard-fleet-write-only"  # one incident: triggers and resolves pair up
 
 
+def _seconds(raw: str) -> str:
+    """An audit field holding seconds (JSON text), as a person reads it: ``30 s``."""
+    try:
+        return f"{float(raw):g} s"
+    except ValueError:
+        return raw
+
+
 def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
@@ -72,8 +80,8 @@ def messages(state: State, settings: Settings) -> list[dict[str, Any]]:
                     f"(the hold was {e.get('previous_reason')})")
         elif ramp:
             kind = "recovering"
-            text = (f"memguard: Zep reads recovering ({e.get('reason')}): a {ramp} s ramp admits a growing "
-                    f"share of conversations (the hold was {e.get('previous_reason')})")
+            text = (f"memguard: Zep reads recovering ({e.get('reason')}): a {_seconds(ramp)} ramp admits a "
+                    f"growing share of conversations (the hold was {e.get('previous_reason')})")
         else:
             text = (f"memguard: Zep reads restored ({e.get('reason')}; the hold was "
                     f"{e.get('previous_reason')})")
