@@ -16,6 +16,7 @@ from dataclasses import replace
 import pytest
 
 from memguard import flags, process, service
+from memguard.domain import events
 from memguard.domain.events import origin
 from memguard.domain.ramp import share
 from memguard.drill.localstack import stack_env
@@ -321,3 +322,18 @@ def test_the_tasks_clear_through_a_ramp_or_at_once_and_status_shows_it(stack):
     assert ended["ramp_ended"] is True and "ramp" not in call("memguard.status")
     with pytest.raises(OperatorError, match="ramp must be true or false"):
         call("memguard.clear", ramp="yes")
+
+
+def test_a_foreign_publish_on_the_channel_is_named_and_the_view_lives_on(configure, stub, redis_db,
+                                                                         recorded):
+    rt = configure(ramp_seconds=30)
+    for junk in ('{"v": 5, "ramp": 7, "now": 1}', '{"v": 5, "forced": ""}', '[1, 2]',
+                 '{"v": 5, "count": "x"}', '{"v": "x"}', "not json"):
+        redis_db.publish("mem:mode:changes", junk)
+    wait_for(lambda: sum(e.op == "notice" for e in recorded if isinstance(e, events.GuardTrouble)) >= 6, 2,
+             "each to be named")
+    rt.ops.force(BY, reason="manual_ops", ttl_seconds=60)
+    other = State(redis_db, replace(rt.settings, ramp_seconds=0), process.hooks)
+    other.clear(BY)  # another process's clear, seen through the view that heard the junk
+    wait_for(lambda: service.fetch_thread_context("t")[1]["source"] == "zep", 2, "the clear to be seen")
+    assert rt.watcher.current is not None, "the view is live"

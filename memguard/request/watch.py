@@ -3,20 +3,17 @@
 One connection per process, subscribed to two things:
 - memguard's change channel: every transition script publishes a notice with the new values
   and a version, so a change costs the fleet one script run, not one read per process;
-- Redis client tracking of the view's own keys only (``CLIENT TRACKING ON BCAST PREFIX
-  mem:mode:forced:v1 PREFIX mem:read:consec_failures``, ``{mem}:`` on a Cluster, redirected to
-  this same connection): the server reports *any* change to them — a hand ``SET``/``DEL``,
-  older code writing the original record, a key expiring, ``FLUSHALL``. A change no notice
-  explains is explained once for the whole fleet: about six views, chosen at random by the
-  fleet's size that the server reports, ask ``store/lua/explain.lua`` at once; the first one
-  publishes what it read, and every other view applies that message instead of re-reading
-  (``FLUSHALL`` is re-read). The rest ask only if no explanation came within a quarter to half
-  a second. Writes to memguard's other keys (the read meter's windows, the prober's heartbeat,
-  the audit stream, locks, cursors, quorum sets) reach no watcher: every message to every
-  watcher is a socket write on the Redis server, for each of the fleet's processes.
+- Redis client tracking (``BCAST PREFIX``, redirected to this connection) of the view's own
+  keys only: the forced record, the failure count and the recovery ramp. The server reports
+  *any* change to them: a hand ``SET``/``DEL``, older code, an expiry, ``FLUSHALL``. A change
+  no notice explains is explained once for the fleet: about six views, chosen at random by the
+  fleet's size, ask ``store/lua/explain.lua`` at once; the first publishes what it read, and
+  every other view applies that message (``FLUSHALL`` is re-read). The rest ask only if no
+  explanation came within a quarter to half a second. Writes to memguard's other keys reach no
+  watcher: every message to every watcher is a socket write on the Redis server.
 
 The channel also carries the heartbeat and the window scripts' ``hot <window>`` (the read
-meter then sends its kept healthy counts). The view holds the recovery ramp too.
+meter then sends its kept healthy counts).
 
 Liveness without polling: after about four quiet seconds, the process whose randomised timer
 fires first takes a short lock and publishes a heartbeat (``store/lua/heartbeat.lua``); later
@@ -55,9 +52,9 @@ from memguard.store.steps import run as run_steps
 LIVENESS_S = 5.0  # the documented bound: no view serves a state older than this
 HEARTBEAT_AFTER_S = (4.0, 4.4)  # silence after which this process offers the heartbeat
 HEARTBEAT_LOCK_MS = 3500  # one heartbeat per round fleet-wide: shorter than the quiet timer
-# Writes that bypass the scripts are reported by tracking; this slow re-read (at a random point
-# of the range, so that a fleet started at once does not re-read at once) only bounds the one
-# case tracking cannot tell apart: a foreign write to a key in the same instant a script wrote it.
+# Tracking reports writes that bypass the scripts; this slow re-read (at a random point of the
+# range: a fleet started at once does not re-read at once) bounds the one case it cannot tell
+# apart, a foreign write to a key in the same instant as a script's (or within EXPLAINED_S).
 RESYNC_S = (45.0, 75.0)
 INVALIDATE_CHANNEL = "__redis__:invalidate"
 HEARTBEAT = "heartbeat"
@@ -72,8 +69,7 @@ EXPLAIN_DRAIN = 16  # messages already there that are taken first, when that wai
 # How long the digest of the values last explained (and their version) is kept: while neither
 # changes, no later asker publishes them again (each message reaches the whole fleet).
 EXPLAIN_LOCK_MS = 60_000
-# A notice explains the tracking messages that follow it (at once, on this connection) this long.
-EXPLAINED_S = 1.0
+EXPLAINED_S = 1.0  # a notice explains the tracking messages that follow it (at once) this long
 HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_trip.lua)
 
 
@@ -160,10 +156,14 @@ class Watcher(Background):
 
     def apply_notice(self, notice: str, *, from_channel: bool = False) -> None:
         """A transition's notice: from this process's own write (applied at once), or read
-        from the channel, where it also explains the tracking message that follows it."""
+        from the channel, where it also explains the tracking message that follows it. One that
+        is not memguard's (a hand PUBLISH) is named and changes nothing."""
         try:
             change = json.loads(notice)
-            version = int(change["v"])
+            version, redis_now = int(change["v"]), float(change["now"]) / 1000.0
+            count, ttl = (int(change["count"]), int(change["ttl"])) if "count" in change else (0, 0)
+            if not all(isinstance(change.get(f), str | None) for f in ("forced", "ramp")):
+                raise TypeError("forced and ramp are text")
         except (ValueError, KeyError, TypeError):
             self.hooks.emit(events.GuardTrouble("corrupt_state", "notice", notice[:120]))
             return
@@ -181,11 +181,11 @@ class Watcher(Background):
             self._version = version
             mono = time.monotonic()
             if "forced" in change:
-                self._set_record(change["forced"] or None, change["now"] / 1000.0, mono)
+                self._set_record(change["forced"] or None, redis_now, mono)
             if "count" in change:
-                self._set_failures(int(change["count"]), int(change["ttl"]), mono)
+                self._set_failures(count, ttl, mono)
             if "ramp" in change:
-                self._set_ramp(parse_ramp(change["ramp"] or None), change["now"] / 1000.0, mono)
+                self._set_ramp(parse_ramp(change["ramp"] or None), redis_now, mono)
             self._publish_view()
 
     def _apply_snapshot(self, snap: Snapshot) -> bool:
