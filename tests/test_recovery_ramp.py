@@ -47,6 +47,7 @@ print(json.dumps(reads), flush=True)
 """
 
 
+@pytest.mark.alone  # eight busy processes and the stub answering them: the others' deadlines would suffer
 def test_eight_processes_follow_the_curve_agree_and_never_take_an_admission_back(configure, redis_server,
                                                                                  stub):
     rt = configure(ramp_seconds=RAMP_S)

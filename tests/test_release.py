@@ -28,6 +28,8 @@ from memguard.store import scripts
 
 from .conftest import API_KEY, ROOT
 
+pytestmark = pytest.mark.alone  # builds and installs: run after the rest (./run test)
+
 VERSION = memguard.__version__
 EXCLUDED = ("tests/", "bench/", "tools/", ".venv", "examples/", ".ci/")
 
