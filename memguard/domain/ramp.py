@@ -30,7 +30,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from memguard.domain.record import MAX_REASON_BYTES, CorruptRecord, decoded, finite, shown
+from memguard.domain.record import CorruptRecord, finite, optional_problem, shown, valid
 
 MAX_RAMP_SECONDS = 3600
 MAX_ID_BYTES = 64  # a blake2b key is at most 64 bytes
@@ -56,17 +56,7 @@ def ramp_problem(data: Any, now: float | None) -> str | None:
         value = data.get(name)
         if not finite(value) or value > hi or value < lo or (low_open and value <= lo):
             return f"{name} is not a number in {'(' if low_open else '['}{lo:g}, {hi:g}]: {shown(value)}"
-    holds = data.get("holds")
-    if holds is not None and not (finite(holds) and holds >= 1 and holds == int(holds)):
-        return f"holds is not a whole number >= 1: {shown(holds)}"
-    if data.get("since") is not None and not finite(data["since"]):
-        return f"since is not a finite number: {shown(data['since'])}"
-    for name in ("reason", "previous_reason"):
-        text = data.get(name)
-        if text is not None and not (isinstance(text, str)
-                                     and len(text.encode("utf-8", "surrogatepass")) <= MAX_REASON_BYTES):
-            return f"{name} is not a string of at most {MAX_REASON_BYTES} bytes: {shown(text)}"
-    return None
+    return optional_problem(data, ("since",), ("reason", "previous_reason"))
 
 
 @dataclass(frozen=True)
@@ -86,10 +76,7 @@ class Ramp:
     @classmethod
     def parse(cls, raw: str, now: float | None = None) -> Ramp:
         """The ramp in ``raw``; raises ``CorruptRecord`` saying what is wrong."""
-        data = decoded(raw)
-        problem = ramp_problem(data, now)
-        if problem is not None:
-            raise CorruptRecord(problem)
+        data = valid(raw, now, ramp_problem)
         start = float(data["start"])
         return cls(id=data["id"], start=start, seconds=float(data["seconds"]),
                    min_percent=float(data["min_percent"]), aggression=float(data["aggression"]),
@@ -102,6 +89,9 @@ class Ramp:
     def end(self) -> float:
         return self.start + self.seconds
 
+    def seconds_left(self, now: float) -> float:
+        return max(0.0, self.end - now)
+
     def share(self, now: float) -> float:
         """The share of conversations admitted at ``now`` (Redis seconds), 0 to 1."""
         return share(now - self.start, self.seconds, self.min_percent, self.aggression)
@@ -109,7 +99,7 @@ class Ramp:
     def as_dict(self, now: float) -> dict[str, Any]:
         return {"id": self.id, "start": self.start, "seconds": self.seconds,
                 "share_percent": round(100 * self.share(now), 1),
-                "seconds_left": round(max(0.0, self.end - now), 1), "min_percent": self.min_percent,
+                "seconds_left": round(self.seconds_left(now), 1), "min_percent": self.min_percent,
                 "aggression": self.aggression, "holds": self.holds, "reason": self.reason,
                 "previous_reason": self.previous_reason}
 

@@ -19,6 +19,7 @@ import enum
 import json
 import math
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -84,15 +85,36 @@ def finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def decoded(raw: str) -> Any:
-    """``raw`` as JSON, as the scripts' cjson reads it: text holding a lone surrogate escape
-    (which cjson refuses) is no JSON either. Raises ``CorruptRecord``."""
+def valid(raw: str, now: float | None, rule: Callable[[Any, float | None], str | None]) -> Any:
+    """``raw`` decoded as the scripts' cjson reads it (text holding a lone surrogate escape,
+    which cjson refuses, is no JSON either) and held to ``rule``. Raises ``CorruptRecord``
+    saying what is wrong."""
     try:
         data = json.loads(raw)
         json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError on a lone surrogate
     except (ValueError, TypeError, RecursionError):
         raise CorruptRecord(f"not JSON: {shown(raw)}") from None
+    problem = rule(data, now)
+    if problem is not None:
+        raise CorruptRecord(problem)
     return data
+
+
+def optional_problem(data: dict[str, Any], numbers: tuple[str, ...], texts: tuple[str, ...]) -> str | None:
+    """The optional fields both records share the rule for (``null`` counts as absent): finite
+    ``numbers``, ``holds`` a whole number >= 1, ``texts`` of at most ``MAX_REASON_BYTES``."""
+    for name in numbers:
+        if data.get(name) is not None and not finite(data[name]):
+            return f"{name} is not a finite number: {shown(data[name])}"
+    holds = data.get("holds")
+    if holds is not None and not (finite(holds) and holds >= 1 and holds == int(holds)):
+        return f"holds is not a whole number >= 1: {shown(holds)}"
+    for name in texts:
+        text = data.get(name)
+        if text is not None and not (isinstance(text, str)
+                                     and len(text.encode("utf-8", "surrogatepass")) <= MAX_REASON_BYTES):
+            return f"{name} is not a string of at most {MAX_REASON_BYTES} bytes: {shown(text)}"
+    return None
 
 
 def record_problem(data: Any, now: float | None) -> str | None:
@@ -107,17 +129,9 @@ def record_problem(data: Any, now: float | None) -> str | None:
         return f"until is not a finite number: {shown(until)}"
     if now is not None and isinstance(until, int | float) and until > now + LONGEST_AHEAD_S:
         return f"until is {until - now:.0f} s ahead, past the longest hold ({LONGEST_AHEAD_S} s)"
-    for name in _NUMBERS:
-        if data.get(name) is not None and not finite(data[name]):
-            return f"{name} is not a finite number: {shown(data[name])}"
-    holds = data.get("holds")
-    if holds is not None and not (finite(holds) and holds >= 1 and holds == int(holds)):
-        return f"holds is not a whole number >= 1: {shown(holds)}"
-    for name in ("reason", "trigger"):
-        text = data.get(name)
-        if text is not None and not (isinstance(text, str)
-                                     and len(text.encode("utf-8", "surrogatepass")) <= MAX_REASON_BYTES):
-            return f"{name} is not a string of at most {MAX_REASON_BYTES} bytes: {shown(text)}"
+    problem = optional_problem(data, _NUMBERS, ("reason", "trigger"))
+    if problem is not None:
+        return problem
     # An empty array passes as an empty object: Lua's cjson cannot tell the two apart.
     if data.get("by") is not None and not (isinstance(data["by"], dict) or data["by"] == []):
         return f"by is not an object: {shown(data['by'])}"
@@ -147,10 +161,7 @@ class ForcedRecord:
     @classmethod
     def parse(cls, raw: str, now: float | None = None) -> ForcedRecord:
         """The record in ``raw``; raises ``CorruptRecord`` saying what is wrong."""
-        data = decoded(raw)
-        problem = record_problem(data, now)
-        if problem is not None:
-            raise CorruptRecord(problem)
+        data = valid(raw, now, record_problem)
         until = float(data["until"])
         forced_at = float(data.get("forced_at") if data.get("forced_at") is not None else until)
         lapse_at = data.get("lapse_at")

@@ -112,7 +112,7 @@ class FleetStateCollector(Collector):
         yield _gauge("memory_zep_consecutive_failures", "The fleet's failure count", fleet.fail_count)
         yield _gauge("memory_recovery_ramp_share", "Share of conversations whose reads go to Zep: the "
                      "recovery ramp's share while one runs, 1 with none, 0 while forced", fleet.ramp_share)
-        left = max(0.0, fleet.ramp.end - fleet.redis_now) if fleet.ramp and not fleet.forced else 0.0
+        left = fleet.ramp.seconds_left(fleet.redis_now) if fleet.ramp and not fleet.forced else 0.0
         yield _gauge("memory_recovery_ramp_seconds_left", "Seconds left in the recovery ramp (0 with none)",
                      left)
         age = fleet.prober_age

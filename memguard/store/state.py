@@ -306,13 +306,10 @@ class State:
         """An automatic trip during a ramp backs off as a failed probe does."""
         return {"cap_ms": self.settings.hold_cap_seconds * 1000, "jitter": random.uniform(0.9, 1.0)}
 
-    def _restored(self, reason: str, previous: ForcedRecord, ramp: str | None,
-                  by: dict[str, Any]) -> Ramp | None:
-        """A hold ended (``ramp``: the ramp the script started, if any): the event, and the ramp."""
-        started = parse_ramp(ramp)
+    def _restored(self, reason: str, previous: ForcedRecord, ramp: Ramp | None, by: dict[str, Any]) -> None:
+        """A hold ended, through ``ramp`` if the script started one."""
         self.hooks.emit(events.ModeRestored(self.base.value, reason, previous.reason, by,
-                                            started.seconds if started else 0.0))
-        return started
+                                            ramp.seconds if ramp else 0.0))
 
     def clear(self, by: dict[str, Any], *, ramp: bool = True) -> Transition:
         """Remove the record and the failure count now (an operator's clear): reads return
@@ -321,7 +318,8 @@ class State:
         previous = parse_record(reply["previous"])
         if previous is None:  # no hold ended; --no-ramp may have ended a ramp in progress ("")
             return Transition(Status.CLEARED if reply.get("ramp") == "" else Status.IDLE)
-        started = self._restored("manual_clear", previous, reply.get("ramp"), by)
+        started = parse_ramp(reply.get("ramp"))
+        self._restored("manual_clear", previous, started, by)
         return Transition(Status.CLEARED, previous=previous, ramp=started)
 
     def lapse(self, by: dict[str, Any]) -> Transition:
@@ -333,7 +331,8 @@ class State:
         previous = parse_record(reply["previous"])
         if previous is None:
             return Transition(Status.IDLE)
-        started = self._restored("lapsed", previous, reply.get("ramp"), by)
+        started = parse_ramp(reply.get("ramp"))
+        self._restored("lapsed", previous, started, by)
         return Transition(Status.LAPSED, previous=previous, ramp=started)
 
     def claim_probe(self, lock_ms: int, *, heartbeat: bool = True) -> tuple[Transition, str]:
@@ -371,7 +370,7 @@ class State:
                            previous=parse_record(reply.get("previous")))
         self.hooks.emit(events.ProbeFinished(t.status.probe_result, duration, error))
         if t.status is Status.RESTORED and t.previous is not None:
-            self._restored("probe_success", t.previous, reply.get("ramp"), by)
+            self._restored("probe_success", t.previous, t.ramp, by)
         elif t.status is Status.REFORCED:
             self._forced(t)
         return t
