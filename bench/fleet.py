@@ -219,7 +219,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         "policies_on_window_hot": window(_sum(windows["hot"])),
         "propagation_to_all": {k: _dist(v) for k, v in seen_ms["all"].items()},
         "propagation_to_observers": {k: _dist(v) for k, v in seen_ms["observers"].items()},
-        "bare_publish_to_first_subscriber_ms": round(fanout_ms, 1),
+        "bare_publish_to_first_subscriber_ms": round(fanout_ms, 3),
         "redis_cpu_ms_per_change": {k: round(sorted(v)[len(v) // 2], 1) for k, v in busy_ms.items()},
         "explanations_asked_by_held_views_per_change": {
             k: sorted(v)[len(v) // 2] for k, v in explained.items()},

@@ -17,6 +17,7 @@ import redis
 
 from memguard import flags, process, service
 from memguard.config.settings import Settings
+from memguard.domain import events
 from memguard.drill.localstack import RedisServer, wait_for
 from memguard.store.keys import EXPLAIN_LOCK_KEY, FORCED_MODE_KEY
 
@@ -350,7 +351,7 @@ def test_every_change_reaches_every_view_while_a_crowd_is_connected(redis_server
         assert holder.recv() == "ready"
         assert redis_db.pubsub_numsub("mem:mode:changes")[0][1] == CROWD + 1
         state = process.build(Settings(redis_url=redis_server.url, zep_api_key="x"), watch=False,
-                              count_metrics=False).state
+                              count_metrics=False, hooks=events.Hooks()).state  # nothing left subscribed
         changes = {"force": (True, lambda: state.force("test", 60, {"via": "test"}, auto=False)),
                    "clear": (False, lambda: state.clear({"via": "test"})),
                    "hand SET": (True, lambda: redis_db.set(FORCED_MODE_KEY, original_record())),
@@ -397,8 +398,8 @@ def test_a_view_past_its_own_write_stops_serving_and_reads_again(configure):
     newer one: its own write's notice looks old. The view must not hide the write."""
     rt = configure()
     assert rt.watcher.wait_ready()
-    rt.watcher._version = 10**12
+    rt.watcher.view._version = 10**12
     flags.force_write_only("manual_ops", 60)
     assert flags.get_forced_mode() is not None, "the own write is seen at once"
     wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 5, "the view re-read")
-    assert rt.watcher._version < 10**12
+    assert rt.watcher.view._version < 10**12

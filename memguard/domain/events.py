@@ -9,6 +9,7 @@ process's one ``Hooks`` is made by ``memguard.process`` and handed to every obje
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -46,8 +47,17 @@ def bounded_value(value: Any) -> Any:
                    else f"<{type(value).__name__} of {len(value)} items>")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Named:
+    """Which guard an event is of (``memguard.domain.guards``): ``default`` unless a named
+    guard's hooks (``GuardHooks``) emitted it."""
+
+    guard: str = "default"  # the guard's own name
+    family: str = "default"  # its declared name or pattern: the metrics' label, never a tenant's name
+
+
 @dataclass(frozen=True)
-class ModeForced:
+class ModeForced(Named):
     prev_mode: str
     next_mode: str
     reason: str
@@ -60,7 +70,7 @@ class ModeForced:
 
 
 @dataclass(frozen=True)
-class WouldForce:
+class WouldForce(Named):
     """DISABLE_AUTO_DOWNGRADE is set: this trigger would have forced write_only."""
 
     reason: str
@@ -69,7 +79,7 @@ class WouldForce:
 
 
 @dataclass(frozen=True)
-class ModeRestored:
+class ModeRestored(Named):
     mode: str
     reason: str  # probe_success, manual_clear, lapsed
     previous_reason: str
@@ -78,7 +88,7 @@ class ModeRestored:
 
 
 @dataclass(frozen=True)
-class RampCompleted:
+class RampCompleted(Named):
     """A recovery ramp ran its course: every read goes to Zep, and the back-off starts again."""
 
     previous_reason: str  # the hold's reason
@@ -87,7 +97,7 @@ class RampCompleted:
 
 
 @dataclass(frozen=True)
-class ReadBlocked:
+class ReadBlocked(Named):
     """A read answered without Zep: the fleet is forced (the record's reason), or the read's
     conversation is not yet admitted by the recovery ramp (reason ``ramp``, until its end)."""
 
@@ -100,7 +110,7 @@ class ReadBlocked:
 
 
 @dataclass(frozen=True)
-class FailureRecorded:
+class FailureRecorded(Named):
     reason: str  # auth, timeout, connection, http_5xx, rate_limited, http_4xx, bad_payload, ...
     action: str  # force, count, ignore
     status: int | None
@@ -114,7 +124,7 @@ class FailureRecorded:
 
 
 @dataclass(frozen=True)
-class ProbeFinished:
+class ProbeFinished(Named):
     result: str  # success, failed, lost, superseded
     duration_seconds: float
     error: str = ""
@@ -124,14 +134,14 @@ class ProbeFinished:
 
 
 @dataclass(frozen=True)
-class ReadFinished:
+class ReadFinished(Named):
     """A read that went to Zep and returned; overhead is what the guard itself added."""
 
     overhead_seconds: float
 
 
 @dataclass(frozen=True)
-class OperatorAction:
+class OperatorAction(Named):
     """An operator asked for something (force, clear, probe, status): accepted or refused."""
 
     action: str
@@ -148,7 +158,7 @@ class OperatorAction:
 
 
 @dataclass(frozen=True)
-class GuardTrouble:
+class GuardTrouble(Named):
     """The guard's own parts misbehaved: Redis errors, corrupt keys, lost events."""
 
     kind: str  # redis_error, corrupt_state, config_error, webhook_failed, master_switch, internal
@@ -180,6 +190,24 @@ def internal(op: str, fault: BaseException, where: str = "") -> GuardTrouble:
 Event = (ModeForced | WouldForce | ModeRestored | RampCompleted | ReadBlocked | FailureRecorded
          | ProbeFinished | ReadFinished | OperatorAction | GuardTrouble)
 Subscriber = Callable[[Event], None]
+
+
+class GuardHooks:
+    """A named guard's hooks: its events, marked with its name, go to the process's subscribers."""
+
+    def __init__(self, hooks: Hooks, guard: str, family: str) -> None:
+        self.hooks = hooks
+        self.guard = guard
+        self.family = family
+
+    def subscribe(self, fn: Subscriber) -> Subscriber:
+        return self.hooks.subscribe(fn)
+
+    def unsubscribe(self, fn: Subscriber) -> None:
+        self.hooks.unsubscribe(fn)
+
+    def emit(self, event: Event) -> None:
+        self.hooks.emit(dataclasses.replace(event, guard=self.guard, family=self.family))
 
 
 class Hooks:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -31,7 +31,7 @@ from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.request import awatch
 from memguard.request.meter import FLUSH_S, ReadMeter
-from memguard.request.watch import Watcher
+from memguard.request.watch import GuardView, Watcher
 from memguard.store.state import State
 from memguard.store.steps import Script, arun
 
@@ -39,14 +39,14 @@ OBSERVERS = 4
 READS_PER_TICK = 2  # per view per meter tick; how many does not change what is sent
 
 
-class TimedView(Watcher):
+class TimedView(GuardView):
     """A view that notes when it first shows the state it is waiting for (no polling)."""
 
     want: bool | None = None
     seen: float | None = None
 
-    def _publish_view(self) -> None:
-        super()._publish_view()
+    def publish(self) -> None:
+        super().publish()
         current = self.current
         if self.want is not None and self.seen is None and current is not None \
                 and (current.record is not None) == self.want:
@@ -96,11 +96,13 @@ async def _hold(url: str, count: int, conn: Any) -> None:
         async with gate:
             return await state.aperform(step)
 
-    views = [TimedView(state, settings.probe_grace_seconds, hooks) for _ in range(count)]
-    meters = [ReadMeter(state, settings, hooks, view) for view in views]
+    grace = settings.probe_grace_seconds
+    watchers = [Watcher(state, grace, hooks, views=[TimedView(state, grace, hooks)]) for _ in range(count)]
+    views = [cast(TimedView, w.view) for w in watchers]
+    meters = [ReadMeter(state, settings, hooks, w) for w in watchers]
     tasks = []
-    for i, view in enumerate(views):  # connect gradually, as a fleet starts: 100 at a time
-        tasks.append(asyncio.create_task(awatch.run(view, perform)))
+    for i, watcher in enumerate(watchers):  # connect gradually, as a fleet starts: 100 at a time
+        tasks.append(asyncio.create_task(awatch.run(watcher, perform)))
         if i % 100 == 99 or i == count - 1:
             while any(v.current is None for v in views[: i + 1]):
                 await asyncio.sleep(0.02)
@@ -136,8 +138,8 @@ async def _hold(url: str, count: int, conn: Any) -> None:
             troubles.clear()
         else:
             await see(views, arg, conn)
-    for view in views:
-        view.stop()
+    for watcher in watchers:
+        watcher.stop()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -149,9 +151,10 @@ def observe(url: str, conn: Any) -> None:
     settings = settings_for(url)
     state = State(redis.Redis.from_url(url, decode_responses=True), settings, events.Hooks())
     view = TimedView(state, settings.probe_grace_seconds, events.Hooks())
+    watcher = Watcher(state, settings.probe_grace_seconds, events.Hooks(), views=[view])
     state.on_change = view.apply_notice
-    view.start()
-    conn.send("ready" if view.wait_ready(10) else "not ready")
+    watcher.start()
+    conn.send("ready" if watcher.wait_ready(10) else "not ready")
     while (want := conn.recv()) is not None:
         asyncio.run(see([view], want, conn))
-    view.stop()
+    watcher.stop()

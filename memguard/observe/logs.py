@@ -166,10 +166,17 @@ def _shown(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
+_named = threading.local()  # the named guard whose event is being logged (this thread's)
+
+
 def emit(level: int, name: str, **fields: Any) -> None:
-    """One event line on the ``memguard`` logger, its fields scrubbed of secrets."""
+    """One event line on the ``memguard`` logger, its fields scrubbed of secrets. A named guard's
+    event names it first (``guard=``); the default guard's lines are as they always were."""
     if not logger.isEnabledFor(level):
         return
+    guard = getattr(_named, "guard", None)
+    if guard is not None:
+        fields = {"guard": guard, **fields}
     clean = _scrub_nested(fields, _secret_values())
     text = " ".join([name, *(f"{k}={_shown(v)}" for k, v in clean.items())])
     logger.log(level, "%s", text, extra={"memguard_event": name, "memguard_fields": clean})
@@ -203,6 +210,14 @@ INTERNAL_KINDS_LOGGED = 256
 
 
 def on_event(event: events.Event) -> None:
+    _named.guard = None if event.guard == "default" else event.guard
+    try:
+        _log(event)
+    finally:
+        _named.guard = None
+
+
+def _log(event: events.Event) -> None:
     if isinstance(event, events.ModeForced):
         emit(logging.WARNING, "memory_mode_forced", prev_mode=event.prev_mode, next_mode=event.next_mode,
              reason=event.reason, hold_seconds=event.hold_seconds, until=event.until, holds=event.holds,

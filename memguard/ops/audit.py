@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -51,12 +52,15 @@ def entry(event: events.Event) -> dict[str, str] | None:
 
 
 class AuditTrail:
-    """Appends the events worth keeping to the stream at ``key``."""
+    """Appends the events worth keeping to the stream at ``key``; a named guard's to its own
+    stream (``key_of(guard)``), with a ``guard`` field."""
 
-    def __init__(self, client: redis.Redis, key: str, hooks: events.Hooks) -> None:
+    def __init__(self, client: redis.Redis, key: str, hooks: events.Hooks,
+                 key_of: Callable[[str], str] | None = None) -> None:
         self.client = client
         self.key = key
         self.hooks = hooks
+        self.key_of = key_of
 
     def on_event(self, event: events.Event) -> None:
         if not isinstance(event, RECORDED):
@@ -64,14 +68,23 @@ class AuditTrail:
         fields = entry(event)
         if fields is None:
             return
+        key = self.key
+        if event.guard != "default":
+            if self.key_of is None:
+                return
+            key = self.key_of(event.guard)
+            fields = {"guard": event.guard, **fields}
+        self._add(key, fields)
+
+    def _add(self, key: str, fields: dict[str, str]) -> None:
         stream_fields: dict[Any, Any] = dict(fields)
         try:
-            self.client.xadd(self.key, stream_fields, maxlen=AUDIT_MAXLEN, approximate=True)
+            self.client.xadd(key, stream_fields, maxlen=AUDIT_MAXLEN, approximate=True)
         except redis.ResponseError as exc:  # a value memguard did not write (WRONGTYPE): replace it
-            self.hooks.emit(events.GuardTrouble("corrupt_state", "audit", f"{self.key}: {exc}"[:200]))
+            self.hooks.emit(events.GuardTrouble("corrupt_state", "audit", f"{key}: {exc}"[:200]))
             with contextlib.suppress(redis.RedisError):
-                self.client.delete(self.key)
-                self.client.xadd(self.key, stream_fields, maxlen=AUDIT_MAXLEN, approximate=True)
+                self.client.delete(key)
+                self.client.xadd(key, stream_fields, maxlen=AUDIT_MAXLEN, approximate=True)
         except redis.RedisError as exc:
             self.hooks.emit(events.GuardTrouble("redis_error", "audit", f"{type(exc).__name__}: {exc}"[:200]))
 

@@ -50,7 +50,7 @@ async def connect(watcher: Watcher) -> redis.asyncio.Connection:
     await conn.send_command(*tracking)
     replies = [await conn.read_response()]
     await conn.send_command(*subscribe)
-    replies += [await conn.read_response() for _ in range(2)]
+    replies += [await conn.read_response() for _ in range(len(subscribe) - 1)]
     watcher.check_handshake(replies)
     return conn
 

@@ -89,13 +89,20 @@ class Meter(Protocol):
 
 
 class Guard:
-    def __init__(self, settings: Settings, state: Store, hooks: events.Hooks, view: View | None = None,
-                 meter: Meter | None = None) -> None:
+    """One guard's request path: ``default``'s, or a named guard's (``name``), which may have a
+    ``parent``: its reads are blocked while the parent is forced too, and the failures an outage
+    causes (timeouts, 5xx, slow reads) count toward the parent, while a 401/403 forces the guard."""
+
+    def __init__(self, settings: Settings, state: Store, hooks: events.Hooks | events.GuardHooks,
+                 view: View | None = None, meter: Meter | None = None, *, name: str = "default",
+                 parent: Guard | None = None) -> None:
         self.settings = settings
         self.state = state
         self.hooks = hooks
         self.view = view
-        self.meter = meter
+        self.name = name
+        self.parent = parent
+        self.meter = meter if parent is None else parent.meter
         self.base = state.base
         self._down_until = 0.0
         self._reads = 0
@@ -160,6 +167,9 @@ class Guard:
                 return None, self._blocked(thread_id, gate.record)
             if gate.ramp is not None and (held := self._ramp_held(thread_id, gate.ramp)) is not None:
                 return None, held
+            if self.parent is not None and (held := steps.run(self._parent_admits(thread_id),
+                                                               self.state.perform)) is not None:
+                return None, held
         except Exception as fault:
             bypass = self._fault("check", fault)
         else:
@@ -197,6 +207,9 @@ class Guard:
                 return None, self._blocked(thread_id, gate.record)
             if gate.ramp is not None and (held := self._ramp_held(thread_id, gate.ramp)) is not None:
                 return None, held
+            if self.parent is not None and (held := await steps.arun(self._parent_admits(thread_id),
+                                                                     self.state.aperform)) is not None:
+                return None, held
         except Exception as fault:
             bypass = self._fault("check", fault)
         else:
@@ -218,6 +231,20 @@ class Guard:
             meta = {"used": True, "source": "zep", **self._fault("success", fault)}
         return value, {**meta, **bypass}
 
+    def _parent_admits(self, thread_id: str) -> Steps[Meta | None]:
+        """None when the parent lets the read go on; else the blocked read's meta (the parent's
+        record or its recovery ramp), naming the parent."""
+        parent = self.parent
+        assert parent is not None
+        gate = parent._viewed()
+        if gate is UNKNOWN:
+            gate = yield from steps.via(parent.state, parent._gate_from_redis())
+        if gate.record is not None:
+            return parent._blocked(thread_id, gate.record)
+        if gate.ramp is not None:
+            return parent._ramp_held(thread_id, gate.ramp)
+        return None
+
     def _fault(self, op: str, fault: Exception) -> Meta:
         """A fault of memguard's own on a read: counted and logged (``GuardTrouble`` of kind
         ``internal``); the meta the caller gets names its type."""
@@ -238,11 +265,13 @@ class Guard:
         if share is None:
             return None
         self.hooks.emit(events.ReadBlocked(str(thread_id), "ramp", ramp.ramp.end))
-        return {"used": False, "source": "ramp_held", "share": round(share, 4), "until": ramp.ramp.end}
+        meta = {"used": False, "source": "ramp_held", "share": round(share, 4), "until": ramp.ramp.end}
+        return meta if self.name == "default" else {**meta, "guard": self.name}
 
     def _blocked(self, thread_id: str, record: ForcedRecord) -> Meta:
         self.hooks.emit(events.ReadBlocked(thread_id, record.reason, record.until))
-        return {"used": False, "source": "write_only_forced", "reason": record.reason, "until": record.until}
+        meta = {"used": False, "source": "write_only_forced", "reason": record.reason, "until": record.until}
+        return meta if self.name == "default" else {**meta, "guard": self.name}
 
     def _failed(self, exc: Exception, thread_id: str, called: float) -> Steps[Meta]:
         took = time.perf_counter() - called
@@ -260,11 +289,15 @@ class Guard:
         if self.meter is not None:
             self.meter.record(took, overran)
         if overran:
-            then = self._count_steps(Verdict(Action.COUNT, "timeout"), thread_id, "budget_overrun")
+            then = self._count_toward(Verdict(Action.COUNT, "timeout"), thread_id, "budget_overrun")
             return {"used": True, "source": "zep", "overran_ms": round(took * 1000, 1)}, then
         self._reads += 1
         if self._reads % OVERHEAD_SAMPLE_EVERY == 0:
             self.hooks.emit(events.ReadFinished(called - started + time.perf_counter() - resumed))
+        if self.parent is not None:  # the parent holds the failures this guard's reads count
+            parent = self.parent
+            return {"used": True, "source": "zep"}, \
+                steps.via(parent.state, parent._reset_steps()) if parent._may_have_failures() else None
         return {"used": True, "source": "zep"}, self._reset_steps() if self._may_have_failures() else None
 
     # -- outcomes -------------------------------------------------------------------------
@@ -288,7 +321,7 @@ class Guard:
         verdict = classify(exc)
         error = type(exc).__name__
         if verdict.action is Action.COUNT:
-            yield from self._count_steps(verdict, thread_id, error)
+            yield from self._count_toward(verdict, thread_id, error)
             return verdict
         self.hooks.emit(events.FailureRecorded(verdict.reason, verdict.action.value, verdict.status,
                                            thread_id, error=error))
@@ -304,6 +337,12 @@ class Guard:
             except redis.RedisError as err:
                 self._redis_down("force", err)
         return verdict
+
+    def _count_toward(self, verdict: Verdict, thread_id: str | None, error: str) -> Steps[None]:
+        """Count a failure: toward the parent when there is one (an outage is the parent's)."""
+        if self.parent is None:
+            return (yield from self._count_steps(verdict, thread_id, error))
+        return (yield from steps.via(self.parent.state, self.parent._count_steps(verdict, thread_id, error)))
 
     def _count_steps(self, verdict: Verdict, thread_id: str | None, error: str) -> Steps[None]:
         """A failure that counts: towards the consecutive trigger, or (failure-rate policy on)

@@ -19,13 +19,14 @@ import redis.asyncio
 from memguard.config.settings import Settings
 from memguard.store import scripts
 from memguard.store.keys import Keys
-from memguard.store.steps import ReadSnapshot, Script, Step
+from memguard.store.steps import ReadSnapshot, Script, Step, Via
 
 
 class AsyncRedis:
     def __init__(self, settings: Settings, keys: Keys, blocking_perform: Callable[[Step], Any],
-                 snapshot_commands: Callable[[Any], None]) -> None:
+                 snapshot_commands: Callable[[Any], None], shared: AsyncRedis | None = None) -> None:
         self.settings = settings
+        self.shared = shared  # a named guard's: the default's clients, one per event loop
         self.keys = keys
         self.blocking_perform = blocking_perform
         self.snapshot_commands = snapshot_commands
@@ -39,6 +40,8 @@ class AsyncRedis:
         self._generation += 1
 
     async def perform(self, step: Step) -> Any:
+        if isinstance(step, Via):
+            return await step.store.aperform(step.step)
         if self.settings.redis_target.kind == "cluster":
             return await asyncio.to_thread(self.blocking_perform, step)
         client, registered = self._for_running_loop()
@@ -54,6 +57,8 @@ class AsyncRedis:
         raise TypeError(f"AsyncRedis cannot perform {step!r}")
 
     def _for_running_loop(self) -> tuple[redis.asyncio.Redis, dict[str, Any]]:
+        if self.shared is not None:
+            return self.shared._for_running_loop()
         loop = asyncio.get_running_loop()
         entry = self._per_loop.get(loop)
         if entry is None or entry[0] != self._generation:

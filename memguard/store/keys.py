@@ -1,7 +1,9 @@
 """memguard's key names in Redis (the first two are fixed by DESIGN.md and by older code).
 
 On one server the names below; on a Redis Cluster the same names with ``{mem}:`` for ``mem:``,
-so that every script's keys share one hash slot.
+so that every script's keys share one hash slot. These are the guard ``default``'s keys; a named
+guard (``memguard.domain.guards``) has the same keys under ``mem:g:<name>:`` (``{mem:g:<name>}:``
+on a Cluster: one slot per guard) and its own change channel, ``mem:g:<name>:mode:changes``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ NOTIFY_LOCK_KEY = "mem:notify:lock"
 HEARTBEAT_LOCK_KEY = "mem:watch:heartbeat"
 EXPLAIN_LOCK_KEY = "mem:watch:explain"
 CHANGES_CHANNEL = "mem:mode:changes"
+# The named guards whose hold is running, scored by the hold's end (ms on the Redis clock): the
+# prober finds the due guards here without scanning keys. A hint the prober repairs (see ops.prober).
+HOLDS_INDEX_KEY = "mem:guards:holds"
 # The read meter's windows, by their ``Keys`` field: what their scripts are told, and what a
 # window that holds bad reads announces on the change channel (``hot <window>``).
 LATENCY_WINDOW, OUTCOMES_WINDOW = "latency", "outcomes"
@@ -67,6 +72,18 @@ class Keys:
     def under(cls, prefix: str) -> Keys:
         return cls(**{f.name: prefix + str(f.default).removeprefix("mem:") for f in dataclasses.fields(cls)})
 
+    @classmethod
+    def for_guard(cls, name: str, prefix: str) -> Keys:
+        """A guard's keys: ``default``'s are today's (``prefix`` is ``mem:`` or a Cluster's ``{mem}:``)."""
+        if name == "default":
+            return cls.under(prefix)
+        return cls.under(f"{{mem:g:{name}}}:" if prefix.startswith("{") else f"mem:g:{name}:")
+
     @property
     def prefix(self) -> str:
         return self.forced.removesuffix("mode:forced:v1")
+
+    @property
+    def channel(self) -> str:
+        """Where the guard's transitions are announced (not a key: no hash tag on a Cluster)."""
+        return self.prefix.replace("{", "").replace("}", "") + "mode:changes"

@@ -4,7 +4,7 @@ Every transition is one Lua script (``memguard.store.scripts``), run atomically 
 server, so that N workers failing together produce exactly one downgrade and no failure is
 lost. Time comes from the Redis server's clock (``TIME``) so workers with skewed clocks
 still agree. Each script that changes the record or the counter publishes a notice with the
-new values on ``CHANGES_CHANNEL`` in the same round trip; that is what keeps in-process views
+new values on the guard's change channel in the same round trip; that is what keeps in-process views
 fresh without a read per process (``memguard.request.watch``).
 
 ``State`` is the only writer: it runs the script, hands its notice to the local view, and emits
@@ -39,8 +39,8 @@ from memguard.domain.record import (
 )
 from memguard.store import scripts
 from memguard.store.aio import AsyncRedis
-from memguard.store.keys import CHANGES_CHANNEL, LATENCY_WINDOW, OUTCOMES_WINDOW, Keys
-from memguard.store.steps import ReadSnapshot, Script, Step, Steps
+from memguard.store.keys import LATENCY_WINDOW, OUTCOMES_WINDOW, Keys
+from memguard.store.steps import ReadSnapshot, Script, Step, Steps, Via
 from memguard.store.steps import run as run_steps
 
 T = TypeVar("T")
@@ -76,17 +76,21 @@ class State:
     """
 
     def __init__(self, client: redis.Redis, settings: Settings, hooks: events.Hooks, *,
-                 on_change: Callable[[str], None] | None = None) -> None:
+                 on_change: Callable[[str], None] | None = None, keys: Keys | None = None,
+                 shared: State | None = None) -> None:
         self.client = client
         self.settings = settings
         self.hooks = hooks
         self.base = base_mode_of(settings)
         self.on_change = on_change or (lambda notice: None)
         self.grace_ms = settings.probe_grace_seconds * 1000
-        self.keys = Keys.under(settings.redis_target.key_prefix)
-        self.channel = CHANGES_CHANNEL
-        self._scripts = {name: client.register_script(source) for name, source in scripts.sources().items()}
-        self.async_redis = AsyncRedis(settings, self.keys, self.perform, self.snapshot_commands)
+        self.keys = keys or Keys.under(settings.redis_target.key_prefix)  # a named guard's, or default's
+        self.channel = self.keys.channel
+        # A named guard's store shares the default's registered scripts and asyncio clients.
+        self._scripts = shared._scripts if shared is not None else \
+            {name: client.register_script(source) for name, source in scripts.sources().items()}
+        self.async_redis = AsyncRedis(settings, self.keys, self.perform, self.snapshot_commands,
+                                      shared.async_redis if shared is not None else None)
 
     # -- performing steps (memguard.store.steps): blocking here, asyncio in AsyncRedis ------
 
@@ -94,6 +98,8 @@ class State:
         return run_steps(steps, self.perform)
 
     def perform(self, step: Step) -> Any:
+        if isinstance(step, Via):
+            return step.store.perform(step.step)
         if isinstance(step, Script):
             spec = scripts.SPECS[step.name]
             reply = self._scripts[step.name](keys=spec.key_names(self.keys),
@@ -193,7 +199,7 @@ class State:
         pipe.pttl(k.counter)
         pipe.pttl(k.forced)
         pipe.time()
-        pipe.pubsub_numsub(CHANGES_CHANNEL)
+        pipe.pubsub_numsub(self.channel)
         for key in string_keys(k):
             pipe.type(key)
 

@@ -32,8 +32,32 @@ class ReadSnapshot:
     """The snapshot's plain reads, in one round trip."""
 
 
-Step = Script | ReadSnapshot
+@dataclass(frozen=True)
+class Via:
+    """A step of another guard's: its store performs it (a tenant's timeout counts toward its
+    parent's failures; a watcher re-reads a named guard's view)."""
+
+    store: Any  # a memguard.store.state.State
+    step: Step
+
+
+Step = Script | ReadSnapshot | Via
 Steps = Generator[Step, Any, T]
+
+
+def via(store: Any, steps: Generator[Step, Any, T]) -> Generator[Step, Any, T]:
+    """``steps``, each performed by ``store``."""
+    reply: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value
+        try:
+            reply, error = (yield Via(store, step)), None
+        except Exception as exc:
+            reply, error = None, exc
 
 
 def run(steps: Generator[S, Any, T], perform: Callable[[S], Any]) -> T:

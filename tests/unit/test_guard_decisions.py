@@ -280,15 +280,15 @@ def test_of_a_live_fleet_about_six_views_ask_for_an_explanation_at_once_and_a_la
 
     from memguard.request.watch import View
 
-    watcher = _watcher()
-    watcher.current, watcher._fleet = View(None, math.inf, 0.0), 10_000
-    waits = [watcher._explain_wait() for _ in range(100_000)]  # ten fleets' worth: ~60 at once
+    watcher = _watcher().view
+    watcher.current, watcher.fleet = View(None, math.inf, 0.0), 10_000
+    waits = [watcher.explain_wait() for _ in range(100_000)]  # ten fleets' worth: ~60 at once
     assert 25 <= sum(w == 0 for w in waits) <= 120, "about six of each 10,000 (the README's figure)"
     assert all(w == 0 or 0.25 <= w <= 0.5 for w in waits), "the rest wait 0.25-0.5 s (docs/store.md)"
-    watcher._fleet = 6  # a fleet this small: every view asks
-    assert {watcher._explain_wait() for _ in range(100)} == {0.0}
-    watcher._fleet, watcher.current = 10_000, None  # lapsed: it serves no read, so it asks now
-    assert watcher._explain_wait() == 0.0
+    watcher.fleet = 6  # a fleet this small: every view asks
+    assert {watcher.explain_wait() for _ in range(100)} == {0.0}
+    watcher.fleet, watcher.current = 10_000, None  # lapsed: it serves no read, so it asks now
+    assert watcher.explain_wait() == 0.0
 
 
 def test_a_view_whose_re_read_covers_a_hand_write_does_not_ask_for_its_explanation(monkeypatch):
@@ -296,10 +296,10 @@ def test_a_view_whose_re_read_covers_a_hand_write_does_not_ask_for_its_explanati
     the new values already: the view must not ask a second time (its ask would be wasted)."""
     import time
 
-    from memguard.request import watch
+    from memguard.request import view, watch
     from memguard.store.steps import ReadSnapshot, Script
 
-    monkeypatch.setattr(watch, "EXPLAIN_WAIT_S", (0.05, 0.05))
+    monkeypatch.setattr(view, "EXPLAIN_WAIT_S", (0.05, 0.05))
     monkeypatch.setattr(watch, "RESYNC_S", (0.01, 0.01))
     watcher = _watcher()
     snapshot = [[None, None, None, "5", None], -2, -2, [1_796_000_000, 0], [("mem:mode:changes", 10**9)],

@@ -1,0 +1,190 @@
+"""Named guards: which dependency a read guards, and with what configuration (no I/O).
+
+The guard ``default`` is memguard's original one (Zep, today's keys). Another guard exists only
+once declared, by an exact name (``vectordb``) or by a family's pattern (``zep-t.*``: every name
+that starts with ``zep-t.``), so that a typo or a name taken from a request cannot create guards
+without end. A declaration's settings resolve by exact name, then the family's pattern, then the
+default's settings. A family may name a parent: a read is blocked while its guard or the parent is
+forced, and the failures an outage causes (timeouts, 5xx, slow reads) count toward the parent, so
+one outage trips one guard and runs one probe, while a 401/403 (that tenant's key) trips its own.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+DEFAULT = "default"
+NAME_CHARS = 63
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
+_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,61}\*\Z")
+MAX_DECLARED = 10_000  # declarations (names and patterns) one process holds
+
+# What a declaration may set, per guard: the settings' attribute, its environment variable (for
+# the message) and its range, the same as the variable's (memguard.config.settings._VARIABLES).
+OVERRIDES: Mapping[str, tuple[type, float, float]] = MappingProxyType({
+    "threshold": (int, 1, 1000),
+    "hold_seconds": (int, 1, 86_400),
+    "hold_max_seconds": (int, 1, 86_400),
+    "probe_timeout_ms": (int, 1, 10_000),
+    "window_seconds": (int, 1, 3_600),
+    "read_timeout_ms": (int, 1, 60_000),
+    "probe_grace_seconds": (int, 1, 86_400),
+    "latency_threshold_ms": (int, 0, 60_000),
+    "latency_min_reads": (int, 1, 1_000_000),
+    "latency_window_seconds": (int, 1, 3_600),
+    "failure_rate_threshold": (float, 0.0, 0.99),
+    "failure_rate_window_seconds": (int, 1, 3_600),
+    "failure_rate_min_reads": (int, 1, 1_000_000),
+    "ramp_seconds": (int, 0, 3_600),
+    "ramp_min_percent": (float, 0.0, 100.0),
+    "ramp_aggression": (float, 0.1, 10.0),
+})
+
+
+class GuardError(ValueError):
+    """A guard's name, declaration or settings cannot be used."""
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` is not a guard's name, or None. Linear in a bounded length."""
+    if not isinstance(name, str):
+        return f"a guard's name is text, got {type(name).__name__}"
+    if len(name) > NAME_CHARS or not _NAME.match(name):
+        return f"guard name {_shown(name)} must match [a-z0-9][a-z0-9_.-]{{0,62}}"
+    return None
+
+
+def check_name(name: object) -> str:
+    problem = name_problem(name)
+    if problem is not None:
+        raise GuardError(problem)
+    assert isinstance(name, str)
+    return name
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:80] + "…")
+
+
+def check_overrides(where: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-guard settings, each checked against the variable's own range."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in OVERRIDES:
+            raise GuardError(f"{where}: unknown setting {key!r}; one of {', '.join(OVERRIDES)}")
+        kind, lo, hi = OVERRIDES[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not lo <= value <= hi or (kind is int and value != int(value)):
+            what = "a whole number" if kind is int else "a number"
+            raise GuardError(f"{where}: {key} must be {what} between {lo:g} and {hi:g}, got {value!r}")
+        out[key] = kind(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One declared guard (``name``) or family (``name`` ends with ``*``)."""
+
+    name: str
+    parent: str | None = None
+    probe: Callable[[str], Any] | None = None  # called with the guard's name; raises on failure
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> bool:
+        return self.name.endswith("*")
+
+    def matches(self, name: str) -> bool:
+        return name.startswith(self.name[:-1]) if self.family else name == self.name
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A guard's name as a read or an operator gives it, resolved against the declarations."""
+
+    name: str  # the guard's own name: its keys are named after it
+    label: str  # the declared name or pattern: a metric label, never a tenant's name
+    parent: str | None
+    probe: Callable[[str], Any] | None
+    overrides: Mapping[str, Any]
+
+
+DEFAULT_GUARD = Resolved(DEFAULT, DEFAULT, None, None, MappingProxyType({}))
+
+
+class Registry:
+    """The process's declared guards. Declaring is done at start-up; lookups are lock-free."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, Declaration] = {}
+        self._families: tuple[Declaration, ...] = ()  # longest prefix first
+        self._lock = threading.Lock()
+
+    def declare(self, name: str, *, parent: str | None = None, probe: Callable[[str], Any] | None = None,
+                **overrides: Any) -> Declaration:
+        """Declare a guard or a family; declaring the same name again replaces it."""
+        if not isinstance(name, str) or (name_problem(name) and not _PATTERN.match(name)):
+            raise GuardError(name_problem(name) if not isinstance(name, str) else
+                             f"guard name {_shown(name)} must match [a-z0-9][a-z0-9_.-]{{0,62}}, "
+                             "or end with * to declare a family")
+        if name == DEFAULT:
+            raise GuardError("the guard 'default' is memguard's own: configure it with the environment")
+        if parent is not None:
+            check_name(parent)
+            if parent == name or (name.endswith("*") and parent.startswith(name[:-1])):
+                raise GuardError(f"guard {name!r} cannot be its own parent")
+            parent_decl = self._exact.get(parent)
+            if parent != DEFAULT and parent_decl is None:
+                raise GuardError(f"guard {name!r}: its parent {parent!r} is not declared (declare it first)")
+            if parent_decl is not None and parent_decl.parent is not None:
+                raise GuardError(f"guard {name!r}: its parent {parent!r} has a parent itself; one level only")
+        if probe is not None and not callable(probe):
+            raise GuardError(f"guard {name!r}: probe must be callable, got {type(probe).__name__}")
+        checked = check_overrides(f"guard {name!r}", overrides)
+        decl = Declaration(name, parent, probe, MappingProxyType(checked))
+        with self._lock:
+            if len(self._exact) + len(self._families) >= MAX_DECLARED and not self._declared(name):
+                raise GuardError(f"more than {MAX_DECLARED} guards declared")
+            if decl.family:
+                rest = [d for d in self._families if d.name != name]
+                self._families = tuple(sorted([*rest, decl], key=lambda d: -len(d.name)))
+            else:
+                self._exact[name] = decl
+        return decl
+
+    def _declared(self, name: str) -> bool:
+        return name in self._exact or any(d.name == name for d in self._families)
+
+    def resolve(self, name: str) -> Resolved | None:
+        """The guard ``name`` stands for: exact name, then the longest family pattern; None when it
+        is not declared (or not a guard's name at all)."""
+        if name == DEFAULT:
+            return DEFAULT_GUARD
+        if name_problem(name) is not None:
+            return None
+        exact = self._exact.get(name)
+        family = next((d for d in self._families if d.matches(name)), None)
+        if exact is None and family is None:
+            return None
+        overrides = {**(family.overrides if family else {}), **(exact.overrides if exact else {})}
+        parent = (exact.parent if exact else None) or (family.parent if family else None)
+        probe = (exact.probe if exact else None) or (family.probe if family else None)
+        label = exact.name if exact is not None else family.name  # type: ignore[union-attr]
+        return Resolved(name, label, parent, probe, MappingProxyType(overrides))
+
+    def declarations(self) -> list[Declaration]:
+        return [*self._exact.values(), *self._families]
+
+    def add_probes(self, probes: Mapping[str, Callable[[str], Any]]) -> None:
+        """Probes given to ``install``: each for a guard already declared."""
+        for name, probe in probes.items():
+            with self._lock:
+                decl = self._exact.get(name) or next((d for d in self._families if d.name == name), None)
+            if decl is None:
+                raise GuardError(f"install(probes=...): guard {name!r} is not declared")
+            self.declare(name, parent=decl.parent, probe=probe, **decl.overrides)
