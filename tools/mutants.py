@@ -159,6 +159,16 @@ MUTANTS = (
     Mutant("probe-budget-1500ms", "the probe's budget default raised from 150 ms to 1.5 s",
            "memguard/config/settings.py", "probe_timeout_ms: int = 150", "probe_timeout_ms: int = 1500",
            ("tests/test_promised_figures.py", "-k", "150_ms")),
+    # Named guards (issue 29): a tenant's guard under its parent.
+    Mutant("parent-not-consulted", "a named guard's read goes on while its parent is forced",
+           "memguard/request/guard.py", "            if self.parent is not None and (held := steps.run(",
+           "            if False and (held := steps.run(", ("tests/test_named_guard_parents.py",)),
+    Mutant("401-counted-toward-parent", "a tenant's 401 forces its parent instead of the tenant's guard",
+           "memguard/request/guard.py",
+           "yield from self.state.force_steps(verdict.reason, hold, by, auto=True, quorum=quorum)",
+           "yield from (steps.via(self.parent.state, self.parent.state.force_steps(verdict.reason, hold, by, "
+           "auto=True, quorum=quorum)) if self.parent else self.state.force_steps(verdict.reason, hold, by, "
+           "auto=True, quorum=quorum))", ("tests/test_named_guard_parents.py",)),
     Mutant("threshold-4", "the consecutive-failure threshold default raised from 3 to 4",
            "memguard/config/settings.py", "threshold: int = 3", "threshold: int = 4",
            ("tests/test_promised_figures.py", "-k", "three_failures")),

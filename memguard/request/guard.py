@@ -102,7 +102,7 @@ class Guard:
         self.view = view
         self.name = name
         self.parent = parent
-        self.meter = meter if parent is None else parent.meter
+        self.meter: Meter | None = meter if parent is None else parent.meter
         self.base = state.base
         self._down_until = 0.0
         self._reads = 0
@@ -239,11 +239,9 @@ class Guard:
         gate = parent._viewed()
         if gate is UNKNOWN:
             gate = yield from steps.via(parent.state, parent._gate_from_redis())
-        if gate.record is not None:
-            return parent._blocked(thread_id, gate.record)
-        if gate.ramp is not None:
-            return parent._ramp_held(thread_id, gate.ramp)
-        return None
+        held = parent._blocked(thread_id, gate.record) if gate.record is not None else \
+            parent._ramp_held(thread_id, gate.ramp) if gate.ramp is not None else None
+        return None if held is None else {**held, "guard": parent.name}
 
     def _fault(self, op: str, fault: Exception) -> Meta:
         """A fault of memguard's own on a read: counted and logged (``GuardTrouble`` of kind

@@ -87,9 +87,9 @@ class State:
         self.keys = keys or Keys.under(settings.redis_target.key_prefix)  # a named guard's, or default's
         self.channel = self.keys.channel
         # A named guard's store shares the default's registered scripts and asyncio clients.
-        self._scripts = shared._scripts if shared is not None else \
+        self._scripts: dict[str, Any] = shared._scripts if shared is not None else \
             {name: client.register_script(source) for name, source in scripts.sources().items()}
-        self.async_redis = AsyncRedis(settings, self.keys, self.perform, self.snapshot_commands,
+        self.async_redis: AsyncRedis = AsyncRedis(settings, self.keys, self.perform, self.snapshot_commands,
                                       shared.async_redis if shared is not None else None)
 
     # -- performing steps (memguard.store.steps): blocking here, asyncio in AsyncRedis ------
