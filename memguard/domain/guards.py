@@ -176,15 +176,3 @@ class Registry:
         probe = (exact.probe if exact else None) or (family.probe if family else None)
         label = exact.name if exact is not None else family.name  # type: ignore[union-attr]
         return Resolved(name, label, parent, probe, MappingProxyType(overrides))
-
-    def declarations(self) -> list[Declaration]:
-        return [*self._exact.values(), *self._families]
-
-    def add_probes(self, probes: Mapping[str, Callable[[str], Any]]) -> None:
-        """Probes given to ``install``: each for a guard already declared."""
-        for name, probe in probes.items():
-            with self._lock:
-                decl = self._exact.get(name) or next((d for d in self._families if d.name == name), None)
-            if decl is None:
-                raise GuardError(f"install(probes=...): guard {name!r} is not declared")
-            self.declare(name, parent=decl.parent, probe=probe, **decl.overrides)

@@ -28,9 +28,6 @@ NOTIFY_LOCK_KEY = "mem:notify:lock"
 HEARTBEAT_LOCK_KEY = "mem:watch:heartbeat"
 EXPLAIN_LOCK_KEY = "mem:watch:explain"
 CHANGES_CHANNEL = "mem:mode:changes"
-# The named guards whose hold is running, scored by the hold's end (ms on the Redis clock): the
-# prober finds the due guards here without scanning keys. A hint the prober repairs (see ops.prober).
-HOLDS_INDEX_KEY = "mem:guards:holds"
 # The read meter's windows, by their ``Keys`` field: what their scripts are told, and what a
 # window that holds bad reads announces on the change channel (``hot <window>``).
 LATENCY_WINDOW, OUTCOMES_WINDOW = "latency", "outcomes"
