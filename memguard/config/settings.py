@@ -274,3 +274,15 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 VARIABLE_NAMES = frozenset(var for var, _ in _VARIABLES.values())
+
+
+def checked_value(attr: str, value: int | float) -> Any:
+    """``value`` for the setting ``attr`` given in code (a named guard's declaration), held to
+    the variable's own parser and range; ValueError names the variable and what is wrong."""
+    var, parse = _VARIABLES[attr]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{attr} ({var}) must be a number, got {value!r}")
+    try:
+        return parse(str(value))
+    except ValueError as exc:
+        raise ValueError(f"{attr} ({var}): {exc}, got {value!r}") from None

@@ -18,32 +18,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from memguard.config.settings import checked_value
+
 DEFAULT = "default"
 NAME_CHARS = 63
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 _PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,61}\*\Z")
 MAX_DECLARED = 10_000  # declarations (names and patterns) one process holds
 
-# What a declaration may set, per guard: the settings' attribute, its environment variable (for
-# the message) and its range, the same as the variable's (memguard.config.settings._VARIABLES).
-OVERRIDES: Mapping[str, tuple[type, float, float]] = MappingProxyType({
-    "threshold": (int, 1, 1000),
-    "hold_seconds": (int, 1, 86_400),
-    "hold_max_seconds": (int, 1, 86_400),
-    "probe_timeout_ms": (int, 1, 10_000),
-    "window_seconds": (int, 1, 3_600),
-    "read_timeout_ms": (int, 1, 60_000),
-    "probe_grace_seconds": (int, 1, 86_400),
-    "latency_threshold_ms": (int, 0, 60_000),
-    "latency_min_reads": (int, 1, 1_000_000),
-    "latency_window_seconds": (int, 1, 3_600),
-    "failure_rate_threshold": (float, 0.0, 0.99),
-    "failure_rate_window_seconds": (int, 1, 3_600),
-    "failure_rate_min_reads": (int, 1, 1_000_000),
-    "ramp_seconds": (int, 0, 3_600),
-    "ramp_min_percent": (float, 0.0, 100.0),
-    "ramp_aggression": (float, 0.1, 10.0),
-})
+# What a declaration may set, per guard: these settings, each held to its variable's range.
+OVERRIDES = ("threshold", "hold_seconds", "hold_max_seconds", "probe_timeout_ms", "window_seconds",
+             "read_timeout_ms", "probe_grace_seconds", "latency_threshold_ms", "latency_min_reads",
+             "latency_window_seconds", "failure_rate_threshold", "failure_rate_window_seconds",
+             "failure_rate_min_reads", "ramp_seconds", "ramp_min_percent", "ramp_aggression")
 
 
 class GuardError(ValueError):
@@ -77,12 +64,10 @@ def check_overrides(where: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if key not in OVERRIDES:
             raise GuardError(f"{where}: unknown setting {key!r}; one of {', '.join(OVERRIDES)}")
-        kind, lo, hi = OVERRIDES[key]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not lo <= value <= hi or (kind is int and value != int(value)):
-            what = "a whole number" if kind is int else "a number"
-            raise GuardError(f"{where}: {key} must be {what} between {lo:g} and {hi:g}, got {value!r}")
-        out[key] = kind(value)
+        try:
+            out[key] = checked_value(key, value)
+        except ValueError as exc:
+            raise GuardError(f"{where}: {exc}") from None
     return out
 
 
