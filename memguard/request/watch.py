@@ -31,7 +31,7 @@ import math
 import random
 import socket
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,9 @@ EXPLAIN_DRAIN = 16  # messages already there that are taken first, when that wai
 # changes, no later asker publishes them again (each message reaches the whole fleet).
 EXPLAIN_LOCK_MS = 60_000
 HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_trip.lua)
+# Named guards' views join and leave by a planned reconnect (new tracking prefixes and channels
+# cannot be added to a subscribed RESP2 connection): at most one per this many seconds.
+REPLAN_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ class Watcher(Background):
         self._by_key = {key: v for v in self.views for key in v.view_keys}
         self._liveness_until = 0.0
         self._conn: redis.Connection | None = None
+        self._replan_at = math.inf  # when the views set by ``set_views`` are to be followed
+        self._replanned = 0.0
+        self._planned = False  # the connection is being dropped to follow new views
+        self.tick: Callable[[], None] = lambda: None  # called at each slow re-read (named guards' expiry)
 
     @property
     def current(self) -> View | None:
@@ -118,6 +125,22 @@ class Watcher(Background):
         """The default guard's view applies a notice (see ``GuardView.apply_notice``)."""
         if self.view is not None:
             self.view.apply_notice(notice, from_channel=from_channel)
+
+    def set_views(self, views: Sequence[GuardView]) -> None:
+        """Follow these views from now on (named guards joining or leaving): a planned
+        reconnect, at most once per ``REPLAN_EVERY_S``, tracks their keys and channels. A view
+        that stays keeps its state through it; one that leaves says nothing from now on."""
+        views = tuple(views)
+        for view in set(self.views) - set(views):
+            view.current = None
+        self.view = next((v for v in views if v.state is self.state), None)
+        self._by_channel = {v.channel: v for v in views}
+        self._by_key = {key: v for v in views for key in v.view_keys}
+        self.views = views
+        self._replan_at = max(time.monotonic(), self._replanned + REPLAN_EVERY_S)
+        if self._replan_at <= time.monotonic() and self._conn is not None:
+            self._planned = True
+            self.reconnect()
 
     def stop(self) -> None:
         self._stop.set()
@@ -155,6 +178,9 @@ class Watcher(Background):
                 self._follow()
                 backoff = 0.1
             except (redis.RedisError, OSError) as exc:
+                if self._planned and not self._stop.is_set():  # new views: reconnect now, quietly
+                    self._planned = False
+                    continue
                 self.current = None
                 if self._stop.is_set():
                     return  # stop() shut the socket: not a Redis error
@@ -196,6 +222,7 @@ class Watcher(Background):
 
     def _follow(self) -> None:
         """Drive ``follow_steps`` on a blocking connection (this thread)."""
+        self._replan_at, self._replanned = math.inf, time.monotonic()  # these views, from here on
         conn = self._conn = self._connect()
 
         def perform(step: WatchStep) -> Any:
@@ -206,7 +233,8 @@ class Watcher(Background):
         try:
             run_steps(self.follow_steps(), perform)
         finally:
-            self.current = None
+            if not self._planned:  # a planned reconnect re-reads at once: the views stay
+                self.current = None
             self._conn = None
             with contextlib.suppress(redis.RedisError, OSError):
                 conn.disconnect()
@@ -257,7 +285,7 @@ class Watcher(Background):
 
         while not self._stop.is_set():
             # Sleep until a message or the next thing due: a quiet view wakes once a round.
-            due = min(heartbeat_at, resync_at, self._liveness_until, *explain_at.values(),
+            due = min(heartbeat_at, resync_at, self._liveness_until, self._replan_at, *explain_at.values(),
                       *(v.current.valid_until for v in self.views if v.current is not None))
             message = yield Listen(max(0.001, due - time.monotonic()))
             if message is not QUIET:
@@ -289,6 +317,10 @@ class Watcher(Background):
                 heartbeat_at = self._next_heartbeat()
             if now >= resync_at:
                 yield from resync(self.views)
+                self.tick()
+            if now >= self._replan_at:
+                self._planned = True
+                raise redis.ConnectionError("following new views")
             if now >= self._liveness_until:
                 raise redis.ConnectionError("no message within the liveness bound")
             for view in self.views:

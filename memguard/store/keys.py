@@ -27,6 +27,9 @@ NOTIFY_STUCK_KEY = "mem:notify:stuck"
 NOTIFY_LOCK_KEY = "mem:notify:lock"
 HEARTBEAT_LOCK_KEY = "mem:watch:heartbeat"
 EXPLAIN_LOCK_KEY = "mem:watch:explain"
+# Named guards' hold ends (a ZSET: guard name -> the ms its hold or ramp ends), so the prober
+# finds the due guards without scanning keys. One for the fleet, under the default's prefix.
+HOLDS_KEY = "mem:guards:holds"
 CHANGES_CHANNEL = "mem:mode:changes"
 # The read meter's windows, by their ``Keys`` field: what their scripts are told, and what a
 # window that holds bad reads announces on the change channel (``hot <window>``).
@@ -40,7 +43,7 @@ KEY_TYPES = {
     "heartbeat": "string",
     "latency": "hash", "outcomes": "hash", "failing_hosts": "set", "auth_hosts": "set", "audit": "stream",
     "notify_cursor": "string", "notify_stuck": "string", "notify_lock": "string", "heartbeat_lock": "string",
-    "explain_lock": "string",
+    "explain_lock": "string", "holds": "zset",
 }
 
 
@@ -64,6 +67,7 @@ class Keys:
     notify_lock: str = NOTIFY_LOCK_KEY
     heartbeat_lock: str = HEARTBEAT_LOCK_KEY
     explain_lock: str = EXPLAIN_LOCK_KEY
+    holds: str = HOLDS_KEY
 
     @classmethod
     def under(cls, prefix: str) -> Keys:
@@ -74,7 +78,8 @@ class Keys:
         """A guard's keys: ``default``'s are today's (``prefix`` is ``mem:`` or a Cluster's ``{mem}:``)."""
         if name == "default":
             return cls.under(prefix)
-        return cls.under(f"{{mem:g:{name}}}:" if prefix.startswith("{") else f"mem:g:{name}:")
+        own = cls.under(f"{{mem:g:{name}}}:" if prefix.startswith("{") else f"mem:g:{name}:")
+        return dataclasses.replace(own, holds=cls.under(prefix).holds)  # the fleet's one index
 
     @property
     def prefix(self) -> str:

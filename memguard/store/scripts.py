@@ -92,6 +92,8 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
     ScriptSpec("notify_claim", "notify_claim",
                (("AUDIT", "audit"), ("CURSOR", "notify_cursor"), ("STUCK", "notify_stuck")),
                ("limit", "stuck_episode"), ("stuck", "entries"), prelude=False),
+    ScriptSpec("index_hold", "index_hold", (("HOLDS", "holds"),), ("guard", "due_ms"), ("indexed",),
+               prelude=False),
 )}
 
 

@@ -77,8 +77,9 @@ class State:
 
     def __init__(self, client: redis.Redis, settings: Settings, hooks: events.Hooks, *,
                  on_change: Callable[[str], None] | None = None, keys: Keys | None = None,
-                 shared: State | None = None) -> None:
+                 shared: State | None = None, guard: str | None = None) -> None:
         self.client = client
+        self.guard = guard  # a named guard's name (its transitions are indexed); None: default
         self.settings = settings
         self.hooks = hooks
         self.base = base_mode_of(settings)
@@ -133,7 +134,24 @@ class State:
             self.hooks.emit(events.GuardTrouble("corrupt_state", script, detail))
         if reply.get("notice"):
             self.on_change(reply["notice"])
+            if self.guard is not None:
+                yield from self._index(reply["notice"])
         return reply
+
+    def _index(self, notice: str) -> Steps[None]:
+        """A named guard's hold end in the fleet's index (``index_hold``), after a transition of
+        its record or ramp: the prober finds it there. A failure here leaves the transition be."""
+        change = json.loads(notice)
+        if "forced" not in change and "ramp" not in change:
+            return
+        record = parse_record(change.get("forced") or None)
+        ramp = parse_ramp(change.get("ramp") or None)
+        due = record.until if record is not None else ramp.end if ramp is not None else None
+        try:
+            due_ms = None if due is None else int(due * 1000)
+            yield Script("index_hold", {"guard": self.guard, "due_ms": due_ms})
+        except redis.RedisError as exc:
+            self.hooks.emit(events.GuardTrouble("redis_error", "index", type(exc).__name__))
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -79,7 +79,9 @@ def test_the_default_guards_keys_are_todays_and_a_named_guards_are_its_own():
     assert named.channel == "mem:g:zep-t.acme:mode:changes"
     assert Keys().channel == "mem:mode:changes" and Keys.under("{mem}:").channel == "mem:mode:changes"
     cluster = Keys.for_guard("zep-t.acme", "{mem}:")
-    assert {k.split("}")[0] for k in vars(cluster).values()} == {"{mem:g:zep-t.acme"}, "one slot per guard"
+    own = {k.split("}")[0] for f, k in vars(cluster).items() if f != "holds"}
+    assert own == {"{mem:g:zep-t.acme"}, "one slot per guard"
+    assert cluster.holds == Keys.under("{mem}:").holds, "the fleet's one index of hold ends"
 
 
 def test_a_named_guards_events_carry_its_name_and_family():

@@ -1,0 +1,9 @@
+-- A named guard's entry in the fleet's index of hold ends (HOLDS): due_ms is when its hold or
+-- recovery ramp ends; null removes the entry (the guard is healthy again). Written after the
+-- guard's transitions by memguard.store.state; the prober reads it for the guards that are due.
+if A.due_ms == nil or A.due_ms == cjson.null then
+  redis.call('ZREM', HOLDS, A.guard)
+  return cjson.encode({indexed = false})
+end
+redis.call('ZADD', HOLDS, A.due_ms, A.guard)
+return cjson.encode({indexed = true})
