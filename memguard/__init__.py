@@ -2,9 +2,11 @@
 
 The public surface::
 
-    memguard.install(app, probe=None)          # an existing Celery app: tasks, beat entry, checks
+    memguard.install(app, probe=None, probes=None)   # an existing Celery app: tasks, beat entry, checks
     @memguard.guarded / @memguard.guarded(timeout_ms=300)   # guard your own read fn(thread_id, ...),
                                                             # def or async def
+    memguard.declare("vectordb", probe=None, parent=None, **settings)   # a named guard, or a family
+    @memguard.guarded(guard="vectordb")        # ... guarding another dependency (or guard=fn(*args))
     memguard.fetch_thread_context(thread_id)   # memguard's own Zep read -> (context | None, meta)
     await memguard.afetch_thread_context(thread_id)   # the same on an asyncio event loop
     await memguard.awarm_up()                  # optional, at start-up: build before the first read
@@ -28,17 +30,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from memguard import flags
+    from memguard.declared import declare
     from memguard.integrations.tasks import install
     from memguard.process import metrics_wsgi_app, serve_metrics
     from memguard.service import Meta, fetch_thread_context, guarded
 
 __version__ = "0.2.0"  # the one place: pyproject.toml reads it, ``memguard --version`` prints it
 
-__all__ = ["__version__", "afetch_thread_context", "awarm_up", "fetch_thread_context", "flags", "guarded",
-           "install", "metrics_wsgi_app", "serve_metrics"]
+__all__ = ["__version__", "afetch_thread_context", "awarm_up", "declare", "fetch_thread_context", "flags",
+           "guarded", "install", "metrics_wsgi_app", "serve_metrics"]
 
 _WHERE = {
     "install": "memguard.integrations.tasks",
+    "declare": "memguard.declared",
     "guarded": "memguard.service",
     "fetch_thread_context": "memguard.service",
     "serve_metrics": "memguard.process",

@@ -45,28 +45,31 @@ def effective_mode() -> EffectiveMode:
     return process.get().guard.effective_mode()
 
 
-def get_forced_mode() -> dict[str, Any] | None:
-    """The active forced record as stored, or None."""
-    record = process.get().guard.forced()
+def get_forced_mode(guard: str = "default") -> dict[str, Any] | None:
+    """The active forced record as stored, or None (of a named guard: read from Redis)."""
+    proc = process.get()
+    record = proc.guard.forced() if guard == "default" else proc.ops_for(guard).state.snapshot().record
     return None if record is None else record.as_dict()
 
 
 def force_write_only(reason: str, ttl_seconds: int = DEFAULT_HOLD_SECONDS,
-                     by: dict[str, Any] | None = None, *, replace: bool = False) -> dict[str, Any]:
+                     by: dict[str, Any] | None = None, *, replace: bool = False,
+                     guard: str = "default") -> dict[str, Any]:
     """Force write_only fleet-wide for ``ttl_seconds`` (an operator action: checked, logged and
     audited; a bad argument raises ``OperatorError`` and changes nothing). A longer hold already
-    in place is kept, unless ``replace=True``; the returned record is the one in force."""
-    forced = process.get().ops.force(by or origin("api"), reason=reason, ttl_seconds=ttl_seconds,
-                                     replace=replace)
+    in place is kept, unless ``replace=True``; the returned record is the one in force.
+    ``guard``: a named guard instead of the default."""
+    forced = process.get().ops_for(guard).force(by or origin("api"), reason=reason, ttl_seconds=ttl_seconds,
+                                                replace=replace)
     forced.pop("forced")
     forced.pop("kept")
     return forced
 
 
-def clear_forced_mode(by: dict[str, Any] | None = None, *, ramp: bool = True) -> bool:
+def clear_forced_mode(by: dict[str, Any] | None = None, *, ramp: bool = True, guard: str = "default") -> bool:
     """Remove the forced record now (audited); True if there was one. Reads return through the
     recovery ramp, or with ``ramp=False`` all at once (ending a ramp in progress too)."""
-    return process.get().ops.clear(by or origin("api"), ramp=ramp)["cleared"]
+    return process.get().ops_for(guard).clear(by or origin("api"), ramp=ramp)["cleared"]
 
 
 def increment_consecutive_failures() -> int:

@@ -23,17 +23,21 @@ from typing import Any
 import redis
 
 from memguard.config.settings import Settings
-from memguard.domain import events
+from memguard.declared import registry
+from memguard.domain import events, guards
+from memguard.domain.guards import DEFAULT, NamedProbe
+from memguard.named import NamedGuards
 from memguard.observe import logs
-from memguard.ops.actions import Operations
+from memguard.ops.actions import Operations, OperatorError
 from memguard.ops.audit import AuditTrail
 from memguard.ops.notify import Notifier
-from memguard.ops.prober import zep_probe
+from memguard.ops.prober import Prepared, Probe, probe_due, zep_probe
 from memguard.request.guard import Guard
 from memguard.request.meter import ReadMeter
 from memguard.request.watch import Watcher
 from memguard.request.zep import Readers
 from memguard.store.failover import SwitchListener
+from memguard.store.keys import Keys
 from memguard.store.state import State
 
 # The process's subscribers: logs and metrics from the first build on, tests and the drill too.
@@ -64,8 +68,52 @@ class Process:
     notifier: Notifier
     ops: Operations
     readers: Readers
+    named: NamedGuards
     meter: ReadMeter | None = None
     switches: SwitchListener | None = None
+
+    def ops_for(self, guard: object = DEFAULT) -> Operations:
+        """The operator actions on one guard. A valid name this process has not declared is
+        acted on with the default's settings (an operator's CLI knows no application's
+        declarations); an invalid one is refused."""
+        if guard == DEFAULT:
+            return self.ops
+        problem = guards.name_problem(guard)
+        if problem is not None:
+            raise OperatorError(problem)
+        assert isinstance(guard, str)
+        resolved = self.named.registry.resolve(guard) or guards.Resolved(guard, guard, None, None, {})
+        state, settings, guard_hooks = self.named.store(resolved)
+        return Operations(state, settings, guard_hooks, lambda: self.probe_of(resolved))  # type: ignore[arg-type]
+
+    def probe_for(self, guard: object, probes: dict[str, NamedProbe]) -> Probe | None:
+        """The probe of the guard an operator names (None for a name that is not a guard's: the
+        action refuses it)."""
+        if not isinstance(guard, str) or guards.name_problem(guard) is not None:
+            return None
+        resolved = self.named.registry.resolve(guard) or guards.Resolved(guard, guard, None, None, {})
+        return self.probe_of(resolved, probes.get(resolved.name) or probes.get(resolved.label))
+
+    def probe_of(self, resolved: guards.Resolved, given: NamedProbe | None = None) -> Probe:
+        """A named guard's probe: the one ``install`` was given, its declaration's, else memguard's
+        own Zep read."""
+        fn = given or resolved.probe
+        if fn is None:
+            return zep_probe(self.readers.reader)
+        return lambda timeout_s: fn(resolved.name, timeout_s)
+
+    def probe_due(self, by: dict[str, Any], probes: dict[str, NamedProbe] | None = None) -> dict[str, Any]:
+        """Probe the named guards whose holds have ended (beat's tick, after the default's)."""
+
+        def prepare(name: str) -> Prepared | None:
+            resolved = self.named.registry.resolve(name)
+            if resolved is None:
+                return None
+            state, settings, _ = self.named.store(resolved)
+            given = (probes or {}).get(resolved.name) or (probes or {}).get(resolved.label)
+            return state, settings, self.probe_of(resolved, given)
+
+        return probe_due(self.state, prepare, by)
 
     def close(self) -> None:
         self.state.hooks.unsubscribe(self.audit.on_event)
@@ -77,7 +125,7 @@ class Process:
 
 
 def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks,
-          count_metrics: bool = True) -> Process:
+          count_metrics: bool = True, registry: guards.Registry = registry) -> Process:
     """Build and wire one process's objects; ``watch=False`` starts no thread (one-shot commands).
 
     ``hooks`` is the process's own unless a benchmark or test brings its own. A one-shot command
@@ -97,7 +145,8 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
     windowed = settings.latency_threshold_ms or settings.failure_rate_on
     meter = ReadMeter(state, settings, hooks, watcher) if windowed else None
     guard = Guard(settings, state, hooks, watcher, meter)
-    audit = AuditTrail(client, state.keys.audit, hooks)
+    audit = AuditTrail(client, state.keys.audit, hooks,
+                       key_of=lambda guard: Keys.for_guard(guard, state.keys.prefix).audit)
     hooks.subscribe(audit.on_event)
     switches = None
     if settings.redis_target.kind == "sentinel":
@@ -109,8 +158,9 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
         switches = SwitchListener(settings.redis_target, on_switch, hooks)
     readers = Readers(settings)  # memguard's own Zep reads, made on first use
     ops = Operations(state, settings, hooks, lambda: zep_probe(readers.reader))
+    named = NamedGuards(registry, settings, state, guard, watcher, hooks)
     proc = Process(settings, state, watcher, guard, audit, Notifier(state, settings, hooks), ops, readers,
-                   meter, switches)
+                   named, meter, switches)
     if watch:
         for thread in (watcher, meter, switches):
             if thread is not None:
@@ -196,15 +246,27 @@ def current_state() -> State:
     return get().state
 
 
+def held_guards() -> list[tuple[str, str, State]]:
+    """The named guards held or recovering, for a metrics scrape: (declared name or pattern,
+    name, store). A name this process has not declared is labelled ``undeclared``: a label is
+    never a tenant's name."""
+    proc = get()
+    out = []
+    for name in proc.state.indexed_guards(limit=100):
+        resolved = proc.named.registry.resolve(name) or guards.Resolved(name, "undeclared", None, None, {})
+        out.append((resolved.label, name, proc.named.store(resolved)[0]))
+    return out
+
+
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> Any:
     """Serve memguard's /metrics from this process, in a background thread."""
     from memguard.observe import metrics
 
-    return metrics.serve(port, current_state, addr)
+    return metrics.serve(port, current_state, addr, held_guards)
 
 
 def metrics_wsgi_app() -> Any:
     """A WSGI app serving memguard's /metrics, to mount in Flask or another WSGI app."""
     from memguard.observe import metrics
 
-    return metrics.make_wsgi_app(current_state)
+    return metrics.make_wsgi_app(current_state, held_guards)

@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 from memguard.config.settings import SettingsError
 from memguard.domain import events
+from memguard.domain.guards import DEFAULT, GuardError, check_name
 
 if TYPE_CHECKING:
     from memguard.process import Process
+    from memguard.request.guard import Guard
     from memguard.request.zep import Readers
 
 P = ParamSpec("P")
 R = TypeVar("R")
 Meta = dict[str, Any]
+GuardName = str | Callable[..., str]
 
 
 class _Decorator(Protocol):
@@ -127,10 +130,11 @@ def guarded(fn: Callable[P, R], /) -> Callable[P, tuple[R | None, Meta]]: ...
 
 
 @overload
-def guarded(*, timeout_ms: int | None = None) -> _Decorator: ...
+def guarded(*, timeout_ms: int | None = None, guard: GuardName = DEFAULT) -> _Decorator: ...
 
 
-def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None = None) -> Any:
+def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None = None,
+            guard: GuardName = DEFAULT) -> Any:
     """Guard an application's own read ``fn(thread_id, ...)``; it then returns (value | None, meta).
 
     Usable bare (``@memguard.guarded``) or with a per-read budget
@@ -138,10 +142,16 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
     that returns but overran it counts as a ``timeout`` failure, and the caller still gets
     its value. On an ``async def`` read the wrapper is a coroutine function too, and the
     guard's own Redis work is awaited (``redis.asyncio``).
+
+    ``guard`` names a declared guard (``memguard.declare``), refused here if it is not one; or
+    is a function of the read's arguments returning the name per call. A name a call gives
+    that is not declared (or a function that raises) sends that read to the guard ``default``,
+    told once per name, and ``meta["unknown_guard"]`` says so.
     """
     if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int)
                                    or timeout_ms <= 0):
         raise ValueError(f"guarded(timeout_ms=...) must be a positive whole number, got {timeout_ms!r}")
+    _check_guard(guard)
 
     def decorate(read: Callable[..., Any]) -> Callable[..., Any]:
         first = next(iter(inspect.signature(read).parameters), None)
@@ -151,6 +161,23 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
             thread_id = str(args[0] if args else kwargs.get(first or "", ""))
             return thread_id, (timeout_ms or proc.settings.read_timeout_ms) / 1000.0
 
+        def pick(proc: Process, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Guard, Meta]:
+            """The read's guard, and the meta to add when the name it gave was not a guard's."""
+            if guard == DEFAULT:
+                return proc.guard, {}
+            if callable(guard):
+                try:
+                    name: object = guard(*args, **kwargs)
+                except Exception as exc:  # the application's function: its fault goes to default
+                    name = exc
+            else:
+                name = guard
+            chosen, unknown = proc.named.for_read(name)
+            return chosen, {} if unknown is None else {"unknown_guard": unknown}
+
+        def merged(result: tuple[Any, Meta], extra: Meta) -> tuple[Any, Meta]:
+            return (result[0], {**result[1], **extra}) if extra else result
+
         if inspect.iscoroutinefunction(read):
 
             @functools.wraps(read)
@@ -158,11 +185,12 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
                 try:
                     proc = await _aget()
                     thread_id, budget_s = resolve(proc, args, kwargs)
+                    chosen, extra = pick(proc, args, kwargs)
                 except SettingsError as exc:
                     return None, _config_error(exc)
                 except Exception as fault:
                     return await _aunguarded(fault, lambda: read(*args, **kwargs))
-                return await proc.guard.acall(thread_id, read, args, kwargs, budget_s=budget_s)
+                return merged(await chosen.acall(thread_id, read, args, kwargs, budget_s=budget_s), extra)
 
             return awrapper
 
@@ -171,15 +199,29 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
             try:
                 proc = _get()
                 thread_id, budget_s = resolve(proc, args, kwargs)
+                chosen, extra = pick(proc, args, kwargs)
             except SettingsError as exc:
                 return None, _config_error(exc)
             except Exception as fault:
                 return _unguarded(fault, lambda: read(*args, **kwargs))
-            return proc.guard.call(thread_id, read, args, kwargs, budget_s=budget_s)
+            return merged(chosen.call(thread_id, read, args, kwargs, budget_s=budget_s), extra)
 
         return wrapper
 
     return decorate if fn is None else decorate(fn)
+
+
+def _check_guard(guard: object) -> None:
+    """A static guard name must be declared already (a typo fails here, at import, not in
+    production); anything else must be a function of the read's arguments."""
+    if callable(guard) or guard == DEFAULT:
+        return
+    from memguard.declared import registry
+
+    check_name(guard)
+    if registry.resolve(guard) is None:  # type: ignore[arg-type]
+        raise GuardError(f"guard {guard!r} is not declared: call memguard.declare({guard!r}, ...) "
+                         "before decorating a read with it")
 
 
 def _config_error(exc: SettingsError) -> Meta:

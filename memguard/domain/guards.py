@@ -24,6 +24,8 @@ DEFAULT = "default"
 NAME_CHARS = 63
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 _PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,61}\*\Z")
+# A named guard's probe: called with the guard's name and the timeout in seconds; raises on failure.
+NamedProbe = Callable[[str, float], Any]
 MAX_DECLARED = 10_000  # declarations (names and patterns) one process holds
 
 # What a declaration may set, per guard: these settings, each held to its variable's range.
@@ -77,7 +79,7 @@ class Declaration:
 
     name: str
     parent: str | None = None
-    probe: Callable[[str], Any] | None = None  # called with the guard's name; raises on failure
+    probe: NamedProbe | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,7 +97,7 @@ class Resolved:
     name: str  # the guard's own name: its keys are named after it
     label: str  # the declared name or pattern: a metric label, never a tenant's name
     parent: str | None
-    probe: Callable[[str], Any] | None
+    probe: NamedProbe | None
     overrides: Mapping[str, Any]
 
 
@@ -110,7 +112,7 @@ class Registry:
         self._families: tuple[Declaration, ...] = ()  # longest prefix first
         self._lock = threading.Lock()
 
-    def declare(self, name: str, *, parent: str | None = None, probe: Callable[[str], Any] | None = None,
+    def declare(self, name: str, *, parent: str | None = None, probe: NamedProbe | None = None,
                 **overrides: Any) -> Declaration:
         """Declare a guard or a family; declaring the same name again replaces it."""
         if not isinstance(name, str) or (name_problem(name) and not _PATTERN.match(name)):
@@ -133,7 +135,7 @@ class Registry:
         checked = check_overrides(f"guard {name!r}", overrides)
         decl = Declaration(name, parent, probe, MappingProxyType(checked))
         with self._lock:
-            if len(self._exact) + len(self._families) >= MAX_DECLARED and not self._declared(name):
+            if len(self._exact) + len(self._families) >= MAX_DECLARED and not self.declared(name):
                 raise GuardError(f"more than {MAX_DECLARED} guards declared")
             if decl.family:
                 rest = [d for d in self._families if d.name != name]
@@ -142,8 +144,13 @@ class Registry:
                 self._exact[name] = decl
         return decl
 
-    def _declared(self, name: str) -> bool:
-        return name in self._exact or any(d.name == name for d in self._families)
+    def declared(self, name: object) -> bool:
+        """Whether ``name`` is a declaration's own name or pattern (not a family's member)."""
+        return isinstance(name, str) and (name in self._exact or any(d.name == name for d in self._families))
+
+    def names(self) -> list[str]:
+        """The declared names (families' members are not known until a read names them)."""
+        return list(self._exact)
 
     def resolve(self, name: str) -> Resolved | None:
         """The guard ``name`` stands for: exact name, then the longest family pattern; None when it

@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("status", help="the fleet's mode, record, failure count, prober and last "
                        "operator action")
+    p.add_argument("--all", action="store_true", help="also every named guard that is not healthy")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("force", help="force write_only fleet-wide")
     p.add_argument("--reason", default="manual_ops",
@@ -62,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", help="transitions, probe results and operator actions, oldest first")
     p.add_argument("-n", type=int, default=20, help="how many entries (default 20)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = sub.add_parser("guards", help="the guards with their state: default, those held or recovering, "
+                       "and those --app declares")
+    p.add_argument("--degraded", action="store_true", help="only the guards that are not healthy")
+    p.add_argument("--app", help="a module to import first, whose memguard.declare calls list its guards")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    for name in ("status", "force", "clear", "probe", "history"):
+        sub.choices[name].add_argument("--guard", default="default",
+                                       help="the guard to act on (default: default, memguard's Zep guard)")
     p = sub.add_parser("drill", help="run the auth, failure and recovery drills end to end")
     p.add_argument("--redis-url", help="run against this Redis (a canary) instead of a local stack")
     p.add_argument("--zep-url", help="with --redis-url: the canary's Zep root URL")
@@ -134,7 +143,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from memguard.observe import logs
     from memguard.ops.actions import OperatorError
 
-    one_shot = args.cmd in ("status", "force", "clear", "probe", "history")
+    one_shot = args.cmd in ("status", "force", "clear", "probe", "history", "guards")
     if one_shot:  # they print their own outcome; a warning line would only repeat it
         logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="memguard: %(message)s")
     elif args.cmd == "metrics":
@@ -185,29 +194,59 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
 
     where = masked_url(proc.settings.redis_url)
     now = time.time()
+    if args.cmd == "guards":
+        return _guards(args, proc, where)
+    ops = proc.ops_for(args.guard)
     if args.cmd == "history":
         if args.n < 1:
             raise OperatorError(f"-n must be at least 1, got {args.n}")
-        items = audit.history(proc.state.client, proc.state.keys.audit, args.n)
+        items = audit.history(ops.state.client, ops.state.keys.audit, args.n)
         if args.json:  # one object per line on stdout; the Redis it read goes to stderr
             print(f"redis: {where}", file=sys.stderr)
             return "\n".join(json.dumps(cli_text.json_safe(item), allow_nan=False) for item in items)
         return "\n".join([*(audit.describe(item) for item in items), f"redis:       {where}"])
     if args.cmd == "status":
-        res = proc.ops.status(by)
+        res = ops.status(by)
         lines = cli_text.status_lines(res, res.get("redis_time") or now)
+        if args.all:
+            res["guards"] = _rows(proc, proc.state.indexed_guards(), degraded=True)
+            lines += cli_text.guards_lines(res["guards"], now, heading="named guards not healthy:")
     elif args.cmd == "force":
-        res = proc.ops.force(by, reason=args.reason, ttl_seconds=args.ttl, replace=args.replace)
+        res = ops.force(by, reason=args.reason, ttl_seconds=args.ttl, replace=args.replace)
         lines = cli_text.force_lines(res, now)
     elif args.cmd == "clear":
-        res = proc.ops.clear(by, ramp=not args.no_ramp)
+        res = ops.clear(by, ramp=not args.no_ramp)
         lines = cli_text.clear_lines(res)
     else:
-        res = proc.ops.probe(by)
+        res = ops.probe(by, proc.probe_for(args.guard, {}) if args.guard != "default" else None)
         lines = cli_text.probe_lines(res)
+    if args.guard != "default":
+        res, lines = {"guard": args.guard, **res}, [f"guard:       {args.guard}", *lines]
     if args.json:
         return json.dumps(cli_text.json_safe({**res, "redis": where}), allow_nan=False)
     return "\n".join([*lines, f"redis:       {where}"])
+
+
+def _rows(proc: Any, names: list[str], *, degraded: bool) -> list[dict[str, Any]]:
+    """Each guard's summary (``Operations.summary``), the unhealthy ones alone if ``degraded``."""
+    rows = [{"guard": name, **proc.ops_for(name).summary()} for name in names]
+    return [row for row in rows if row["state"] != "healthy"] if degraded else rows
+
+
+def _guards(args: argparse.Namespace, proc: Any, where: str) -> str:
+    """``memguard guards``: default, the declared guards (``--app``) and the indexed ones."""
+    import importlib
+
+    from memguard.declared import registry
+
+    if args.app:
+        importlib.import_module(args.app)
+    names = dict.fromkeys(["default", *registry.names(), *proc.state.indexed_guards()])
+    rows = _rows(proc, list(names), degraded=args.degraded)
+    if args.json:
+        print(f"redis: {where}", file=sys.stderr)
+        return "\n".join(json.dumps(cli_text.json_safe(row), allow_nan=False) for row in rows)
+    return "\n".join([*cli_text.guards_lines(rows, time.time()), f"redis:       {where}"])
 
 
 if __name__ == "__main__":

@@ -53,6 +53,24 @@ def status_lines(st: dict[str, Any], now: float) -> list[str]:
     return lines
 
 
+def guards_lines(rows: list[dict[str, Any]], now: float, heading: str = "") -> list[str]:
+    """One line per guard: its name, state and, when held or recovering, until when."""
+    lines = [heading] if heading else []
+    if not rows:
+        return [*lines, "  (none)"]
+    for row in rows:
+        detail = ""
+        if row["state"] == "forced":
+            left = duration(row["until"] - now)
+            detail = f", reason {row['reason']} until {iso(row['until'])} ({left} left)"
+        elif row["state"] == "recovering":
+            detail = f", {row['share_percent']:.0f} % of reads admitted until {iso(row['until'])}"
+        elif row["fail_count"]:
+            detail = f", {row['fail_count']} failures counted"
+        lines.append(f"  {row['guard']:<32} {row['state']}{detail}")
+    return lines
+
+
 def force_lines(res: dict[str, Any], now: float) -> list[str]:
     left = f"{iso(res['until'])} ({duration(res['until'] - now)} left)"
     if res["kept"]:

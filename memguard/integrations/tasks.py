@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -27,8 +27,10 @@ from celery.utils.imports import symbol_by_name
 
 from memguard import process
 from memguard.config.settings import Settings, SettingsError
+from memguard.declared import registry
 from memguard.domain import events
 from memguard.domain.events import origin
+from memguard.domain.guards import DEFAULT, GuardError, NamedProbe
 from memguard.observe import logs, metrics
 from memguard.ops.actions import OperatorError
 from memguard.ops.prober import Probe
@@ -56,8 +58,10 @@ def _operator_call(task: Task, action: str, args: tuple[Any, ...], kwargs: dict[
     """Run an operator action as who sent it; a refusal is recorded and logged by the action,
     and a fault of memguard's own is counted, logged and answered in one line."""
     try:
-        fn: Callable[..., Any] = getattr(process.get().ops, action)
-        return fn(_by(task), positional=args, **kwargs, **extra)
+        guard = kwargs.pop("guard", DEFAULT)  # which guard; the action checks the rest
+        fn: Callable[..., Any] = getattr(process.get().ops_for(guard), action)
+        out = fn(_by(task), positional=args, **kwargs, **extra)
+        return out if guard == DEFAULT else {**out, "guard": guard}
     except (OperatorError, SettingsError, redis.RedisError):
         raise
     except Exception as fault:
@@ -74,11 +78,14 @@ def probe_entry(settings: Settings, interval: float | None = None) -> dict[str, 
             "options": {"expires": interval}}
 
 
-def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False) -> Celery:
+def install(app: Celery, *, probe: Probe | None = None, probes: Mapping[str, NamedProbe] | None = None,
+            json_logs: bool = False) -> Celery:
     """Give ``app`` memguard's tasks, the probe's beat entry and safe beat settings.
 
     ``probe`` replaces memguard's Zep read as the probe (a callable taking the timeout in
-    seconds that raises on failure). ``json_logs`` takes over Celery's logging and sends
+    seconds that raises on failure). ``probes`` gives named guards theirs, by declared name or
+    pattern (``{"vectordb": fn}``, ``fn(name, timeout_s)``), over their declarations' own.
+    ``json_logs`` takes over Celery's logging and sends
     every line as JSON with secrets redacted. A bad configuration is reported in one line
     when a worker or beat of this app starts, not here.
     """
@@ -86,7 +93,8 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
         settings: Settings | None = process.load_settings()
     except SettingsError:
         settings = None
-    _register_tasks(app, probe)
+    named_probes = _checked_probes(probes)
+    _register_tasks(app, probe, named_probes)
 
     def configure_beat(conf: Any) -> None:
         entry = probe_entry(settings or Settings(), conf.get("memguard_probe_interval"))
@@ -127,7 +135,18 @@ def install(app: Celery, *, probe: Probe | None = None, json_logs: bool = False)
     return app
 
 
-def _register_tasks(app: Celery, probe: Probe | None) -> None:
+def _checked_probes(probes: Mapping[str, NamedProbe] | None) -> dict[str, NamedProbe]:
+    """install's named probes: each a declared name or pattern, each callable."""
+    out = dict(probes or {})
+    for name, fn in out.items():
+        if not registry.declared(name):
+            raise GuardError(f"install(probes=...): {name!r} is not declared (memguard.declare it first)")
+        if not callable(fn):
+            raise GuardError(f"install(probes=...): the probe of {name!r} is not callable")
+    return out
+
+
+def _register_tasks(app: Celery, probe: Probe | None, probes: dict[str, NamedProbe]) -> None:
     # A refusal is an expected outcome: Celery logs it in one line, without a traceback.
     opts: dict[str, Any] = {"bind": True, "shared": False, "throws": (OperatorError, InternalFault)}
 
@@ -148,9 +167,16 @@ def _register_tasks(app: Celery, probe: Probe | None) -> None:
 
     @app.task(name="memguard.probe", ignore_result=True, **opts)
     def probe_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Beat's tick: probe Zep once fleet-wide if a hold has expired, then send the
-        notifications no other prober has taken."""
-        result = _operator_call(self, "probe", args, kwargs, probe=probe)
+        """Beat's tick: probe Zep once fleet-wide if a hold has expired, and each named guard
+        whose hold has ended, then send the notifications no other prober has taken."""
+        guard = kwargs.get("guard", DEFAULT)
+        one = probe if guard == DEFAULT else process.get().probe_for(guard, probes)
+        result = _operator_call(self, "probe", args, kwargs, probe=one)
+        if kwargs.get("scheduled") is True and guard == DEFAULT:
+            try:
+                result["guards"] = process.get().probe_due(_by(self), probes)
+            except redis.RedisError as exc:
+                process.hooks.emit(events.GuardTrouble("redis_error", "probe_due", type(exc).__name__))
         try:
             process.get().notifier.deliver()
         except redis.RedisError as exc:

@@ -9,7 +9,7 @@ record on every scrape, so every exporter shows the fleet's current mode.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -19,6 +19,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from memguard.domain import events
 from memguard.domain.classify import FAILURE_REASONS
 from memguard.domain.fleet import FleetStatus
+from memguard.domain.guards import DEFAULT
 from memguard.domain.modes import EffectiveMode
 from memguard.domain.record import AUTO_REASONS, DOWNGRADE_REASONS, PROBE_RESULTS, RESTORE_REASONS
 from memguard.store.state import State
@@ -27,99 +28,134 @@ RAMP_RESULTS = ("started", "completed", "failed")
 StateSource = Callable[[], State]  # the process's store, resolved at scrape time
 
 DOWNGRADES = Counter("memory_zep_downgrades_total", "Fleet downgrades to write_only, by reason",
-                     ["reason"])
+                     ["reason", "guard"])
 WOULD = Counter("memory_zep_would_downgrade_total", "Downgrades DISABLE_AUTO_DOWNGRADE prevented "
-                "(dry run), by reason", ["reason"])
+                "(dry run), by reason", ["reason", "guard"])
 FAILURES = Counter("memory_zep_context_failures_total", "Failed Zep context reads, by reason",
-                   ["reason"])
-PROBES = Counter("memory_zep_probes_total", "Probe reads after a hold, by result", ["result"])
+                   ["reason", "guard"])
+PROBES = Counter("memory_zep_probes_total", "Probe reads after a hold, by result", ["result", "guard"])
 BLOCKED = Counter("memory_zep_reads_blocked_total", "Reads answered 'no context' while forced",
-                  ["reason"])
+                  ["reason", "guard"])
 RESTORED = Counter("memory_mode_restored_total", "Forced records ended, by reason "
-                   "(probe_success, manual_clear, lapsed)", ["reason"])
+                   "(probe_success, manual_clear, lapsed)", ["reason", "guard"])
 RAMPS = Counter("memory_recovery_ramps_total", "Recovery ramps after a hold, by result (started, completed, "
-                "failed: a trip during the ramp forced the fleet again)", ["result"])
+                "failed: a trip during the ramp forced the fleet again)", ["result", "guard"])
 TROUBLE = Counter("memory_guard_errors_total", "The guard's own trouble: Redis errors, corrupt "
-                  "state, internal faults the reads failed open on", ["kind", "op"])
+                  "state, internal faults the reads failed open on", ["kind", "op", "guard"])
 OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a read (sampled)",
-                     buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
+                     ["guard"], buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
 # Series exist at 0 from the start, so increase() sees the first downgrade of a process.
 for _counter, _labels in ((DOWNGRADES, DOWNGRADE_REASONS), (WOULD, AUTO_REASONS), (FAILURES, FAILURE_REASONS),
                           (PROBES, PROBE_RESULTS), (RESTORED, RESTORE_REASONS), (RAMPS, RAMP_RESULTS),
                           (BLOCKED, ("ramp",))):
     for _label in _labels:
-        _counter.labels(_label)
-TROUBLE.labels("redis_error", "check")
-TROUBLE.labels("internal", "check")
+        _counter.labels(_label, DEFAULT)
+TROUBLE.labels("redis_error", "check", DEFAULT)
+TROUBLE.labels("internal", "check", DEFAULT)
 
 
 def on_event(event: events.Event) -> None:
+    """Count an event under its guard's declared name or pattern (``family``): a label of
+    bounded cardinality, never a tenant's name."""
+    guard = event.family if isinstance(event, events.Named) else DEFAULT
     if isinstance(event, events.ReadFinished):
-        OVERHEAD.observe(event.overhead_seconds)
+        OVERHEAD.labels(guard).observe(event.overhead_seconds)
     elif isinstance(event, events.ReadBlocked):
-        BLOCKED.labels(event.reason).inc()
+        BLOCKED.labels(event.reason, guard).inc()
     elif isinstance(event, events.FailureRecorded):
-        FAILURES.labels(event.reason).inc()
+        FAILURES.labels(event.reason, guard).inc()
     elif isinstance(event, events.ModeForced):
-        DOWNGRADES.labels(event.reason).inc()
+        DOWNGRADES.labels(event.reason, guard).inc()
         if event.reason == "ramp_failed":
-            RAMPS.labels("failed").inc()
+            RAMPS.labels("failed", guard).inc()
     elif isinstance(event, events.WouldForce):
-        WOULD.labels(event.reason).inc()
+        WOULD.labels(event.reason, guard).inc()
     elif isinstance(event, events.ModeRestored):
-        RESTORED.labels(event.reason).inc()
+        RESTORED.labels(event.reason, guard).inc()
         if event.ramp_seconds > 0:
-            RAMPS.labels("started").inc()
+            RAMPS.labels("started", guard).inc()
     elif isinstance(event, events.RampCompleted):
-        RAMPS.labels("completed").inc()
+        RAMPS.labels("completed", guard).inc()
     elif isinstance(event, events.ProbeFinished):
-        PROBES.labels(event.result).inc()
+        PROBES.labels(event.result, guard).inc()
     elif isinstance(event, events.GuardTrouble):
-        TROUBLE.labels(event.kind, event.op).inc()
+        TROUBLE.labels(event.kind, event.op, guard).inc()
 
 
 class FleetStateCollector(Collector):
-    """Reads the fleet state at scrape time: one Redis round trip per scrape."""
+    """Reads the fleet state at scrape time: one Redis round trip per scrape for the guard
+    ``default``, and one per named guard held or recovering (``named``: its declared name or
+    pattern, its name and its store). Each series carries ``guard`` (the declared name or pattern)
+    and ``name`` (the guard's own: a tenant's only while that tenant's guard is not healthy)."""
 
-    def __init__(self, source: StateSource) -> None:
+    def __init__(self, source: StateSource, named: NamedSource | None = None) -> None:
         self.source = source
+        self.named = named
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("memory_guard_state_up", "1 if the fleet state could be read from Redis")
+        up = GaugeMetricFamily("memory_guard_state_up", "1 if the fleet state could be read from Redis",
+                               labels=GUARD_LABELS)
         try:
             state = self.source()
             fleet = FleetStatus.of(state.snapshot(), state.base, state.settings.probe_grace_seconds)
         except Exception:
-            up.add_metric([], 0)
+            up.add_metric([DEFAULT, DEFAULT], 0)
             yield up
             return
-        up.add_metric([], 1)
+        up.add_metric([DEFAULT, DEFAULT], 1)
+        guards = [(DEFAULT, DEFAULT, fleet), *self._named()]
         yield up
         mode = GaugeMetricFamily("memory_mode_gauge", "1 for the fleet's current effective mode",
-                                 labels=["mode"])
-        for m in EffectiveMode:
-            mode.add_metric([m.value], 1 if m is fleet.mode else 0)
+                                 labels=["mode", *GUARD_LABELS])
+        for label, name, each in guards:
+            for m in EffectiveMode:
+                mode.add_metric([m.value, label, name], 1 if m is each.mode else 0)
         yield mode
-        yield _gauge("memory_mode_hold_seconds", "The current hold's length (it doubles after each failed "
-                     "probe, up to MEMORY_DOWNGRADE_HOLD_MAX_SECONDS)", fleet.hold_seconds)
-        yield _gauge("memory_mode_holds", "Holds in a row (1 + failed probes); 0 when not forced",
-                     fleet.holds)
-        yield _gauge("memory_mode_hold_seconds_left", "Seconds left in the hold (0 when not forced or "
-                     "awaiting the probe)", fleet.seconds_left)
-        yield _gauge("memory_mode_hold_expired_seconds", "Seconds since the hold ended without a probe "
-                     "result (0 when held or not forced)", fleet.expired_seconds)
-        yield _gauge("memory_zep_consecutive_failures", "The fleet's failure count", fleet.fail_count)
-        yield _gauge("memory_recovery_ramp_share", "Share of conversations whose reads go to Zep: the "
-                     "recovery ramp's share while one runs, 1 with none, 0 while forced", fleet.ramp_share)
-        left = fleet.ramp.seconds_left(fleet.redis_now) if fleet.ramp and not fleet.forced else 0.0
-        yield _gauge("memory_recovery_ramp_seconds_left", "Seconds left in the recovery ramp (0 with none)",
-                     left)
+        for metric, documentation, value in GAUGES:
+            gauge = GaugeMetricFamily(metric, documentation, labels=GUARD_LABELS)
+            for label, name, each in guards:
+                gauge.add_metric([label, name], value(each))
+            yield gauge
         age = fleet.prober_age
         yield _gauge("memory_prober_up", "1 while the prober's heartbeat is fresh (a probe tick within the "
                      "last 12 probe intervals), 0 when no prober is running", 0 if age is None else 1)
         if age is not None:
             yield _gauge("memory_prober_heartbeat_age_seconds", "Seconds since the last probe tick", age)
+
+    def _named(self) -> list[tuple[str, str, FleetStatus]]:
+        """The named guards held or recovering; one that cannot be read is left out."""
+        out = []
+        try:
+            named = list(self.named()) if self.named is not None else []
+        except Exception:
+            return []
+        for label, name, state in named[:NAMED_PER_SCRAPE]:
+            try:
+                out.append((label, name, FleetStatus.of(state.snapshot(), state.base,
+                                                        state.settings.probe_grace_seconds)))
+            except Exception:
+                continue
+        return out
+
+
+GUARD_LABELS = ["guard", "name"]
+NAMED_PER_SCRAPE = 100  # named guards' series one scrape reads at most
+NamedSource = Callable[[], Iterable[tuple[str, str, State]]]
+GAUGES: tuple[tuple[str, str, Callable[[FleetStatus], float]], ...] = (
+    ("memory_mode_hold_seconds", "The current hold's length (it doubles after each failed probe, up to "
+     "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS)", lambda f: f.hold_seconds),
+    ("memory_mode_holds", "Holds in a row (1 + failed probes); 0 when not forced", lambda f: f.holds),
+    ("memory_mode_hold_seconds_left", "Seconds left in the hold (0 when not forced or awaiting the probe)",
+     lambda f: f.seconds_left),
+    ("memory_mode_hold_expired_seconds", "Seconds since the hold ended without a probe result (0 when held "
+     "or not forced)", lambda f: f.expired_seconds),
+    ("memory_zep_consecutive_failures", "The fleet's failure count", lambda f: f.fail_count),
+    ("memory_recovery_ramp_share", "Share of conversations whose reads go to Zep: the recovery ramp's share "
+     "while one runs, 1 with none, 0 while forced", lambda f: f.ramp_share),
+    ("memory_recovery_ramp_seconds_left", "Seconds left in the recovery ramp (0 with none)",
+     lambda f: f.ramp.seconds_left(f.redis_now) if f.ramp and not f.forced else 0.0),
+)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -131,33 +167,33 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 _default_registered = False
 
 
-def registry(source: StateSource) -> CollectorRegistry:
+def registry(source: StateSource, named: NamedSource | None = None) -> CollectorRegistry:
     """The registry to serve: multiprocess-aware when PROMETHEUS_MULTIPROC_DIR is set."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         reg = CollectorRegistry()
         multiprocess.MultiProcessCollector(reg)
-        reg.register(FleetStateCollector(source))
+        reg.register(FleetStateCollector(source, named))
         return reg
     global _default_registered
     if not _default_registered:
-        REGISTRY.register(FleetStateCollector(source))
+        REGISTRY.register(FleetStateCollector(source, named))
         _default_registered = True
     return REGISTRY
 
 
-def serve(port: int, source: StateSource, addr: str = "0.0.0.0") -> Any:
+def serve(port: int, source: StateSource, addr: str = "0.0.0.0", named: NamedSource | None = None) -> Any:
     """Start the /metrics HTTP server in a background thread (inside a worker or web app)."""
-    server, _thread = start_http_server(port, addr=addr, registry=registry(source))
+    server, _thread = start_http_server(port, addr=addr, registry=registry(source, named))
     return server
 
 
-def make_wsgi_app(source: StateSource) -> Any:
+def make_wsgi_app(source: StateSource, named: NamedSource | None = None) -> Any:
     """A WSGI app serving /metrics, to mount in Django or Flask."""
     from prometheus_client import make_wsgi_app as _make
 
-    return _make(registry(source))
+    return _make(registry(source, named))
 
 
 def mark_process_dead(pid: int) -> None:

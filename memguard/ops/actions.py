@@ -139,6 +139,19 @@ class Operations:
             )
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """One guard's state in a line's worth of fields (``memguard guards``, ``status --all``):
+        a read-only snapshot, not an operator action."""
+        fleet = FleetStatus.of(self.state.snapshot(), self.state.base, self.settings.probe_grace_seconds)
+        state = "forced" if fleet.forced else "recovering" if fleet.ramp is not None else \
+            "counting" if fleet.fail_count else "healthy"
+        out: dict[str, Any] = {"state": state, "mode": fleet.mode.value, "fail_count": fleet.fail_count}
+        if fleet.record is not None:
+            out.update(reason=fleet.record.reason, until=fleet.record.until, holds=fleet.holds)
+        elif fleet.ramp is not None:
+            out.update(share_percent=round(fleet.ramp_share * 100, 1), until=fleet.ramp.end)
+        return out
+
     def probe(self, by: dict[str, Any], probe: Probe | None = None, positional: Positional = (),
               **kwargs: Any) -> dict[str, Any]:
         """Probe now if a hold has expired. Only beat's ticks (``scheduled=True``, set by its entry)

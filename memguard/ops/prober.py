@@ -65,3 +65,41 @@ def probe_once(state: State, settings: Settings, read: Probe, by: dict[str, Any]
     if t.record is not None:
         out["until"] = t.record.until
     return out
+
+
+DUE_PER_TICK = 1_000  # named guards probed at most per tick (the rest on the next)
+PROBE_WORKERS = 16  # named guards probed at once: a slow probe delays no other past its budget
+Prepared = tuple[State, Settings, Probe]
+
+
+def probe_due(default: State, prepare: Callable[[str], Prepared | None], by: dict[str, Any],
+              *, limit: int = DUE_PER_TICK) -> dict[str, dict[str, Any]]:
+    """Probe every named guard whose hold has ended, from the fleet's index of hold ends: each
+    under its own lock, several at once. ``prepare`` gives a guard's store, settings and probe,
+    or None for a name this process does not know (another prober may; it stays indexed). A
+    guard found healthy leaves the index; one found held is indexed at its hold's end."""
+    due = default.due_guards(limit)
+    if not due:
+        return {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name: str) -> dict[str, Any]:
+        prepared = prepare(name)
+        if prepared is None:
+            return {"result": "undeclared"}
+        state, settings, read = prepared
+        out = probe_once(state, settings, read, by, scheduled=False)
+        if out["result"] in ("idle", "corrupt_removed"):
+            state.index(None)
+        elif "until" in out:
+            state.index(out["until"])
+        return out
+
+    def guarded_one(name: str) -> dict[str, Any]:
+        try:
+            return one(name)
+        except Exception as exc:  # one guard's trouble is its own: the others are probed
+            return {"result": "error", "error": type(exc).__name__}
+
+    with ThreadPoolExecutor(min(PROBE_WORKERS, len(due)), thread_name_prefix="memguard-probe") as pool:
+        return dict(zip(due, pool.map(guarded_one, due), strict=True))

@@ -153,6 +153,21 @@ class State:
         except redis.RedisError as exc:
             self.hooks.emit(events.GuardTrouble("redis_error", "index", type(exc).__name__))
 
+    def index(self, due: float | None) -> None:
+        """Put this named guard's hold end (epoch seconds) in the fleet's index, or take it out."""
+        self.call("index_hold", guard=self.guard, due_ms=None if due is None else int(due * 1000))
+
+    def due_guards(self, limit: int) -> list[str]:
+        """The named guards whose hold or ramp has ended by Redis's clock (the fleet's index)."""
+        secs, micros = self.client.time()
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        due = self.client.zrangebyscore(self.keys.holds, "-inf", now_ms, start=0, num=limit)
+        return [str(name) for name in due]
+
+    def indexed_guards(self, limit: int = 1_000) -> list[str]:
+        """The named guards in the fleet's index (held or recovering), soonest due first."""
+        return [str(name) for name in self.client.zrange(self.keys.holds, 0, limit - 1)]
+
     # -- reads ----------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:

@@ -34,7 +34,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     from memguard import process
     from memguard.observe import metrics
 
-    return HttpResponse(generate_latest(metrics.registry(process.current_state)),
+    return HttpResponse(generate_latest(metrics.registry(process.current_state, process.held_guards)),
                         content_type=CONTENT_TYPE_LATEST)
 
 

@@ -1,0 +1,176 @@
+"""A process's named guards: built on a guard's first read, followed while read, then let go.
+
+A declared guard (``memguard.declare``) costs a process nothing until a read names it. Its first
+read builds its unit (store, view, guard), and the process's watcher follows its keys and channel
+from then on. The units are bounded (``bound``, least recently read first) and expire after
+``idle_s`` without a read, so that names taken from requests cannot grow a process without end.
+A guard that is forced is kept while it is read: forgetting it would let its next read call the
+dependency again, then read Redis before it learnt of the hold. A name nobody declared never gets
+a unit or a key: its read goes to the guard ``default``, and the name is told once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from memguard.config.settings import Settings
+from memguard.domain import events
+from memguard.domain.guards import DEFAULT, Registry, Resolved
+from memguard.request.guard import Guard
+from memguard.request.view import GuardView
+from memguard.request.watch import Watcher
+from memguard.store.keys import Keys
+from memguard.store.state import State
+
+BOUND = 256  # named guards' views one process follows at most
+IDLE_S = 600.0  # a named guard's view is let go after this long without a read
+EXPIRE_EVERY_S = 10.0  # idle units are looked for at most this often on the read path
+TOLD_UNKNOWN = 1024  # undeclared names told once each, at most this many
+
+
+@dataclass
+class Unit:
+    """One named guard in this process: its store, its view and its request path."""
+
+    resolved: Resolved
+    state: State
+    view: GuardView
+    guard: Guard
+    last_read: float
+
+
+class NamedGuards:
+    """The named guards this process reads, with the default guard beside them."""
+
+    def __init__(self, registry: Registry, settings: Settings, state: State, guard: Guard,
+                 watcher: Watcher, hooks: events.Hooks, *, bound: int = BOUND, idle_s: float = IDLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.state = state  # the default guard's store
+        self.default = guard
+        self.watcher = watcher
+        self.hooks = hooks
+        self.bound = bound
+        self.idle_s = idle_s
+        self.clock = clock
+        self.units: OrderedDict[str, Unit] = OrderedDict()  # least recently read first
+        self._lock = threading.Lock()
+        self._expired_at = clock()
+        self._told: set[str] = set()
+        watcher.tick = self.expire
+
+    def guard(self, name: str) -> Guard | None:
+        """The guard a read names; None when the name is not declared (told once per name)."""
+        if name == DEFAULT:
+            return self.default
+        now = self.clock()
+        unit = self.units.get(name)
+        if unit is not None:
+            unit.last_read = now
+            if unit.guard.parent is not None and unit.guard.parent is not self.default:
+                self._touch(unit.resolved.parent, now)
+            with self._lock, contextlib.suppress(KeyError):
+                self.units.move_to_end(name)
+        else:
+            resolved = self.registry.resolve(name)
+            if resolved is None:
+                self._unknown(name)
+                return None
+            unit = self._add(resolved, now)
+        if now - self._expired_at >= EXPIRE_EVERY_S:
+            self.expire()
+        return unit.guard
+
+    def for_read(self, name: object) -> tuple[Guard, str | None]:
+        """The guard a read names, or the default with what was wrong with the name (a name not
+        declared, or not text: a guard function's bad answer)."""
+        if isinstance(name, str):
+            guard = self.guard(name)
+            return (guard, None) if guard is not None else (self.default, name[:80])
+        problem = f"<{type(name).__name__}>"
+        self._unknown(problem)
+        return self.default, problem
+
+    def _touch(self, name: str | None, now: float) -> None:
+        unit = self.units.get(name or "")
+        if unit is not None:
+            unit.last_read = now
+            with self._lock, contextlib.suppress(KeyError):
+                self.units.move_to_end(unit.resolved.name)
+
+    def _add(self, resolved: Resolved, now: float) -> Unit:
+        parent: Guard | None = None
+        if resolved.parent == DEFAULT:
+            parent = self.default
+        elif resolved.parent is not None:
+            parent = self.guard(resolved.parent)  # declared before its family: never None
+        with self._lock:
+            unit = self.units.get(resolved.name)
+            if unit is None:
+                unit = self.units[resolved.name] = self._unit(resolved, parent, now)
+                self._evict(now)
+            views = self._views()
+        self.watcher.set_views(views)
+        return unit
+
+    def _unit(self, resolved: Resolved, parent: Guard | None, now: float) -> Unit:
+        state, settings, hooks = self.store(resolved)
+        view = GuardView(state, settings.probe_grace_seconds, hooks)  # type: ignore[arg-type]
+        state.on_change = view.apply_notice
+        guard = Guard(settings, state, hooks, view, name=resolved.name, parent=parent)
+        return Unit(resolved, state, view, guard, now)
+
+    def store(self, resolved: Resolved) -> tuple[State, Settings, events.GuardHooks]:
+        """A named guard's store, settings and hooks, without a view (operators' actions too)."""
+        settings = dataclasses.replace(self.settings, **resolved.overrides)
+        hooks = events.GuardHooks(self.hooks, resolved.name, resolved.label)
+        keys = Keys.for_guard(resolved.name, self.state.keys.prefix)
+        state = State(self.state.client, settings, hooks, keys=keys,  # type: ignore[arg-type]
+                      shared=self.state, guard=resolved.name)
+        return state, settings, hooks
+
+    def _evict(self, now: float) -> None:
+        """Over the bound: the least recently read unit that is not forced while read goes;
+        when every one is, the oldest goes anyway (told), so the bound holds."""
+        while len(self.units) > self.bound:
+            victim = next((n for n, u in self.units.items() if not self._kept(u, now)), None)
+            if victim is None:
+                victim = next(iter(self.units))
+                self.hooks.emit(events.GuardTrouble("view_bound", "named", f"every view is forced; {victim}"))
+            self.units.pop(victim)
+
+    def _kept(self, unit: Unit, now: float) -> bool:
+        view = unit.view.current
+        return view is not None and view.record is not None and now - unit.last_read < self.idle_s
+
+    def _views(self) -> list[GuardView]:
+        own = [self.watcher.view] if self.watcher.view is not None else []
+        return [*own, *(u.view for u in self.units.values())]
+
+    def expire(self) -> None:
+        """Let go of the units not read for ``idle_s`` (the watcher's slow re-read calls this too)."""
+        now = self.clock()
+        self._expired_at = now
+        with self._lock:
+            idle = [n for n, u in self.units.items() if now - u.last_read >= self.idle_s]
+            if not idle:
+                return
+            for name in idle:
+                self.units.pop(name)
+            views = self._views()
+        self.watcher.set_views(views)
+
+    def _unknown(self, name: str) -> None:
+        shown = name[:80]
+        if shown in self._told or len(self._told) >= TOLD_UNKNOWN:
+            return
+        self._told.add(shown)
+        self.hooks.emit(events.GuardTrouble("unknown_guard", "read", shown))
+
