@@ -84,5 +84,5 @@ def test_metrics_view_serves_the_fleet_gauge_and_every_process_counters(env, stu
 
     out = manage(env, "shell", "-c", METRICS)  # another process than the one that read
     assert "200 text/plain" in out.stdout, out.stdout + out.stderr
-    assert 'memory_mode_gauge{mode="write_only"} 1.0' in out.stdout
-    assert 'memory_zep_context_failures_total{reason="http_5xx"} 1.0' in out.stdout
+    assert 'memory_mode_gauge{guard="default",mode="write_only",name="default"} 1.0' in out.stdout
+    assert 'memory_zep_context_failures_total{guard="default",reason="http_5xx"} 1.0' in out.stdout

@@ -25,7 +25,8 @@ from .conftest import make_settings
 
 
 def errors(op: str) -> float:
-    return REGISTRY.get_sample_value("memory_guard_errors_total", {"kind": "internal", "op": op}) or 0.0
+    labels = {"kind": "internal", "op": op, "guard": "default"}
+    return REGISTRY.get_sample_value("memory_guard_errors_total", labels) or 0.0
 
 
 def internal_lines(caplog) -> list[str]:

@@ -22,6 +22,16 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
+def mode(value: str) -> tuple[str, tuple]:
+    """The default guard's mode series."""
+    return "memory_mode_gauge", (("guard", "default"), ("mode", value), ("name", "default"))
+
+
+def counter(name: str, **label: str) -> tuple[str, tuple]:
+    """One of the default guard's counters."""
+    return name, (("guard", "default"), *label.items())
+
+
 def test_prefork_exporter_shows_fleet_mode_and_summed_counters(stack, tmp_path):
     port = free_port()
     mp_dir = tmp_path / "prom"
@@ -31,8 +41,8 @@ def test_prefork_exporter_shows_fleet_mode_and_summed_counters(stack, tmp_path):
     stack.use()
     wait_for(lambda: _up(port), 10, "the worker's exporter")
     before = scrape(port)
-    assert before[("memory_mode_gauge", (("mode", "read_write"),))] == 1
-    assert before[("memory_mode_gauge", (("mode", "write_only"),))] == 0
+    assert before[mode("read_write")] == 1
+    assert before[mode("write_only")] == 0
 
     force = {"reason": "manual_ops", "ttl_seconds": 60}
     for _ in range(2):
@@ -40,27 +50,27 @@ def test_prefork_exporter_shows_fleet_mode_and_summed_counters(stack, tmp_path):
         stack.sender.send_task("memguard.clear").get(timeout=20)
     stack.sender.send_task("memguard.force", kwargs=force).get(timeout=20)
     after = scrape(port)
-    assert after[("memory_mode_gauge", (("mode", "write_only"),))] == 1
-    assert after[("memory_mode_gauge", (("mode", "read_write"),))] == 0
-    assert after[("memory_zep_downgrades_total", (("reason", "manual_ops"),))] == 3
-    assert after[("memory_mode_restored_total", (("reason", "manual_clear"),))] == 2
-    assert after[("memory_mode_hold_seconds_left", ())] > 50
+    assert after[mode("write_only")] == 1
+    assert after[mode("read_write")] == 0
+    assert after[counter("memory_zep_downgrades_total", reason="manual_ops")] == 3
+    assert after[counter("memory_mode_restored_total", reason="manual_clear")] == 2
+    assert after[("memory_mode_hold_seconds_left", (("guard", "default"), ("name", "default")))] > 50
     # A clear made outside the worker shows too: the gauge reads Redis, not process memory.
     flags.clear_forced_mode()
-    assert scrape(port)[("memory_mode_gauge", (("mode", "read_write"),))] == 1
+    assert scrape(port)[mode("read_write")] == 1
 
     # Recovery by the beat-driven probe, run in a pool child, flips the gauge back as well.
     stack.spawn("beat", "metrics-beat")
     short = {"reason": "manual_ops", "ttl_seconds": 1}
     stack.sender.send_task("memguard.force", kwargs=short).get(timeout=20)
-    assert scrape(port)[("memory_mode_gauge", (("mode", "write_only"),))] == 1
+    assert scrape(port)[mode("write_only")] == 1
     wait_for(lambda: flags.get_forced_mode() is None, 15, "the probe to restore")
     recovered = scrape(port)
-    assert recovered[("memory_mode_gauge", (("mode", "read_write"),))] == 1
-    assert recovered[("memory_mode_gauge", (("mode", "write_only"),))] == 0
-    assert recovered[("memory_zep_probes_total", (("result", "success"),))] == 1
-    assert recovered[("memory_mode_restored_total", (("reason", "probe_success"),))] == 1
-    assert recovered[("memory_zep_downgrades_total", (("reason", "manual_ops"),))] == 4
+    assert recovered[mode("read_write")] == 1
+    assert recovered[mode("write_only")] == 0
+    assert recovered[counter("memory_zep_probes_total", result="success")] == 1
+    assert recovered[counter("memory_mode_restored_total", reason="probe_success")] == 1
+    assert recovered[counter("memory_zep_downgrades_total", reason="manual_ops")] == 4
     worker_log = worker.output()
     lines = [ln for ln in worker_log.splitlines() if ln.strip()]
     assert lines, "the worker logged nothing"

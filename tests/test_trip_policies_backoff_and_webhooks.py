@@ -27,7 +27,8 @@ def of(kind, seen):
 
 
 def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    """The default guard's series (the one these tests drive)."""
+    return REGISTRY.get_sample_value(name, {"guard": "default", **labels}) or 0.0
 
 
 # -- latency trip ------------------------------------------------------------------------------

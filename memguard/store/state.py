@@ -26,6 +26,7 @@ from redis.cluster import RedisCluster
 
 from memguard.config.settings import Settings
 from memguard.domain import events
+from memguard.domain.guards import name_problem
 from memguard.domain.modes import EffectiveMode, base_mode_of, combine
 from memguard.domain.ramp import Ramp, parse_ramp
 from memguard.domain.record import (
@@ -161,12 +162,23 @@ class State:
         """The named guards whose hold or ramp has ended by Redis's clock (the fleet's index)."""
         secs, micros = self.client.time()
         now_ms = int(secs) * 1000 + int(micros) // 1000
-        due = self.client.zrangebyscore(self.keys.holds, "-inf", now_ms, start=0, num=limit)
-        return [str(name) for name in due]
+        try:
+            due = self.client.zrangebyscore(self.keys.holds, "-inf", now_ms, start=0, num=limit)
+        except redis.ResponseError:  # not a sorted set: the next named guard's transition repairs it
+            return []
+        names = [str(name) for name in due]
+        wrong = [name for name in names if name_problem(name) is not None]
+        if wrong:  # a hand ZADD: no guard has that name, so nothing will ever take it out
+            self.client.zrem(self.keys.holds, *wrong)
+        return [name for name in names if name not in wrong]
 
     def indexed_guards(self, limit: int = 1_000) -> list[str]:
         """The named guards in the fleet's index (held or recovering), soonest due first."""
-        return [str(name) for name in self.client.zrange(self.keys.holds, 0, limit - 1)]
+        try:
+            names = [str(name) for name in self.client.zrange(self.keys.holds, 0, limit - 1)]
+        except redis.ResponseError:  # not a sorted set: as good as empty until it is repaired
+            return []
+        return [name for name in names if name_problem(name) is None]
 
     # -- reads ----------------------------------------------------------------------------
 
