@@ -113,7 +113,10 @@ class Process:
             given = (probes or {}).get(resolved.name) or (probes or {}).get(resolved.label)
             return state, settings, self.probe_of(resolved, given)
 
-        return probe_due(self.state, prepare, by)
+        def deliver(state: State, settings: Settings) -> int:
+            return Notifier(state, settings, state.hooks).deliver()  # nothing without webhooks
+
+        return probe_due(self.state, prepare, by, deliver=deliver if self.settings.webhook_urls else None)
 
     def close(self) -> None:
         self.state.hooks.unsubscribe(self.audit.on_event)

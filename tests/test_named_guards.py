@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -83,6 +85,8 @@ def test_200_tenants_under_one_parent_a_401_trips_one_an_outage_trips_the_parent
     wait_for(lambda: rt.state.due_guards(10) == ["zep"], 5, "the parent's hold to end")
     with ThreadPoolExecutor(2) as pool:  # two beats' ticks at once: one probe
         list(pool.map(lambda _: rt.probe_due(BY), range(2)))
+    wait_for(lambda: rt.probe_due(BY) is not None and redis_db.zscore(HOLDS, "zep") is None, 2,
+             "healthy: a tick takes it out of the index")
     probes = [(e.guard, e.result) for e in recorded if isinstance(e, events.ProbeFinished)]
     assert probes == [("zep", "success")]
     assert redis_db.zscore(HOLDS, "zep") is None and redis_db.zscore(HOLDS, "zep-t.t13") is not None
@@ -210,6 +214,38 @@ def test_a_process_of_the_previous_main_and_this_one_share_the_default_guard(con
     assert set(redis_db.scan_iter("mem:*")) <= todays, "the default guard's keys are today's"
 
 
+def test_a_named_guards_webhooks_name_it_from_its_force_to_its_restore(declared, configure, stub, redis_db):
+    bodies: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        declared.declare("vectordb", hold_seconds=1, ramp_seconds=0, probe=lambda name, timeout_s: None)
+        rt = configure(webhook_urls=(("slack", f"http://127.0.0.1:{server.server_address[1]}/hook"),))
+        rt.ops_for("vectordb").force(BY, reason="manual_ops", ttl_seconds=1)
+        assert rt.probe_due(BY) == {}, "not due yet: announced all the same"
+        wait_for(lambda: len(bodies) == 1, 5, "the downgrade's webhook")
+        assert bodies[0]["memguard"]["guard"] == "vectordb"
+        assert bodies[0]["text"].startswith("memguard [guard vectordb]: Zep reads downgraded"), bodies[0]
+        wait_for(lambda: rt.probe_due(BY).get("vectordb", {}).get("result") == "success", 5, "the probe")
+        wait_for(lambda: len(bodies) == 2, 5, "the restore's webhook")
+        assert (bodies[1]["memguard"]["kind"], bodies[1]["memguard"]["guard"]) == ("restore", "vectordb")
+        wait_for(lambda: rt.probe_due(BY) and redis_db.zcard(HOLDS) == 0, 5, "healthy: out of the index")
+        assert not redis_db.exists("mem:audit"), "the default guard's trail is untouched"
+    finally:
+        server.shutdown()
+
+
 holds_values = st.one_of(
     st.tuples(st.just("string"), st.text(max_size=8)),
     st.tuples(st.just("hash"), st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8),
@@ -243,4 +279,5 @@ def test_any_value_at_the_index_of_hold_ends_fails_open_and_is_repaired(named_fo
     assert ops.force(BY, reason="manual_ops", ttl_seconds=60)["forced"] is True
     assert redis_db.type(HOLDS) == "zset" and redis_db.zscore(HOLDS, "zep-t.acme") is not None, "repaired"
     ops.clear(BY, ramp=False)
+    rt.probe_due(BY)  # healthy: the next tick takes it out
     assert redis_db.zscore(HOLDS, "zep-t.acme") is None

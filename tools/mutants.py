@@ -169,6 +169,14 @@ MUTANTS = (
            "yield from (steps.via(self.parent.state, self.parent.state.force_steps(verdict.reason, hold, by, "
            "auto=True, quorum=quorum)) if self.parent else self.state.force_steps(verdict.reason, hold, by, "
            "auto=True, quorum=quorum))", ("tests/test_named_guard_parents.py",)),
+    Mutant("views-not-evicted", "a process keeps a named guard's view for every name a read gave",
+           "memguard/named.py", "        while len(self.units) > self.bound:", "        while False:",
+           ("tests/test_named_guards.py", "-k", "bound")),
+    Mutant("default-keys-renamed", "the default guard's keys moved under a guard's own prefix",
+           "memguard/store/keys.py", '        if name == "default":\n            return cls.under(prefix)',
+           '        if name == "default":\n            return cls.under("mem:g:default:")',
+           ("tests/test_named_guards.py", "tests/unit/test_named_guard_declarations.py", "-k",
+            "previous_main or default_guards_keys")),
     Mutant("threshold-4", "the consecutive-failure threshold default raised from 3 to 4",
            "memguard/config/settings.py", "threshold: int = 3", "threshold: int = 4",
            ("tests/test_promised_figures.py", "-k", "three_failures")),

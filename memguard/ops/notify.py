@@ -90,30 +90,38 @@ def messages(state: State, settings: Settings) -> list[dict[str, Any]]:
         out.append({"kind": "stuck", "reason": record.reason, "id": episode,
                     "text": f"memguard: still write_only after {fleet.stuck_seconds / 60:.0f} minutes "
                             f"(reason {record.reason}, {record.holds} holds in a row)"})
+    if state.guard is not None:  # a named guard's: its name leads the text and is in the body
+        for msg in out:
+            msg["guard"] = state.guard
+            msg["text"] = f"memguard [guard {state.guard}]:" + str(msg["text"]).removeprefix("memguard:")
     return out
 
 
 def claim(state: State, stuck_episode: str, limit: int = 50) -> tuple[bool, list[dict[str, str]]]:
     """The audit entries no caller has taken yet (each goes to exactly one caller fleet-wide),
     and whether this caller should announce ``stuck_episode``."""
-    reply = state.call("notify_claim", limit=limit, stuck_episode=stuck_episode)
+    # A named guard's first claim takes its last hour: its stream began with the transition that
+    # made it due, which the default's start-at-the-end would skip.
+    replay_ms = 3_600_000 if state.guard is not None else 0
+    reply = state.call("notify_claim", limit=limit, stuck_episode=stuck_episode, replay_ms=replay_ms)
     return bool(reply["stuck"]), [{"id": e["id"], **e["fields"]} for e in reply.get("entries") or []]
 
 
 def payload(fmt: str, url: str, msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The URL to POST to and the body, for the receiver's format."""
+    named = {"guard": msg["guard"]} if "guard" in msg else {}  # the default guard's bodies are as before
+    details = {"kind": msg["kind"], "reason": msg["reason"], "id": msg["id"], **named}
     if fmt == "pagerduty":
         target, routing_key = urldefrag(url)
         return target, {
             "routing_key": routing_key,
             "event_action": {"restore": "resolve", "recovering": "acknowledge"}.get(msg["kind"], "trigger"),
-            "dedup_key": PAGERDUTY_DEDUP_KEY,
+            "dedup_key": f"memguard-guard-{msg['guard']}-write-only" if named else PAGERDUTY_DEDUP_KEY,
             "payload": {"summary": msg["text"], "source": "memguard",
                         "severity": "critical" if msg["kind"] == "stuck" else "warning",
-                        "custom_details": {"kind": msg["kind"], "reason": msg["reason"], "id": msg["id"]}},
+                        "custom_details": details},
         }
-    return url, {"text": msg["text"], "memguard": {"kind": msg["kind"], "reason": msg["reason"],
-                                                   "id": msg["id"]}}
+    return url, {"text": msg["text"], "memguard": details}
 
 
 class Notifier:

@@ -73,14 +73,15 @@ Prepared = tuple[State, Settings, Probe]
 
 
 def probe_due(default: State, prepare: Callable[[str], Prepared | None], by: dict[str, Any],
-              *, limit: int = DUE_PER_TICK) -> dict[str, dict[str, Any]]:
+              *, limit: int = DUE_PER_TICK,
+              deliver: Callable[[State, Settings], object] | None = None) -> dict[str, dict[str, Any]]:
     """Probe every named guard whose hold has ended, from the fleet's index of hold ends: each
     under its own lock, several at once. ``prepare`` gives a guard's store, settings and probe,
     or None for a name this process does not know (another prober may; it stays indexed). A
-    guard found healthy leaves the index; one found held is indexed at its hold's end."""
+    guard found healthy leaves the index once ``deliver`` (its webhooks) has announced its
+    transitions; one found held is indexed at its hold's end. ``deliver`` also runs for every
+    guard still held, so that a hold is announced when it begins, not when it ends."""
     due = default.due_guards(limit)
-    if not due:
-        return {}
     from concurrent.futures import ThreadPoolExecutor
 
     def one(name: str) -> dict[str, Any]:
@@ -89,17 +90,31 @@ def probe_due(default: State, prepare: Callable[[str], Prepared | None], by: dic
             return {"result": "undeclared"}
         state, settings, read = prepared
         out = probe_once(state, settings, read, by, scheduled=False)
+        if deliver is not None:
+            deliver(state, settings)
         if out["result"] in ("idle", "corrupt_removed"):
             state.index(None)
         elif "until" in out:
             state.index(out["until"])
         return out
 
-    def guarded_one(name: str) -> dict[str, Any]:
+    def announce(name: str) -> dict[str, Any]:
+        prepared = prepare(name)
+        if prepared is not None and deliver is not None:
+            deliver(prepared[0], prepared[1])
+        return {}
+
+    def guarded(action: Callable[[str], dict[str, Any]], name: str) -> dict[str, Any]:
         try:
-            return one(name)
+            return action(name)
         except Exception as exc:  # one guard's trouble is its own: the others are probed
             return {"result": "error", "error": type(exc).__name__}
 
-    with ThreadPoolExecutor(min(PROBE_WORKERS, len(due)), thread_name_prefix="memguard-probe") as pool:
-        return dict(zip(due, pool.map(guarded_one, due), strict=True))
+    held = [name for name in default.indexed_guards(limit) if name not in due] if deliver else []
+    if not due and not held:
+        return {}
+    workers = min(PROBE_WORKERS, len(due) + len(held))
+    with ThreadPoolExecutor(workers, thread_name_prefix="memguard-probe") as pool:
+        results = dict(zip(due, pool.map(lambda n: guarded(one, n), due), strict=True))
+        list(pool.map(lambda n: guarded(announce, n), held))
+    return results

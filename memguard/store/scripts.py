@@ -91,7 +91,7 @@ SPECS: dict[str, ScriptSpec] = {spec.name: spec for spec in (
                ("channel", "ttl_ms"), ("sent", "snapshot"), prelude=False, repair=False),
     ScriptSpec("notify_claim", "notify_claim",
                (("AUDIT", "audit"), ("CURSOR", "notify_cursor"), ("STUCK", "notify_stuck")),
-               ("limit", "stuck_episode"), ("stuck", "entries"), prelude=False),
+               ("limit", "stuck_episode", "replay_ms"), ("stuck", "entries"), prelude=False),
     ScriptSpec("index_hold", "index_hold", (("HOLDS", "holds"),), ("guard", "due_ms"), ("indexed",),
                prelude=False),
 )}

@@ -86,7 +86,7 @@ class State:
         self.base = base_mode_of(settings)
         self.on_change = on_change or (lambda notice: None)
         self.grace_ms = settings.probe_grace_seconds * 1000
-        self.keys = keys or Keys.under(settings.redis_target.key_prefix)  # a named guard's, or default's
+        self.keys = keys or Keys.for_guard("default", settings.redis_target.key_prefix)
         self.channel = self.keys.channel
         # A named guard's store shares the default's registered scripts and asyncio clients.
         self._scripts: dict[str, Any] = shared._scripts if shared is not None else \
@@ -141,16 +141,17 @@ class State:
 
     def _index(self, notice: str) -> Steps[None]:
         """A named guard's hold end in the fleet's index (``index_hold``), after a transition of
-        its record or ramp: the prober finds it there. A failure here leaves the transition be."""
+        its record or ramp: the prober finds it there, and takes it out once it finds the guard
+        healthy. A failure here leaves the transition be."""
         change = json.loads(notice)
         if "forced" not in change and "ramp" not in change:
             return
         record = parse_record(change.get("forced") or None)
         ramp = parse_ramp(change.get("ramp") or None)
-        due = record.until if record is not None else ramp.end if ramp is not None else None
+        # Healthy again: due at once, so that the prober announces it (webhooks), then takes it out.
+        due = record.until if record is not None else ramp.end if ramp is not None else change["now"] / 1000
         try:
-            due_ms = None if due is None else int(due * 1000)
-            yield Script("index_hold", {"guard": self.guard, "due_ms": due_ms})
+            yield Script("index_hold", {"guard": self.guard, "due_ms": int(due * 1000)})
         except redis.RedisError as exc:
             self.hooks.emit(events.GuardTrouble("redis_error", "index", type(exc).__name__))
 

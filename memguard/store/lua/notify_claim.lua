@@ -1,5 +1,7 @@
 -- Hands each audit entry to exactly one caller fleet-wide: the cursor moves past what is
--- returned in the same step. The first call starts at the end of the stream.
+-- returned in the same step. The first call starts at the end of the stream, or (a named
+-- guard's: its stream begins with its first transition) at the entries of the last
+-- A.replay_ms milliseconds.
 local cursor = redis.call('GET', CURSOR)
 if cursor and not string.match(cursor, '^%d+%-%d+$') then  -- not a stream id: start at the end
   cursor = nil
@@ -9,6 +11,10 @@ local stuck = false
 if A.stuck_episode ~= '' and redis.call('GET', STUCK) ~= A.stuck_episode then
   redis.call('SET', STUCK, A.stuck_episode, 'EX', 7 * 86400)
   stuck = true
+end
+if not cursor and A.replay_ms > 0 then
+  local t = redis.call('TIME')
+  cursor = tostring(math.max(0, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - A.replay_ms)) .. '-0'
 end
 if not cursor then
   local last = redis.call('XREVRANGE', AUDIT, '+', '-', 'COUNT', 1)
