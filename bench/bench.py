@@ -3,6 +3,7 @@
 Starts its own redis-server; every figure is measured in this run and compared as ratios.
     python bench/bench.py [--json] [--reads N]
     python bench/bench.py --fleet [--processes P] [--watchers W]   (bench/fleet.py)
+    python bench/bench.py --named [--processes P] [--guards G]    (bench/named.py)
 """
 
 from __future__ import annotations
@@ -190,7 +191,17 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=20.0, help="--fleet: seconds per measured window")
     ap.add_argument("--trials", type=int, default=5, help="--fleet: changes of each kind")
     ap.add_argument("--startup-rounds", type=int, default=7, help="process pairs per start-up ratio")
+    ap.add_argument("--named", action="store_true", help="named guards' idle cost instead (bench/named.py)")
+    ap.add_argument("--processes", type=int, default=50, help="--named: idle processes per case")
+    ap.add_argument("--guards", type=int, default=1000, help="--named: guards declared in the fleet")
+    ap.add_argument("--rounds", type=int, default=2, help="--named: windows per case, alternated")
     args = ap.parse_args()
+    if args.named:
+        import named
+
+        res = named.run(args.processes, args.guards, args.window, args.rounds)
+        print(json.dumps(res, indent=2)) if args.json else named.report(res)
+        return
     if args.fleet:
         import fleet
 

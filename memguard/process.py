@@ -141,6 +141,8 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
         from memguard.observe import metrics
 
         hooks.subscribe(metrics.on_event)
+        for label in registry.labels():  # declared before the build (memguard.declare's rule)
+            metrics.start_series(label)
     client = redis_client(settings)
     state = State(client, settings, hooks)
     watcher = Watcher(state, settings.probe_grace_seconds, hooks)
@@ -250,14 +252,15 @@ def current_state() -> State:
 
 
 def held_guards() -> list[tuple[str, str, State]]:
-    """The named guards held or recovering, for a metrics scrape: (declared name or pattern,
-    name, store). A name this process has not declared is labelled ``undeclared``: a label is
-    never a tenant's name."""
+    """The named guards held or recovering that this process has declared, for a metrics scrape:
+    (declared name or pattern, name, store). A guard it does not know is left to the exporters
+    that do: it has no label of bounded cardinality here."""
     proc = get()
     out = []
     for name in proc.state.indexed_guards(limit=100):
-        resolved = proc.named.registry.resolve(name) or guards.Resolved(name, "undeclared", None, None, {})
-        out.append((resolved.label, name, proc.named.store(resolved)[0]))
+        resolved = proc.named.registry.resolve(name)
+        if resolved is not None:
+            out.append((resolved.label, name, proc.named.store(resolved)[0]))
     return out
 
 

@@ -82,8 +82,8 @@ class Prometheus:
     def alerts(self, state: str = "firing") -> list[dict]:
         return [a for a in self.api("alerts")["alerts"] if a["state"] == state]
 
-    def firing(self, name: str, **labels: str) -> bool:
-        return any(a["labels"]["alertname"] == name and labels.items() <= a["labels"].items()
+    def firing(self, alertname: str, **labels: str) -> bool:
+        return any(a["labels"]["alertname"] == alertname and labels.items() <= a["labels"].items()
                    for a in self.alerts())
 
     def stop(self) -> None:
@@ -166,6 +166,56 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
         assert empty == [], empty
         age = float(prom.api("query", query=heartbeat_age)["result"][0]["value"][1])
         assert 0 <= age < 5, "a ticking prober's heartbeat age"
+    finally:
+        prom.stop()
+        reader.terminate()
+        reader.wait(10)
+
+
+NAMED_READER = """
+import dataclasses, os, sys, time
+import memguard
+from memguard import process
+from memguard.request.zep import Readers
+memguard.declare("zep-t.*", hold_seconds=300)
+memguard.serve_metrics(int(sys.argv[1]), "127.0.0.1")
+settings = process.load_settings()
+good = Readers(settings).reader
+bad = Readers(dataclasses.replace(settings, zep_api_key="not-the-key")).reader
+
+@memguard.guarded(guard=lambda thread_id, tenant: f"zep-t.{tenant}")
+def read(thread_id, tenant):
+    return (bad if tenant == "acme" else good).read_context(thread_id, 0.2)
+
+while True:  # acme's reads begin when the test says (its series are scraped at 0 first)
+    for tenant in ("acme", "other") if os.path.exists(sys.argv[2]) else ("other",):
+        read("t", tenant)
+    memguard.fetch_thread_context("t")
+    time.sleep(0.05)
+"""
+
+
+def test_a_tenants_401_fires_its_guards_alerts_and_leaves_the_default_quiet(stack, tmp_path):
+    require_binary("prometheus", "prometheus")
+    port = free_port()
+    go = tmp_path / "acme-reads"
+    reader = subprocess.Popen([sys.executable, "-c", NAMED_READER, str(port), str(go)], env=stack.env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = Prometheus(tmp_path, [f"127.0.0.1:{port}"])
+    family = 'memory_zep_downgrades_total{guard="zep-t.*",reason="auth"}'
+    try:
+        wait_for(lambda: prom.api("query", query=family)["result"], 30, "the family's series scraped at 0")
+        go.touch()
+        wait_for(lambda: prom.firing("MemoryAutoDowngrade", reason="auth", guard="zep-t.*"), 30,
+                 "MemoryAutoDowngrade{guard=zep-t.*}")
+        wait_for(lambda: prom.firing("MemoryStuckInDowngrade", guard="zep-t.*", name="zep-t.acme"), 40,
+                 "MemoryStuckInDowngrade for the tenant")
+        assert not [a for a in prom.alerts() if a["labels"].get("guard") == "default"], "default is healthy"
+        modes = prom.api("query", query=dashboard_queries()["Fleet mode (1 = current)"]["A"])["result"]
+        current = {(m["metric"]["guard"], m["metric"]["name"], m["metric"]["mode"]) for m in modes
+                   if m["value"][1] == "1"}
+        assert current == {("default", "default", "read_write"), ("zep-t.*", "zep-t.acme", "write_only")}, \
+            "one series for the default, one for the tenant held, none for the tenant reading"
     finally:
         prom.stop()
         reader.terminate()

@@ -45,14 +45,21 @@ TROUBLE = Counter("memory_guard_errors_total", "The guard's own trouble: Redis e
 OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a read (sampled)",
                      ["guard"], buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
-# Series exist at 0 from the start, so increase() sees the first downgrade of a process.
-for _counter, _labels in ((DOWNGRADES, DOWNGRADE_REASONS), (WOULD, AUTO_REASONS), (FAILURES, FAILURE_REASONS),
-                          (PROBES, PROBE_RESULTS), (RESTORED, RESTORE_REASONS), (RAMPS, RAMP_RESULTS),
-                          (BLOCKED, ("ramp",))):
-    for _label in _labels:
-        _counter.labels(_label, DEFAULT)
-TROUBLE.labels("redis_error", "check", DEFAULT)
-TROUBLE.labels("internal", "check", DEFAULT)
+
+
+def start_series(guard: str) -> None:
+    """A guard's series at 0 from the start, so increase() sees its first downgrade. The
+    default's at import; a named guard's when the process is built with its declaration."""
+    for counter, labels in ((DOWNGRADES, DOWNGRADE_REASONS), (WOULD, AUTO_REASONS),
+                            (FAILURES, FAILURE_REASONS), (PROBES, PROBE_RESULTS), (RESTORED, RESTORE_REASONS),
+                            (RAMPS, RAMP_RESULTS), (BLOCKED, ("ramp",))):
+        for label in labels:
+            counter.labels(label, guard)
+    TROUBLE.labels("redis_error", "check", guard)
+    TROUBLE.labels("internal", "check", guard)
+
+
+start_series(DEFAULT)
 
 
 def on_event(event: events.Event) -> None:
