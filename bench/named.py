@@ -78,6 +78,7 @@ def run(processes: int = 50, guards: int = 1000, window_s: float = 10.0, rounds:
                                  registry=declared)
         operator.ops_for(forced).force({"via": "bench"}, reason="manual_ops", ttl_seconds=3600)
         windows: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
+        views: dict[str, int] = {}  # the views one process follows (its watcher's)
         for _ in range(rounds):
             for case in CASES:
                 if case == "plain":
@@ -90,8 +91,9 @@ def run(processes: int = 50, guards: int = 1000, window_s: float = 10.0, rounds:
                         s.close()
                     continue
                 registry = Registry() if case == "today" else declared
-                reads = [forced, *names[100:109]] if case == "declared_read" else []
+                reads = [forced, *names[10:19]] if case == "declared_read" else []
                 built = _processes(settings, processes, registry, reads)
+                views[case] = max(len(proc.watcher.views) for proc in built)
                 try:
                     windows[case].append(_window(client, window_s))
                 finally:
@@ -106,7 +108,8 @@ def run(processes: int = 50, guards: int = 1000, window_s: float = 10.0, rounds:
         w = total[case]
         us = w["cpu_s"] * 1e6 / w["seconds"] / processes
         out[case] = {"redis_cpu_us_per_s_per_process": round(us - plain_us, 2),
-                     "commands_per_s_per_process": round(w["commands"] / w["seconds"] / processes, 3)}
+                     "commands_per_s_per_process": round(w["commands"] / w["seconds"] / processes, 3),
+                     "views_per_process": views[case]}
     today = out["today"]["redis_cpu_us_per_s_per_process"]
     for case in CASES[2:]:
         out[case]["cpu_ratio_to_today"] = round(out[case]["redis_cpu_us_per_s_per_process"] / today, 2) \
@@ -119,9 +122,9 @@ def report(res: dict[str, Any]) -> None:
           f"one forced; {res['rounds']} x {res['window_s']:g} s windows per case")
     print("Redis CPU from INFO used_cpu_user+sys, minus as many plain idle connections in the same run "
           f"({res['plain_connection_us_per_s']} µs/s each)")
-    print(f"{'case':<18} {'µs/s per process':>17} {'commands/s':>11} {'vs today':>9}")
+    print(f"{'case':<18} {'views':>5} {'µs/s per process':>17} {'commands/s':>11} {'vs today':>9}")
     for case in CASES[1:]:
         r = res[case]
         ratio = r.get("cpu_ratio_to_today")
-        print(f"{case:<18} {r['redis_cpu_us_per_s_per_process']:>17} {r['commands_per_s_per_process']:>11} "
-              f"{'' if ratio is None else ratio:>9}")
+        print(f"{case:<18} {r['views_per_process']:>5} {r['redis_cpu_us_per_s_per_process']:>17} "
+              f"{r['commands_per_s_per_process']:>11} {'' if ratio is None else ratio:>9}")

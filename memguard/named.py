@@ -122,6 +122,10 @@ class NamedGuards:
 
     def _unit(self, resolved: Resolved, parent: Guard | None, now: float) -> Unit:
         state, settings, hooks = self.store(resolved)
+        if parent is None or parent.meter is None:
+            # No meter judges this guard's windows (only the default guard has one): it trips
+            # on the consecutive count, rather than on nothing.
+            settings = dataclasses.replace(settings, failure_rate_threshold=0.0, latency_threshold_ms=0)
         view = GuardView(state, settings.probe_grace_seconds, hooks)  # type: ignore[arg-type]
         state.on_change = view.apply_notice
         guard = Guard(settings, state, hooks, view, name=resolved.name, parent=parent)

@@ -43,3 +43,13 @@ def test_the_fleet_benchmark_runs_and_every_view_sees_every_change():
         assert size["explanations_asked_by_held_views_per_change"]["force"] == 0  # the notice explains it
         assert size["explanations_asked_by_held_views_per_change"]["hand_set"] <= size["watchers"]
         assert size["bare_publish_to_first_subscriber_ms"] > 0
+
+
+def test_the_named_guards_benchmark_runs_and_an_idle_process_follows_only_what_it_read():
+    res = bench("--named", "--processes", "3", "--guards", "40", "--window", "1", "--rounds", "1")
+    assert res["guards_declared"] == 40
+    assert res["today"]["views_per_process"] == 1
+    assert res["declared_unread"]["views_per_process"] == 1, "40 declared, one forced: none followed"
+    assert res["declared_read"]["views_per_process"] == 11, "the ten guards read, beside the default"
+    for case in ("today", "declared_unread", "declared_read"):
+        assert math.isfinite(res[case]["redis_cpu_us_per_s_per_process"])

@@ -128,6 +128,20 @@ def test_a_static_guard_must_be_declared_and_a_request_name_that_is_not_goes_to_
     assert not list(redis_db.scan_iter("*nobody*"))
 
 
+def test_a_named_guard_without_a_meter_trips_on_the_count_when_the_failure_rate_policy_is_on(
+        declared, configure, stub, redis_db):
+    declared.declare("vectordb")
+    configure(failure_rate_threshold=0.5, failure_rate_min_reads=5)
+
+    @memguard.guarded(guard="vectordb")
+    def vector(thread_id: str) -> str:
+        raise ConnectionError("down")
+
+    for _ in range(3):
+        vector("x")
+    assert flags.get_forced_mode(guard="vectordb")["reason"] == "consecutive_failures"
+
+
 def test_a_stream_of_100000_request_names_keeps_the_views_bounded_and_makes_no_keys(
         declared, configure, stub, redis_db):
     declared.declare("zep-t.*")

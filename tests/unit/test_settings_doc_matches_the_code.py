@@ -63,3 +63,17 @@ def test_every_documented_variable_is_read_by_memguard():
     source = "\n".join(p.read_text() for p in (ROOT / "memguard").rglob("*.py"))
     for variable in ELSEWHERE - {"PROMETHEUS_MULTIPROC_DIR"}:  # that one is prometheus-client's
         assert f'"{variable}"' in source, variable
+
+
+def test_every_setting_a_named_guard_may_set_is_documented_with_its_variable():
+    from memguard.config.settings import checked_value
+    from memguard.domain.guards import OVERRIDES
+
+    text = (ROOT / "docs" / "settings.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| `([A-Z_]+)` \|$", text, re.M))
+    assert set(rows) == set(OVERRIDES)
+    for key, variable in rows.items():
+        try:
+            checked_value(key, "not a value")
+        except ValueError as exc:
+            assert variable in str(exc), (key, variable)
