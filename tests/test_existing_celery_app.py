@@ -10,9 +10,11 @@ import sys
 import time
 import urllib.request
 import uuid
+from typing import Any
 
 import httpx
 import pytest
+import redis
 import requests
 import urllib3
 from celery import Celery
@@ -23,6 +25,7 @@ from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.drill.localstack import CeleryProcess, RedisServer, free_port, stack_env, wait_for
 from memguard.drill.zepstub import ZepStub
+from memguard.ops import audit
 from memguard.store.keys import FORCED_MODE_KEY
 
 from .conftest import API_KEY, RABBITMQ_URL, ROOT, make_settings, require_rabbitmq
@@ -97,6 +100,43 @@ def test_example_app_prefork_two_beats_free_reads_and_failover(example, stub):
     assert stub.reads_of("memguard-probe") >= 1
     assert worker.alive() and standby.alive()
     rt.close()
+
+
+def test_example_apps_tenant_guards_a_401_holds_one_tenant_its_declared_probe_restores_it(example, stub):
+    example.spawn("worker", "tenants", "-P", "prefork", "-c", "2", MYAPP_TENANT_HOLD_SECONDS="2")
+    example.spawn("beat", "tenants-beat", MYAPP_TENANT_HOLD_SECONDS="2")
+    state = redis.Redis.from_url(example.state.url, decode_responses=True)
+
+    def answer(tenant: str) -> dict:
+        return example.sender.send_task("myapp.tenant_answer", args=("t", tenant)).get(timeout=20)
+
+    assert answer("acme")["source"] == "zep" and answer("globex")["source"] == "zep"
+    stub.set_fault("401")
+    assert answer("acme")["source"] == "zep_error"
+    stub.set_fault("ok")
+    assert sorted(state.scan_iter("*forced*")) == ["mem:g:zep-t.acme:mode:forced:v1"], "acme's alone"
+    assert answer("globex")["source"] == "zep"
+    held = answer("acme")
+    assert (held["source"], held["guard"]) == ("write_only_forced", "zep-t.acme")
+    wait_for(lambda: not state.exists("mem:g:zep-t.acme:mode:forced:v1"), 20, "the beat's probe of acme")
+    assert answer("acme")["source"] in ("zep", "ramp_held"), "acme reads again, through its ramp"
+    assert not state.exists("mem:mode:forced:v1"), "the default guard was never forced"
+    assert state.exists("mem:g:zep-t.acme:mode:ramp"), "acme's reads return through its own recovery ramp"
+    probes = [e for e in audit.history(state, "mem:g:zep-t.acme:audit", 20) if e["event"] == "probe"]
+    assert [(p["guard"], p["result"]) for p in probes] == [("zep-t.acme", "success")], "one probe: the beat"
+
+    def task(name: str, **kwargs: Any) -> dict:
+        return example.sender.send_task(name, kwargs=kwargs).get(timeout=20)
+
+    forced = task("memguard.force", guard="zep-t.globex", reason="manual_ops", ttl_seconds=60)
+    assert (forced["guard"], forced["forced"]) == ("zep-t.globex", True)
+    wait_for(lambda: answer("globex")["source"] == "write_only_forced", 5, "globex's force in every child")
+    assert answer("acme")["source"] != "write_only_forced", "another tenant's force is not acme's"
+    assert task("memguard.status", guard="zep-t.globex")["forced"] is True
+    assert task("memguard.status")["forced"] is False, "the default's status is the default's"
+    assert task("memguard.clear", guard="zep-t.globex", ramp=False)["cleared"] is True
+    with pytest.raises(Exception, match="guard name 'Bad Name' must match"):
+        task("memguard.force", guard="Bad Name")
 
 
 def test_example_app_on_rabbitmq_forces_by_celery_call_and_the_probe_restores(tmp_path, stub):

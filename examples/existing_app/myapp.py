@@ -60,3 +60,34 @@ def read_many(count: int, how: str = "decorated") -> dict:
     read = read_memory if how == "decorated" else memguard.fetch_thread_context
     used = sum(1 for _ in range(count) if read("thread-1")[1]["used"])
     return {"pid": os.getpid(), "reads": count, "used": used}
+
+
+# -- one guard per tenant: a tenant's bad key switches off that tenant's memory alone ----------
+
+TENANT_KEYS = {"acme": os.environ.get("ZEP_API_KEY", ""), "globex": os.environ.get("ZEP_API_KEY", "")}
+TENANT_ZEP = {tenant: httpx.Client(base_url=zep.base_url, headers={"Authorization": f"Api-Key {key}"})
+              for tenant, key in TENANT_KEYS.items()}
+
+
+def probe_tenant(name: str, timeout_s: float) -> None:
+    """A tenant guard's probe, with that tenant's key (``name`` is ``zep-t.<tenant>``)."""
+    tenant = name.removeprefix("zep-t.")
+    TENANT_ZEP[tenant].get("/api/v2/sessions/memguard-probe/memory", timeout=timeout_s).raise_for_status()
+
+
+memguard.declare("zep-t.*", parent="default", probe=probe_tenant,
+                 hold_seconds=int(os.environ.get("MYAPP_TENANT_HOLD_SECONDS", "300")))
+
+
+@memguard.guarded(guard=lambda thread_id, tenant: f"zep-t.{tenant}")
+def read_tenant_memory(thread_id: str, tenant: str) -> dict:
+    response = TENANT_ZEP[tenant].get(f"/api/v2/sessions/{thread_id}/memory", timeout=0.25)
+    response.raise_for_status()
+    return response.json()
+
+
+@app.task(name="myapp.tenant_answer")
+def tenant_answer(thread_id: str, tenant: str) -> dict:
+    """A tenant's read, with what the guard said (for the tests)."""
+    _, meta = read_tenant_memory(thread_id, tenant)
+    return {"used": meta["used"], "source": meta["source"], "guard": meta.get("guard")}
