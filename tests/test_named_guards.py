@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -226,6 +227,28 @@ def test_a_process_of_the_previous_main_and_this_one_share_the_default_guard(con
     todays = {"mem:audit", "mem:state:version", "mem:mode:forced:v1", "mem:watch:heartbeat",
               "mem:read:consec_failures", "mem:probe:heartbeat", "mem:notify:cursor"}
     assert set(redis_db.scan_iter("mem:*")) <= todays, "the default guard's keys are today's"
+
+
+def test_a_hundred_due_guards_are_probed_at_once_and_a_slow_probe_delays_none(declared, configure, stub,
+                                                                               redis_db):
+    others_done_first: list[bool] = []
+
+    def probe(name: str, timeout_s: float) -> None:
+        if name == "svc.000":  # hangs past its budget until every other guard is restored (or 10 s)
+            others = [f"mem:g:svc.{i:03d}:mode:forced:v1" for i in range(1, 100)]
+            deadline = time.monotonic() + 10
+            while redis_db.exists(*others) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            others_done_first.append(not redis_db.exists(*others))
+
+    declared.declare("svc.*", probe=probe, ramp_seconds=0)
+    rt = configure()
+    for i in range(100):  # svc.000's hold ends first: it is the first due
+        rt.ops_for(f"svc.{i:03d}").force(BY, reason="manual_ops", ttl_seconds=1)
+    wait_for(lambda: len(rt.state.due_guards(1000)) == 100, 5, "every hold to end")
+    results = rt.probe_due(BY)
+    assert others_done_first == [True], "the other 99 were restored while one probe hung"
+    assert sum(r["result"] == "success" for r in results.values()) >= 99
 
 
 def test_a_named_guards_webhooks_name_it_from_its_force_to_its_restore(declared, configure, stub, redis_db):
