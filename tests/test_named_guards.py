@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import memguard
-from memguard import flags
+from memguard import flags, process
 from memguard.declared import registry
 from memguard.domain import events
 from memguard.domain.guards import GuardError
@@ -141,6 +141,23 @@ def test_a_named_guard_without_a_meter_trips_on_the_count_when_the_failure_rate_
     for _ in range(3):
         vector("x")
     assert flags.get_forced_mode(guard="vectordb")["reason"] == "consecutive_failures"
+
+
+def test_a_tenants_force_reaches_only_the_processes_that_read_that_tenant(declared, configure, stub, redis_db,
+                                                                         redis_server):
+    declared.declare("zep-t.*")
+    rt = configure()
+    other = process.build(make_settings(redis_server.url, stub), hooks=events.Hooks(), count_metrics=False)
+    try:
+        assert other.watcher.wait_ready(5)
+        guard = rt.named.guard("zep-t.acme")
+        assert guard is not None and guard.call("t", lambda: "ctx")[1]["source"] == "zep"
+        wait_for(lambda: guard.view.current is not None, 5, "acme's view followed")  # type: ignore[union-attr]
+        channels = ["mem:mode:changes", "mem:g:zep-t.acme:mode:changes", "mem:g:zep-t.globex:mode:changes"]
+        assert dict(redis_db.pubsub_numsub(*channels)) == dict(zip(channels, (2, 1, 0), strict=True)), \
+            "both follow the default; only the reader follows acme; nobody globex"
+    finally:
+        other.close()
 
 
 def test_a_stream_of_100000_request_names_keeps_the_views_bounded_and_makes_no_keys(

@@ -11,6 +11,7 @@ from redis.cluster import key_slot
 
 from memguard import flags, process, service
 from memguard.config.settings import Settings
+from memguard.declared import registry
 from memguard.domain import events
 from memguard.drill.localstack import CeleryProcess, ClusterGroup, free_port, stack_env, wait_for
 from memguard.ops.prober import PROBE_THREAD_ID
@@ -134,3 +135,29 @@ def test_a_cluster_that_is_down_fails_open_and_the_cli_says_so_in_one_line(stub,
     assert out.returncode == 3 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "the Redis Cluster at redis+cluster://" in out.stderr
     assert "check its nodes in REDIS_URL" in out.stderr
+
+
+def test_a_named_guard_on_a_cluster_keeps_its_keys_in_one_slot_and_its_force_reaches_a_reader(fresh):
+    registry.declare("zep-t.*", hold_seconds=60)
+    settings = Settings(redis_url=fresh.url, zep_api_key="x", ramp_seconds=0)
+    rt = process.configure(settings)
+    operator = process.build(settings, watch=False, hooks=events.Hooks(), count_metrics=False)
+    try:
+        assert rt.watcher.wait_ready(5)
+        guard = rt.named.guard("zep-t.acme")
+        assert guard is not None and guard.call("t", lambda: "ctx")[1]["source"] == "zep"
+        wait_for(lambda: guard.view.current is not None, 5, "the tenant's view followed")  # type: ignore[union-attr]
+        operator.ops_for("zep-t.acme").force({"via": "test"}, reason="manual_ops", ttl_seconds=60)
+        wait_for(lambda: guard.call("t", lambda: "ctx")[1]["source"] == "write_only_forced", 2,
+                 "the force seen by the reader")
+        client = settings.redis_target.client(decode_responses=True)
+        try:
+            keys = [k for k in client.scan_iter("*zep-t.acme*") if k != "{mem}:guards:holds"]
+            assert keys and {key_slot(k.encode()) for k in keys} == {key_slot(b"{mem:g:zep-t.acme}")}
+            assert client.zscore("{mem}:guards:holds", "zep-t.acme") is not None
+        finally:
+            client.close()
+    finally:
+        operator.close()
+        rt.close()
+        registry.__init__()  # type: ignore[misc]
