@@ -5,6 +5,7 @@ operator's tools per guard, and a process of the previous main beside this one."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -127,6 +128,31 @@ def test_a_static_guard_must_be_declared_and_a_request_name_that_is_not_goes_to_
     told = [e.detail for e in recorded if isinstance(e, events.GuardTrouble) and e.kind == "unknown_guard"]
     assert told == ["nobody", "<int>"], "once per name"
     assert not list(redis_db.scan_iter("*nobody*"))
+
+
+def test_an_async_read_under_a_named_guard_and_its_parent(declared, configure, stub, redis_db):
+    declared.declare("zep-t.*", parent="default")
+    configure()
+    fail: list[Exception] = []
+
+    @memguard.guarded(guard=lambda thread_id, tenant: f"zep-t.{tenant}")
+    async def read(thread_id: str, tenant: str) -> str:
+        if fail:
+            raise fail[0]
+        return "ctx"
+
+    async def reads() -> list[dict[str, Any]]:
+        assert (await read("t", "acme"))[0] == "ctx"
+        fail.append(TimeoutError("slow"))
+        metas = [(await read("t", "acme"))[1] for _ in range(3)]
+        fail.clear()
+        return [*metas, (await read("t", "acme"))[1]]
+
+    metas = asyncio.run(reads())
+    assert [m["reason"] for m in metas[:3]] == ["timeout"] * 3
+    assert redis_db.exists("mem:mode:forced:v1"), "the timeouts forced the parent"
+    assert not list(redis_db.scan_iter("mem:g:zep-t.acme:*forced*"))
+    assert (metas[3]["source"], metas[3]["guard"]) == ("write_only_forced", "default")
 
 
 def test_a_named_guard_without_a_meter_trips_on_the_count_when_the_failure_rate_policy_is_on(
