@@ -141,13 +141,16 @@ class NamedGuards:
         return state, settings, hooks
 
     def _evict(self, now: float) -> None:
-        """Over the bound: the least recently read unit that is not forced while read goes;
-        when every one is, the oldest goes anyway (told), so the bound holds."""
+        """Over the bound: the least recently read unit that is neither forced while read nor a
+        parent of another goes (never the one just added, which is being read); when every one
+        is kept, the oldest goes anyway (told), so the bound holds."""
         while len(self.units) > self.bound:
-            victim = next((n for n, u in self.units.items() if not self._kept(u, now)), None)
+            parents = {u.resolved.parent for u in self.units.values()}
+            older = list(self.units.items())[:-1]
+            victim = next((n for n, u in older if n not in parents and not self._kept(u, now)), None)
             if victim is None:
-                victim = next(iter(self.units))
-                self.hooks.emit(events.GuardTrouble("view_bound", "named", f"every view is forced; {victim}"))
+                victim = older[0][0]
+                self.hooks.emit(events.GuardTrouble("view_bound", "named", f"every view is kept; {victim}"))
             self.units.pop(victim)
 
     def _kept(self, unit: Unit, now: float) -> bool:
