@@ -136,9 +136,20 @@ def mine(thread_id: str) -> str:
     return "own:" + thread_id
 
 
+memguard.declare("vectordb", hold_seconds=60)
+
+
+@memguard.guarded(guard="vectordb")
+def nearest(thread_id: str) -> str:
+    if sys.argv[3:] == ["vectordb-down"]:
+        raise ConnectionError("the vector store is down")
+    return "near:" + thread_id
+
+
 out = {"file": memguard.__file__}
 out["reads"] = [memguard.fetch_thread_context(sys.argv[1]) for _ in range(int(sys.argv[2]))]
 out["own"] = mine(sys.argv[1])
+out["nearest"] = [nearest(sys.argv[1]) for _ in range(4)]
 print(json.dumps(out))
 """
 
@@ -172,6 +183,14 @@ def test_the_installed_package_guards_reads_and_its_cli_and_drill_work(kind, dis
 
         memguard_cli("clear")
         assert json.loads(memguard_cli("status", "--json"))["mode"] == "read_write"
+        vector = json.loads(run(bin_ / "python", "reads.py", "t-v", "0", "vectordb-down", cwd=outside,
+                                env=env).stdout)["nearest"]
+        assert [meta["source"] for _, meta in vector] == ["zep_error"] * 3 + ["write_only_forced"]
+        degraded = [line.split()[:2] for line in memguard_cli("guards", "--degraded").splitlines()]
+        assert ["vectordb", "forced,"] in degraded, degraded
+        assert json.loads(memguard_cli("status", "--json"))["mode"] == "read_write", "the default reads on"
+        memguard_cli("clear", "--guard", "vectordb", "--no-ramp")
+        assert "vectordb" not in memguard_cli("guards", "--degraded")
         memguard_cli("force", "--reason", "manual_ops", "--ttl", "60")
         status = json.loads(memguard_cli("status", "--json"))
         assert status["mode"] == "write_only" and status["reason"] == "manual_ops", status
