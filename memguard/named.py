@@ -23,8 +23,10 @@ from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.guards import DEFAULT, Registry, Resolved
 from memguard.request.guard import Guard
+from memguard.request.meter import FLUSH_S, ReadMeter
 from memguard.request.view import GuardView
 from memguard.request.watch import Watcher
+from memguard.store.background import Background
 from memguard.store.keys import Keys
 from memguard.store.state import State
 
@@ -43,6 +45,7 @@ class Unit:
     view: GuardView
     guard: Guard
     last_read: float
+    meter: ReadMeter | None = None  # its own windows' (a guard with no parent and a windowed policy)
 
 
 class NamedGuards:
@@ -64,6 +67,7 @@ class NamedGuards:
         self._lock = threading.Lock()
         self._expired_at = clock()
         self._told: set[str] = set()
+        self.meters = Meters()
         watcher.tick = self.expire
 
     def guard(self, name: str) -> Guard | None:
@@ -122,14 +126,19 @@ class NamedGuards:
 
     def _unit(self, resolved: Resolved, parent: Guard | None, now: float) -> Unit:
         state, settings, hooks = self.store(resolved)
-        if parent is None or parent.meter is None:
-            # No meter judges this guard's windows (only the default guard has one): it trips
-            # on the consecutive count, rather than on nothing.
-            settings = dataclasses.replace(settings, failure_rate_threshold=0.0, latency_threshold_ms=0)
         view = GuardView(state, settings.probe_grace_seconds, hooks)  # type: ignore[arg-type]
         state.on_change = view.apply_notice
-        guard = Guard(settings, state, hooks, view, name=resolved.name, parent=parent)
-        return Unit(resolved, state, view, guard, now)
+        meter = None
+        if parent is None and (settings.latency_threshold_ms or settings.failure_rate_on):
+            # Its own windows, judged by its own meter (its view hears their "hot" messages),
+            # sent by the one thread that drives every named guard's meter.
+            meter = ReadMeter(state, settings, hooks, view)  # type: ignore[arg-type]
+            self.meters.add(meter)
+        elif parent is not None and parent.meter is None:
+            # Its failures count toward a parent that judges no window: the consecutive count.
+            settings = dataclasses.replace(settings, failure_rate_threshold=0.0, latency_threshold_ms=0)
+        guard = Guard(settings, state, hooks, view, meter, name=resolved.name, parent=parent)
+        return Unit(resolved, state, view, guard, now, meter)
 
     def store(self, resolved: Resolved) -> tuple[State, Settings, events.GuardHooks]:
         """A named guard's store, settings and hooks, without a view (operators' actions too)."""
@@ -151,7 +160,15 @@ class NamedGuards:
             if victim is None:
                 victim = older[0][0]
                 self.hooks.emit(events.GuardTrouble("view_bound", "named", f"every view is kept; {victim}"))
-            self.units.pop(victim)
+            self._drop(victim)
+
+    def _drop(self, name: str) -> None:
+        unit = self.units.pop(name)
+        if unit.meter is not None:
+            self.meters.remove(unit.meter)
+
+    def close(self) -> None:
+        self.meters.stop()
 
     def _kept(self, unit: Unit, now: float) -> bool:
         view = unit.view.current
@@ -170,7 +187,7 @@ class NamedGuards:
             if not idle:
                 return
             for name in idle:
-                self.units.pop(name)
+                self._drop(name)
             views = self._views()
         self.watcher.set_views(views)
 
@@ -181,3 +198,34 @@ class NamedGuards:
         self._told.add(shown)
         self.hooks.emit(events.GuardTrouble("unknown_guard", "read", shown))
 
+
+
+class Meters(Background):
+    """One thread for every named guard's read meter: each sends its counts when due (as the
+    default's meter's own thread does), started with the first and idle without any."""
+
+    THREAD_NAME = "memguard-named-meters"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meters: tuple[ReadMeter, ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, meter: ReadMeter) -> None:
+        with self._lock:
+            self.meters = (*self.meters, meter)
+            if self._thread is None:
+                self.start()
+
+    def remove(self, meter: ReadMeter) -> None:
+        with self._lock:
+            self.meters = tuple(m for m in self.meters if m is not meter)
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_S):
+            for meter in self.meters:
+                try:
+                    if meter.due(time.monotonic()):
+                        meter.flush()
+                except Exception as fault:  # a bug of memguard's own: told, the others go on
+                    meter.hooks.emit(events.internal("meter", fault))

@@ -119,6 +119,7 @@ class Process:
         return probe_due(self.state, prepare, by, deliver=deliver if self.settings.webhook_urls else None)
 
     def close(self) -> None:
+        self.named.close()
         self.state.hooks.unsubscribe(self.audit.on_event)
         if self.switches is not None:
             self.switches.stop()

@@ -155,18 +155,34 @@ def test_an_async_read_under_a_named_guard_and_its_parent(declared, configure, s
     assert (metas[3]["source"], metas[3]["guard"]) == ("write_only_forced", "default")
 
 
-def test_a_named_guard_without_a_meter_trips_on_the_count_when_the_failure_rate_policy_is_on(
+def test_a_named_guard_judges_its_own_failure_rate_and_one_under_a_meterless_parent_counts(
         declared, configure, stub, redis_db):
-    declared.declare("vectordb")
-    configure(failure_rate_threshold=0.5, failure_rate_min_reads=5)
+    declared.declare("vectordb", failure_rate_threshold=0.5, failure_rate_min_reads=4)
+    declared.declare("zep-t.*", parent="default", failure_rate_threshold=0.5)
+    rt = configure()  # the default guard has no windowed policy, so no meter
+    failing: list[bool] = []
 
-    @memguard.guarded(guard="vectordb")
-    def vector(thread_id: str) -> str:
-        raise ConnectionError("down")
+    @memguard.guarded(guard=lambda thread_id, name: name)
+    def read(thread_id: str, name: str) -> str:
+        if failing:
+            raise ConnectionError("down")
+        return "ok"
+
+    read("t", "vectordb")
+    view = rt.named.units["vectordb"].view
+    wait_for(lambda: view.current is not None, 5, "the guard's view followed (it hears its windows)")
+    read("t", "vectordb")
+    failing.append(True)
+    for _ in range(4):  # 4 of 6 reads failed: over the half
+        assert read("t", "vectordb")[1]["reason"] == "connection"
+    assert not redis_db.exists("mem:g:vectordb:read:consec_failures"), "no consecutive count: the window's"
+    wait_for(lambda: redis_db.exists("mem:g:vectordb:mode:forced:v1"), 10, "the window's verdict")
+    assert flags.get_forced_mode(guard="vectordb")["reason"] == "failure_rate"
+    assert rt.named.units["vectordb"].meter is not None
 
     for _ in range(3):
-        vector("x")
-    assert flags.get_forced_mode(guard="vectordb")["reason"] == "consecutive_failures"
+        read("t", "zep-t.acme")
+    assert flags.get_forced_mode()["reason"] == "consecutive_failures", "counted toward the parent"
 
 
 def test_a_tenants_force_reaches_only_the_processes_that_read_that_tenant(declared, configure, stub, redis_db,
