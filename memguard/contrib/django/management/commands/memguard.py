@@ -1,4 +1,5 @@
-"""``manage.py memguard status|force|clear|history``: the memguard CLI, with the project's settings."""
+"""``manage.py memguard status|force|clear|history|guards``: the memguard CLI, with the project's
+settings (and its guards: the apps that declare them are loaded, so ``guards`` lists them)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from django.core.management.base import BaseCommand, CommandError
 
 from memguard.integrations import cli
 
-COMMANDS = ("status", "force", "clear", "history")
+COMMANDS = ("status", "force", "clear", "history", "guards")
 
 
 class Command(BaseCommand):
-    help = "memguard's operator commands: status, force, clear, history (as the memguard CLI)"
+    help = "memguard's operator commands: status, force, clear, history, guards (as the memguard CLI)"
 
     def run_from_argv(self, argv: list[str]) -> None:
         # The CLI parses its own arguments: its help, errors and exit codes stay the same.
