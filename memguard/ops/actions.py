@@ -60,7 +60,8 @@ def key_problems(kwargs: dict[str, Any], allowed: frozenset[str]) -> list[str]:
                      for k in list(set(kwargs) - allowed)[:10])
     if not unknown:
         return []
-    return [f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed)) or 'none'}"]
+    # Every action also takes ``guard`` (the tasks and the CLI choose the guard before the action).
+    return [f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed | {'guard'}))}"]
 
 
 class Operations:
