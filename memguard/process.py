@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from memguard.config.settings import Settings
+from memguard.config.target import connection_name
 from memguard.declared import registry
 from memguard.domain import events, guards
 from memguard.domain.guards import DEFAULT, NamedProbe
@@ -45,10 +46,12 @@ from memguard.store.state import State
 hooks = events.Hooks()
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A client with short timeouts: a slow Redis must not slow the request path."""
+def redis_client(settings: Settings, role: str = "cmd") -> redis.Redis:
+    """A client with short timeouts: a slow Redis must not slow the request path. Its
+    connections name themselves (``CLIENT LIST``: ``memguard:<role>:<host>:<pid>``)."""
     timeout = settings.redis_timeout_ms / 1000.0
     return settings.redis_target.client(
+        client_name=connection_name(role),
         decode_responses=True,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
@@ -144,7 +147,7 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
         hooks.subscribe(metrics.on_event)
         for label in registry.labels():  # declared before the build (memguard.declare's rule)
             metrics.start_series(label)
-    client = redis_client(settings)
+    client = redis_client(settings, "cmd" if watch else "cli")
     state = State(client, settings, hooks)
     watcher = Watcher(state, settings.probe_grace_seconds, hooks)
     state.on_change = watcher.apply_notice

@@ -18,6 +18,7 @@ master.
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -146,7 +147,8 @@ class Target:
         """Celery settings that point RedBeat at this Redis ({} on a cluster: RedBeat then
         keeps to the broker's Redis, which must not be a cluster)."""
         if self.kind == "single":
-            return {"redbeat_redis_url": self.url}
+            return {"redbeat_redis_url": self.url,
+                    "redbeat_redis_options": {"client_name": connection_name("beat")}}
         if self.kind == "cluster":
             return {}
         options: dict[str, Any] = {"sentinels": list(self.nodes), "service_name": self.service,
@@ -257,6 +259,17 @@ def celery_transport(redis_url: str, env: Mapping[str, str]) -> dict[str, Any]:
     return {"broker_url": broker, "broker_transport_options": options,
             "result_backend": env.get("CELERY_RESULT_BACKEND") or broker,
             "result_backend_transport_options": options}
+
+
+NAME_CHARS = 120  # a connection's name: CLIENT SETNAME takes no spaces; bounded like any label
+
+
+def connection_name(role: str) -> str:
+    """``memguard:<role>:<host>:<pid>``: what ``CLIENT LIST`` shows for each connection memguard
+    opens, so an operator of a shared Redis can tell its views, commands, beat and CLI apart.
+    Read when the connection is made: a forked child names its own."""
+    host = "".join(c if c.isalnum() or c in "-._" else "_" for c in socket.gethostname()) or "host"
+    return f"memguard:{role}:{host}:{os.getpid()}"[:NAME_CHARS]
 
 
 def keepalive_options() -> dict[int, int]:

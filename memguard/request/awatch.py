@@ -17,6 +17,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from memguard.config.target import connection_name
 from memguard.domain import events
 from memguard.request.watch import QUIET, Listen, Watcher
 from memguard.store.steps import Step, arun
@@ -42,7 +43,8 @@ async def run(watcher: Watcher, perform: Perform | None = None) -> None:
 
 async def connect(watcher: Watcher) -> redis.asyncio.Connection:
     """An asyncio connection with the watcher's handshake done (one server; RESP2)."""
-    client = watcher.state.settings.redis_target.aclient(decode_responses=True, protocol=2)
+    client = watcher.state.settings.redis_target.aclient(client_name=connection_name("view"),
+                                                         decode_responses=True, protocol=2)
     conn = client.connection_pool.make_connection()
     await conn.connect()
     await conn.send_command("CLIENT", "ID")

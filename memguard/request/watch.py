@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from memguard.config.target import keepalive_options
+from memguard.config.target import connection_name, keepalive_options
 from memguard.domain import events
 from memguard.request.view import GuardView, View
 from memguard.store.background import Background
@@ -208,8 +208,9 @@ class Watcher(Background):
     def _connect(self) -> redis.Connection:
         # RESP2: subscribe replies and tracking messages come back as plain replies.
         conn = self.state.settings.redis_target.connection(
-            decode_responses=True, socket_timeout=1.0, socket_connect_timeout=1.0,
-            socket_keepalive=True, socket_keepalive_options=keepalive_options(), protocol=2)
+            client_name=connection_name("view"), decode_responses=True, socket_timeout=1.0,
+            socket_connect_timeout=1.0, socket_keepalive=True, socket_keepalive_options=keepalive_options(),
+            protocol=2)
         conn.connect()
         conn.send_command("CLIENT", "ID")
         tracking, subscribe = self.handshake(conn.read_response())

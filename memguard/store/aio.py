@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio
 
 from memguard.config.settings import Settings
+from memguard.config.target import connection_name
 from memguard.store import scripts
 from memguard.store.keys import Keys
 from memguard.store.steps import ReadSnapshot, Script, Step, Via
@@ -68,7 +69,8 @@ class AsyncRedis:
                 task.add_done_callback(self._closing.discard)
             timeout = self.settings.redis_timeout_ms / 1000.0
             client = self.settings.redis_target.aclient(
-                decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout)
+                client_name=connection_name("async"), decode_responses=True, socket_timeout=timeout,
+                socket_connect_timeout=timeout)
             registered = {name: client.register_script(source) for name, source in scripts.sources().items()}
             entry = self._per_loop[loop] = (self._generation, client, registered)
         return entry[1], entry[2]
