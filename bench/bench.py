@@ -23,6 +23,7 @@ import memguard
 from memguard import process
 from memguard.config.settings import Settings
 from memguard.domain import events
+from memguard.domain.guards import Registry
 from memguard.drill.localstack import RedisServer
 from memguard.observe import logs, metrics
 from memguard.store.keys import CONSECUTIVE_FAILURES_KEY, FORCED_MODE_KEY
@@ -274,6 +275,23 @@ def main() -> None:
         ramp_rt.state.clear({"via": "bench"}, ramp=False)
         ramp_rt.close()
 
+        # A tenant's guard under the default (a named guard, chosen per read as guarded(guard=fn)
+        # does): its own view, then its parent's, and no Redis command.
+        declared = Registry()
+        declared.declare("zep-t.*", parent="default")
+        named_rt = process.build(settings, hooks=events.Hooks(), count_metrics=False, registry=declared)
+        named_rt.watcher.wait_ready()
+        named_rt.named.for_read("zep-t.acme")[0].call("t", noop)
+        unit = named_rt.named.units["zep-t.acme"]
+        deadline = time.monotonic() + 5
+        while unit.view.current is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        before = commands(raw)
+        tenant = timed(lambda: named_rt.named.for_read("zep-t.acme")[0].call("t", noop), n, warmup=0)
+        res["memguard_named_tenant"] = summary(tenant, base)
+        res["memguard_named_tenant"]["redis_commands_per_read"] = per_read(raw, before, n)
+        named_rt.close()
+
         # asyncio: the same guard driven by acall, inside one event loop, against an awaited no-op.
         async def anoop() -> str:
             return "ctx"
@@ -369,6 +387,7 @@ def main() -> None:
         ("memguard_latency_trip", "memguard overhead, latency trip on"),
         ("memguard_failure_rate", "memguard overhead, failure-rate on"),
         ("memguard_in_ramp", "memguard overhead, in a ramp"),
+        ("memguard_named_tenant", "memguard overhead, a tenant's guard"),
         ("async_call", "awaited coroutine call (asyncio)"),
         ("memguard_async", "memguard overhead, async (acall)"),
         ("seed_get_del", "seed design overhead (GET+DEL)"),
