@@ -46,7 +46,6 @@ OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a 
                      ["guard"], buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
 
-
 def start_series(guard: str) -> None:
     """A guard's series at 0 from the start, so increase() sees its first downgrade. The
     default's at import; a named guard's when the process is built with its declaration."""
