@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("status", "force", "clear", "probe", "history"):
         sub.choices[name].add_argument("--guard", default="default",
                                        help="the guard to act on (default: default, memguard's Zep guard)")
+    p = sub.add_parser("acl", help="the least-privilege Redis ACL users for memguard and for a read-only "
+                       "operator, as ACL SETUSER lines")
+    p.add_argument("--user", default="memguard", help="memguard's user (default memguard)")
+    p.add_argument("--read-only-user", default="memguard-ro", help="the operator's (default memguard-ro)")
+    p.add_argument("--no-beat", action="store_true", help="the beat's RedBeat keys live on another Redis")
     p = sub.add_parser("drill", help="run the auth, failure and recovery drills end to end")
     p.add_argument("--redis-url", help="run against this Redis (a canary) instead of a local stack")
     p.add_argument("--zep-url", help="with --redis-url: the canary's Zep root URL")
@@ -167,6 +172,13 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             for trouble in (t for t in troubles if t.op != "status"):
                 print(f"memguard: note: {trouble.kind} during {trouble.op} (the {args.cmd} itself was done): "
                       f"{logs.scrubbed(trouble.detail)}", file=sys.stderr)
+        elif args.cmd == "acl":
+            from memguard.ops import acl
+
+            memguard_rule, read_only_rule = acl.rules(user=args.user, read_only_user=args.read_only_user,
+                                                      beat=not args.no_beat)
+            print(f"# memguard's processes (workers, web apps, beat): REDIS_URL=redis://{args.user}:<pw>@host\n"
+                  f"{memguard_rule}\n# a read-only operator (status, history, guards)\n{read_only_rule}")
         elif args.cmd == "drill":
             from memguard.drill import run as drill
 

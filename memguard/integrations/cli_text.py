@@ -114,6 +114,9 @@ def redis_error(exc: redis.RedisError, url: str, timeout_s: float) -> str:
     where = masked_url(url)
     text = str(exc).lower()
     name = type(exc).__name__
+    if text.startswith("noperm") or name == "NoPermissionError":  # the ACL user lacks a permission
+        detail = str(exc).splitlines()[0][:200] if str(exc) else name
+        return f"permission denied at {where} (NOPERM): {detail} (memguard acl prints the rules)"
     if isinstance(exc, redis.AuthenticationError) or any(w in text for w in AUTH_WORDS):
         return f"authentication failed at {where}: check the user and password in REDIS_URL"
     if "db index is out of range" in text:

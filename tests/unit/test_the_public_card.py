@@ -20,7 +20,7 @@ CARD_PACKAGE = ("install", "guarded", "fetch_thread_context", "afetch_thread_con
 CARD_FLAGS = ("base_mode", "effective_mode", "get_forced_mode", "force_write_only", "clear_forced_mode",
               "increment_consecutive_failures", "reset_consecutive_failures")
 CARD_TASKS = ("memguard.force", "memguard.clear", "memguard.status", "memguard.probe")
-CARD_CLI = ("status", "force", "clear", "probe", "history", "guards", "drill", "metrics")
+CARD_CLI = ("status", "force", "clear", "probe", "history", "guards", "acl", "drill", "metrics")
 CARD_SETTINGS = (
     "REDIS_URL", "ZEP_API_KEY", "ZEP_API_URL", "ZEP_CLIENT", "FLAG_ZEP_READ", "FLAG_ZEP_WRITE",
     "MEMORY_DOWNGRADE_THRESHOLD", "MEMORY_DOWNGRADE_HOLD_SECONDS", "MEMORY_DOWNGRADE_PROBE_TIMEOUT_MS",

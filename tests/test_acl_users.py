@@ -1,0 +1,93 @@
+"""memguard as the least-privilege ACL users ``memguard acl`` prints, with the default user
+disabled, on a private redis-server: reads, a force another process sees, the CLI, the audit trail;
+the read-only operator is refused a force in one line naming NOPERM; a NOPERM on the request path
+fails open and is counted like any Redis error."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from memguard import process
+from memguard.domain import events
+from memguard.drill.localstack import RedisServer, wait_for
+from memguard.ops import acl
+
+from .conftest import API_KEY, ROOT, make_settings
+
+
+@pytest.fixture
+def acl_server() -> Iterator[tuple[str, str]]:
+    """A redis-server whose default user is off: memguard's user and the read-only operator's,
+    created from the printed rules; an admin user for the test's own checks."""
+    with RedisServer() as server:
+        admin = server.client()
+        admin.execute_command("ACL", "SETUSER", "admin", "on", ">admin-pw", "~*", "&*", "+@all")
+        for rule, password in zip(acl.rules(), ("mg-pw", "ro-pw"), strict=True):
+            words = [f">{password}" if w.startswith(">CHANGE-ME") else w for w in rule.split()]
+            admin.execute_command(*words)
+        admin.execute_command("ACL", "SETUSER", "default", "off")
+        base = f"127.0.0.1:{server.port}/0"
+        yield f"redis://memguard:mg-pw@{base}", f"redis://memguard-ro:ro-pw@{base}"
+
+
+def test_memguard_runs_as_its_acl_user_and_the_operator_reads_as_the_read_only_one(acl_server, stub):
+    url, read_only_url = acl_server
+    rt = process.configure(make_settings(url, stub))
+    other = process.build(make_settings(url, stub), hooks=events.Hooks(), count_metrics=False)
+    try:
+        assert rt.watcher.wait_ready(5) and other.watcher.wait_ready(5), "tracking and channels as the user"
+        assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["source"] == "zep"
+        stub.set_fault("401")
+        assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["reason"] == "auth"
+        stub.set_fault("ok")
+        wait_for(lambda: (v := other.watcher.current) is not None and v.record is not None, 2,
+                 "the force seen by another process")
+
+        def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+            env = {"REDIS_URL": redis_url, "ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"}
+            return subprocess.run([sys.executable, "-m", "memguard", *args], env=env, capture_output=True,
+                                  text=True, timeout=60)
+
+        status = cli(read_only_url, "status")
+        assert status.returncode == 0 and "forced:      yes, reason auth" in status.stdout, status.stderr
+        history = cli(read_only_url, "history")
+        assert history.returncode == 0 and "forced" in history.stdout, history.stderr
+        refused = cli(read_only_url, "force")
+        assert refused.returncode == 3 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert re.search(r"permission denied at .*NOPERM", refused.stderr), refused.stderr
+        assert "Traceback" not in refused.stderr
+        cleared = cli(url, "clear", "--no-ramp")
+        assert cleared.returncode == 0, cleared.stderr
+        wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
+    finally:
+        other.close()
+
+
+def test_a_noperm_on_the_request_path_fails_open_and_is_counted(acl_server, stub, recorded):
+    _, read_only_url = acl_server
+    rt = process.configure(make_settings(read_only_url, stub))
+    stub.set_fault("503")
+    _, meta = rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))
+    assert meta["source"] == "zep_error", "the read's own outcome, not memguard's"
+    troubles = [e for e in recorded if isinstance(e, events.GuardTrouble) and e.kind == "redis_error"]
+    assert any("NoPermissionError" in e.detail for e in troubles), troubles
+
+
+def test_the_printed_rules_name_memguards_keys_channels_and_the_beats_keys():
+    out = subprocess.run([sys.executable, "-m", "memguard", "acl"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    user, read_only = [line for line in out.stdout.splitlines() if line.startswith("ACL SETUSER")]
+    for part in ("~mem:*", "~{mem}:*", "&mem:*", "&__redis__:invalidate", "~redbeat:*", "+@scripting"):
+        assert part in user.split(), part
+    assert "+@scripting" not in read_only and "%R~mem:*" in read_only.split()
+    readme = (ROOT / "README.md").read_text()
+    assert out.stdout in readme, "the README shows what memguard acl prints"
+    without_beat = subprocess.run([sys.executable, "-m", "memguard", "acl", "--no-beat"], capture_output=True,
+                                  text=True, timeout=60).stdout
+    assert "~redbeat:*" not in without_beat
