@@ -5,19 +5,24 @@ fails open and is counted like any Redis error."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import threading
+import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
-from memguard import process
+from memguard import flags, process
 from memguard.domain import events
-from memguard.drill.localstack import RedisServer, wait_for
-from memguard.ops import acl
+from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env, wait_for
+from memguard.ops import acl, audit
 
-from .conftest import API_KEY, ROOT, make_settings
+from .conftest import API_KEY, RABBITMQ_URL, ROOT, make_settings, require_rabbitmq
 
 
 @pytest.fixture
@@ -66,6 +71,69 @@ def test_memguard_runs_as_its_acl_user_and_the_operator_reads_as_the_read_only_o
         wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
     finally:
         other.close()
+
+
+ACL_APP = """
+import os
+from celery import Celery
+import memguard
+
+app = Celery("aclapp", broker=os.environ["CELERY_BROKER_URL"])
+app.conf.task_default_queue = os.environ["TEST_QUEUE"]
+memguard.install(app)
+"""
+
+
+def test_a_worker_and_a_beat_as_the_acl_user_probe_restore_notify_and_audit(acl_server, stub, tmp_path):
+    """RabbitMQ carries the tasks; memguard's state, RedBeat's schedule and lock, the webhooks'
+    claims and the audit trail all go through the printed user."""
+    require_rabbitmq()
+    url, read_only_url = acl_server
+    bodies: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    (tmp_path / "aclapp.py").write_text(ACL_APP)
+    env = stack_env(url, stub.url, API_KEY, CELERY_BROKER_URL=RABBITMQ_URL, PYTHONPATH=str(tmp_path),
+                    TEST_QUEUE=f"memguard-acl-{uuid.uuid4().hex[:12]}", MEMORY_RECOVERY_RAMP_SECONDS="0",
+                    MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5",
+                    MEMORY_WEBHOOK_URLS=f"http://127.0.0.1:{receiver.server_address[1]}/hook")
+    env.pop("CELERY_CONFIG_MODULE", None)
+    procs = [CeleryProcess("worker", env, str(tmp_path), "acl-worker", "-P", "solo", app="aclapp",
+                           cwd=str(tmp_path)),
+             CeleryProcess("beat", env, str(tmp_path), "acl-beat", app="aclapp", cwd=str(tmp_path))]
+    try:
+        for p in procs:
+            p.start()
+        rt = process.configure(make_settings(url, stub, ramp_seconds=0))
+        # The first tick's claim starts the webhooks' cursor at the end of the trail: force after it.
+        wait_for(lambda: rt.state.client.exists(rt.state.keys.notify_cursor), 20, "the beat's first tick")
+        flags.force_write_only("manual_ops", 2)
+        wait_for(lambda: flags.get_forced_mode() is None, 20, "the beat's probe to restore, as the user")
+        wait_for(lambda: [b["memguard"]["kind"] for b in bodies] == ["downgrade", "restore"], 10,
+                 "the webhooks, claimed as the user")
+        probes = [e for e in audit.history(rt.state.client, rt.state.keys.audit, 20) if e["event"] == "probe"]
+        assert [p["result"] for p in probes] == ["success"]
+        env_ro = {"REDIS_URL": read_only_url, "ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"}
+        history = subprocess.run([sys.executable, "-m", "memguard", "history"], env=env_ro,
+                                 capture_output=True, text=True, timeout=60)
+        assert history.returncode == 0 and "probe success" in history.stdout, history.stdout + history.stderr
+        for p in procs:
+            assert "NOPERM" not in p.output() and "NoPermission" not in p.output(), p.output()[-3000:]
+    finally:
+        for p in procs:
+            p.stop()
+        receiver.shutdown()
 
 
 def test_a_noperm_on_the_request_path_fails_open_and_is_counted(acl_server, stub, recorded):
