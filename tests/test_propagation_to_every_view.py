@@ -332,6 +332,7 @@ def test_a_view_is_told_of_its_own_keys_only(configure, redis_db, idle_processes
 CROWD = 300
 
 
+@pytest.mark.alone  # 301 views on 2 cores: beside three other test workers the asking views starve
 def test_every_change_reaches_every_view_while_a_crowd_is_connected(redis_server, redis_db):
     """A force, a clear, a hand ``SET`` and a hand ``DEL`` with a crowd connected: one application
     process, then CROWD views in one process, each on its own connection with memguard's own
