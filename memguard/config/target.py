@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -259,6 +260,21 @@ def celery_transport(redis_url: str, env: Mapping[str, str]) -> dict[str, Any]:
     return {"broker_url": broker, "broker_transport_options": options,
             "result_backend": env.get("CELERY_RESULT_BACKEND") or broker,
             "result_backend_transport_options": options}
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """Why a connection failed TLS verification (a wrong CA, an expired certificate, a hostname
+    mismatch), from redis-py's error or its cause; None when it failed otherwise."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # the error, its cause, ...
+        if seen is None:
+            return None
+        text = str(seen)
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+            reason = getattr(seen, "verify_message", None) or text.partition("certificate verify failed:")[2]
+            return (reason.split(" (_ssl")[0].strip(" .") or "certificate verify failed")[:200]
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 NAME_CHARS = 120  # a connection's name: CLIENT SETNAME takes no spaces; bounded like any label

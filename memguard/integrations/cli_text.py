@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from memguard.config.settings import masked_url
+from memguard.config.target import tls_failure
 from memguard.domain.words import by_text, duration, iso
 
 
@@ -114,6 +115,10 @@ def redis_error(exc: redis.RedisError, url: str, timeout_s: float) -> str:
     where = masked_url(url)
     text = str(exc).lower()
     name = type(exc).__name__
+    tls = tls_failure(exc)
+    if tls is not None:
+        return (f"TLS verification failed at {where}: {tls} (check ssl_ca_certs, ssl_certfile and "
+                "ssl_keyfile in REDIS_URL, and that its host is the certificate's)")
     if text.startswith("noperm") or name == "NoPermissionError":  # the ACL user lacks a permission
         detail = str(exc).splitlines()[0][:200] if str(exc) else name
         return f"permission denied at {where} (NOPERM): {detail} (memguard acl prints the rules)"

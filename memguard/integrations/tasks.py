@@ -27,6 +27,7 @@ from celery.utils.imports import symbol_by_name
 
 from memguard import process
 from memguard.config.settings import Settings, SettingsError
+from memguard.config.target import tls_failure
 from memguard.declared import registry
 from memguard.domain import events
 from memguard.domain.events import origin
@@ -185,13 +186,26 @@ def _register_tasks(app: Celery, probe: Probe | None, probes: dict[str, NamedPro
 
 
 def _exit_on_config_error(probe: Probe | None) -> None:
-    """Stop a worker or beat before it is ready, with one line naming the variable."""
+    """Stop a worker or beat before it is ready, with one line naming the variable: a bad
+    setting, or a Redis whose certificate fails verification (a Redis that is down is no
+    configuration error: the reads fail open and the process waits for it)."""
     try:
         settings = process.load_settings()
         if probe is None:
             make_reader(settings)  # memguard's own probe reads Zep: it needs ZEP_API_KEY
     except SettingsError as exc:
         exit_config(str(exc))
+    if settings.redis_target.ssl or settings.redis_url.startswith("rediss"):
+        client = process.redis_client(settings, "check")
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            reason = tls_failure(exc)
+            if reason is not None:
+                exit_config(f"REDIS_URL: TLS verification failed: {reason} (check ssl_ca_certs, ssl_certfile "
+                            "and ssl_keyfile in it, and that its host is the certificate's)")
+        finally:
+            client.close()
 
 
 def _scheduler_class(beat: Any) -> type | None:
