@@ -15,14 +15,13 @@ from types import SimpleNamespace
 from urllib.parse import urlencode
 
 import pytest
+import trustme
 
 from memguard import flags, process
 from memguard.domain import events
 from memguard.drill.localstack import CeleryProcess, RedisServer, free_port, stack_env, wait_for
 
 from .conftest import API_KEY, RABBITMQ_URL, make_settings, require_rabbitmq
-
-trustme = pytest.importorskip("trustme", reason="pip install trustme (the test extra)")
 
 
 def _tls_server(tmp: Path, name: str, cert: object, ca_path: Path) -> tuple[RedisServer, int]:
