@@ -44,6 +44,8 @@ SENTINEL_PORT = 26379
 SENTINEL_TIMEOUT_S = 0.25
 KEY_PREFIX = "mem:"
 CLUSTER_KEY_PREFIX = "{mem}:"  # one hash slot for every memguard key
+# TLS in REDIS_URL's query (redis-py's names), read for Sentinel and Cluster URLs too.
+TLS_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class Target:
     password: str | None = field(default=None, repr=False)
     ssl: bool = False
     sentinel_auth: dict[str, str] = field(default_factory=dict, repr=False)
+    # rediss+sentinel / rediss+cluster: the TLS files and verification from REDIS_URL's query
+    # (redis-py reads them from a one-server URL itself).
+    tls: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, url: str) -> Target:
@@ -85,8 +90,10 @@ class Target:
         nodes = tuple(_host_port(h, SENTINEL_PORT if sentinel else None) for h in hosts.split(","))
         path = [p for p in parts.path.split("/") if p]
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        ssl_on = scheme.startswith("rediss")
         common: dict[str, Any] = dict(nodes=nodes, username=unquote(username) or None,
-                                      password=unquote(password) or None, ssl=scheme.startswith("rediss"))
+                                      password=unquote(password) or None, ssl=ssl_on,
+                                      tls={k: query[k] for k in TLS_PARAMETERS if k in query and ssl_on})
         if sentinel:
             if not path or len(path) > 2:
                 raise ValueError("expected /<service>[/<db>] after the sentinels, e.g. "
@@ -108,12 +115,12 @@ class Target:
         if self.kind == "single":
             return redis.Redis.from_url(self.url, **options)
         if self.kind == "sentinel":
-            return self.sentinels.master_for(self.service, db=self.db, **self._auth(), **options)
+            return self.sentinels.master_for(self.service, db=self.db, **self._auth(), **self.tls, **options)
         options.pop("retry_on_timeout", None)  # a cluster client retries by its own rules
         nodes = [ClusterNode(h, p) for h, p in self.nodes]
         # It forwards every command to the RedisCluster it makes on first use.
         return cast(redis.Redis, LazyCluster(lambda: RedisCluster(startup_nodes=nodes, ssl=self.ssl,
-                                                                  **self._auth(), **options)))
+                                                                  **self._auth(), **self.tls, **options)))
 
     def aclient(self, **options: Any) -> redis.asyncio.Redis:
         """An asyncio client (one server or the Sentinel master; a Cluster has none here)."""
@@ -123,7 +130,7 @@ class Target:
             order = [(kw["host"], kw["port"]) for kw in
                      (c.connection_pool.connection_kwargs for c in self.sentinels.sentinels)]
             manager = redis.asyncio.sentinel.Sentinel(order, **self._manager_options())
-            return manager.master_for(self.service, db=self.db, **self._auth(), **options)
+            return manager.master_for(self.service, db=self.db, **self._auth(), **self.tls, **options)
         raise ValueError("no asyncio client for a Redis Cluster")
 
     def connection(self, **options: Any) -> redis.Connection:
@@ -133,7 +140,8 @@ class Target:
             pool = redis.ConnectionPool.from_url(self.url, **options)
             return cast(redis.Connection, pool.make_connection())
         if self.kind == "sentinel":
-            master = self.sentinels.master_for(self.service, db=self.db, **self._auth(), **options)
+            master = self.sentinels.master_for(self.service, db=self.db, **self._auth(), **self.tls,
+                                               **options)
             return master.connection_pool.make_connection()  # asks the sentinels on connect
         finder = self.client(socket_timeout=options.get("socket_timeout"),
                              socket_connect_timeout=options.get("socket_connect_timeout"))
@@ -142,7 +150,7 @@ class Target:
         finally:
             finder.close()
         cls = redis.SSLConnection if self.ssl else redis.Connection
-        return cls(host=node.host, port=node.port, **self._auth(), **options)
+        return cls(host=node.host, port=node.port, **self._auth(), **self.tls, **options)
 
     def redbeat_conf(self) -> dict[str, Any]:
         """Celery settings that point RedBeat at this Redis ({} on a cluster: RedBeat then

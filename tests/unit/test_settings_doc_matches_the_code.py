@@ -77,3 +77,17 @@ def test_every_setting_a_named_guard_may_set_is_documented_with_its_variable():
             checked_value(key, "not a value")
         except ValueError as exc:
             assert variable in str(exc), (key, variable)
+
+
+def test_a_sentinel_or_cluster_url_gives_its_tls_files_to_the_connections_it_makes():
+    from memguard.config.target import Target
+
+    query = "?ssl_ca_certs=/ca.pem&ssl_certfile=/c.crt&ssl_keyfile=/c.key&ssl_cert_reqs=required"
+    for url in (f"rediss+sentinel://s1:26379,s2:26379/mg/0{query}", f"rediss+cluster://n1:7000{query}"):
+        target = Target.parse(url)
+        assert target.tls == {"ssl_ca_certs": "/ca.pem", "ssl_certfile": "/c.crt", "ssl_keyfile": "/c.key",
+                              "ssl_cert_reqs": "required"}, url
+    sentinel = Target.parse(f"rediss+sentinel://127.0.0.1:1/mg/0{query}")
+    kwargs = sentinel.client().connection_pool.connection_kwargs  # no I/O until a command
+    assert (kwargs["ssl_ca_certs"], kwargs["ssl_certfile"]) == ("/ca.pem", "/c.crt"), "the master's"
+    assert Target.parse(f"redis+sentinel://s1:26379/mg/0{query}").tls == {}, "no TLS without rediss"
