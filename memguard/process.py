@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,10 +75,10 @@ class Process:
     meter: ReadMeter | None = None
     switches: SwitchListener | None = None
 
-    def ops_for(self, guard: object = DEFAULT) -> Operations:
-        """The operator actions on one guard. A valid name this process has not declared is
-        acted on with the default's settings (an operator's CLI knows no application's
-        declarations); an invalid one is refused."""
+    def ops_for(self, guard: object = DEFAULT, probes: Mapping[str, NamedProbe] | None = None) -> Operations:
+        """The operator actions on one guard (its probe: ``probe_of``). A valid name this process
+        has not declared is acted on with the default's settings (an operator's CLI knows no
+        application's declarations); an invalid one is refused."""
         if guard == DEFAULT:
             return self.ops
         problem = guards.name_problem(guard)
@@ -87,25 +87,19 @@ class Process:
         assert isinstance(guard, str)
         resolved = self.named.registry.resolve(guard) or guards.Resolved(guard, guard, None, None, {})
         state, settings, guard_hooks = self.named.store(resolved)
-        return Operations(state, settings, guard_hooks, lambda: self.probe_of(resolved))  # type: ignore[arg-type]
+        return Operations(state, settings, guard_hooks,  # type: ignore[arg-type]
+                          lambda: self.probe_of(resolved, probes))
 
-    def probe_for(self, guard: object, probes: dict[str, NamedProbe]) -> Probe | None:
-        """The probe of the guard an operator names (None for a name that is not a guard's: the
-        action refuses it)."""
-        if not isinstance(guard, str) or guards.name_problem(guard) is not None:
-            return None
-        resolved = self.named.registry.resolve(guard) or guards.Resolved(guard, guard, None, None, {})
-        return self.probe_of(resolved, probes.get(resolved.name) or probes.get(resolved.label))
-
-    def probe_of(self, resolved: guards.Resolved, given: NamedProbe | None = None) -> Probe:
-        """A named guard's probe: the one ``install`` was given, its declaration's, else memguard's
-        own Zep read."""
-        fn = given or resolved.probe
+    def probe_of(self, resolved: guards.Resolved, probes: Mapping[str, NamedProbe] | None = None) -> Probe:
+        """A named guard's probe: the one ``install`` was given (``probes``, by name or pattern),
+        its declaration's, else memguard's own Zep read."""
+        given = probes or {}
+        fn = given.get(resolved.name) or given.get(resolved.label) or resolved.probe
         if fn is None:
             return zep_probe(self.readers.reader)
         return lambda timeout_s: fn(resolved.name, timeout_s)
 
-    def probe_due(self, by: dict[str, Any], probes: dict[str, NamedProbe] | None = None) -> dict[str, Any]:
+    def probe_due(self, by: dict[str, Any], probes: Mapping[str, NamedProbe] | None = None) -> dict[str, Any]:
         """Probe the named guards whose holds have ended (beat's tick, after the default's)."""
 
         def prepare(name: str) -> Prepared | None:
@@ -113,8 +107,7 @@ class Process:
             if resolved is None:
                 return None
             state, settings, _ = self.named.store(resolved)
-            given = (probes or {}).get(resolved.name) or (probes or {}).get(resolved.label)
-            return state, settings, self.probe_of(resolved, given)
+            return state, settings, self.probe_of(resolved, probes)
 
         def deliver(state: State, settings: Settings) -> int:
             return Notifier(state, settings, state.hooks).deliver()  # nothing without webhooks

@@ -230,7 +230,7 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
         res = ops.clear(by, ramp=not args.no_ramp)
         lines = cli_text.clear_lines(res)
     else:
-        res = ops.probe(by, proc.probe_for(args.guard, {}) if args.guard != "default" else None)
+        res = ops.probe(by)
         lines = cli_text.probe_lines(res)
     if args.guard != "default":
         res, lines = {"guard": args.guard, **res}, [f"guard:       {args.guard}", *lines]

@@ -55,12 +55,13 @@ class InternalFault(Exception):
 
 
 def _operator_call(task: Task, action: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   **extra: Any) -> Any:
-    """Run an operator action as who sent it; a refusal is recorded and logged by the action,
-    and a fault of memguard's own is counted, logged and answered in one line."""
+                   probes: Mapping[str, NamedProbe] | None = None, **extra: Any) -> Any:
+    """Run an operator action as who sent it, on the guard it names (``probes``: named guards'
+    probes from ``install``); a refusal is recorded and logged by the action, and a fault of
+    memguard's own is counted, logged and answered in one line."""
     try:
         guard = kwargs.pop("guard", DEFAULT)  # which guard; the action checks the rest
-        fn: Callable[..., Any] = getattr(process.get().ops_for(guard), action)
+        fn: Callable[..., Any] = getattr(process.get().ops_for(guard, probes), action)
         out = fn(_by(task), positional=args, **kwargs, **extra)
         return out if guard == DEFAULT else {**out, "guard": guard}
     except (OperatorError, SettingsError, redis.RedisError):
@@ -171,8 +172,8 @@ def _register_tasks(app: Celery, probe: Probe | None, probes: dict[str, NamedPro
         """Beat's tick: probe Zep once fleet-wide if a hold has expired, and each named guard
         whose hold has ended, then send the notifications no other prober has taken."""
         guard = kwargs.get("guard", DEFAULT)
-        one = probe if guard == DEFAULT else process.get().probe_for(guard, probes)
-        result = _operator_call(self, "probe", args, kwargs, probe=one)
+        own = probe if guard == DEFAULT else None  # a named guard's: ops_for's, from ``probes``
+        result = _operator_call(self, "probe", args, kwargs, probes, probe=own)
         if kwargs.get("scheduled") is True and guard == DEFAULT:
             try:
                 result["guards"] = process.get().probe_due(_by(self), probes)

@@ -110,7 +110,8 @@ def probe_due(default: State, prepare: Callable[[str], Prepared | None], by: dic
         except Exception as exc:  # one guard's trouble is its own: the others are probed
             return {"result": "error", "error": type(exc).__name__}
 
-    held = [name for name in default.indexed_guards(limit) if name not in due] if deliver else []
+    probing = set(due)
+    held = [name for name in default.indexed_guards(limit) if name not in probing] if deliver else []
     if not due and not held:
         return {}
     workers = min(PROBE_WORKERS, len(due) + len(held))
