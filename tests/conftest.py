@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import hypothesis
 import pytest
@@ -114,6 +120,47 @@ def configure(redis_db, redis_server: RedisServer, stub: ZepStub):
     yield _configure
     for rt in built:
         rt.close()
+
+
+def run_cli(redis_url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """The ``memguard`` command line in a process of its own, with only REDIS_URL (when given)
+    and the Zep key set, as an operator's shell would have them."""
+    env = {"ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin", **({"REDIS_URL": redis_url} if redis_url else {})}
+    return subprocess.run([sys.executable, "-m", "memguard", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def a_401_forces_and_another_process_sees_it(rt: process.Process, other: process.Process,
+                                              stub: ZepStub) -> None:
+    """A read of ``rt`` reaches Zep; a 401 forces; ``other``'s view shows the force."""
+    assert rt.watcher.wait_ready(5) and other.watcher.wait_ready(5), "both views' connections"
+    assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["source"] == "zep"
+    stub.set_fault("401")
+    assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["reason"] == "auth"
+    stub.set_fault("ok")
+    wait_for(lambda: (v := other.watcher.current) is not None and v.record is not None, 2,
+             "the force seen by another process")
+
+
+@pytest.fixture
+def webhooks() -> Iterator[SimpleNamespace]:
+    """A webhook receiver on loopback that accepts every POST: ``url``, and the ``bodies``."""
+    bodies: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}/hook", bodies=bodies)
+    server.shutdown()
 
 
 def wait_past(epoch: float, what: str, timeout: float = 10) -> None:

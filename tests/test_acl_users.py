@@ -5,15 +5,9 @@ fails open and is counted like any Redis error."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
@@ -22,7 +16,15 @@ from memguard.domain import events
 from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env, wait_for
 from memguard.ops import acl, audit
 
-from .conftest import API_KEY, RABBITMQ_URL, ROOT, make_settings, require_rabbitmq
+from .conftest import (
+    API_KEY,
+    RABBITMQ_URL,
+    ROOT,
+    a_401_forces_and_another_process_sees_it,
+    make_settings,
+    require_rabbitmq,
+    run_cli,
+)
 
 
 @pytest.fixture
@@ -45,28 +47,16 @@ def test_memguard_runs_as_its_acl_user_and_the_operator_reads_as_the_read_only_o
     rt = process.configure(make_settings(url, stub))
     other = process.build(make_settings(url, stub), hooks=events.Hooks(), count_metrics=False)
     try:
-        assert rt.watcher.wait_ready(5) and other.watcher.wait_ready(5), "tracking and channels as the user"
-        assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["source"] == "zep"
-        stub.set_fault("401")
-        assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["reason"] == "auth"
-        stub.set_fault("ok")
-        wait_for(lambda: (v := other.watcher.current) is not None and v.record is not None, 2,
-                 "the force seen by another process")
-
-        def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-            env = {"REDIS_URL": redis_url, "ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"}
-            return subprocess.run([sys.executable, "-m", "memguard", *args], env=env, capture_output=True,
-                                  text=True, timeout=60)
-
-        status = cli(read_only_url, "status")
+        a_401_forces_and_another_process_sees_it(rt, other, stub)  # tracking and channels as the user
+        status = run_cli(read_only_url, "status")
         assert status.returncode == 0 and "forced:      yes, reason auth" in status.stdout, status.stderr
-        history = cli(read_only_url, "history")
+        history = run_cli(read_only_url, "history")
         assert history.returncode == 0 and "forced" in history.stdout, history.stderr
-        refused = cli(read_only_url, "force")
+        refused = run_cli(read_only_url, "force")
         assert refused.returncode == 3 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         assert re.search(r"permission denied at .*NOPERM", refused.stderr), refused.stderr
         assert "Traceback" not in refused.stderr
-        cleared = cli(url, "clear", "--no-ramp")
+        cleared = run_cli(url, "clear", "--no-ramp")
         assert cleared.returncode == 0, cleared.stderr
         wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
     finally:
@@ -84,30 +74,17 @@ memguard.install(app)
 """
 
 
-def test_a_worker_and_a_beat_as_the_acl_user_probe_restore_notify_and_audit(acl_server, stub, tmp_path):
+def test_a_worker_and_a_beat_as_the_acl_user_probe_restore_notify_and_audit(acl_server, stub, tmp_path,
+                                                                            webhooks):
     """RabbitMQ carries the tasks; memguard's state, RedBeat's schedule and lock, the webhooks'
     claims and the audit trail all go through the printed user."""
     require_rabbitmq()
     url, read_only_url = acl_server
-    bodies: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
     (tmp_path / "aclapp.py").write_text(ACL_APP)
     env = stack_env(url, stub.url, API_KEY, CELERY_BROKER_URL=RABBITMQ_URL, PYTHONPATH=str(tmp_path),
                     TEST_QUEUE=f"memguard-acl-{uuid.uuid4().hex[:12]}", MEMORY_RECOVERY_RAMP_SECONDS="0",
                     MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5",
-                    MEMORY_WEBHOOK_URLS=f"http://127.0.0.1:{receiver.server_address[1]}/hook")
+                    MEMORY_WEBHOOK_URLS=webhooks.url)
     env.pop("CELERY_CONFIG_MODULE", None)
     procs = [CeleryProcess("worker", env, str(tmp_path), "acl-worker", "-P", "solo", app="aclapp",
                            cwd=str(tmp_path)),
@@ -120,20 +97,17 @@ def test_a_worker_and_a_beat_as_the_acl_user_probe_restore_notify_and_audit(acl_
         wait_for(lambda: rt.state.client.exists(rt.state.keys.notify_cursor), 20, "the beat's first tick")
         flags.force_write_only("manual_ops", 2)
         wait_for(lambda: flags.get_forced_mode() is None, 20, "the beat's probe to restore, as the user")
-        wait_for(lambda: [b["memguard"]["kind"] for b in bodies] == ["downgrade", "restore"], 10,
+        wait_for(lambda: [b["memguard"]["kind"] for b in webhooks.bodies] == ["downgrade", "restore"], 10,
                  "the webhooks, claimed as the user")
         probes = [e for e in audit.history(rt.state.client, rt.state.keys.audit, 20) if e["event"] == "probe"]
         assert [p["result"] for p in probes] == ["success"]
-        env_ro = {"REDIS_URL": read_only_url, "ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"}
-        history = subprocess.run([sys.executable, "-m", "memguard", "history"], env=env_ro,
-                                 capture_output=True, text=True, timeout=60)
+        history = run_cli(read_only_url, "history")
         assert history.returncode == 0 and "probe success" in history.stdout, history.stdout + history.stderr
         for p in procs:
             assert "NOPERM" not in p.output() and "NoPermission" not in p.output(), p.output()[-3000:]
     finally:
         for p in procs:
             p.stop()
-        receiver.shutdown()
 
 
 def test_a_noperm_on_the_request_path_fails_open_and_is_counted(acl_server, stub, recorded):
@@ -147,8 +121,7 @@ def test_a_noperm_on_the_request_path_fails_open_and_is_counted(acl_server, stub
 
 
 def test_the_printed_rules_name_memguards_keys_channels_and_the_beats_keys():
-    out = subprocess.run([sys.executable, "-m", "memguard", "acl"], capture_output=True, text=True,
-                         timeout=60)
+    out = run_cli(None, "acl")
     assert out.returncode == 0, out.stderr
     user, read_only = [line for line in out.stdout.splitlines() if line.startswith("ACL SETUSER")]
     for part in ("~mem:*", "~{mem}:*", "&mem:*", "&__redis__:invalidate", "~redbeat:*", "+@scripting"):
@@ -156,6 +129,5 @@ def test_the_printed_rules_name_memguards_keys_channels_and_the_beats_keys():
     assert "+@scripting" not in read_only and "%R~mem:*" in read_only.split()
     readme = (ROOT / "README.md").read_text()
     assert out.stdout in readme, "the README shows what memguard acl prints"
-    without_beat = subprocess.run([sys.executable, "-m", "memguard", "acl", "--no-beat"], capture_output=True,
-                                  text=True, timeout=60).stdout
+    without_beat = run_cli(None, "acl", "--no-beat").stdout
     assert "~redbeat:*" not in without_beat

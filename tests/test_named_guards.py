@@ -9,10 +9,8 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -27,7 +25,7 @@ from memguard.domain.guards import GuardError
 from memguard.drill.localstack import stack_env, wait_for
 from memguard.request.zep import Readers
 
-from .conftest import API_KEY, ROOT, make_settings
+from .conftest import API_KEY, ROOT, make_settings, run_cli
 
 BY = {"via": "test"}
 PREVIOUS_MAIN = "d173fb4"  # main before named guards
@@ -226,11 +224,9 @@ def test_each_operator_tool_takes_a_guard_and_lists_the_guards(declared, configu
                                                                redis_db):
     declared.declare("zep-t.*", hold_seconds=120)
     configure()
-    env = {"REDIS_URL": redis_server.url, "ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "memguard", *args], env=env, capture_output=True,
-                              text=True, timeout=60)
+        return run_cli(redis_server.url, *args)
 
     forced = cli("force", "--guard", "zep-t.acme", "--ttl", "90")
     assert forced.returncode == 0, forced.stderr
@@ -310,36 +306,21 @@ def test_a_hundred_due_guards_are_probed_at_once_and_a_slow_probe_delays_none(de
     assert sum(r["result"] == "success" for r in results.values()) >= 99
 
 
-def test_a_named_guards_webhooks_name_it_from_its_force_to_its_restore(declared, configure, stub, redis_db):
-    bodies: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        declared.declare("vectordb", hold_seconds=1, ramp_seconds=0, probe=lambda name, timeout_s: None)
-        rt = configure(webhook_urls=(("slack", f"http://127.0.0.1:{server.server_address[1]}/hook"),))
-        rt.ops_for("vectordb").force(BY, reason="manual_ops", ttl_seconds=1)
-        assert rt.probe_due(BY) == {}, "not due yet: announced all the same"
-        wait_for(lambda: len(bodies) == 1, 5, "the downgrade's webhook")
-        assert bodies[0]["memguard"]["guard"] == "vectordb"
-        assert bodies[0]["text"].startswith("memguard [guard vectordb]: Zep reads downgraded"), bodies[0]
-        wait_for(lambda: rt.probe_due(BY).get("vectordb", {}).get("result") == "success", 5, "the probe")
-        wait_for(lambda: len(bodies) == 2, 5, "the restore's webhook")
-        assert (bodies[1]["memguard"]["kind"], bodies[1]["memguard"]["guard"]) == ("restore", "vectordb")
-        wait_for(lambda: rt.probe_due(BY) and redis_db.zcard(HOLDS) == 0, 5, "healthy: out of the index")
-        assert not redis_db.exists("mem:audit"), "the default guard's trail is untouched"
-    finally:
-        server.shutdown()
+def test_a_named_guards_webhooks_name_it_from_its_force_to_its_restore(declared, configure, stub, redis_db,
+                                                                        webhooks):
+    bodies = webhooks.bodies
+    declared.declare("vectordb", hold_seconds=1, ramp_seconds=0, probe=lambda name, timeout_s: None)
+    rt = configure(webhook_urls=(("slack", webhooks.url),))
+    rt.ops_for("vectordb").force(BY, reason="manual_ops", ttl_seconds=1)
+    assert rt.probe_due(BY) == {}, "not due yet: announced all the same"
+    wait_for(lambda: len(bodies) == 1, 5, "the downgrade's webhook")
+    assert bodies[0]["memguard"]["guard"] == "vectordb"
+    assert bodies[0]["text"].startswith("memguard [guard vectordb]: Zep reads downgraded"), bodies[0]
+    wait_for(lambda: rt.probe_due(BY).get("vectordb", {}).get("result") == "success", 5, "the probe")
+    wait_for(lambda: len(bodies) == 2, 5, "the restore's webhook")
+    assert (bodies[1]["memguard"]["kind"], bodies[1]["memguard"]["guard"]) == ("restore", "vectordb")
+    wait_for(lambda: rt.probe_due(BY) and redis_db.zcard(HOLDS) == 0, 5, "healthy: out of the index")
+    assert not redis_db.exists("mem:audit"), "the default guard's trail is untouched"
 
 
 holds_values = st.one_of(

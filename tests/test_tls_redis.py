@@ -21,7 +21,14 @@ from memguard import flags, process
 from memguard.domain import events
 from memguard.drill.localstack import CeleryProcess, RedisServer, free_port, stack_env, wait_for
 
-from .conftest import API_KEY, RABBITMQ_URL, make_settings, require_rabbitmq
+from .conftest import (
+    API_KEY,
+    RABBITMQ_URL,
+    a_401_forces_and_another_process_sees_it,
+    make_settings,
+    require_rabbitmq,
+    run_cli,
+)
 
 
 def _tls_server(tmp: Path, name: str, cert: object, ca_path: Path) -> tuple[RedisServer, int]:
@@ -64,28 +71,16 @@ def tls(tmp_path: Path) -> Iterator[SimpleNamespace]:
         expired.close()
 
 
-def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"REDIS_URL": redis_url, "ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "memguard", *args], env=env, capture_output=True, text=True,
-                          timeout=60)
-
-
 def test_reads_forces_and_the_cli_work_over_mutual_tls(tls, stub):
     rt = process.configure(make_settings(tls.url, stub))
     other = process.build(make_settings(tls.url, stub), hooks=events.Hooks(), count_metrics=False)
     try:
-        assert rt.watcher.wait_ready(5) and other.watcher.wait_ready(5), "the views' tracked connections"
-        assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["source"] == "zep"
-        stub.set_fault("401")
-        assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["reason"] == "auth"
-        stub.set_fault("ok")
-        wait_for(lambda: (v := other.watcher.current) is not None and v.record is not None, 2,
-                 "the force seen by another process")
-        status = cli(tls.url, "status")
+        a_401_forces_and_another_process_sees_it(rt, other, stub)  # the views' tracked connections too
+        status = run_cli(tls.url, "status")
         assert status.returncode == 0 and "forced:      yes, reason auth" in status.stdout, status.stderr
-        assert cli(tls.url, "clear", "--no-ramp").returncode == 0
+        assert run_cli(tls.url, "clear", "--no-ramp").returncode == 0
         wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
-        assert cli(tls.url, "force", "--ttl", "60").returncode == 0
+        assert run_cli(tls.url, "force", "--ttl", "60").returncode == 0
         assert tls.plain.exists("mem:mode:forced:v1"), "the state is the server's (read over plain TCP)"
     finally:
         other.close()
@@ -97,7 +92,7 @@ def test_reads_forces_and_the_cli_work_over_mutual_tls(tls, stub):
 def test_a_certificate_that_fails_verification_is_told_in_one_line_and_reads_fail_open(tls, stub, case,
                                                                                        reason):
     url = getattr(tls, case)
-    status = cli(url, "status")
+    status = run_cli(url, "status")
     assert status.returncode == 3, status.stdout + status.stderr
     assert status.stderr.startswith("memguard: TLS verification failed at rediss://"), status.stderr
     assert reason in status.stderr and len(status.stderr.strip().splitlines()) == 1, status.stderr
