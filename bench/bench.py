@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import otel
 import redis
 import startup
 
@@ -361,6 +362,8 @@ def main() -> None:
             trials=50
         )
 
+        res["otel"] = otel.run(settings, decorated_read, n, timed, summary, base)
+
         fk, fk_per_read = forked(server.url, settings, n)
         res["forked_child_decorated"] = summary(fk, base)
         res["forked_child_decorated"]["redis_commands_per_read"] = round(fk_per_read, 4)
@@ -406,6 +409,7 @@ def main() -> None:
           f"{r['ramp_extra_p50_over_bare_rtt']} bare RTT (target <= 2 µs)")
     print("memguard's idle cost per process: see --fleet")
     startup.report(res["startup"])
+    otel.report(res["otel"])
     fp = res["failure_path"]
     print(f"failure path: {fp['round_trips_per_failure']} round trips (EVALSHA) per failure, "
           f"{fp['commands_per_failure_incl_script']} commands counting those inside the script")

@@ -14,15 +14,16 @@ as cheap in a child as in the parent.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from memguard.config.settings import Settings
+from memguard.config.settings import Settings, SettingsError
 from memguard.config.target import connection_name
 from memguard.declared import registry
 from memguard.domain import events, guards
@@ -40,6 +41,9 @@ from memguard.request.zep import Readers
 from memguard.store.failover import SwitchListener
 from memguard.store.keys import Keys
 from memguard.store.state import State
+
+if TYPE_CHECKING:  # imported only when OpenTelemetry is fed (``_opentelemetry``)
+    from memguard.observe.otel import Telemetry
 
 # The process's subscribers: logs and metrics from the first build on, tests and the drill too.
 # It outlives a ``configure()``, so a subscriber stays subscribed when the objects are rebuilt.
@@ -74,6 +78,12 @@ class Process:
     named: NamedGuards
     meter: ReadMeter | None = None
     switches: SwitchListener | None = None
+    telemetry: Telemetry | None = None  # OpenTelemetry's instruments and tracer, when fed
+
+    def annotate(self, meta: Mapping[str, Any], guard: str) -> None:
+        """Put a read's outcome on the caller's span (OpenTelemetry, when fed)."""
+        if self.telemetry is not None:
+            self.telemetry.annotate(meta, guard)
 
     def ops_for(self, guard: object = DEFAULT, probes: Mapping[str, NamedProbe] | None = None) -> Operations:
         """The operator actions on one guard (its probe: ``probe_of``). A valid name this process
@@ -116,6 +126,9 @@ class Process:
 
     def close(self) -> None:
         self.named.close()
+        if self.telemetry is not None:
+            self.state.hooks.unsubscribe(self.telemetry.on_event)
+            self.telemetry.stop()
         self.state.hooks.unsubscribe(self.audit.on_event)
         if self.switches is not None:
             self.switches.stop()
@@ -140,6 +153,10 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
         hooks.subscribe(metrics.on_event)
         for label in registry.labels():  # declared before the build (memguard.declare's rule)
             metrics.start_series(label)
+    otel = _opentelemetry(settings) if count_metrics else None
+    telemetry = otel.start(current_state, held_guards) if otel is not None else None
+    if telemetry is not None:
+        hooks.subscribe(telemetry.on_event)
     client = redis_client(settings, "cmd" if watch else "cli")
     state = State(client, settings, hooks)
     watcher = Watcher(state, settings.probe_grace_seconds, hooks)
@@ -162,12 +179,35 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
     ops = Operations(state, settings, hooks, lambda: zep_probe(readers.reader))
     named = NamedGuards(registry, settings, state, guard, watcher, hooks)
     proc = Process(settings, state, watcher, guard, audit, Notifier(state, settings, hooks), ops, readers,
-                   named, meter, switches)
+                   named, meter, switches, telemetry)
     if watch:
         for thread in (watcher, meter, switches):
             if thread is not None:
                 thread.start()
     return proc
+
+
+def _opentelemetry(settings: Settings) -> Any:
+    """``memguard.observe.otel`` when OpenTelemetry is to be fed: ``MEMGUARD_OTEL=auto`` (the
+    default) when ``opentelemetry-api`` is installed, ``on`` always (a SettingsError without it),
+    ``off`` never. Without it nothing of OpenTelemetry's is imported."""
+    if settings.otel == "off" or (settings.otel == "auto" and not _installed("opentelemetry")):
+        return None
+    try:
+        from memguard.observe import otel
+    except ImportError as exc:
+        if settings.otel == "on":
+            raise SettingsError(f"MEMGUARD_OTEL=on: OpenTelemetry cannot be imported ({exc}); "
+                                "install memguard[otel]") from None
+        return None
+    return otel
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 _lock = threading.Lock()

@@ -10,6 +10,7 @@ unguarded, the fault is counted and logged, and ``meta["guard_error"]`` names it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import sys
@@ -98,7 +99,8 @@ def fetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
         return None, _config_error(exc)
     except Exception as fault:
         return _unguarded(fault, lambda: _bare_read(thread_id))
-    return proc.guard.call(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
+    result = proc.guard.call(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
+    return _told(proc, proc.guard.name, result)
 
 
 async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
@@ -116,7 +118,9 @@ async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
         return None, _config_error(exc)
     except Exception as fault:
         return await _aunguarded(fault, lambda: _abare_read(thread_id))
-    return await proc.guard.acall(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
+    guard = proc.guard
+    result = await guard.acall(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
+    return _told(proc, proc.guard.name, result)
 
 
 @overload
@@ -190,7 +194,8 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
                     return None, _config_error(exc)
                 except Exception as fault:
                     return await _aunguarded(fault, lambda: read(*args, **kwargs))
-                return merged(await chosen.acall(thread_id, read, args, kwargs, budget_s=budget_s), extra)
+                result = await chosen.acall(thread_id, read, args, kwargs, budget_s=budget_s)
+                return _told(proc, chosen.name, merged(result, extra))
 
             return awrapper
 
@@ -204,7 +209,8 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
                 return None, _config_error(exc)
             except Exception as fault:
                 return _unguarded(fault, lambda: read(*args, **kwargs))
-            return merged(chosen.call(thread_id, read, args, kwargs, budget_s=budget_s), extra)
+            result = chosen.call(thread_id, read, args, kwargs, budget_s=budget_s)
+            return _told(proc, chosen.name, merged(result, extra))
 
         return wrapper
 
@@ -222,6 +228,18 @@ def _check_guard(guard: object) -> None:
     if registry.resolve(guard) is None:  # type: ignore[arg-type]
         raise GuardError(f"guard {guard!r} is not declared: call memguard.declare({guard!r}, ...) "
                          "before decorating a read with it")
+
+
+def _told(proc: Process, guard: str, result: tuple[R | None, Meta]) -> tuple[R | None, Meta]:
+    """``result``, its outcome put on the caller's span first (OpenTelemetry, when fed); a fault
+    doing so is counted and logged, and the caller still gets the result."""
+    if proc.telemetry is not None:
+        try:
+            proc.annotate(result[1], guard)
+        except Exception as fault:
+            with contextlib.suppress(Exception):
+                proc.state.hooks.emit(events.internal("annotate", fault))
+    return result
 
 
 def _config_error(exc: SettingsError) -> Meta:

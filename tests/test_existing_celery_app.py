@@ -302,6 +302,16 @@ def test_importing_memguard_changes_nothing_global():
 
 
 HEAVY = ("celery", "kombu", "redbeat", "prometheus_client", "zep_python", "zep_cloud", "structlog", "httpx")
+# Makes OpenTelemetry uninstalled for the process that runs it (this venv has it, for its tests).
+WITHOUT_OTEL = """
+import importlib.abc, sys
+class _Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "opentelemetry":
+            raise ModuleNotFoundError(name)
+        return None
+sys.meta_path.insert(0, _Absent())
+"""
 
 
 def _loaded(code: str, **env: str) -> list[str]:
@@ -331,6 +341,33 @@ def test_each_heavy_package_is_loaded_where_it_is_used(redis_server, redis_db, s
     # install(): Celery and its transport.
     installed = _loaded("import memguard, celery\nmemguard.install(celery.Celery())", **env)
     assert {"celery", "kombu"} <= set(installed)
+
+
+def _otel_loaded(code: str, **env: str) -> dict[str, object]:
+    """After ``code`` and one guarded read: whether any of OpenTelemetry and memguard's
+    OpenTelemetry module are loaded, and the read's meta."""
+    probe = (f"{code}\nimport json, sys, memguard\nvalue, meta = memguard.guarded(lambda t: t)('t')\n"
+             "otel = any(m.split('.')[0] == 'opentelemetry' for m in sys.modules)\n"
+             "print(json.dumps({'opentelemetry': otel,"
+             " 'memguard.observe.otel': 'memguard.observe.otel' in sys.modules, 'meta': meta}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_opentelemetry_is_fed_only_where_installed_and_not_turned_off(redis_server, redis_db, stub):
+    env = {"REDIS_URL": redis_server.url, "ZEP_API_URL": stub.url, "ZEP_API_KEY": API_KEY}
+    healthy = {"used": True, "source": "zep"}
+    # Not installed (memguard[otel] left out): nothing of it is imported, and reads go on as ever.
+    assert _otel_loaded(WITHOUT_OTEL, **env) == {
+        "opentelemetry": False, "memguard.observe.otel": False, "meta": healthy}
+    # Installed: fed unless MEMGUARD_OTEL=off. (redis-py imports OpenTelemetry itself where installed.)
+    assert _otel_loaded("", **env)["memguard.observe.otel"] is True
+    assert _otel_loaded("", **env, MEMGUARD_OTEL="off")["memguard.observe.otel"] is False
+    # MEMGUARD_OTEL=on without it: a configuration error naming the setting, as any bad setting gives.
+    meta = _otel_loaded(WITHOUT_OTEL, **env, MEMGUARD_OTEL="on")["meta"]
+    assert meta["source"] == "config_error" and "MEMGUARD_OTEL=on" in meta["error"], meta
 
 
 # -- any HTTP client --------------------------------------------------------------------------

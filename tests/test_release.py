@@ -150,6 +150,8 @@ out = {"file": memguard.__file__}
 out["reads"] = [memguard.fetch_thread_context(sys.argv[1]) for _ in range(int(sys.argv[2]))]
 out["own"] = mine(sys.argv[1])
 out["nearest"] = [nearest(sys.argv[1]) for _ in range(4)]
+out["otel"] = sorted({m.split(".")[0] for m in sys.modules} & {"opentelemetry"}) + sorted(
+    m for m in sys.modules if m == "memguard.observe.otel")
 print(json.dumps(out))
 """
 
@@ -172,6 +174,7 @@ def test_the_installed_package_guards_reads_and_its_cli_and_drill_work(kind, dis
         assert meta == {"used": True, "source": "zep"} and context is not None
         assert healthy["own"] == ["own:t-ok", {"used": True, "source": "zep"}]
         assert stub.reads_of("t-ok") == 1
+        assert healthy["otel"] == [], "without memguard[otel], nothing of OpenTelemetry is imported"
 
         stub.set_fault("500")  # three failing reads force the fleet; the next read is blocked
         failing = json.loads(run(bin_ / "python", "reads.py", "t-bad", "3", cwd=outside, env=env).stdout)

@@ -59,6 +59,7 @@ class Settings:
     ramp_seconds: int = 30  # the recovery ramp after a hold (memguard.domain.ramp); 0: none
     ramp_min_percent: float = 10.0
     ramp_aggression: float = 1.0
+    otel: str = "auto"  # OpenTelemetry: auto (when opentelemetry-api is installed), on, off
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -271,6 +272,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ramp_seconds": ("MEMORY_RECOVERY_RAMP_SECONDS", _int_in(0, 3_600)),  # ramp.MAX_RAMP_SECONDS
     "ramp_min_percent": ("MEMORY_RECOVERY_RAMP_MIN_PERCENT", _float_in(0.0, 100.0)),
     "ramp_aggression": ("MEMORY_RECOVERY_RAMP_AGGRESSION", _float_in(0.1, 10.0)),  # ramp.MIN_/MAX_AGGRESSION
+    "otel": ("MEMGUARD_OTEL", _choice("auto", "on", "off")),
 }
 
 VARIABLE_NAMES = frozenset(var for var, _ in _VARIABLES.values())

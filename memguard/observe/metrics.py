@@ -9,7 +9,7 @@ record on every scrape, so every exporter shows the fleet's current mode.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -22,10 +22,10 @@ from memguard.domain.fleet import FleetStatus
 from memguard.domain.guards import DEFAULT
 from memguard.domain.modes import EffectiveMode
 from memguard.domain.record import AUTO_REASONS, DOWNGRADE_REASONS, PROBE_RESULTS, RESTORE_REASONS
-from memguard.store.state import State
+from memguard.observe import counted
+from memguard.observe.counted import NamedSource, StateSource
 
 RAMP_RESULTS = ("started", "completed", "failed")
-StateSource = Callable[[], State]  # the process's store, resolved at scrape time
 
 DOWNGRADES = Counter("memory_zep_downgrades_total", "Fleet downgrades to write_only, by reason",
                      ["reason", "guard"])
@@ -42,6 +42,8 @@ RAMPS = Counter("memory_recovery_ramps_total", "Recovery ramps after a hold, by 
                 "failed: a trip during the ramp forced the fleet again)", ["result", "guard"])
 TROUBLE = Counter("memory_guard_errors_total", "The guard's own trouble: Redis errors, corrupt "
                   "state, internal faults the reads failed open on", ["kind", "op", "guard"])
+COUNTERS = {"downgrades": DOWNGRADES, "would_downgrade": WOULD, "failures": FAILURES, "probes": PROBES,
+            "blocked": BLOCKED, "restored": RESTORED, "ramps": RAMPS, "errors": TROUBLE}
 OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a read (sampled)",
                      ["guard"], buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
@@ -62,31 +64,12 @@ start_series(DEFAULT)
 
 
 def on_event(event: events.Event) -> None:
-    """Count an event under its guard's declared name or pattern (``family``): a label of
-    bounded cardinality, never a tenant's name."""
-    guard = event.family if isinstance(event, events.Named) else DEFAULT
+    """Count an event (``counted.counts``); sample the overhead of a read that went to Zep."""
     if isinstance(event, events.ReadFinished):
-        OVERHEAD.labels(guard).observe(event.overhead_seconds)
-    elif isinstance(event, events.ReadBlocked):
-        BLOCKED.labels(event.reason, guard).inc()
-    elif isinstance(event, events.FailureRecorded):
-        FAILURES.labels(event.reason, guard).inc()
-    elif isinstance(event, events.ModeForced):
-        DOWNGRADES.labels(event.reason, guard).inc()
-        if event.reason == "ramp_failed":
-            RAMPS.labels("failed", guard).inc()
-    elif isinstance(event, events.WouldForce):
-        WOULD.labels(event.reason, guard).inc()
-    elif isinstance(event, events.ModeRestored):
-        RESTORED.labels(event.reason, guard).inc()
-        if event.ramp_seconds > 0:
-            RAMPS.labels("started", guard).inc()
-    elif isinstance(event, events.RampCompleted):
-        RAMPS.labels("completed", guard).inc()
-    elif isinstance(event, events.ProbeFinished):
-        PROBES.labels(event.result, guard).inc()
-    elif isinstance(event, events.GuardTrouble):
-        TROUBLE.labels(event.kind, event.op, guard).inc()
+        OVERHEAD.labels(counted.guard_of(event)).observe(event.overhead_seconds)
+        return
+    for counter, labels in counted.counts(event):
+        COUNTERS[counter].labels(**labels).inc()
 
 
 class FleetStateCollector(Collector):
@@ -102,16 +85,12 @@ class FleetStateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("memory_guard_state_up", "1 if the fleet state could be read from Redis",
                                labels=GUARD_LABELS)
-        try:
-            state = self.source()
-            fleet = FleetStatus.of(state.snapshot(), state.base, state.settings.probe_grace_seconds)
-        except Exception:
-            up.add_metric([DEFAULT, DEFAULT], 0)
-            yield up
-            return
-        up.add_metric([DEFAULT, DEFAULT], 1)
-        guards = [(DEFAULT, DEFAULT, fleet), *self._named()]
+        guards = counted.fleet(self.source, self.named)
+        up.add_metric([DEFAULT, DEFAULT], 0 if guards is None else 1)
         yield up
+        if guards is None:
+            return
+        fleet = guards[0][2]
         mode = GaugeMetricFamily("memory_mode_gauge", "1 for the fleet's current effective mode",
                                  labels=["mode", *GUARD_LABELS])
         for label, name, each in guards:
@@ -129,25 +108,8 @@ class FleetStateCollector(Collector):
         if age is not None:
             yield _gauge("memory_prober_heartbeat_age_seconds", "Seconds since the last probe tick", age)
 
-    def _named(self) -> list[tuple[str, str, FleetStatus]]:
-        """The named guards held or recovering; one that cannot be read is left out."""
-        out = []
-        try:
-            named = list(self.named()) if self.named is not None else []
-        except Exception:
-            return []
-        for label, name, state in named[:NAMED_PER_SCRAPE]:
-            try:
-                out.append((label, name, FleetStatus.of(state.snapshot(), state.base,
-                                                        state.settings.probe_grace_seconds)))
-            except Exception:
-                continue
-        return out
-
 
 GUARD_LABELS = ["guard", "name"]
-NAMED_PER_SCRAPE = 100  # named guards' series one scrape reads at most
-NamedSource = Callable[[], Iterable[tuple[str, str, State]]]
 GAUGES: tuple[tuple[str, str, Callable[[FleetStatus], float]], ...] = (
     ("memory_mode_hold_seconds", "The current hold's length (it doubles after each failed probe, up to "
      "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS)", lambda f: f.hold_seconds),
