@@ -193,6 +193,10 @@ MUTANTS = (
            "            self.counters[counter].add(1, {**labels, 'guard': '?'} if counter == 'probes' "
            "else labels)",
            ("tests/test_opentelemetry.py",)),
+    Mutant("sentinels-asked-in-plain", "rediss+sentinel:// asks the sentinels over plain TCP",
+           "memguard/config/target.py",
+           'query.get("sentinel_ssl", "true")', 'query.get("sentinel_ssl", "false")',
+           ("tests/test_tls_sentinel_and_cluster.py", "-k", "reads_forces")),
     Mutant("threshold-4", "the consecutive-failure threshold default raised from 3 to 4",
            "memguard/config/settings.py", "threshold: int = 3", "threshold: int = 4",
            ("tests/test_promised_figures.py", "-k", "three_failures")),

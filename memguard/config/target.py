@@ -60,7 +60,8 @@ class Target:
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     ssl: bool = False
-    sentinel_auth: dict[str, str] = field(default_factory=dict, repr=False)
+    # a connection to a sentinel: its credentials (sentinel_username/_password) and TLS
+    sentinel_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
     # rediss+sentinel / rediss+cluster: the TLS files and verification from REDIS_URL's query
     # (redis-py reads them from a one-server URL itself).
     tls: dict[str, Any] = field(default_factory=dict)
@@ -98,10 +99,12 @@ class Target:
             if not path or len(path) > 2:
                 raise ValueError("expected /<service>[/<db>] after the sentinels, e.g. "
                                  "redis+sentinel://sentinel-1:26379,sentinel-2:26379/mymaster/0")
-            auth = {k.removeprefix("sentinel_"): query[k] for k in ("sentinel_username", "sentinel_password")
-                    if k in query}
-            return cls(url, "sentinel", service=unquote(path[0]), db=_db(path[1:]), sentinel_auth=auth,
-                       **common)
+            to_sentinel: dict[str, Any] = {k.removeprefix("sentinel_"): query[k]
+                                           for k in ("sentinel_username", "sentinel_password") if k in query}
+            if ssl_on and _sentinel_ssl(query.get("sentinel_ssl", "true")):
+                to_sentinel.update(ssl=True, **common["tls"])
+            return cls(url, "sentinel", service=unquote(path[0]), db=_db(path[1:]),
+                       sentinel_kwargs=to_sentinel, **common)
         if path and path != ["0"]:
             raise ValueError("Redis Cluster has only database 0; drop the path after the nodes")
         return cls(url, "cluster", **common)
@@ -162,9 +165,10 @@ class Target:
             return {}
         options: dict[str, Any] = {"sentinels": list(self.nodes), "service_name": self.service,
                                    "db": self.db, "socket_timeout": 1.0, **self._auth()}
-        if self.sentinel_auth:
-            options["sentinel_kwargs"] = dict(self.sentinel_auth)
-        return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}
+        if self.sentinel_kwargs:
+            options["sentinel_kwargs"] = dict(self.sentinel_kwargs)
+        tls = {"redbeat_redis_use_ssl": dict(self.tls)} if self.ssl else {}  # RedBeat: a dict turns TLS on
+        return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options, **tls}
 
     def celery_broker(self) -> tuple[str, dict[str, Any]]:
         """Celery's broker URL and transport options for this Redis (kombu's sentinel form)."""
@@ -177,8 +181,8 @@ class Target:
             auth = f"{self.username or ''}:{self.password}@"
         url = ";".join(f"sentinel://{auth}{h}:{p}/{self.db}" for h, p in self.nodes)
         options: dict[str, Any] = {"master_name": self.service}
-        if self.sentinel_auth:
-            options["sentinel_kwargs"] = dict(self.sentinel_auth)
+        if self.sentinel_kwargs:
+            options["sentinel_kwargs"] = dict(self.sentinel_kwargs)
         return url, options
 
     def _auth(self) -> dict[str, Any]:
@@ -199,7 +203,7 @@ class Target:
         """A Sentinel manager's options, blocking or asyncio. Short timeouts: a reconnect on
         the request path must not wait long for a sentinel that is down."""
         kwargs = {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S,
-                  **self.sentinel_auth}
+                  **self.sentinel_kwargs}
         return {"sentinel_kwargs": kwargs, **({"ssl": True} if self.ssl else {})}
 
     def prefer(self, host: str, port: int) -> None:
@@ -268,6 +272,16 @@ def celery_transport(redis_url: str, env: Mapping[str, str]) -> dict[str, Any]:
     return {"broker_url": broker, "broker_transport_options": options,
             "result_backend": env.get("CELERY_RESULT_BACKEND") or broker,
             "result_backend_transport_options": options}
+
+
+def _sentinel_ssl(raw: str) -> bool:
+    """``sentinel_ssl``: whether a ``rediss+sentinel://`` URL's sentinels speak TLS too (the
+    default), with the master's CA and client certificate; ``false`` asks them over plain TCP."""
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError("sentinel_ssl must be true or false")
 
 
 def tls_failure(exc: BaseException) -> str | None:

@@ -50,7 +50,7 @@ class SwitchListener(Background):
                 self._stop.wait(0.5)
 
     def _listen(self, host: str, port: int) -> None:
-        auth: dict[str, Any] = dict(self.target.sentinel_auth)
+        auth: dict[str, Any] = dict(self.target.sentinel_kwargs)
         client = redis.Redis(host=host, port=port, decode_responses=True, socket_connect_timeout=1.0,
                              socket_keepalive=True, socket_keepalive_options=keepalive_options(), **auth)
         pubsub = client.pubsub(ignore_subscribe_messages=True)

@@ -7,6 +7,8 @@ import re
 import socket
 from pathlib import Path
 
+import pytest
+
 from memguard.config.settings import _VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,3 +93,20 @@ def test_a_sentinel_or_cluster_url_gives_its_tls_files_to_the_connections_it_mak
     kwargs = sentinel.client().connection_pool.connection_kwargs  # no I/O until a command
     assert (kwargs["ssl_ca_certs"], kwargs["ssl_certfile"]) == ("/ca.pem", "/c.crt"), "the master's"
     assert Target.parse(f"redis+sentinel://s1:26379/mg/0{query}").tls == {}, "no TLS without rediss"
+
+
+def test_rediss_sentinel_asks_the_sentinels_over_tls_unless_told_not_to():
+    from memguard.config.settings import Settings, SettingsError
+    from memguard.config.target import Target
+
+    query = "ssl_ca_certs=/ca.pem&ssl_certfile=/c.crt&ssl_keyfile=/c.key"
+    tls = Target.parse(f"rediss+sentinel://s1:26379/mg/0?{query}&sentinel_password=pw")
+    assert tls.sentinel_kwargs == {"password": "pw", "ssl": True, "ssl_ca_certs": "/ca.pem",
+                                   "ssl_certfile": "/c.crt", "ssl_keyfile": "/c.key"}
+    files = {"ssl_ca_certs": "/ca.pem", "ssl_certfile": "/c.crt", "ssl_keyfile": "/c.key"}
+    assert tls.redbeat_conf()["redbeat_redis_use_ssl"] == files
+    plain = Target.parse(f"rediss+sentinel://s1:26379/mg/0?{query}&sentinel_ssl=false")
+    assert "ssl" not in plain.sentinel_kwargs and plain.tls["ssl_ca_certs"] == "/ca.pem"
+    assert "ssl" not in Target.parse("redis+sentinel://s1:26379/mg/0").sentinel_kwargs
+    with pytest.raises(SettingsError, match=r"REDIS_URL=.*sentinel_ssl must be true or false"):
+        Settings.from_env({"REDIS_URL": f"rediss+sentinel://s1:26379/mg/0?{query}&sentinel_ssl=maybe"})
