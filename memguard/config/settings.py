@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 if TYPE_CHECKING:  # the target (and redis-py with it) is imported when Redis is first needed
     from memguard.config.target import Target
+    from memguard.config.views import ViewServers
 
 ZEP_CLIENTS = ("zep-python", "zep-cloud")
 _TRUE = {"1", "true", "yes", "on"}
@@ -60,6 +61,7 @@ class Settings:
     ramp_min_percent: float = 10.0
     ramp_aggression: float = 1.0
     otel: str = "auto"  # OpenTelemetry: auto (when opentelemetry-api is installed), on, off
+    view_urls: tuple[str, ...] = ()  # the views' servers (memguard.config.views); () follows REDIS_URL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +77,8 @@ class Settings:
                 values[attr] = parse(raw.strip())
             except ValueError as exc:
                 errors.append(f"{var}={_shown(var, raw)}: {exc}")
+        if not errors and (problem := _views_problem(values)) is not None:
+            errors.append(f"MEMGUARD_VIEW_URLS: {problem}")
         if errors:
             raise SettingsError("invalid configuration: " + "; ".join(errors))
         default = values.pop("webhook_format", "auto")
@@ -97,6 +101,15 @@ class Settings:
         from memguard.config.target import Target
 
         return Target.parse(self.redis_url)
+
+    @cached_property
+    def view_servers(self) -> ViewServers | None:
+        """Where the views connect when not to REDIS_URL's server (MEMGUARD_VIEW_URLS)."""
+        if not self.view_urls:
+            return None
+        from memguard.config.views import ViewServers
+
+        return ViewServers(self.redis_target, self.view_urls)
 
     @property
     def hold_cap_seconds(self) -> int:
@@ -203,6 +216,20 @@ def _redis_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _view_urls(raw: str) -> tuple[str, ...]:
+    from memguard.config.views import parse_view_urls
+
+    return parse_view_urls(raw)
+
+
+def _views_problem(values: dict[str, Any]) -> str | None:
+    if not values.get("view_urls"):
+        return None
+    from memguard.config.views import check_with
+
+    return check_with(values["view_urls"], values.get("redis_url", Settings.redis_url))
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw not in choices:
@@ -273,6 +300,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ramp_min_percent": ("MEMORY_RECOVERY_RAMP_MIN_PERCENT", _float_in(0.0, 100.0)),
     "ramp_aggression": ("MEMORY_RECOVERY_RAMP_AGGRESSION", _float_in(0.1, 10.0)),  # ramp.MIN_/MAX_AGGRESSION
     "otel": ("MEMGUARD_OTEL", _choice("auto", "on", "off")),
+    "view_urls": ("MEMGUARD_VIEW_URLS", _view_urls),
 }
 
 VARIABLE_NAMES = frozenset(var for var, _ in _VARIABLES.values())

@@ -155,6 +155,17 @@ class Target:
         cls = redis.SSLConnection if self.ssl else redis.Connection
         return cls(host=node.host, port=node.port, **self._auth(), **self.tls, **options)
 
+    def server_connection(self, host: str, port: int, **options: Any) -> redis.Connection:
+        """One unpooled connection to another server of this deployment (a replica), with the
+        credentials, database and TLS of ``REDIS_URL``."""
+        cls = redis.SSLConnection if self.ssl else redis.Connection
+        return cls(host=host, port=port, db=self.db, **self._auth(), **self.tls, **options)
+
+    def server_aclient(self, host: str, port: int, **options: Any) -> redis.asyncio.Redis:
+        """``server_connection``'s asyncio client."""
+        return redis.asyncio.Redis(host=host, port=port, db=self.db, ssl=self.ssl, **self._auth(), **self.tls,
+                                   **options)
+
     def redbeat_conf(self) -> dict[str, Any]:
         """Celery settings that point RedBeat at this Redis ({} on a cluster: RedBeat then
         keeps to the broker's Redis, which must not be a cluster)."""

@@ -13,6 +13,8 @@ would run them. A holder obeys its parent over a ``multiprocessing`` pipe:
   command, and the ``perf_counter`` time of the first (``None``: none did);
 - ``("troubles", None)``: how many ``GuardTrouble`` events (a view that reconnected...) the
   views emitted since ready or the last such command;
+- ``("counted", None)``: the smallest fleet size a view counted (views on replicas: each
+  counts its server's subscribers when it connects, and once more a while later);
 - ``None``: stop.
 
 An observer (``observe``) is one view as an application holds it: its own process and thread.
@@ -53,8 +55,10 @@ class TimedView(GuardView):
             self.seen = time.perf_counter()
 
 
-def settings_for(url: str) -> Settings:
-    return Settings(redis_url=url, zep_api_key="x", redis_timeout_ms=5000, failure_rate_threshold=0.5)
+def settings_for(url: str, view_urls: tuple[str, ...] = ()) -> Settings:
+    """``view_urls``: the views follow these replicas (MEMGUARD_VIEW_URLS), not ``url``."""
+    return Settings(redis_url=url, zep_api_key="x", redis_timeout_ms=5000, failure_rate_threshold=0.5,
+                    view_urls=view_urls)
 
 
 async def see(views: list[TimedView], want: bool, conn: Any) -> None:
@@ -71,18 +75,18 @@ async def see(views: list[TimedView], want: bool, conn: Any) -> None:
         view.want = None
 
 
-def hold(url: str, count: int, conn: Any, nice: int = 0) -> None:
+def hold(url: str, count: int, conn: Any, nice: int = 0, view_urls: tuple[str, ...] = ()) -> None:
     """A process holding ``count`` views (the target of a ``multiprocessing`` process), at CPU
     priority ``nice``: the fleet benchmark lowers it, as on one machine the holders would
     otherwise take the CPU the Redis server and the observers need, which in a fleet are on
     machines of their own."""
     os.nice(nice)
-    asyncio.run(_hold(url, count, conn))
+    asyncio.run(_hold(url, count, conn, view_urls))
 
 
-async def _hold(url: str, count: int, conn: Any) -> None:
+async def _hold(url: str, count: int, conn: Any, view_urls: tuple[str, ...] = ()) -> None:
     """``count`` views in one process, each with its own read meter; obeys the parent."""
-    settings = settings_for(url)
+    settings = settings_for(url, view_urls)
     hooks = events.Hooks()
     state = State(redis.Redis.from_url(url, decode_responses=True), settings, hooks)
     gate = asyncio.Semaphore(32)  # re-reads at once per holder, as a few dozen processes' worth
@@ -136,6 +140,8 @@ async def _hold(url: str, count: int, conn: Any) -> None:
         elif kind == "troubles":
             conn.send(len(troubles))
             troubles.clear()
+        elif kind == "counted":
+            conn.send(min(v.fleet_floor for v in views))
         else:
             await see(views, arg, conn)
     for watcher in watchers:
@@ -145,10 +151,10 @@ async def _hold(url: str, count: int, conn: Any) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def observe(url: str, conn: Any) -> None:
+def observe(url: str, conn: Any, view_urls: tuple[str, ...] = ()) -> None:
     """One view as an application process has it (its own thread and CPU), connected after the
     fleet: Redis sends it each message after every other subscriber's."""
-    settings = settings_for(url)
+    settings = settings_for(url, view_urls)
     state = State(redis.Redis.from_url(url, decode_responses=True), settings, events.Hooks())
     view = TimedView(state, settings.probe_grace_seconds, events.Hooks())
     watcher = Watcher(state, settings.probe_grace_seconds, events.Hooks(), views=[view])

@@ -20,6 +20,7 @@ import redis.asyncio
 from memguard.config.target import connection_name
 from memguard.domain import events
 from memguard.request.watch import QUIET, Listen, Watcher
+from memguard.store.keys import CHANGES_CHANNEL
 from memguard.store.steps import Step, arun
 
 Perform = Callable[[Step], Awaitable[Any]]
@@ -35,7 +36,10 @@ async def run(watcher: Watcher, perform: Perform | None = None) -> None:
             await follow(watcher, await connect(watcher), perform or watcher.state.aperform)
             backoff = 0.1
         except (redis.RedisError, OSError) as exc:
+            if watcher.take_planned():
+                continue
             watcher.current = None
+            watcher.placement.moved()
             watcher.hooks.emit(events.GuardTrouble("redis_error", "watch", type(exc).__name__))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
@@ -43,10 +47,17 @@ async def run(watcher: Watcher, perform: Perform | None = None) -> None:
 
 async def connect(watcher: Watcher) -> redis.asyncio.Connection:
     """An asyncio connection with the watcher's handshake done (one server; RESP2)."""
-    client = watcher.state.settings.redis_target.aclient(client_name=connection_name("view"),
-                                                         decode_responses=True, protocol=2)
+    options: dict[str, Any] = dict(client_name=connection_name("view"), decode_responses=True, protocol=2)
+    servers = watcher.state.settings.view_servers
+    if servers is None:
+        client = watcher.state.settings.redis_target.aclient(**options)
+    else:
+        watcher.placement.server, of, client = servers.aclient(watcher.placement.index, **options)
     conn = client.connection_pool.make_connection()
     await conn.connect()
+    if servers is not None:
+        await conn.send_command("PUBSUB", "NUMSUB", CHANGES_CHANNEL)
+        watcher.spread(int((await conn.read_response())[1]), of)
     await conn.send_command("CLIENT", "ID")
     tracking, subscribe = watcher.handshake(await conn.read_response())
     await conn.send_command(*tracking)

@@ -63,6 +63,7 @@ class GuardView:
         self._explained: dict[str, float] = {}
         self.unexplained = False  # a change awaits an explanation (store/lua/explain.lua)
         self.fleet = 1  # the guard's fleet size, from the last re-read or explanation
+        self.fleet_floor = 0  # views spread over replicas: their estimate (Watcher.spread)
         self.stale = False  # the view missed this process's own write: re-read
         self._last_corrupt: str | None = None
         # When each window's "hot" message arrived (monotonic): the read meter sends its kept
@@ -190,19 +191,21 @@ class GuardView:
         views of the fleet, chosen at random; EXPLAIN_WAIT_S for the rest."""
         view = self.current
         if view is None or time.monotonic() >= view.valid_until \
-                or random.random() * self.fleet < EXPLAIN_ASKERS:
+                or random.random() * max(self.fleet, self.fleet_floor) < EXPLAIN_ASKERS:
             return 0.0
         return random.uniform(*EXPLAIN_WAIT_S)
 
-    def resync_steps(self) -> Generator[Step, Any, None]:
+    def resync_steps(self) -> Generator[Step, Any, Snapshot]:
         """Re-read; a read overtaken by a newer notice is read again. A version that went
-        backwards and stays there (FLUSHALL, a Redis restart) is taken as it is."""
+        backwards and stays there (FLUSHALL, a Redis restart) is taken as it is. The reply is
+        the last read."""
         with self._lock:
             self.unexplained = self.stale = False  # the read below covers it
         for _ in range(3):
             snap = yield from self.state.snapshot_steps()
             if self.apply_snapshot(snap):
-                return
+                return snap
         with self._lock:
             self._version = -1
         self.apply_snapshot(snap)
+        return snap

@@ -39,9 +39,10 @@ import redis
 
 from memguard.config.target import connection_name, keepalive_options
 from memguard.domain import events
+from memguard.request.placement import Placement, notice_time, seconds
 from memguard.request.view import GuardView, View
 from memguard.store.background import Background
-from memguard.store.keys import CHANGES_CHANNEL, WINDOWS
+from memguard.store.keys import CHANGES_CHANNEL, CLOCK_CHANNEL, WINDOWS
 from memguard.store.state import State
 from memguard.store.steps import ReadSnapshot, Script, Step, Via, via
 from memguard.store.steps import run as run_steps
@@ -106,6 +107,7 @@ class Watcher(Background):
         self._replanned = 0.0
         self._planned = False  # the connection is being dropped to follow new views
         self.tick: Callable[[], None] = lambda: None  # called at each slow re-read (named guards' expiry)
+        self.placement = Placement(state.settings.view_servers is not None)  # views on replicas
 
     @property
     def current(self) -> View | None:
@@ -178,12 +180,12 @@ class Watcher(Background):
                 self._follow()
                 backoff = 0.1
             except (redis.RedisError, OSError) as exc:
-                if self._planned and not self._stop.is_set():  # new views: reconnect now, quietly
-                    self._planned = False
+                if self.take_planned():  # new views, or a recount: reconnect now, quietly
                     continue
                 self.current = None
                 if self._stop.is_set():
                     return  # stop() shut the socket: not a Redis error
+                self.placement.moved()  # a view on replicas tries the next server
                 self.hooks.emit(events.GuardTrouble("redis_error", "watch", type(exc).__name__))
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -192,7 +194,8 @@ class Watcher(Background):
         """The commands that make a connection this watcher's: tracking of the views' keys,
         redirected to the connection itself, and the channels (RESP2)."""
         prefixes = [arg for key in self._by_key for arg in ("PREFIX", key)]
-        channels = dict.fromkeys([INVALIDATE_CHANNEL, CHANGES_CHANNEL, *self._by_channel])
+        clock = [CLOCK_CHANNEL] if self.placement.on_replicas else []
+        channels = dict.fromkeys([INVALIDATE_CHANNEL, CHANGES_CHANNEL, *clock, *self._by_channel])
         return [("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes),
                 ("SUBSCRIBE", *channels)]
 
@@ -207,11 +210,19 @@ class Watcher(Background):
 
     def _connect(self) -> redis.Connection:
         # RESP2: subscribe replies and tracking messages come back as plain replies.
-        conn = self.state.settings.redis_target.connection(
+        options: dict[str, Any] = dict(
             client_name=connection_name("view"), decode_responses=True, socket_timeout=1.0,
             socket_connect_timeout=1.0, socket_keepalive=True, socket_keepalive_options=keepalive_options(),
             protocol=2)
-        conn.connect()
+        servers = self.state.settings.view_servers
+        if servers is None:
+            conn = self.state.settings.redis_target.connection(**options)
+            conn.connect()
+        else:
+            self.placement.server, of, conn = servers.connection(self.placement.index, **options)
+            conn.connect()
+            conn.send_command("PUBSUB", "NUMSUB", CHANGES_CHANNEL)
+            self.spread(int(conn.read_response()[1]), of)
         conn.send_command("CLIENT", "ID")
         tracking, subscribe = self.handshake(conn.read_response())
         conn.send_command(*tracking)
@@ -240,6 +251,20 @@ class Watcher(Background):
             with contextlib.suppress(redis.RedisError, OSError):
                 conn.disconnect()
 
+    def take_planned(self) -> bool:
+        """Whether the connection ended as planned (new views, a recount): then reconnect now,
+        quietly."""
+        planned, self._planned = self._planned and not self._stop.is_set(), False
+        return planned
+
+    def spread(self, subscribers: int, servers: int) -> None:
+        """The fleet's size for the explanation's askers (``GuardView.explain_wait``) when the
+        views are spread over ``servers``: the primary's ``PUBSUB NUMSUB`` counts none of them,
+        so it is this server's (read before subscribing) times the servers."""
+        for view in self.views:
+            view.fleet_floor = (subscribers + 1) * servers
+        self.placement.counted()
+
     def _on(self, view: GuardView, steps: Generator[Step, Any, Any]) -> Generator[WatchStep, Any, Any]:
         """``steps`` of ``view``, each performed by its guard's store."""
         return (yield from steps if view.state is self.state else via(view.state, steps))
@@ -261,7 +286,8 @@ class Watcher(Background):
             still waiting for its explanation: this view no longer asks for one."""
             nonlocal resync_at
             for view in views:
-                yield from self._on(view, view.resync_steps())
+                snap = yield from self._on(view, view.resync_steps())
+                self.placement.clock(snap.redis_now)  # read from the primary
                 explain_at.pop(view, None)
             if len(views) == len(self.views):
                 resync_at = self._next_resync()
@@ -286,7 +312,8 @@ class Watcher(Background):
 
         while not self._stop.is_set():
             # Sleep until a message or the next thing due: a quiet view wakes once a round.
-            due = min(heartbeat_at, resync_at, self._liveness_until, self._replan_at, *explain_at.values(),
+            due = min(heartbeat_at, resync_at, self._liveness_until, self._replan_at,
+                      self.placement.recount_at, *explain_at.values(),
                       *(v.current.valid_until for v in self.views if v.current is not None))
             message = yield Listen(max(0.001, due - time.monotonic()))
             if message is not QUIET:
@@ -314,7 +341,8 @@ class Watcher(Background):
                     yield from resync([view])
             if now >= heartbeat_at:  # quiet for a while: offer the round's heartbeat
                 with contextlib.suppress(redis.RedisError):  # a failed one leaves this view be
-                    yield Script("heartbeat", {"channel": CHANGES_CHANNEL, "ttl_ms": HEARTBEAT_LOCK_MS})
+                    yield Script("heartbeat", {"channel": CHANGES_CHANNEL, "ttl_ms": HEARTBEAT_LOCK_MS,
+                                               "clock": CLOCK_CHANNEL})
                 heartbeat_at = self._next_heartbeat()
             if now >= resync_at:
                 yield from resync(self.views)
@@ -322,6 +350,10 @@ class Watcher(Background):
             if now >= self._replan_at:
                 self._planned = True
                 raise redis.ConnectionError("following new views")
+            if now >= self.placement.recount_at:
+                self.placement.recount()
+                self._planned = True
+                raise redis.ConnectionError("counting the fleet on replicas again")
             if now >= self._liveness_until:
                 raise redis.ConnectionError("no message within the liveness bound")
             for view in self.views:
@@ -334,6 +366,9 @@ class Watcher(Background):
         if not isinstance(message, list) or len(message) < 3 or message[0] != "message":
             return None, None
         channel, data = message[1], message[2]
+        if channel == CLOCK_CHANNEL:
+            self.placement.check_lag(seconds(data))
+            return None, None
         if channel != INVALIDATE_CHANNEL:
             view = self._by_channel.get(channel)
             if view is None or data == HEARTBEAT:
@@ -344,6 +379,8 @@ class Watcher(Background):
                 if data[len(HOT):] in WINDOWS:
                     view.told = {**view.told, data[len(HOT):]: time.monotonic()}
             else:
+                if self.placement.on_replicas:
+                    self.placement.check_lag(notice_time(data))
                 view.apply_notice(data, from_channel=True)
             return None, None
         if data is None:  # FLUSHALL / FLUSHDB: everything is gone, the version too

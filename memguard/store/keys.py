@@ -31,6 +31,8 @@ EXPLAIN_LOCK_KEY = "mem:watch:explain"
 # finds the due guards without scanning keys. One for the fleet, under the default's prefix.
 HOLDS_KEY = "mem:guards:holds"
 CHANGES_CHANNEL = "mem:mode:changes"
+# The heartbeat's primary time ("<seconds>.<micros>"), for views on replicas to measure lag by.
+CLOCK_CHANNEL = "mem:mode:clock"
 # The read meter's windows, by their ``Keys`` field: what their scripts are told, and what a
 # window that holds bad reads announces on the change channel (``hot <window>``).
 LATENCY_WINDOW, OUTCOMES_WINDOW = "latency", "outcomes"
