@@ -217,9 +217,12 @@ def test_a_replica_lost_moves_its_views_within_the_liveness_bound_and_none_serve
 
 
 def test_a_lagging_replica_loses_its_views(replicated):
-    """The first replica's link starts holding the primary's bytes back 2 s: its messages
-    arrive, late. The heartbeat's primary time tells the view, which moves to the other."""
+    """The first replica's link starts holding the primary's bytes back 2 s while changes keep
+    coming: its messages arrive, late, often enough to keep the view live. Their primary time
+    tells the view, which moves to the other replica."""
     rt = process.configure(settings(replicated))
+    other = process.build(Settings(redis_url=replicated.primary.url, zep_api_key="x", ramp_seconds=0),
+                          watch=False, count_metrics=False, hooks=events.Hooks())
     lagging = replicated.replicas[0]
     assert rt.watcher.wait_ready(5)
     if rt.watcher.placement.server != lagging.url:  # put the view on the replica that will lag
@@ -229,11 +232,23 @@ def test_a_lagging_replica_loses_its_views(replicated):
                  "the view on the first replica")
     troubles: list[events.Event] = []
     process.hooks.subscribe(troubles.append)
+    stop = threading.Event()
+
+    def changes() -> None:  # a notice every 0.3 s: the view never goes quiet
+        while not stop.wait(0.3):
+            other.state.force("manual_ops", 60, {"via": "test"}, auto=False)
+            other.state.clear({"via": "test"}, ramp=False)
+
+    churn = threading.Thread(target=changes, daemon=True)
+    churn.start()
     try:
         replicated.link.delay = 2.0
         wait_for(lambda: rt.watcher.placement.server != lagging.url and rt.watcher.current is not None,
                  LIVENESS_S + 3, "the view to leave the lagging replica")
     finally:
+        stop.set()
+        churn.join(5)
         process.hooks.unsubscribe(troubles.append)
+        other.close()
     said = [t.detail for t in troubles if isinstance(t, events.GuardTrouble) and t.op == "watch"]
     assert said, troubles
