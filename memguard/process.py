@@ -39,6 +39,7 @@ from memguard.request.meter import ReadMeter
 from memguard.request.watch import Watcher
 from memguard.request.zep import Readers
 from memguard.store.failover import SwitchListener
+from memguard.store.index import indexed_guards
 from memguard.store.keys import Keys
 from memguard.store.state import State
 
@@ -294,7 +295,7 @@ def held_guards() -> list[tuple[str, str, State]]:
     that do: it has no label of bounded cardinality here."""
     proc = get()
     out = []
-    for name in proc.state.indexed_guards(limit=100):
+    for name in indexed_guards(proc.state, limit=100):
         resolved = proc.named.registry.resolve(name)
         if resolved is not None:
             out.append((resolved.label, name, proc.named.store(resolved)[0]))

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from memguard.drill.localstack import wait_for
+from memguard.drill.localstack import RedisServer, wait_for
 
 from .conftest import API_KEY
 
@@ -38,3 +38,34 @@ def test_the_command_line_and_the_beat_name_theirs(stack):
     stack.spawn("beat", "named-beat")
     wait_for(lambda: any(n.startswith(f"memguard:beat:{HOST}:") for n in names(redis_db)), 20,
              "the beat's RedBeat connection named")
+
+
+def test_an_idle_process_holds_one_connection_its_view(configure, stub):
+    """A failure opens the command connection; once the request path has left it idle it is
+    closed, and the watcher's own upkeep (here: explaining a hand write) opens it only for the
+    moment it needs it. A private server: no other test's process is connected."""
+    from memguard.request.watch import IDLE_CLOSE_S
+    from memguard.store.keys import FORCED_MODE_KEY
+
+    from .test_propagation_to_every_view import original_record
+
+    with RedisServer() as server:
+        client = server.client()
+        pid = os.getpid()
+
+        def roles() -> list[str]:
+            ours = [c["name"].split(":") for c in client.client_list()
+                    if c.get("name", "").startswith("memguard:") and c["name"].endswith(f":{pid}")]
+            return sorted(parts[1] for parts in ours)
+
+        rt = configure(redis_url=server.url)
+        stub.set_fault("500")
+        assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["source"] == "zep_error"
+        stub.set_fault("ok")
+        assert roles() == ["cmd", "view"], "the failure's script ran on the command connection"
+        wait_for(lambda: roles() == ["view"], IDLE_CLOSE_S + 6, "the idle command connection to close")
+        client.set(FORCED_MODE_KEY, original_record())  # explained by this process's watcher
+        wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 2,
+                 "the hand write explained")
+        wait_for(lambda: roles() == ["view"], 6, "the command connection closed after the upkeep")
+        assert rt.guard.call("t", lambda t: t, ("t",))[1]["source"] == "write_only_forced"

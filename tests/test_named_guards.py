@@ -24,6 +24,7 @@ from memguard.domain import events
 from memguard.domain.guards import GuardError
 from memguard.drill.localstack import stack_env, wait_for
 from memguard.request.zep import Readers
+from memguard.store.index import due_guards, indexed_guards
 
 from .conftest import API_KEY, ROOT, make_settings, run_cli
 
@@ -82,7 +83,7 @@ def test_200_tenants_under_one_parent_a_401_trips_one_an_outage_trips_the_parent
     assert not redis_db.exists("mem:mode:forced:v1"), "the default guard is not these tenants' parent"
 
     stub.set_fault("ok")
-    wait_for(lambda: rt.state.due_guards(10) == ["zep"], 5, "the parent's hold to end")
+    wait_for(lambda: due_guards(rt.state, 10) == ["zep"], 5, "the parent's hold to end")
     with ThreadPoolExecutor(2) as pool:  # two beats' ticks at once: one probe
         list(pool.map(lambda _: rt.probe_due(BY), range(2)))
     wait_for(lambda: rt.probe_due(BY) is not None and redis_db.zscore(HOLDS, "zep") is None, 2,
@@ -300,7 +301,7 @@ def test_a_hundred_due_guards_are_probed_at_once_and_a_slow_probe_delays_none(de
     rt = configure()
     for i in range(100):  # svc.000's hold ends first: it is the first due
         rt.ops_for(f"svc.{i:03d}").force(BY, reason="manual_ops", ttl_seconds=1)
-    wait_for(lambda: len(rt.state.due_guards(1000)) == 100, 5, "every hold to end")
+    wait_for(lambda: len(due_guards(rt.state, 1000)) == 100, 5, "every hold to end")
     results = rt.probe_due(BY)
     assert others_done_first == [True], "the other 99 were restored while one probe hung"
     assert sum(r["result"] == "success" for r in results.values()) >= 99
@@ -349,8 +350,8 @@ def test_any_value_at_the_index_of_hold_ends_fails_open_and_is_repaired(named_fo
     {"string": lambda: redis_db.set(HOLDS, data), "hash": lambda: redis_db.hset(HOLDS, mapping=data),
      "list": lambda: redis_db.rpush(HOLDS, *data), "zset": lambda: redis_db.zadd(HOLDS, data)}[kind]()
     assert isinstance(rt.probe_due(BY), dict), "the beat's tick goes on"
-    assert all(isinstance(name, str) for name in rt.state.indexed_guards())
-    for name in rt.state.indexed_guards():  # whatever is listed, an operator can act on
+    assert all(isinstance(name, str) for name in indexed_guards(rt.state))
+    for name in indexed_guards(rt.state):  # whatever is listed, an operator can act on
         rt.ops_for(name).summary()
     ops = rt.ops_for("zep-t.acme")
     assert ops.force(BY, reason="manual_ops", ttl_seconds=60)["forced"] is True

@@ -27,6 +27,7 @@ import redis
 
 from memguard.config.settings import SettingsError, masked_url
 from memguard.integrations import cli_text
+from memguard.store.index import indexed_guards
 
 CLI_TIMEOUT_S = 2.0  # an operator can wait for an answer; the request path waits 50 ms
 
@@ -221,7 +222,7 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
         res = ops.status(by)
         lines = cli_text.status_lines(res, res.get("redis_time") or now)
         if args.all:
-            res["guards"] = _rows(proc, proc.state.indexed_guards(), degraded=True)
+            res["guards"] = _rows(proc, indexed_guards(proc.state), degraded=True)
             lines += cli_text.guards_lines(res["guards"], now, heading="named guards not healthy:")
     elif args.cmd == "force":
         res = ops.force(by, reason=args.reason, ttl_seconds=args.ttl, replace=args.replace)
@@ -253,7 +254,7 @@ def _guards(args: argparse.Namespace, proc: Any, where: str) -> str:
 
     if args.app:
         importlib.import_module(args.app)
-    names = dict.fromkeys(["default", *registry.names(), *proc.state.indexed_guards()])
+    names = dict.fromkeys(["default", *registry.names(), *indexed_guards(proc.state)])
     rows = _rows(proc, list(names), degraded=args.degraded)
     if args.json:
         print(f"redis: {where}", file=sys.stderr)

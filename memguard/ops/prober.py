@@ -19,6 +19,7 @@ from memguard.config.settings import Settings
 from memguard.domain.classify import classify
 from memguard.domain.record import Status
 from memguard.request.zep import ZepReader
+from memguard.store.index import due_guards, indexed_guards
 from memguard.store.state import State
 
 PROBE_THREAD_ID = "memguard-probe"
@@ -81,7 +82,7 @@ def probe_due(default: State, prepare: Callable[[str], Prepared | None], by: dic
     guard found healthy leaves the index once ``deliver`` (its webhooks) has announced its
     transitions; one found held is indexed at its hold's end. ``deliver`` also runs for every
     guard still held, so that a hold is announced when it begins, not when it ends."""
-    due = default.due_guards(limit)
+    due = due_guards(default, limit)
     from concurrent.futures import ThreadPoolExecutor
 
     def one(name: str) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def probe_due(default: State, prepare: Callable[[str], Prepared | None], by: dic
             return {"result": "error", "error": type(exc).__name__}
 
     probing = set(due)
-    held = [name for name in default.indexed_guards(limit) if name not in probing] if deliver else []
+    held = [name for name in indexed_guards(default, limit) if name not in probing] if deliver else []
     if not due and not held:
         return {}
     workers = min(PROBE_WORKERS, len(due) + len(held))

@@ -19,6 +19,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import redis
@@ -26,7 +27,6 @@ from redis.cluster import RedisCluster
 
 from memguard.config.settings import Settings
 from memguard.domain import events
-from memguard.domain.guards import name_problem
 from memguard.domain.modes import EffectiveMode, base_mode_of, combine
 from memguard.domain.ramp import Ramp, parse_ramp
 from memguard.domain.record import (
@@ -68,6 +68,13 @@ def _whole(raw: str | None) -> int | None:
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
+@dataclass
+class Usage:
+    """When a store's client was last used for the request path or an operator (monotonic)."""
+
+    at: float = 0.0
+
+
 class State:
     """Every change to the forced record, the failure counter and the probe lock.
 
@@ -89,6 +96,9 @@ class State:
         self.keys = keys or Keys.for_guard("default", settings.redis_target.key_prefix)
         self.channel = self.keys.channel
         # A named guard's store shares the default's registered scripts and asyncio clients.
+        # When the request path (or an operator) last used ``client``'s connections: shared by
+        # every guard's store, as their client is (``close_idle``).
+        self.usage: Usage = shared.usage if shared is not None else Usage()
         self._scripts: dict[str, Any] = shared._scripts if shared is not None else \
             {name: client.register_script(source) for name, source in scripts.sources().items()}
         self.async_redis: AsyncRedis = AsyncRedis(settings, self.keys, self.perform, self.snapshot_commands,
@@ -99,9 +109,13 @@ class State:
     def run(self, steps: Steps[T]) -> T:
         return run_steps(steps, self.perform)
 
-    def perform(self, step: Step) -> Any:
+    def perform(self, step: Step, *, quiet: bool = False) -> Any:
+        """Run one step on this store's client. ``quiet``: the watcher's own upkeep (re-reads,
+        the heartbeat, explanations), which does not keep the connection open (``close_idle``)."""
+        if not quiet:
+            self.usage.at = time.monotonic()
         if isinstance(step, Via):
-            return step.store.perform(step.step)
+            return step.store.perform(step.step, quiet=quiet)
         if isinstance(step, Script):
             spec = scripts.SPECS[step.name]
             reply = self._scripts[step.name](keys=spec.key_names(self.keys),
@@ -119,6 +133,15 @@ class State:
     def call(self, script: str, **args: Any) -> dict[str, Any]:
         """Run one script by name with its named arguments; its reply as a dict."""
         return self.run(self._script(script, **args))
+
+    def close_idle(self, idle_s: float) -> None:
+        """Close the client's idle connections unless the request path used them within
+        ``idle_s``: an idle process then holds only its view's connection. The next command
+        connects again."""
+        if self.settings.redis_target.kind == "cluster":
+            return  # a cluster client's connections are per node, kept by redis-py
+        if time.monotonic() - self.usage.at >= idle_s:
+            self.client.connection_pool.disconnect(inuse_connections=False)
 
     def reconnect(self) -> None:
         """The master moved: drop every connection; the next command asks for the new one."""
@@ -158,28 +181,6 @@ class State:
     def index(self, due: float | None) -> None:
         """Put this named guard's hold end (epoch seconds) in the fleet's index, or take it out."""
         self.call("index_hold", guard=self.guard, due_ms=None if due is None else int(due * 1000))
-
-    def due_guards(self, limit: int) -> list[str]:
-        """The named guards whose hold or ramp has ended by Redis's clock (the fleet's index)."""
-        secs, micros = self.client.time()
-        now_ms = int(secs) * 1000 + int(micros) // 1000
-        try:
-            due = self.client.zrangebyscore(self.keys.holds, "-inf", now_ms, start=0, num=limit)
-        except redis.ResponseError:  # not a sorted set: the next named guard's transition repairs it
-            return []
-        names = [str(name) for name in due]
-        wrong = [name for name in names if name_problem(name) is not None]
-        if wrong:  # a hand ZADD: no guard has that name, so nothing will ever take it out
-            self.client.zrem(self.keys.holds, *wrong)
-        return [name for name in names if name not in wrong]
-
-    def indexed_guards(self, limit: int = 1_000) -> list[str]:
-        """The named guards in the fleet's index (held or recovering), soonest due first."""
-        try:
-            names = [str(name) for name in self.client.zrange(self.keys.holds, 0, limit - 1)]
-        except redis.ResponseError:  # not a sorted set: as good as empty until it is repaired
-            return []
-        return [name for name in names if name_problem(name) is None]
 
     # -- reads ----------------------------------------------------------------------------
 
