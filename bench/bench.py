@@ -188,11 +188,13 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--reads", type=int, default=20000)
     ap.add_argument("--fleet", action="store_true", help="the fleet benchmark instead (see bench/fleet.py)")
-    ap.add_argument("--watchers", default="1000,5000,10000", help="--fleet: fleet sizes, comma-separated")
+    ap.add_argument("--watchers", default="1000,5000,10000", help="--fleet, --replicas: fleet sizes")
     ap.add_argument("--holders", type=int, default=4, help="--fleet: processes holding the views")
     ap.add_argument("--window", type=float, default=20.0, help="--fleet: seconds per measured window")
     ap.add_argument("--trials", type=int, default=5, help="--fleet: changes of each kind")
     ap.add_argument("--startup-rounds", type=int, default=7, help="process pairs per start-up ratio")
+    ap.add_argument("--replicas", action="store_true", help="views on replicas instead (bench/replicas.py)")
+    ap.add_argument("--replica-counts", default="0,2,4", help="--replicas: replica counts, comma-separated")
     ap.add_argument("--named", action="store_true", help="named guards' idle cost instead (bench/named.py)")
     ap.add_argument("--processes", type=int, default=50, help="--named: idle processes per case")
     ap.add_argument("--guards", type=int, default=1000, help="--named: guards declared in the fleet")
@@ -203,6 +205,14 @@ def main() -> None:
 
         res = named.run(args.processes, args.guards, args.window, args.rounds)
         print(json.dumps(res, indent=2)) if args.json else named.report(res)
+        return
+    if args.replicas:
+        import replicas
+
+        res = replicas.run(tuple(int(n) for n in args.watchers.split(",")),
+                           tuple(int(n) for n in args.replica_counts.split(",")), args.holders, args.window,
+                           args.trials)
+        print(json.dumps(res, indent=2)) if args.json else replicas.report(res)
         return
     if args.fleet:
         import fleet

@@ -54,3 +54,18 @@ def test_the_named_guards_benchmark_runs_and_an_idle_process_follows_only_what_i
     assert res["declared_read"]["views_per_process"] == 11, "the ten guards read, beside the default"
     for case in ("today", "declared_unread", "declared_read"):
         assert math.isfinite(res[case]["redis_cpu_us_per_s_per_process"])
+
+
+def test_the_replicas_benchmark_runs_and_views_on_replicas_leave_the_primary_none():
+    res = bench("--replicas", "--watchers", "8", "--replica-counts", "0,2", "--holders", "2", "--window", "1",
+                "--trials", "1")
+    assert [(c["replicas"], c["watchers"]) for c in res["cases"]] == [(0, 8), (2, 8)]
+    for case in res["cases"]:
+        for group in ("propagation_to_all", "propagation_to_observers"):
+            for name, dist in case[group].items():
+                assert math.isfinite(dist["max_ms"]), f"{group}: never saw {name} ({case['replicas']})"
+        assert case["view_connections_per_view"] == 1.0, "one view connection per view"
+        assert len(case["redis_cpu_ms_per_change"]["force"]["replicas"]) == case["replicas"]
+        assert case["bare_publish_to_last_of_n_subscribers_ms"] > 0
+    on_primary, on_replicas = res["cases"]
+    assert on_primary["views_on_the_primary"] == 8 + 4 and on_replicas["views_on_the_primary"] == 0

@@ -262,9 +262,13 @@ def test_ten_idle_processes_send_one_heartbeat_a_round_in_all(redis_server, idle
     calls = {k: v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat")}
     print(f"idle, 10 processes, 10 s: {calls}")
     # The heartbeat script and what it runs inside Redis (its key's TYPE check, SET NX, TIME and
-    # two PUBLISHes), and at most a one-time SCRIPT LOAD by a process that had not run it yet.
+    # two PUBLISHes), and at most a one-time SCRIPT LOAD by a process that had not run it yet. An
+    # idle process's command connection is closed between its uses: the round's sender connects
+    # (redis-py's HELLO, CLIENT SETNAME and SETINFO) to send it.
     assert set(calls) <= {"cmdstat_evalsha", "cmdstat_type", "cmdstat_set", "cmdstat_publish",
-                          "cmdstat_time", "cmdstat_script|load"}, calls
+                          "cmdstat_time", "cmdstat_script|load", "cmdstat_hello", "cmdstat_client|setname",
+                          "cmdstat_client|setinfo"}, calls
+    assert calls.get("cmdstat_client|setname", 0) <= calls["cmdstat_evalsha"], "a connect per round at most"
     # Rounds of ~4.2 s: two or three heartbeats are published, one per round, whatever the number
     # of processes (a timer that fires late on a loaded machine finds the lock taken). Each is two
     # messages: the heartbeat, and the primary's time on a channel only views on replicas follow.

@@ -225,8 +225,7 @@ def test_a_lagging_replica_loses_its_views(replicated):
                           watch=False, count_metrics=False, hooks=events.Hooks())
     lagging = replicated.replicas[0]
     assert rt.watcher.wait_ready(5)
-    if rt.watcher.placement.server != lagging.url:  # put the view on the replica that will lag
-        rt.watcher.placement.moved()
+    if rt.watcher.placement.server != lagging.url:  # a dropped connection moves the view to the other
         rt.watcher.reconnect()
         wait_for(lambda: rt.watcher.placement.server == lagging.url and rt.watcher.current is not None, 3,
                  "the view on the first replica")
@@ -252,3 +251,21 @@ def test_a_lagging_replica_loses_its_views(replicated):
         other.close()
     said = [t.detail for t in troubles if isinstance(t, events.GuardTrouble) and t.op == "watch"]
     assert said, troubles
+
+
+def test_views_follow_the_replicas_sentinel_reports():
+    from memguard.drill.localstack import SentinelGroup
+
+    with SentinelGroup() as group:
+        rt = process.configure(Settings(redis_url=group.url, zep_api_key="x", view_urls=("sentinel",)))
+        other = process.build(Settings(redis_url=group.url, zep_api_key="x"), watch=False,
+                              count_metrics=False, hooks=events.Hooks())
+        try:
+            assert rt.watcher.wait_ready(5)
+            assert rt.watcher.placement.server == f"127.0.0.1:{group.replica.port}", "Sentinel's replica"
+            assert numsub(group.primary) == 0 and numsub(group.replica) == 1
+            other.state.force("manual_ops", 60, {"via": "test"}, auto=False)
+            wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 1,
+                     "the force to reach the view on the replica")
+        finally:
+            other.close()
