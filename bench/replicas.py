@@ -10,11 +10,13 @@ code on asyncio), with ``MEMGUARD_VIEW_URLS`` set to the replicas when R > 0, an
 subscribers last-subscribed first, so these are written to last). Measured, from ``INFO``:
 
 - Redis CPU per change (a force, a hand ``SET``, and the clear and ``DEL`` that undo them), on
-  the primary and on each replica, as the median over ``--trials``;
+  the primary and on each replica, less what that server spends idle over as long (the views'
+  re-reads and heartbeats go on meanwhile), as the median over ``--trials``;
 - how long a force and a hand ``SET`` take to reach the observers (p50/p99/max), and to reach
   every view;
 - idle Redis CPU per view, all servers together, minus the same number of plain idle
-  connections on one server measured in the same run;
+  connections on one server measured in the same run; and each server's alone (not less a
+  baseline);
 - connections per view: the servers' ``memguard:view:`` connections, and the primary's
   clients, per view;
 - the floor: a bare ``PUBLISH`` to as many plain subscribers on one server, to the one written
@@ -97,7 +99,7 @@ def _case(replicas: int, n: int, holders: int, window_s: float, trials: int) -> 
         started = time.monotonic()
         time.sleep(window_s)
         idle_s = time.monotonic() - started
-        idle_cpu = sum(fleet._cpu(c) - c0 for c, c0 in zip(clients, cpu0, strict=True))
+        idle_rates = [(fleet._cpu(c) - c0) / idle_s for c, c0 in zip(clients, cpu0, strict=True)]
 
         state = State(clients[0], Settings(redis_url=primary.url), events.Hooks())
         now = time.time
@@ -119,13 +121,16 @@ def _case(replicas: int, n: int, holders: int, window_s: float, trials: int) -> 
                     parent.send(("see", want) if parent in held else want)
                 assert {p.recv() for p in held + observers} == {"armed"}
                 before, at = [fleet._cpu(c) for c in clients], time.perf_counter()
+                started = time.monotonic()
                 change()
                 for group, parents in (("all", held), ("observers", observers)):
                     for parent in parents:
                         seen[group][name] += [(t - at) * 1000 if t is not None else float("inf")
                                               for t in parent.recv()]
-                after = [fleet._cpu(c) for c in clients]
-                cpu_ms[name].append([(a - b) * 1000 for a, b in zip(after, before, strict=True)])
+                after, took = [fleet._cpu(c) for c in clients], time.monotonic() - started
+                # Less what each server spends idle over as long (the views' re-reads, heartbeats).
+                cpu_ms[name].append([(a - b - rate * took) * 1000
+                                     for a, b, rate in zip(after, before, idle_rates, strict=True)])
                 asked[name].append(sum(count for _, count in ask(held, ("asked", None))))
     finally:
         for parent in pipes:
@@ -145,7 +150,8 @@ def _case(replicas: int, n: int, holders: int, window_s: float, trials: int) -> 
                                     for k, v in cpu_ms.items()},
         "propagation_to_observers": {k: fleet._dist(v) for k, v in seen["observers"].items()},
         "propagation_to_all": {k: fleet._dist(v) for k, v in seen["all"].items()},
-        "idle_cpu_us_per_s_all_servers": idle_cpu / idle_s * 1e6,
+        "idle_cpu_us_per_s_all_servers": sum(idle_rates) * 1e6,
+        "idle_cpu_us_per_s_per_view_by_server": [round(r * 1e6 / n, 2) for r in idle_rates],
         "view_connections_per_view": round(sum(views) / (n + crowd.OBSERVERS), 3),
         "views_on_the_primary": views[0],
         "primary_clients_per_view": round(primary_clients / (n + crowd.OBSERVERS), 4),
@@ -186,9 +192,10 @@ def report(res: dict[str, Any]) -> None:
             print(f"{c['watchers']:>6} {c['replicas']:>4} {name:9} {o['p50_ms']:>8} {o['p99_ms']:>7} "
                   f"{o['max_ms']:>7} | {a['p99_ms']:>8} | {cpu['primary']:>14}  {cpu['replicas']}")
     print(f"{'views':>6} {'repl':>4} {'idle µs/s/view':>15} {'view conns/view':>16} "
-          f"{'primary clients/view':>21} {'asked/hand write':>17} {'bare PUBLISH floor ms':>22}")
+          f"{'primary clients/view':>21} {'asked/hand write':>17} {'bare PUBLISH floor ms':>22}  "
+          "idle µs/s/view by server (primary first)")
     for c in res["cases"]:
         print(f"{c['watchers']:>6} {c['replicas']:>4} {c['idle_cpu_us_per_s_per_view']:>15} "
               f"{c['view_connections_per_view']:>16} {c['primary_clients_per_view']:>21} "
               f"{c['explanations_asked_per_hand_write']:>17} "
-              f"{c['bare_publish_to_last_of_n_subscribers_ms']:>22}")
+              f"{c['bare_publish_to_last_of_n_subscribers_ms']:>22}  {c['idle_cpu_us_per_s_per_view_by_server']}")

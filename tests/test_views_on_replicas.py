@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
+import redis
 
 from memguard import process
 from memguard.config.settings import Settings, SettingsError
@@ -267,5 +268,17 @@ def test_views_follow_the_replicas_sentinel_reports():
             other.state.force("manual_ops", 60, {"via": "test"}, auto=False)
             wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 1,
                      "the force to reach the view on the replica")
+            # A failover: the replica becomes the primary. The view follows what Sentinel reports,
+            # and a clear made on the new primary reaches it.
+            group.failover()
+
+            def cleared_and_seen() -> bool:
+                try:
+                    other.state.clear({"via": "test"}, ramp=False)
+                except redis.RedisError:
+                    return False
+                return (v := rt.watcher.current) is not None and v.record is None
+
+            wait_for(cleared_and_seen, 20, "a clear on the new primary to reach the view")
         finally:
             other.close()
