@@ -198,4 +198,5 @@ def report(res: dict[str, Any]) -> None:
         print(f"{c['watchers']:>6} {c['replicas']:>4} {c['idle_cpu_us_per_s_per_view']:>15} "
               f"{c['view_connections_per_view']:>16} {c['primary_clients_per_view']:>21} "
               f"{c['explanations_asked_per_hand_write']:>17} "
-              f"{c['bare_publish_to_last_of_n_subscribers_ms']:>22}  {c['idle_cpu_us_per_s_per_view_by_server']}")
+              f"{c['bare_publish_to_last_of_n_subscribers_ms']:>22}  "
+              f"{c['idle_cpu_us_per_s_per_view_by_server']}")

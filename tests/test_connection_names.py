@@ -44,7 +44,6 @@ def test_an_idle_process_holds_one_connection_its_view(configure, stub):
     """A failure opens the command connection; once the request path has left it idle it is
     closed, and the watcher's own upkeep (here: explaining a hand write) opens it only for the
     moment it needs it. A private server: no other test's process is connected."""
-    from memguard.request.watch import IDLE_CLOSE_S
     from memguard.store.keys import FORCED_MODE_KEY
 
     from .test_propagation_to_every_view import original_record
@@ -63,9 +62,19 @@ def test_an_idle_process_holds_one_connection_its_view(configure, stub):
         assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["source"] == "zep_error"
         stub.set_fault("ok")
         assert roles() == ["cmd", "view"], "the failure's script ran on the command connection"
-        wait_for(lambda: roles() == ["view"], IDLE_CLOSE_S + 6, "the idle command connection to close")
+        idle = rt.settings.command_idle_seconds
+        wait_for(lambda: roles() == ["view"], idle + 6, "the idle command connection to close")
         client.set(FORCED_MODE_KEY, original_record())  # explained by this process's watcher
         wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 2,
                  "the hand write explained")
         wait_for(lambda: roles() == ["view"], 6, "the command connection closed after the upkeep")
         assert rt.guard.call("t", lambda t: t, ("t",))[1]["source"] == "write_only_forced"
+        # MEMGUARD_COMMAND_IDLE_SECONDS=0 keeps it open, however long unused: the same upkeep
+        # (explaining a hand write) leaves the command connection in place.
+        kept = configure(redis_url=server.url, command_idle_seconds=0)
+        kept.ops.status({"via": "test"})
+        kept.state.usage.at = 0.0  # as if unused for ever
+        client.delete(FORCED_MODE_KEY)
+        wait_for(lambda: (v := kept.watcher.current) is not None and v.record is None, 2,
+                 "the hand delete explained")
+        assert roles() == ["cmd", "view"]

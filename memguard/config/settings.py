@@ -61,6 +61,7 @@ class Settings:
     ramp_min_percent: float = 10.0
     ramp_aggression: float = 1.0
     otel: str = "auto"  # OpenTelemetry: auto (when opentelemetry-api is installed), on, off
+    command_idle_seconds: int = 10  # close the command connection after this idle; 0: keep it open
     view_urls: tuple[str, ...] = ()  # the views' servers (memguard.config.views); () follows REDIS_URL
 
     @classmethod
@@ -301,6 +302,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ramp_aggression": ("MEMORY_RECOVERY_RAMP_AGGRESSION", _float_in(0.1, 10.0)),  # ramp.MIN_/MAX_AGGRESSION
     "otel": ("MEMGUARD_OTEL", _choice("auto", "on", "off")),
     "view_urls": ("MEMGUARD_VIEW_URLS", _view_urls),
+    "command_idle_seconds": ("MEMGUARD_COMMAND_IDLE_SECONDS", _int_in(0, 86_400)),
 }
 
 VARIABLE_NAMES = frozenset(var for var, _ in _VARIABLES.values())

@@ -67,9 +67,6 @@ HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_
 # Named guards' views join and leave by a planned reconnect (new tracking prefixes and channels
 # cannot be added to a subscribed RESP2 connection): at most one per this many seconds.
 REPLAN_EVERY_S = 1.0
-# The command connection (scripts, re-reads) is closed when the request path has not used it for
-# this long; the watcher's own upkeep on it (a re-read a minute) does not keep it open.
-IDLE_CLOSE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -240,9 +237,12 @@ class Watcher(Background):
         self._replan_at, self._replanned = math.inf, time.monotonic()  # these views, from here on
         conn = self._conn = self._connect()
 
+        idle_s = self.state.settings.command_idle_seconds
+
         def perform(step: WatchStep) -> Any:
             if isinstance(step, Listen):
-                self.state.close_idle(IDLE_CLOSE_S)  # an idle process keeps only this connection
+                if idle_s:  # an idle process keeps only this connection (MEMGUARD_COMMAND_IDLE_SECONDS)
+                    self.state.close_idle(idle_s)
                 return conn.read_response() if conn.can_read(timeout=step.timeout) else QUIET
             return self.state.perform(step, quiet=True)
 

@@ -136,8 +136,8 @@ class State:
 
     def close_idle(self, idle_s: float) -> None:
         """Close the client's idle connections unless the request path used them within
-        ``idle_s``: an idle process then holds only its view's connection. The next command
-        connects again."""
+        ``idle_s``: an idle process then holds only its view's connection; the next command
+        connects again (its re-read a minute then costs Redis a connect: ``./run bench``)."""
         if self.settings.redis_target.kind == "cluster":
             return  # a cluster client's connections are per node, kept by redis-py
         if time.monotonic() - self.usage.at >= idle_s:
