@@ -56,14 +56,14 @@ def check_with(view_urls: tuple[str, ...], redis_url: str) -> str | None:
 
 @dataclass(frozen=True)
 class ViewServers:
-    """The servers a process's view may connect to, and which one for its ``turn``-th try."""
+    """The servers a process's view may connect to, and which one at a given index."""
 
     primary: Target
     urls: tuple[str, ...]
 
     def servers(self) -> list[str]:
-        """The candidates now: the listed URLs, or the replicas the sentinels report healthy
-        (as ``host:port``; the primary's when there is none)."""
+        """The candidates now: the listed URLs, or the replicas the sentinels report healthy (as
+        ``host:port``). With none, a view connects to the primary."""
         if self.urls != (SENTINEL,):
             return list(self.urls)
         replicas: Sequence[tuple[Any, Any]] = self.primary.sentinels.discover_slaves(self.primary.service)

@@ -83,7 +83,11 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:  # a primary waiting for a replica that never catches up
+                self.proc.kill()
+                self.proc.wait(10)
         self.proc = None
 
     def close(self) -> None:
