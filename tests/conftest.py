@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -128,6 +130,41 @@ def run_cli(redis_url: str | None, *args: str) -> subprocess.CompletedProcess[st
     env = {"ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin", **({"REDIS_URL": redis_url} if redis_url else {})}
     return subprocess.run([sys.executable, "-m", "memguard", *args], env=env, capture_output=True, text=True,
                           timeout=60)
+
+
+RABBITMQ_APP = """
+import os
+from celery import Celery
+import memguard
+
+app = Celery("rabbitapp", broker=os.environ["CELERY_BROKER_URL"])
+app.conf.task_default_queue = os.environ["TEST_QUEUE"]
+memguard.install(app)
+"""
+
+
+@contextlib.contextmanager
+def worker_and_beat_on_rabbitmq(redis_url: str, stub: ZepStub, tmp_path: Path, name: str,
+                                **env: str) -> Iterator[list[CeleryProcess]]:
+    """A user's own Celery app (RabbitMQ the broker, ``memguard.install(app)``) with a solo
+    worker and a beat on ``redis_url``, started, and stopped on leaving: the probe ticks every
+    0.5 s and restores without a ramp. ``env``: more of the processes' environment."""
+    require_rabbitmq()
+    (tmp_path / "rabbitapp.py").write_text(RABBITMQ_APP)
+    full = stack_env(redis_url, stub.url, API_KEY, CELERY_BROKER_URL=RABBITMQ_URL, PYTHONPATH=str(tmp_path),
+                     TEST_QUEUE=f"memguard-{name}-{uuid.uuid4().hex[:12]}",
+                     MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5", MEMORY_RECOVERY_RAMP_SECONDS="0", **env)
+    full.pop("CELERY_CONFIG_MODULE", None)
+    procs = [CeleryProcess("worker", full, str(tmp_path), f"{name}-worker", "-P", "solo", app="rabbitapp",
+                           cwd=str(tmp_path)),
+             CeleryProcess("beat", full, str(tmp_path), f"{name}-beat", app="rabbitapp", cwd=str(tmp_path))]
+    try:
+        for proc in procs:
+            proc.start()
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 def a_401_forces_and_another_process_sees_it(rt: process.Process, other: process.Process,

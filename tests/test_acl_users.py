@@ -6,24 +6,21 @@ fails open and is counted like any Redis error."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from memguard import flags, process
 from memguard.domain import events
-from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env, wait_for
+from memguard.drill.localstack import RedisServer, wait_for
 from memguard.ops import acl, audit
 
 from .conftest import (
-    API_KEY,
-    RABBITMQ_URL,
     ROOT,
     a_401_forces_and_another_process_sees_it,
     make_settings,
-    require_rabbitmq,
     run_cli,
+    worker_and_beat_on_rabbitmq,
 )
 
 
@@ -63,35 +60,12 @@ def test_memguard_runs_as_its_acl_user_and_the_operator_reads_as_the_read_only_o
         other.close()
 
 
-ACL_APP = """
-import os
-from celery import Celery
-import memguard
-
-app = Celery("aclapp", broker=os.environ["CELERY_BROKER_URL"])
-app.conf.task_default_queue = os.environ["TEST_QUEUE"]
-memguard.install(app)
-"""
-
-
 def test_a_worker_and_a_beat_as_the_acl_user_probe_restore_notify_and_audit(acl_server, stub, tmp_path,
                                                                             webhooks):
     """RabbitMQ carries the tasks; memguard's state, RedBeat's schedule and lock, the webhooks'
     claims and the audit trail all go through the printed user."""
-    require_rabbitmq()
     url, read_only_url = acl_server
-    (tmp_path / "aclapp.py").write_text(ACL_APP)
-    env = stack_env(url, stub.url, API_KEY, CELERY_BROKER_URL=RABBITMQ_URL, PYTHONPATH=str(tmp_path),
-                    TEST_QUEUE=f"memguard-acl-{uuid.uuid4().hex[:12]}", MEMORY_RECOVERY_RAMP_SECONDS="0",
-                    MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5",
-                    MEMORY_WEBHOOK_URLS=webhooks.url)
-    env.pop("CELERY_CONFIG_MODULE", None)
-    procs = [CeleryProcess("worker", env, str(tmp_path), "acl-worker", "-P", "solo", app="aclapp",
-                           cwd=str(tmp_path)),
-             CeleryProcess("beat", env, str(tmp_path), "acl-beat", app="aclapp", cwd=str(tmp_path))]
-    try:
-        for p in procs:
-            p.start()
+    with worker_and_beat_on_rabbitmq(url, stub, tmp_path, "acl", MEMORY_WEBHOOK_URLS=webhooks.url) as procs:
         rt = process.configure(make_settings(url, stub, ramp_seconds=0))
         # The first tick's claim starts the webhooks' cursor at the end of the trail: force after it.
         wait_for(lambda: rt.state.client.exists(rt.state.keys.notify_cursor), 20, "the beat's first tick")
@@ -105,9 +79,6 @@ def test_a_worker_and_a_beat_as_the_acl_user_probe_restore_notify_and_audit(acl_
         assert history.returncode == 0 and "probe success" in history.stdout, history.stdout + history.stderr
         for p in procs:
             assert "NOPERM" not in p.output() and "NoPermission" not in p.output(), p.output()[-3000:]
-    finally:
-        for p in procs:
-            p.stop()
 
 
 def test_a_noperm_on_the_request_path_fails_open_and_is_counted(acl_server, stub, recorded):

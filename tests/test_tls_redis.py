@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +18,7 @@ import trustme
 
 from memguard import flags, process
 from memguard.domain import events
-from memguard.drill.localstack import CeleryProcess, RedisServer, free_port, stack_env, wait_for
+from memguard.drill.localstack import RedisServer, free_port, stack_env, wait_for
 
 from .conftest import (
     API_KEY,
@@ -28,6 +27,7 @@ from .conftest import (
     make_settings,
     require_rabbitmq,
     run_cli,
+    worker_and_beat_on_rabbitmq,
 )
 
 
@@ -119,26 +119,8 @@ def test_a_worker_and_a_beat_with_a_bad_certificate_exit_78_naming_the_setting(t
 
 
 def test_the_beats_probe_restores_over_tls(tls, stub, tmp_path):
-    require_rabbitmq()
-    queue = f"memguard-tls-{uuid.uuid4().hex[:12]}"
-    (tmp_path / "tlsapp.py").write_text("import os\nfrom celery import Celery\nimport memguard\n"
-                                        "app = Celery('tlsapp', broker=os.environ['CELERY_BROKER_URL'])\n"
-                                        "app.conf.task_default_queue = os.environ['TEST_QUEUE']\n"
-                                        "memguard.install(app)\n")
-    env = stack_env(tls.url, stub.url, API_KEY, CELERY_BROKER_URL=RABBITMQ_URL, PYTHONPATH=str(tmp_path),
-                    TEST_QUEUE=queue, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5",
-                    MEMORY_RECOVERY_RAMP_SECONDS="0")
-    env.pop("CELERY_CONFIG_MODULE", None)
-    procs = [CeleryProcess("worker", env, str(tmp_path), "tls-worker", "-P", "solo", app="tlsapp",
-                           cwd=str(tmp_path)),
-             CeleryProcess("beat", env, str(tmp_path), "tls-beat", app="tlsapp", cwd=str(tmp_path))]
-    try:
-        for p in procs:
-            p.start()
+    with worker_and_beat_on_rabbitmq(tls.url, stub, tmp_path, "tls"):
         process.configure(make_settings(tls.url, stub, ramp_seconds=0))
         flags.force_write_only("manual_ops", 2)
         wait_for(lambda: flags.get_forced_mode() is None, 20, "the beat's probe over TLS to restore")
         assert any(k.startswith("redbeat:") for k in tls.plain.scan_iter("redbeat:*")), "RedBeat over TLS"
-    finally:
-        for p in procs:
-            p.stop()

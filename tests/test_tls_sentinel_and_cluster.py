@@ -10,7 +10,6 @@ keep are the test's own, to look at the state and to drive the failover.
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,15 +21,13 @@ import trustme
 
 from memguard import flags, process
 from memguard.domain import events
-from memguard.drill.localstack import CeleryProcess, RedisServer, free_port, stack_env, wait_for
+from memguard.drill.localstack import RedisServer, free_port, wait_for
 
 from .conftest import (
-    API_KEY,
-    RABBITMQ_URL,
     a_401_forces_and_another_process_sees_it,
     make_settings,
-    require_rabbitmq,
     run_cli,
+    worker_and_beat_on_rabbitmq,
 )
 
 SERVICE = "mgtls"
@@ -130,30 +127,12 @@ def test_reads_forces_the_cli_and_a_failover_work_through_tls_sentinels(tls_sent
 
 
 def test_the_beats_probe_restores_through_tls_sentinels(tls_sentinels, stub, tmp_path):
-    require_rabbitmq()
-    queue = f"memguard-tls-sentinel-{uuid.uuid4().hex[:12]}"
-    (tmp_path / "tlsapp.py").write_text("import os\nfrom celery import Celery\nimport memguard\n"
-                                        "app = Celery('tlsapp', broker=os.environ['CELERY_BROKER_URL'])\n"
-                                        "app.conf.task_default_queue = os.environ['TEST_QUEUE']\n"
-                                        "memguard.install(app)\n")
-    env = stack_env(tls_sentinels.url, stub.url, API_KEY, CELERY_BROKER_URL=RABBITMQ_URL,
-                    PYTHONPATH=str(tmp_path), TEST_QUEUE=queue, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5",
-                    MEMORY_RECOVERY_RAMP_SECONDS="0")
-    env.pop("CELERY_CONFIG_MODULE", None)
-    procs = [CeleryProcess("worker", env, str(tmp_path), "tls-worker", "-P", "solo", app="tlsapp",
-                           cwd=str(tmp_path)),
-             CeleryProcess("beat", env, str(tmp_path), "tls-beat", app="tlsapp", cwd=str(tmp_path))]
-    try:
-        for p in procs:
-            p.start()
+    with worker_and_beat_on_rabbitmq(tls_sentinels.url, stub, tmp_path, "tls-sentinel"):
         process.configure(make_settings(tls_sentinels.url, stub, ramp_seconds=0))
         flags.force_write_only("manual_ops", 2)
         wait_for(lambda: flags.get_forced_mode() is None, 30, "the beat's probe to restore, over TLS")
         keys = list(tls_sentinels.primary.client().scan_iter("redbeat:*"))
         assert keys, "RedBeat keeps its schedule on the TLS master, found through the sentinels"
-    finally:
-        for p in procs:
-            p.stop()
 
 
 @pytest.fixture
