@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -358,28 +359,7 @@ def test_every_change_reaches_every_view_while_a_crowd_is_connected(redis_server
         procs[1].start()
         assert holder.recv() == "ready"
         assert redis_db.pubsub_numsub("mem:mode:changes")[0][1] == CROWD + 1
-        state = process.build(Settings(redis_url=redis_server.url, zep_api_key="x"), watch=False,
-                              count_metrics=False, hooks=events.Hooks()).state  # nothing left subscribed
-        changes = {"force": (True, lambda: state.force("test", 60, {"via": "test"}, auto=False)),
-                   "clear": (False, lambda: state.clear({"via": "test"})),
-                   "hand SET": (True, lambda: redis_db.set(FORCED_MODE_KEY, original_record())),
-                   "hand DEL": (False, lambda: redis_db.delete(FORCED_MODE_KEY))}
-        app_ms: dict[str, list[float]] = {name: [] for name in changes}
-        crowd_ms: dict[str, list[float]] = {name: [] for name in changes}
-        calls: dict[str, list[int]] = {name: [] for name in changes}
-        for _ in range(3):
-            for name, (want, change) in changes.items():
-                holder.send(("see", want))
-                app.send(want)
-                assert (holder.recv(), app.recv()) == ("armed", "armed")
-                before = commands(redis_db)
-                at = time.perf_counter()
-                change()
-                crowd_seen, app_seen = holder.recv(), app.recv()
-                calls[name].append(commands(redis_db) - before)
-                assert None not in crowd_seen and None not in app_seen, f"a view never saw the {name}"
-                crowd_ms[name] += [(t - at) * 1000 for t in crowd_seen]
-                app_ms[name] += [(t - at) * 1000 for t in app_seen]
+        crowd_ms, app_ms, calls = four_changes_seen(holder, app, redis_db, redis_server.url)
     finally:
         for parent in (holder, app):
             with contextlib.suppress(OSError):
@@ -393,6 +373,38 @@ def test_every_change_reaches_every_view_while_a_crowd_is_connected(redis_server
     print(f"commands sent by all {CROWD + 1} views for each change: {calls}")
     for name in ("hand SET", "hand DEL"):  # about six views ask; Poisson(6) > 24: 1e-7
         assert sorted(calls[name])[1] <= HAND_WRITE_ROUND_TRIPS, (name, calls[name])
+
+
+def four_changes_seen(holder: Any, app: Any, writer: redis.Redis, url: str, rounds: int = 3) \
+        -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]]]:
+    """A force, a clear, a hand ``SET`` and a hand ``DEL`` (``writer`` on the server at ``url``),
+    ``rounds`` times, each awaited by a crowd (``holder``, ``memguard.drill.crowd.hold``) and an
+    application process (``app``, ``crowd.observe``); every view must see every change. By
+    change: the ms each crowd view and the application took to see it, and the commands the
+    server ran for it (``commands``)."""
+    state = process.build(Settings(redis_url=url, zep_api_key="x"), watch=False,
+                          count_metrics=False, hooks=events.Hooks()).state  # nothing left subscribed
+    changes = {"force": (True, lambda: state.force("test", 60, {"via": "test"}, auto=False)),
+               "clear": (False, lambda: state.clear({"via": "test"})),
+               "hand SET": (True, lambda: writer.set(FORCED_MODE_KEY, original_record())),
+               "hand DEL": (False, lambda: writer.delete(FORCED_MODE_KEY))}
+    app_ms: dict[str, list[float]] = {name: [] for name in changes}
+    crowd_ms: dict[str, list[float]] = {name: [] for name in changes}
+    calls: dict[str, list[int]] = {name: [] for name in changes}
+    for _ in range(rounds):
+        for name, (want, change) in changes.items():
+            holder.send(("see", want))
+            app.send(want)
+            assert (holder.recv(), app.recv()) == ("armed", "armed")
+            before = commands(writer)
+            at = time.perf_counter()
+            change()
+            crowd_seen, app_seen = holder.recv(), app.recv()
+            calls[name].append(commands(writer) - before)
+            assert None not in crowd_seen and None not in app_seen, f"a view never saw the {name}"
+            crowd_ms[name] += [(t - at) * 1000 for t in crowd_seen]
+            app_ms[name] += [(t - at) * 1000 for t in app_seen]
+    return crowd_ms, app_ms, calls
 
 
 def commands(client: redis.Redis) -> int:

@@ -26,9 +26,9 @@ from memguard.config.settings import Settings, SettingsError
 from memguard.domain import events
 from memguard.drill.localstack import RedisServer, wait_for
 from memguard.request.watch import LIVENESS_S
-from memguard.store.keys import CHANGES_CHANNEL, FORCED_MODE_KEY
+from memguard.store.keys import CHANGES_CHANNEL
 
-from .test_propagation_to_every_view import BOUND_MS, HAND_WRITE_ROUND_TRIPS, commands, original_record
+from .test_propagation_to_every_view import BOUND_MS, HAND_WRITE_ROUND_TRIPS, four_changes_seen
 
 
 class DelayLink:
@@ -138,6 +138,7 @@ def test_every_change_reaches_every_view_on_replicas_and_the_primary_fans_out_to
         assert app.recv() == "ready"
         procs[1].start()
         assert holder.recv() == "ready"
+
         def counted() -> bool:  # each view counts the fleet again a while after it connected
             holder.send(("counted", None))
             return holder.recv() >= CROWD // 2
@@ -146,26 +147,7 @@ def test_every_change_reaches_every_view_on_replicas_and_the_primary_fans_out_to
         spread = [numsub(r) for r in replicated.replicas]
         assert numsub(replicated.primary) == 0, "no view is the primary's to write to"
         assert sum(spread) == CROWD + 1 and min(spread) >= CROWD // 4, spread
-        state = process.build(Settings(redis_url=url, zep_api_key="x"), watch=False, count_metrics=False,
-                              hooks=events.Hooks()).state
-        changes = {"force": (True, lambda: state.force("test", 60, {"via": "test"}, auto=False)),
-                   "clear": (False, lambda: state.clear({"via": "test"})),
-                   "hand SET": (True, lambda: primary.set(FORCED_MODE_KEY, original_record())),
-                   "hand DEL": (False, lambda: primary.delete(FORCED_MODE_KEY))}
-        app_ms: dict[str, list[float]] = {name: [] for name in changes}
-        calls: dict[str, list[int]] = {name: [] for name in changes}
-        for _ in range(3):
-            for name, (want, change) in changes.items():
-                holder.send(("see", want))
-                app.send(want)
-                assert (holder.recv(), app.recv()) == ("armed", "armed")
-                before = commands(primary)
-                at = time.perf_counter()
-                change()
-                crowd_seen, app_seen = holder.recv(), app.recv()
-                calls[name].append(commands(primary) - before)
-                assert None not in crowd_seen and None not in app_seen, f"a view never saw the {name}"
-                app_ms[name] += [(t - at) * 1000 for t in app_seen]
+        _, app_ms, calls = four_changes_seen(holder, app, primary, url)
         holder.send(("troubles", None))
         assert holder.recv() == 0, "no view on a replica lapsed, lagged or reconnected"
     finally:
