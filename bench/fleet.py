@@ -114,38 +114,72 @@ def _dist(ms: list[float]) -> dict[str, float]:
             "max_ms": round(s[-1], 1)}
 
 
-def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: int) -> dict[str, Any]:
-    client = redis.Redis(port=server.port, decode_responses=True)
-    base = _plain(server.port, n, window_s, client)
-    ctx = mp.get_context("spawn")
-    pipes: list[Any] = []
-    procs: list[Any] = []
+class Crowd:
+    """A crowd's processes (``memguard.drill.crowd``), observers and holders, each obeying its
+    pipe: started by ``spawn``, told by ``ask``, stopped by ``close``."""
 
-    def spawn(target: Any, *args: Any, **kwargs: Any) -> Any:
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=target, args=(server.url, *args, child), kwargs=kwargs)
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ctx = mp.get_context("spawn")
+        self.pipes: list[Any] = []
+        self.procs: list[Any] = []
+
+    def spawn(self, target: Any, *args: Any, **kwargs: Any) -> Any:
+        """``target(url, *args, pipe, **kwargs)`` in a process of its own; its end of the pipe."""
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=target, args=(self.url, *args, child), kwargs=kwargs)
         proc.start()
-        pipes.append(parent)
-        procs.append(proc)
+        self.pipes.append(parent)
+        self.procs.append(proc)
         return parent
 
+    @staticmethod
     def ask(to: list[Any], command: Any) -> list[Any]:
         """Send ``command`` to each of ``to``, then collect each one's answer."""
         for parent in to:
             parent.send(command)
         return [parent.recv() for parent in to]
 
+    def steady(self, holders: list[Any]) -> None:
+        """Wait (up to 2 minutes) for 5 s in which no held view reconnected."""
+        deadline = time.monotonic() + 120
+        while True:
+            time.sleep(5)
+            if not sum(self.ask(holders, ("troubles", None))) or time.monotonic() > deadline:
+                return
+
+    def close(self) -> None:
+        for parent in self.pipes:
+            parent.send(None)
+        for proc in self.procs:
+            proc.join(60)
+
+
+def changes_of(state: State, client: redis.Redis, *, ramp: bool = True) -> dict[str, tuple[bool, Any]]:
+    """The four changes every view must see, by name: (forced afterwards?, make it). ``ramp``:
+    whether the clear starts a recovery ramp."""
+    now = time.time
+    return {
+        "force": (True, lambda: state.force("bench", 60, {"via": "bench"}, auto=False)),
+        "clear": (False, lambda: state.clear({"via": "bench"}, ramp=ramp)),
+        "hand_set": (True, lambda: client.set(FORCED_MODE_KEY, json.dumps(
+            {"mode": "write_only", "reason": "manual_ops", "until": now() + 60, "forced_at": now()}))),
+        "hand_del": (False, lambda: client.delete(FORCED_MODE_KEY)),
+    }
+
+
+def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: int) -> dict[str, Any]:
+    client = redis.Redis(port=server.port, decode_responses=True)
+    base = _plain(server.port, n, window_s, client)
+    spawned = Crowd(server.url)
+    spawn, ask = spawned.spawn, spawned.ask
     try:
         observers = [spawn(crowd.observe) for _ in range(crowd.OBSERVERS)]
         assert [parent.recv() for parent in observers] == ["ready"] * crowd.OBSERVERS
         # Nice 10: at 19 the holders' views missed heartbeats and reconnected.
         fleet = [spawn(crowd.hold, n // holders + (h < n % holders), nice=10) for h in range(holders)]
         assert [parent.recv() for parent in fleet] == ["ready"] * holders
-        deadline = time.monotonic() + 120
-        while True:  # steady first: 5 s in which no view reconnected
-            time.sleep(5)
-            if not sum(ask(fleet, ("troubles", None))) or time.monotonic() > deadline:
-                break
+        spawned.steady(fleet)
         windows: dict[str, list[dict[str, float]]] = {"idle": [], "healthy": [], "hot": []}
         for mode in ("idle", "healthy", "idle", "healthy", "hot"):  # alternated: drift hits both
             ask(fleet, ("reads", {"idle": None, "healthy": False, "hot": True}[mode]))
@@ -156,15 +190,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
         ask(fleet, ("reads", None))
         client.delete(OUTCOMES_KEY)
 
-        state = State(client, Settings(redis_url=server.url), events.Hooks())
-        now = time.time
-        changes = {
-            "force": (True, lambda: state.force("bench", 60, {"via": "bench"}, auto=False)),
-            "clear": (False, lambda: state.clear({"via": "bench"})),
-            "hand_set": (True, lambda: client.set(FORCED_MODE_KEY, json.dumps(
-                {"mode": "write_only", "reason": "manual_ops", "until": now() + 60, "forced_at": now()}))),
-            "hand_del": (False, lambda: client.delete(FORCED_MODE_KEY)),
-        }
+        changes = changes_of(State(client, Settings(redis_url=server.url), events.Hooks()), client)
         seen_ms: dict[str, dict[str, list[float]]] = {"all": {k: [] for k in changes},
                                                        "observers": {k: [] for k in changes}}
         busy_ms: dict[str, list[float]] = {k: [] for k in changes}
@@ -193,10 +219,7 @@ def _size(server: RedisServer, n: int, holders: int, window_s: float, trials: in
                 explained[name].append(sum(count for _, count in asked))
                 troubled[name] += sum(ask(fleet, ("troubles", None)))
     finally:
-        for parent in pipes:
-            parent.send(None)
-        for p in procs:
-            p.join(60)
+        spawned.close()
     after = _plain(server.port, n, window_s, client)
     fanout_ms = sorted((base.pop("fanout_ms"), after.pop("fanout_ms")))[0]
     base = _sum([base, after])  # before and after the fleet

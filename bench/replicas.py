@@ -25,8 +25,6 @@ subscribers last-subscribed first, so these are written to last). Measured, from
 
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
 import time
 from typing import Any
 
@@ -37,7 +35,6 @@ from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.drill import crowd
 from memguard.drill.localstack import RedisServer, wait_for
-from memguard.store.keys import FORCED_MODE_KEY
 from memguard.store.state import State
 
 SIZES = (1000, 5000, 10000)
@@ -61,23 +58,8 @@ def _case(replicas: int, n: int, holders: int, window_s: float, trials: int) -> 
     servers = [primary, *copies]
     clients = [redis.Redis(port=s.port, decode_responses=True) for s in servers]
     view_urls = tuple(c.url for c in copies)
-    ctx = mp.get_context("spawn")
-    pipes: list[Any] = []
-    procs: list[Any] = []
-
-    def spawn(target: Any, *args: Any, **kwargs: Any) -> Any:
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=target, args=(primary.url, *args, child), kwargs=kwargs)
-        proc.start()
-        pipes.append(parent)
-        procs.append(proc)
-        return parent
-
-    def ask(to: list[Any], command: Any) -> list[Any]:
-        for parent in to:
-            parent.send(command)
-        return [parent.recv() for parent in to]
-
+    spawned = fleet.Crowd(primary.url)
+    spawn, ask = spawned.spawn, spawned.ask
     try:
         observers = [spawn(crowd.observe, view_urls=view_urls) for _ in range(crowd.OBSERVERS)]
         assert [p.recv() for p in observers] == ["ready"] * crowd.OBSERVERS
@@ -87,11 +69,7 @@ def _case(replicas: int, n: int, holders: int, window_s: float, trials: int) -> 
         if replicas:  # each view counts the fleet once more, 5 to 15 s after it connected
             wait_for(lambda: min(ask(held, ("counted", None))) >= n // 2, 120, "the views to count the fleet",
                      interval=1.0)
-        deadline = time.monotonic() + 120
-        while True:  # steady first: 5 s in which no view reconnected
-            time.sleep(5)
-            if not sum(ask(held, ("troubles", None))) or time.monotonic() > deadline:
-                break
+        spawned.steady(held)
         views = [sum(1 for c in cl.client_list() if c.get("name", "").startswith("memguard:view:"))
                  for cl in clients]
         primary_clients = int(clients[0].info("clients")["connected_clients"])
@@ -102,14 +80,7 @@ def _case(replicas: int, n: int, holders: int, window_s: float, trials: int) -> 
         idle_rates = [(fleet._cpu(c) - c0) / idle_s for c, c0 in zip(clients, cpu0, strict=True)]
 
         state = State(clients[0], Settings(redis_url=primary.url), events.Hooks())
-        now = time.time
-        changes = {
-            "force": (True, lambda: state.force("bench", 60, {"via": "bench"}, auto=False)),
-            "clear": (False, lambda: state.clear({"via": "bench"}, ramp=False)),
-            "hand_set": (True, lambda: clients[0].set(FORCED_MODE_KEY, json.dumps(
-                {"mode": "write_only", "reason": "manual_ops", "until": now() + 60, "forced_at": now()}))),
-            "hand_del": (False, lambda: clients[0].delete(FORCED_MODE_KEY)),
-        }
+        changes = fleet.changes_of(state, clients[0], ramp=False)
         cpu_ms: dict[str, list[list[float]]] = {k: [] for k in changes}
         seen: dict[str, dict[str, list[float]]] = {"observers": {k: [] for k in changes},
                                                     "all": {k: [] for k in changes}}
@@ -133,10 +104,7 @@ def _case(replicas: int, n: int, holders: int, window_s: float, trials: int) -> 
                                      for a, b, rate in zip(after, before, idle_rates, strict=True)])
                 asked[name].append(sum(count for _, count in ask(held, ("asked", None))))
     finally:
-        for parent in pipes:
-            parent.send(None)
-        for p in procs:
-            p.join(60)
+        spawned.close()
         for s in servers:
             s.close()
 
