@@ -179,6 +179,15 @@ def a_401_forces_and_another_process_sees_it(rt: process.Process, other: process
              "the force seen by another process")
 
 
+def the_cli_shows_the_force_and_clears_it(redis_url: str, other: process.Process) -> None:
+    """After a 401's force: ``memguard status`` says so, ``memguard clear --no-ramp`` clears it,
+    and ``other``'s view shows the clear."""
+    status = run_cli(redis_url, "status")
+    assert status.returncode == 0 and "forced:      yes, reason auth" in status.stdout, status.stderr
+    assert run_cli(redis_url, "clear", "--no-ramp").returncode == 0
+    wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
+
+
 @pytest.fixture
 def webhooks() -> Iterator[SimpleNamespace]:
     """A webhook receiver on loopback that accepts every POST: ``url``, and the ``bodies``."""

@@ -27,6 +27,7 @@ from .conftest import (
     make_settings,
     require_rabbitmq,
     run_cli,
+    the_cli_shows_the_force_and_clears_it,
     worker_and_beat_on_rabbitmq,
 )
 
@@ -76,10 +77,7 @@ def test_reads_forces_and_the_cli_work_over_mutual_tls(tls, stub):
     other = process.build(make_settings(tls.url, stub), hooks=events.Hooks(), count_metrics=False)
     try:
         a_401_forces_and_another_process_sees_it(rt, other, stub)  # the views' tracked connections too
-        status = run_cli(tls.url, "status")
-        assert status.returncode == 0 and "forced:      yes, reason auth" in status.stdout, status.stderr
-        assert run_cli(tls.url, "clear", "--no-ramp").returncode == 0
-        wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
+        the_cli_shows_the_force_and_clears_it(tls.url, other)
         assert run_cli(tls.url, "force", "--ttl", "60").returncode == 0
         assert tls.plain.exists("mem:mode:forced:v1"), "the state is the server's (read over plain TCP)"
     finally:

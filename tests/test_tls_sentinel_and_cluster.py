@@ -27,6 +27,7 @@ from .conftest import (
     a_401_forces_and_another_process_sees_it,
     make_settings,
     run_cli,
+    the_cli_shows_the_force_and_clears_it,
     worker_and_beat_on_rabbitmq,
 )
 
@@ -99,10 +100,7 @@ def test_reads_forces_the_cli_and_a_failover_work_through_tls_sentinels(tls_sent
         assert rt.watcher.wait_ready() and other.watcher.wait_ready(), "views over TLS through the sentinels"
         a_401_forces_and_another_process_sees_it(rt, other, stub)
         assert tls_sentinels.primary.client().exists("mem:mode:forced:v1"), "written to the TLS master"
-        status = run_cli(tls_sentinels.url, "status")
-        assert status.returncode == 0 and "forced:      yes, reason auth" in status.stdout, status.stderr
-        assert run_cli(tls_sentinels.url, "clear", "--no-ramp").returncode == 0
-        wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
+        the_cli_shows_the_force_and_clears_it(tls_sentinels.url, other)
         # The sentinels asked over plain TCP when a deployment's sentinels do not speak TLS.
         assert run_cli(tls_sentinels.plain_sentinels, "status").returncode == 0
 
@@ -185,9 +183,6 @@ def test_reads_forces_and_the_cli_work_on_a_tls_cluster(tls_cluster, stub):
         assert rt.watcher.wait_ready() and other.watcher.wait_ready(), "views over TLS on the cluster"
         a_401_forces_and_another_process_sees_it(rt, other, stub)
         assert sum(n.client().dbsize() for n in tls_cluster.nodes) > 0, "the state is on the cluster's nodes"
-        status = run_cli(tls_cluster.url, "status")
-        assert status.returncode == 0 and "forced:      yes, reason auth" in status.stdout, status.stderr
-        assert run_cli(tls_cluster.url, "clear", "--no-ramp").returncode == 0
-        wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
+        the_cli_shows_the_force_and_clears_it(tls_cluster.url, other)
     finally:
         other.close()
