@@ -22,6 +22,7 @@ import redis.asyncio
 from memguard.config.target import Target
 
 SENTINEL = "sentinel"  # MEMGUARD_VIEW_URLS=sentinel: the replicas Sentinel reports
+PRIMARY = "primary"  # where a view connects when Sentinel reports no replica
 MAX_VIEW_URLS = 64
 
 
@@ -73,25 +74,28 @@ class ViewServers:
         """The ``index``-th server (modulo their number), how many there are, and an unpooled
         connection to it. A watcher starts at an index of its own, drawn at random (so a fleet
         spreads evenly), and moves on by one at each failure."""
-        servers = self.servers()
-        if not servers:
-            return "primary", 1, self.primary.connection(**options)
-        server = servers[index % len(servers)]
+        server, of = self._pick(index)
+        if server == PRIMARY:
+            return server, of, self.primary.connection(**options)
         if self.urls != (SENTINEL,):
-            return server, len(servers), Target.parse(server).connection(**options)
+            return server, of, Target.parse(server).connection(**options)
         host, _, port = server.rpartition(":")
-        return server, len(servers), self.primary.server_connection(host, int(port), **options)
+        return server, of, self.primary.server_connection(host, int(port), **options)
 
     def aclient(self, index: int, **options: Any) -> tuple[str, int, redis.asyncio.Redis]:
         """``connection``'s asyncio form: a client whose pool makes the connection."""
-        servers = self.servers()
-        if not servers:
-            return "primary", 1, self.primary.aclient(**options)
-        server = servers[index % len(servers)]
+        server, of = self._pick(index)
+        if server == PRIMARY:
+            return server, of, self.primary.aclient(**options)
         if self.urls != (SENTINEL,):
-            return server, len(servers), redis.asyncio.Redis.from_url(server, **options)
+            return server, of, redis.asyncio.Redis.from_url(server, **options)
         host, _, port = server.rpartition(":")
-        return server, len(servers), self.primary.server_aclient(host, int(port), **options)
+        return server, of, self.primary.server_aclient(host, int(port), **options)
+
+    def _pick(self, index: int) -> tuple[str, int]:
+        """The ``index``-th server and how many there are; the primary when there is none."""
+        servers = self.servers()
+        return (servers[index % len(servers)], len(servers)) if servers else (PRIMARY, 1)
 
 
 def _text(value: Any) -> str:
