@@ -98,6 +98,12 @@ def dashboard_queries() -> dict[str, dict[str, str]]:
     return {p["title"]: {t["refId"]: t["expr"] for t in p["targets"]} for p in dashboard["panels"]}
 
 
+def annotation_queries() -> dict[str, str]:
+    """The dashboard's annotation queries: {name: expr}."""
+    dashboard = json.loads((ROOT / "runbook" / "dashboard.json").read_text())
+    return {a["name"]: a["expr"] for a in dashboard["annotations"]["list"]}
+
+
 READER = """
 import sys, time
 import memguard
@@ -128,24 +134,36 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
         wait_for(lambda: prom.evaluated_since(up + 3), 30, "three rule evaluations of the live series")
         assert prom.alerts() == [], "nothing fires on a healthy fleet"
 
-        # Four operator downgrades within the (scaled) hour: flapping.
+        # Four planned operator forces within the (scaled) hour page nothing: they are operator
+        # actions (and the dashboard's annotations), not downgrades.
         for _ in range(4):
             stack.sender.send_task("memguard.force", kwargs={"reason": "manual_ops", "ttl_seconds": 60}
                                    ).get(timeout=20)
             stack.sender.send_task("memguard.clear").get(timeout=20)
-        flapped = time.monotonic()
-        wait_for(lambda: prom.firing("MemoryDowngradeFlapping"), 20, "MemoryDowngradeFlapping")
+        forced = time.time()
+        actions = 'sum by (action) (memory_operator_actions_total{result="accepted"})'
+        wait_for(lambda: {r["metric"]["action"]: float(r["value"][1])
+                          for r in prom.api("query", query=actions)["result"]} == {"force": 4, "clear": 4},
+                 20, "the worker's four forces and four clears scraped")
+        wait_for(lambda: prom.evaluated_since(forced + 3), 30, "three rule evaluations after the forces")
+        assert prom.alerts("firing") == [] and prom.alerts("pending") == [], \
+            "a planned force fires neither MemoryAutoDowngrade nor MemoryDowngradeFlapping"
+        marks = prom.api("query", query=annotation_queries()["Operator forces and clears"])["result"]
+        assert {m["metric"]["action"] for m in marks} == {"force", "clear"}, "the dashboard marks them"
 
         # A 401: the reader downgrades the fleet at once.
         stack.stub.set_fault("401")
         wait_for(lambda: prom.firing("MemoryAutoDowngrade", reason="auth"), 20,
                  "MemoryAutoDowngrade{reason=auth}")
-        # Zep stays bad: probes fail, the fleet holds again and again, and is stuck.
+        # Zep stays bad: probes fail, the fleet holds again and again, and is stuck; the
+        # automatic downgrades (auth, then probe_failed) flap.
         wait_for(lambda: prom.firing("MemoryStuckInDowngrade"), 40, "MemoryStuckInDowngrade")
         assert prom.firing("MemoryAutoDowngrade", reason="probe_failed")
+        wait_for(lambda: prom.firing("MemoryDowngradeFlapping"), 30, "MemoryDowngradeFlapping")
         # Zep is back: the next probe restores, and both resolve.
         stack.stub.set_fault("ok")
         wait_for(lambda: not prom.firing("MemoryStuckInDowngrade"), 20, "MemoryStuckInDowngrade to resolve")
+        recovered = time.monotonic()  # the last downgrade was before this
         wait_for(lambda: not prom.firing("MemoryAutoDowngrade"), 30, "MemoryAutoDowngrade to resolve")
 
         # Beat stops: no probe tick renews the heartbeat (12 x 0.5 s), the prober is missing.
@@ -156,7 +174,7 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
         wait_for(lambda: not prom.firing("MemoryProberMissing"), 30, "MemoryProberMissing to resolve")
 
         # The flapping window (60 s scaled) passes with no more downgrades.
-        left = max(5, 75 - (time.monotonic() - flapped))
+        left = max(10, 80 - (time.monotonic() - recovered))
         wait_for(lambda: not prom.firing("MemoryDowngradeFlapping"), left, "flapping to resolve")
         assert prom.alerts() == []
 
@@ -268,6 +286,40 @@ def test_a_zep_that_falls_over_as_reads_return_fires_the_ramp_alert(stack, tmp_p
         wait_for(lambda: prom.firing("MemoryRecoveryRampFailing"), 30, "MemoryRecoveryRampFailing")
         assert admitted() == 0.0, "no conversation is admitted while forced"
         # (It resolves an hour later: runbook/alerts_test.yml holds that timing.)
+    finally:
+        prom.stop()
+        reader.terminate()
+        reader.wait(10)
+
+
+def test_a_guard_that_cannot_reach_redis_pages_and_resolves_when_redis_is_back(stack, tmp_path):
+    require_binary("prometheus", "prometheus")
+    port = free_port()
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(port)], env=stack.env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = Prometheus(tmp_path, [f"127.0.0.1:{port}"])
+
+    def value(query: str) -> float | None:
+        result = prom.api("query", query=query)["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    unguarded = 'memory_zep_reads_unguarded_total{guard="default"}'
+    try:
+        wait_for(lambda: value('memory_guard_state_up{guard="default"}') == 1, 30, "the state read")
+        assert value(unguarded) == 0
+        assert not prom.firing("MemoryGuardStateDown")
+        stack.server.stop()
+        # The exporter still says what it knows: the state is down, and no prober can be seen.
+        wait_for(lambda: value('memory_guard_state_up{guard="default"}') == 0, 20, "state_up 0")
+        assert value("memory_prober_up") == 0, "exported as 0, not left out"
+        wait_for(lambda: prom.firing("MemoryGuardStateDown", instance=f"127.0.0.1:{port}"), 30,
+                 "MemoryGuardStateDown for the reader's instance")
+        wait_for(lambda: (value(unguarded) or 0) > 0, 10, "the unguarded reads counted")
+        before = value(unguarded)
+        stack.server.start()
+        wait_for(lambda: not prom.firing("MemoryGuardStateDown"), 30, "MemoryGuardStateDown to resolve")
+        wait_for(lambda: value(unguarded) == value(unguarded + " offset 3s"), 20, "no more unguarded reads")
+        assert value(unguarded) >= before
     finally:
         prom.stop()
         reader.terminate()

@@ -67,6 +67,7 @@ class ModeForced(Named):
     fail_count: int | None = None
     by: dict[str, Any] | None = None
     trigger: str | None = None  # ramp_failed: the trigger that tripped during the ramp
+    operator: bool = False  # an operator's force (the tasks, the CLI, the flags API), not a trigger
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,13 @@ class ProbeFinished(Named):
 
 
 @dataclass(frozen=True)
+class ReadUnguarded(Named):
+    """A read went to Zep without a guard: the state could not be read (Redis unreachable,
+    refused, TLS-rejected) or memguard's own check failed. Counted, not logged per read: the
+    ``GuardTrouble`` that caused it is."""
+
+
+@dataclass(frozen=True)
 class ReadFinished(Named):
     """A read that went to Zep and returned; overhead is what the guard itself added."""
 
@@ -188,7 +196,7 @@ def internal(op: str, fault: BaseException, where: str = "") -> GuardTrouble:
 
 
 Event = (ModeForced | WouldForce | ModeRestored | RampCompleted | ReadBlocked | FailureRecorded
-         | ProbeFinished | ReadFinished | OperatorAction | GuardTrouble)
+         | ProbeFinished | ReadUnguarded | ReadFinished | OperatorAction | GuardTrouble)
 Subscriber = Callable[[Event], None]
 
 

@@ -36,6 +36,9 @@ _NUMBERS = ("forced_at", "lapse_at", "since", "hold_seconds")
 AUTO_REASONS = ("auth", "consecutive_failures", "latency", "rate_limited", "failure_rate")
 # ramp_failed: a trip during a recovery ramp (memguard.domain.ramp); the record's ``trigger`` says which.
 DOWNGRADE_REASONS = (*AUTO_REASONS, "probe_failed", "ramp_failed", "manual_ops")
+# What memory_zep_downgrades_total counts: automatic downgrades only (an operator's force is
+# counted by memory_operator_actions_total, so a planned force pages nothing).
+AUTOMATIC_DOWNGRADES = (*AUTO_REASONS, "probe_failed", "ramp_failed")
 RESTORE_REASONS = ("probe_success", "manual_clear", "lapsed")
 PROBE_RESULTS = ("success", "failed", "lost", "superseded")
 

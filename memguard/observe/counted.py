@@ -25,7 +25,10 @@ LABELS: dict[str, tuple[str, ...]] = {
     "restored": ("reason", "guard"),
     "ramps": ("result", "guard"),
     "errors": ("kind", "op", "guard"),
+    "operator_actions": ("action", "result", "guard"),
+    "unguarded": ("guard",),
 }
+OPERATOR_ACTIONS = ("force", "clear")  # the ones that change the state: dashboards annotate them
 
 
 def guard_of(event: events.Event) -> str:
@@ -40,7 +43,8 @@ def counts(event: events.Event) -> Iterator[tuple[str, dict[str, str]]]:
     elif isinstance(event, events.FailureRecorded):
         yield "failures", {"reason": event.reason, "guard": guard}
     elif isinstance(event, events.ModeForced):
-        yield "downgrades", {"reason": event.reason, "guard": guard}
+        if not event.operator:  # automatic downgrades only: a planned force pages nothing
+            yield "downgrades", {"reason": event.reason, "guard": guard}
         if event.reason == "ramp_failed":
             yield "ramps", {"result": "failed", "guard": guard}
     elif isinstance(event, events.WouldForce):
@@ -55,6 +59,11 @@ def counts(event: events.Event) -> Iterator[tuple[str, dict[str, str]]]:
         yield "probes", {"result": event.result, "guard": guard}
     elif isinstance(event, events.GuardTrouble):
         yield "errors", {"kind": event.kind, "op": event.op, "guard": guard}
+    elif isinstance(event, events.ReadUnguarded):
+        yield "unguarded", {"guard": guard}
+    elif isinstance(event, events.OperatorAction) and event.action in OPERATOR_ACTIONS:
+        yield "operator_actions", {"action": event.action, "result": "accepted" if event.accepted
+                                   else "refused", "guard": guard}
 
 
 StateSource = Callable[[], State]  # the process's store, resolved at collection time

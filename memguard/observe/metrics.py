@@ -21,14 +21,14 @@ from memguard.domain.classify import FAILURE_REASONS
 from memguard.domain.fleet import FleetStatus
 from memguard.domain.guards import DEFAULT
 from memguard.domain.modes import EffectiveMode
-from memguard.domain.record import AUTO_REASONS, DOWNGRADE_REASONS, PROBE_RESULTS, RESTORE_REASONS
+from memguard.domain.record import AUTO_REASONS, AUTOMATIC_DOWNGRADES, PROBE_RESULTS, RESTORE_REASONS
 from memguard.observe import counted
 from memguard.observe.counted import NamedSource, StateSource
 
 RAMP_RESULTS = ("started", "completed", "failed")
 
-DOWNGRADES = Counter("memory_zep_downgrades_total", "Fleet downgrades to write_only, by reason",
-                     ["reason", "guard"])
+DOWNGRADES = Counter("memory_zep_downgrades_total", "Automatic fleet downgrades to write_only, by reason "
+                     "(an operator's force is in memory_operator_actions_total)", ["reason", "guard"])
 WOULD = Counter("memory_zep_would_downgrade_total", "Downgrades DISABLE_AUTO_DOWNGRADE prevented "
                 "(dry run), by reason", ["reason", "guard"])
 FAILURES = Counter("memory_zep_context_failures_total", "Failed Zep context reads, by reason",
@@ -42,8 +42,14 @@ RAMPS = Counter("memory_recovery_ramps_total", "Recovery ramps after a hold, by 
                 "failed: a trip during the ramp forced the fleet again)", ["result", "guard"])
 TROUBLE = Counter("memory_guard_errors_total", "The guard's own trouble: Redis errors, corrupt "
                   "state, internal faults the reads failed open on", ["kind", "op", "guard"])
+OPERATOR = Counter("memory_operator_actions_total", "Operators' forces and clears (the tasks, the CLI, "
+                   "the flags API), by result (accepted, refused)", ["action", "result", "guard"])
+UNGUARDED = Counter("memory_zep_reads_unguarded_total", "Reads that went to Zep unguarded because the "
+                    "state could not be read (Redis unreachable, refused, TLS-rejected) or the check failed",
+                    ["guard"])
 COUNTERS = {"downgrades": DOWNGRADES, "would_downgrade": WOULD, "failures": FAILURES, "probes": PROBES,
-            "blocked": BLOCKED, "restored": RESTORED, "ramps": RAMPS, "errors": TROUBLE}
+            "blocked": BLOCKED, "restored": RESTORED, "ramps": RAMPS, "errors": TROUBLE,
+            "operator_actions": OPERATOR, "unguarded": UNGUARDED}
 OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a read (sampled)",
                      ["guard"], buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
@@ -51,11 +57,15 @@ OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a 
 def start_series(guard: str) -> None:
     """A guard's series at 0 from the start, so increase() sees its first downgrade. The
     default's at import; a named guard's when the process is built with its declaration."""
-    for counter, labels in ((DOWNGRADES, DOWNGRADE_REASONS), (WOULD, AUTO_REASONS),
+    for counter, labels in ((DOWNGRADES, AUTOMATIC_DOWNGRADES), (WOULD, AUTO_REASONS),
                             (FAILURES, FAILURE_REASONS), (PROBES, PROBE_RESULTS), (RESTORED, RESTORE_REASONS),
                             (RAMPS, RAMP_RESULTS), (BLOCKED, ("ramp",))):
         for label in labels:
             counter.labels(label, guard)
+    for action in counted.OPERATOR_ACTIONS:
+        for result in ("accepted", "refused"):
+            OPERATOR.labels(action, result, guard)
+    UNGUARDED.labels(guard)
     TROUBLE.labels("redis_error", "check", guard)
     TROUBLE.labels("internal", "check", guard)
 
@@ -88,7 +98,8 @@ class FleetStateCollector(Collector):
         guards = counted.fleet(self.source, self.named)
         up.add_metric([DEFAULT, DEFAULT], 0 if guards is None else 1)
         yield up
-        if guards is None:
+        if guards is None:  # what it knows: no heartbeat could be read, so no prober is seen
+            yield _gauge("memory_prober_up", PROBER_UP, 0)
             return
         fleet = guards[0][2]
         mode = GaugeMetricFamily("memory_mode_gauge", "1 for the fleet's current effective mode",
@@ -103,13 +114,14 @@ class FleetStateCollector(Collector):
                 gauge.add_metric([label, name], value(each))
             yield gauge
         age = fleet.prober_age
-        yield _gauge("memory_prober_up", "1 while the prober's heartbeat is fresh (a probe tick within the "
-                     "last 12 probe intervals), 0 when no prober is running", 0 if age is None else 1)
+        yield _gauge("memory_prober_up", PROBER_UP, 0 if age is None else 1)
         if age is not None:
             yield _gauge("memory_prober_heartbeat_age_seconds", "Seconds since the last probe tick", age)
 
 
 GUARD_LABELS = ["guard", "name"]
+PROBER_UP = ("1 while the prober's heartbeat is fresh (a probe tick within the last 12 probe intervals), "
+             "0 when no prober is running or the heartbeat cannot be read")
 GAUGES: tuple[tuple[str, str, Callable[[FleetStatus], float]], ...] = (
     ("memory_mode_hold_seconds", "The current hold's length (it doubles after each failed probe, up to "
      "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS)", lambda f: f.hold_seconds),

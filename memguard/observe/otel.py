@@ -40,6 +40,10 @@ INSTRUMENTS: dict[str, tuple[str, str, str]] = {
     "restored": ("memguard.mode.restored", "{restore}", "Forced records ended, by reason"),
     "ramps": ("memguard.recovery.ramps", "{ramp}", "Recovery ramps after a hold, by result"),
     "errors": ("memguard.guard.errors", "{error}", "The guard's own trouble the reads failed open on"),
+    "operator_actions": ("memguard.operator.actions", "{action}",
+                         "Operators' forces and clears (the tasks, the CLI, the flags API), by result"),
+    "unguarded": ("memguard.zep.reads.unguarded", "{read}",
+                  "Reads that went to Zep unguarded: the state could not be read"),
 }
 OVERHEAD = ("memguard.guard.overhead", "s", "Time the guard adds to a read (sampled)")
 OVERHEAD_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2)  # Prometheus's

@@ -81,7 +81,8 @@ class Gate:
     ramp: LocalRamp | None
 
 
-OPEN = Gate(None, None)  # Redis cannot say: the read fails open
+OPEN = Gate(None, None)  # Redis cannot say: the read fails open, unguarded (and counted so)
+NONE = Gate(None, None)  # Redis says: no record, no ramp
 
 
 class Meter(Protocol):
@@ -138,6 +139,7 @@ class Guard:
             lapsed = yield from self.state.lapse_steps(origin("lapse"))
             if lapsed.ramp is not None:
                 return Gate(None, LocalRamp.at(lapsed.ramp, lapsed.ramp.start, time.monotonic()))
+            return NONE
         except redis.RedisError as exc:
             self._redis_down("check", exc)
         return OPEN
@@ -163,6 +165,8 @@ class Guard:
             gate = self._viewed()  # the healthy path: no Redis, no steps to drive
             if gate is UNKNOWN:
                 gate = steps.run(self._gate_from_redis(), self.state.perform)
+            if gate is OPEN:
+                self._unguarded()
             if gate.record is not None:
                 return None, self._blocked(thread_id, gate.record)
             if gate.ramp is not None and (held := self._ramp_held(thread_id, gate.ramp)) is not None:
@@ -172,6 +176,7 @@ class Guard:
                 return None, held
         except Exception as fault:
             bypass = self._fault("check", fault)
+            self._unguarded()
         else:
             bypass = {}
         called = time.perf_counter()
@@ -203,6 +208,8 @@ class Guard:
             gate = self._viewed()
             if gate is UNKNOWN:
                 gate = await steps.arun(self._gate_from_redis(), self.state.aperform)
+            if gate is OPEN:
+                self._unguarded()
             if gate.record is not None:
                 return None, self._blocked(thread_id, gate.record)
             if gate.ramp is not None and (held := self._ramp_held(thread_id, gate.ramp)) is not None:
@@ -212,6 +219,7 @@ class Guard:
                 return None, held
         except Exception as fault:
             bypass = self._fault("check", fault)
+            self._unguarded()
         else:
             bypass = {}
         called = time.perf_counter()
@@ -249,6 +257,11 @@ class Guard:
         with contextlib.suppress(Exception):
             self.hooks.emit(events.internal(op, fault))
         return {"guard_error": type(fault).__name__}
+
+    def _unguarded(self) -> None:
+        """This read goes to Zep with no guard: counted (``memory_zep_reads_unguarded_total``)."""
+        with contextlib.suppress(Exception):
+            self.hooks.emit(events.ReadUnguarded())
 
     def _failed_unrecorded(self, exc: Exception, fault: Exception) -> Meta:
         """The read failed and memguard could not record it: the read's outcome, and the fault."""

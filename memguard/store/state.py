@@ -285,7 +285,7 @@ class State:
             return Transition(status, record=parse_record(reply.get("record")))
         t = Transition(Status.FORCED, record=parse_record(reply["record"]),
                        previous=parse_record(reply["previous"]))
-        self._forced(t)
+        self._forced(t, operator=not auto)
         return t
 
     def record_failure(self, by: dict[str, Any]) -> Transition:
@@ -428,7 +428,7 @@ class State:
             self._forced(t)
         return t
 
-    def _forced(self, t: Transition) -> None:
+    def _forced(self, t: Transition, *, operator: bool = False) -> None:
         record = t.record
         if record is None:
             return
@@ -442,4 +442,5 @@ class State:
             fail_count=t.fail_count or None,
             by=record.by,
             trigger=record.trigger,
+            operator=operator,
         ))

@@ -14,10 +14,12 @@ import urllib3
 from zep_cloud.core.api_error import ApiError as CloudApiError
 from zep_python.core.api_error import ApiError as PythonApiError
 
+from memguard.domain import events
 from memguard.domain.classify import RESPONSE_ATTR, Action, classify
 from memguard.domain.fleet import FleetStatus
 from memguard.domain.modes import EffectiveMode
 from memguard.domain.record import ForcedRecord, Snapshot
+from memguard.observe import counted
 
 
 def url_error(status: int) -> urllib.error.HTTPError:
@@ -98,3 +100,20 @@ def test_a_force_never_raises_the_mode():
     now = time.time()
     rec = ForcedRecord("write_only", "auth", now + 100, now, None, 1, {}, now)
     assert FleetStatus.of(snap(rec, now), EffectiveMode.OFF, 60).mode is EffectiveMode.OFF
+
+
+def test_an_operators_force_is_an_operator_action_and_only_a_triggers_force_a_downgrade():
+    def forced(operator: bool) -> events.ModeForced:
+        return events.ModeForced("read_write", "write_only", "manual_ops" if operator else "auth", 300.0,
+                                 0.0, operator=operator)
+
+    assert list(counted.counts(forced(operator=True))) == []
+    assert list(counted.counts(forced(operator=False))) == [
+        ("downgrades", {"reason": "auth", "guard": "default"})]
+    assert list(counted.counts(events.OperatorAction("force", True))) == [
+        ("operator_actions", {"action": "force", "result": "accepted", "guard": "default"})]
+    assert list(counted.counts(events.OperatorAction("clear", False, ("bad",)))) == [
+        ("operator_actions", {"action": "clear", "result": "refused", "guard": "default"})]
+    assert list(counted.counts(events.OperatorAction("status", True))) == []
+    assert list(counted.counts(events.ReadUnguarded(guard="zep-t.acme", family="zep-t.*"))) == [
+        ("unguarded", {"guard": "zep-t.*"})]

@@ -37,6 +37,10 @@ def ok(thread_id: str) -> str:
     return f"context of {thread_id}"
 
 
+async def async_ok(thread_id: str) -> str:
+    return f"context of {thread_id}"
+
+
 def make(store: FakeStore | None = None, view: FakeView | None = None, settings: Settings = SETTINGS,
          meter: FakeMeter | None = None) -> tuple[Guard, FakeStore, list[events.Event]]:
     store = store or FakeStore()
@@ -161,6 +165,23 @@ def test_redis_down_fails_open_and_backs_off_for_a_second():
     assert [e.kind for e in seen if isinstance(e, events.GuardTrouble)] == ["redis_error"]
     guard.call("t1", raising(http_error(503)), ("t1",))
     assert store.names() == ["snapshot"]  # nor is a failure counted during the back-off
+
+
+def test_every_read_that_skips_the_guard_is_counted_unguarded_and_none_that_was_guarded():
+    view = FakeView()
+    view.current = None
+    guard, _, seen = make(FakeStore(down=True), view)
+    for _ in range(3):  # the first asks Redis, the next two are in the back-off: all unguarded
+        guard.call("t1", ok, ("t1",))
+    asyncio.run(guard.acall("t1", async_ok, ("t1",)))
+    broken, _, seen_broken = make(FakeStore(faults={"snapshot": KeyError("bug")}), view)
+    broken.call("t1", ok, ("t1",))  # memguard's own check failed: unguarded too
+    healthy, _, seen_healthy = make(FakeStore(), view)  # Redis answers: guarded
+    healthy.call("t1", ok, ("t1",))
+    live, _, seen_live = make()  # the view answers: guarded
+    live.call("t1", ok, ("t1",))
+    count = lambda evs: sum(isinstance(e, events.ReadUnguarded) for e in evs)  # noqa: E731
+    assert (count(seen), count(seen_broken), count(seen_healthy), count(seen_live)) == (4, 1, 0, 0)
 
 
 def test_failure_rate_policy_meters_failures_instead_of_counting():
