@@ -124,12 +124,15 @@ def configure(redis_db, redis_server: RedisServer, stub: ZepStub):
         rt.close()
 
 
-def run_cli(redis_url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(redis_url: str | None, *args: str, cwd: Path | None = None,
+            **more: str) -> subprocess.CompletedProcess[str]:
     """The ``memguard`` command line in a process of its own, with only REDIS_URL (when given)
-    and the Zep key set, as an operator's shell would have them."""
-    env = {"ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin", **({"REDIS_URL": redis_url} if redis_url else {})}
+    and the Zep key set, as an operator's shell would have them (in ``cwd``, their project, with
+    ``more`` of its environment)."""
+    env = {"ZEP_API_KEY": API_KEY, "PATH": "/usr/bin:/bin", **({"REDIS_URL": redis_url} if redis_url else {}),
+           **more}
     return subprocess.run([sys.executable, "-m", "memguard", *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, cwd=cwd)
 
 
 RABBITMQ_APP = """

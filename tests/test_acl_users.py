@@ -6,16 +6,19 @@ fails open and is counted like any Redis error."""
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 
 import pytest
 
 from memguard import flags, process
 from memguard.domain import events
-from memguard.drill.localstack import RedisServer, wait_for
+from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env, wait_for
 from memguard.ops import acl, audit
 
 from .conftest import (
+    API_KEY,
+    RABBITMQ_URL,
     ROOT,
     a_401_forces_and_another_process_sees_it,
     make_settings,
@@ -77,6 +80,13 @@ def test_a_worker_and_a_beat_as_the_acl_user_probe_restore_notify_and_audit(acl_
         assert [p["result"] for p in probes] == ["success"]
         history = run_cli(read_only_url, "history")
         assert history.returncode == 0 and "probe success" in history.stdout, history.stdout + history.stderr
+        # The playbook's lock check, run in the user's project: their app's key, and which beat holds it.
+        status = run_cli(read_only_url, "status", "--app", "rabbitapp", cwd=tmp_path,
+                         CELERY_BROKER_URL=RABBITMQ_URL, TEST_QUEUE="-")
+        assert status.returncode == 0, status.stderr
+        holder = f"{socket.gethostname()}:{procs[1].proc.pid}"
+        assert re.search(rf"^beat lock:   redbeat::lock held by {re.escape(holder)} for \d+ s", status.stdout,
+                         re.M), status.stdout
         for p in procs:
             assert "NOPERM" not in p.output() and "NoPermission" not in p.output(), p.output()[-3000:]
 
@@ -102,3 +112,40 @@ def test_the_printed_rules_name_memguards_keys_channels_and_the_beats_keys():
     assert out.stdout in readme, "the README shows what memguard acl prints"
     without_beat = run_cli(None, "acl", "--no-beat").stdout
     assert "~redbeat:*" not in without_beat
+
+
+def users_from(printed: str, server: RedisServer) -> tuple[str, str]:
+    """The users ``memguard acl`` printed, created on ``server`` (whose default user goes off);
+    their URLs."""
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", "admin", "on", ">admin-pw", "~*", "&*", "+@all")
+    rules = [line for line in printed.splitlines() if line.startswith("ACL SETUSER")]
+    for rule, password in zip(rules, ("mg-pw", "ro-pw"), strict=True):
+        admin.execute_command(*[f">{password}" if w.startswith(">CHANGE-ME") else w for w in rule.split()])
+    admin.execute_command("ACL", "SETUSER", "default", "off")
+    base = f"127.0.0.1:{server.port}/0"
+    return f"redis://memguard:mg-pw@{base}", f"redis://memguard-ro:ro-pw@{base}"
+
+
+def test_the_ready_apps_beat_runs_as_the_user_that_memguard_acl_app_memguard_prints(stub, tmp_path):
+    printed = run_cli(None, "acl", "--app", "memguard")
+    assert printed.returncode == 0, printed.stderr
+    assert "~memguard:redbeat:*" in printed.stdout.split(), "the ready app's RedBeat prefix is granted"
+    assert "~myapp:beat:*" in run_cli(None, "acl", "--redbeat-prefix", "myapp:beat:").stdout.split()
+    with RedisServer() as server, RedisServer() as broker:
+        url, read_only_url = users_from(printed.stdout, server)
+        env = stack_env(url, stub.url, API_KEY, CELERY_BROKER_URL=broker.url,
+                        CELERY_RESULT_BACKEND=broker.url, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="0.5")
+        env.pop("CELERY_CONFIG_MODULE", None)
+        beat = CeleryProcess("beat", env, str(tmp_path), "ready-beat", cwd=str(tmp_path)).start()
+        try:
+            holder = f"{socket.gethostname()}:{beat.proc.pid}"
+            line = re.compile(rf"^beat lock:   memguard:redbeat::lock held by {re.escape(holder)} for \d+ s",
+                              re.M)
+            # Verbatim as the playbook has it, as the read-only operator: no --app is the ready app.
+            wait_for(lambda: line.search(run_cli(read_only_url, "status").stdout), 20,
+                     "the ready app's beat to hold its lock, named")
+            log = beat.output()
+            assert "NOPERM" not in log and "NoPermission" not in log, log[-3000:]
+        finally:
+            beat.stop()

@@ -146,6 +146,8 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
                           for r in prom.api("query", query=actions)["result"]} == {"force": 4, "clear": 4},
                  20, "the worker's four forces and four clears scraped")
         wait_for(lambda: prom.evaluated_since(forced + 3), 30, "three rule evaluations after the forces")
+        downgrades = prom.api("query", query="sum(memory_zep_downgrades_total)")["result"]
+        assert float(downgrades[0]["value"][1]) == 0, "no force was counted as a downgrade"
         assert prom.alerts("firing") == [] and prom.alerts("pending") == [], \
             "a planned force fires neither MemoryAutoDowngrade nor MemoryDowngradeFlapping"
         marks = prom.api("query", query=annotation_queries()["Operator forces and clears"])["result"]

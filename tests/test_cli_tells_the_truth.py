@@ -19,7 +19,7 @@ from memguard.config.settings import Settings
 from memguard.drill.localstack import RedisServer, free_port
 from memguard.store.keys import AUDIT_KEY, FORCED_MODE_KEY, PROBE_HEARTBEAT_KEY
 
-from .conftest import API_KEY
+from .conftest import API_KEY, make_settings
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -210,3 +210,28 @@ def test_a_corrupt_record_fails_open_is_named_and_every_tool_works_over_it(name,
         out = cli(env, *command)
         assert out.returncode == 0, (command, out.stderr)
     assert "WARNING" not in cli(env, "status").stdout
+
+
+def test_status_says_when_no_memguard_process_follows_this_redis_and_counts_those_that_do(env, stub):
+    alone = cli(env, "status")
+    assert alone.returncode == 0, alone.stderr
+    assert f"watchers:    none: no memguard process follows this Redis; is it the fleet's? REDIS_URL is " \
+           f"{env['REDIS_URL']}" in alone.stdout
+    watching = [process.build(make_settings(env["REDIS_URL"], stub), count_metrics=False) for _ in range(2)]
+    try:
+        for rt in watching:
+            assert rt.watcher.wait_ready(5)
+        seen = cli(env, "status")
+        assert "watchers:    2 memguard processes follow this Redis" in seen.stdout, seen.stdout
+        assert json.loads(cli(env, "status", "--json").stdout)["watchers"] == 2
+    finally:
+        for rt in watching:
+            rt.close()
+
+
+def test_status_shows_a_trip_as_a_trip_not_as_four_of_three(env, redis_db):
+    redis_db.set("mem:read:consec_failures", 4, ex=60)
+    out = cli(env, "status")
+    assert "failures:    4 in the current window: the threshold (3) was reached, but nothing is forced" \
+        in out.stdout, out.stdout
+    assert "of 3" not in out.stdout

@@ -66,3 +66,32 @@ def test_playbook_commands_name_real_tasks_and_subcommands():
         out = subprocess.run([sys.executable, "-m", "memguard", sub, "--help"], capture_output=True,
                              text=True)
         assert out.returncode == 0, f"memguard {sub}: {out.stderr}"
+
+
+def anchor(heading: str) -> str:
+    """A heading's anchor as GitHub and Grafana links make it."""
+    kept = "".join(c for c in heading.strip().lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+def test_every_alerts_runbook_link_points_at_a_playbook_section_that_exists():
+    import yaml
+
+    anchors = {anchor(h) for h in re.findall(r"^## (.+)$", (RUNBOOK / "playbook.md").read_text(), re.M)}
+    rules = yaml.safe_load((RUNBOOK / "alerts.yml").read_text())["groups"][0]["rules"]
+    links = {r["alert"]: r["annotations"]["runbook"] for r in rules}
+    assert "MemoryGuardStateDown" in links
+    broken = {name: link for name, link in links.items()
+              if not link.startswith("runbook/playbook.md#") or link.split("#", 1)[1] not in anchors}
+    assert broken == {}, f"no such playbook section: {broken}"
+    assert anchor("Flapping Zep: recovery ramps fail") == "flapping-zep-recovery-ramps-fail"
+
+
+def test_a_downgrade_fired_names_every_reason_memguard_forces_with():
+    from memguard.domain.record import AUTOMATIC_DOWNGRADES
+
+    text = (RUNBOOK / "playbook.md").read_text()
+    start = text.index("## A downgrade fired")
+    section = text[start:text.index("\n## ", start + 3)]
+    missing = [r for r in AUTOMATIC_DOWNGRADES if f"- `{r}`:" not in section]
+    assert missing == []

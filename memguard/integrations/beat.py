@@ -11,7 +11,9 @@ fleet is left without a prober until something restarts them. This one keeps run
   without blocking, on every tick, and schedules only while it holds it: never two active
   schedulers, since taking the lock is one atomic ``SET NX``;
 - on taking the lock it writes the static schedule again, so a Redis that lost its data
-  (restarted without persistence) gets the probe's entry back.
+  (restarted without persistence) gets the probe's entry back;
+- the lock it holds names it (``memguard:beat:<host>:<pid>@<ms>``, ``memguard.ops.beatlock``), so
+  ``memguard status`` can say which beat schedules and for how long.
 
     celery -A myapp beat -S memguard.beat.Scheduler
 
@@ -27,6 +29,9 @@ from typing import Any
 import redis
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
 from redis.exceptions import LockError
+
+from memguard.config.target import connection_name
+from memguard.ops import beatlock
 
 logger = logging.getLogger("memguard.beat")
 
@@ -44,6 +49,8 @@ class Scheduler(RedBeatScheduler):
         try:
             if self.lock_key and self.lock is None and not self._take_lock():
                 return self.max_interval  # a standby: the lock is someone else's
+            if self.lock is not None and not self._named():
+                self._name_lock()
             return super().tick(min=min, **kwargs)
         except LockError:
             logger.warning("beat: lost the lock (it expired while Redis was away); taking it again")
@@ -61,6 +68,19 @@ class Scheduler(RedBeatScheduler):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logger.warning("beat: Redis unreachable (%s) at start-up; the schedule is written when the "
                            "lock is taken", type(exc).__name__)
+
+    def _named(self) -> bool:
+        token = self.lock.local.token
+        return isinstance(token, bytes) and token.startswith(beatlock.PREFIX.encode())
+
+    def _name_lock(self) -> None:
+        """Give the lock this beat holds its name (RedBeat took it with a random token); the
+        lock's expiry and owner are unchanged, and a lock lost meanwhile is left alone."""
+        client = get_redis(self.app)
+        token = client.register_script(beatlock.RENAME)(
+            keys=[self.lock_key], args=[self.lock.local.token, connection_name("beat")])
+        if token is not None:
+            self.lock.local.token = token if isinstance(token, bytes) else str(token).encode()
 
     def _take_lock(self) -> bool:
         """Take the RedBeat lock without blocking, as RedBeat's start-up does; True if taken."""

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the fleet's mode, record, failure count, prober and last "
                        "operator action")
     p.add_argument("--all", action="store_true", help="also every named guard that is not healthy")
+    p.add_argument("--app", help="the Celery app whose beat lock to show, as celery -A takes it (default: "
+                   "memguard, the ready app)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("force", help="force write_only fleet-wide")
     p.add_argument("--reason", default="manual_ops",
@@ -77,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default="memguard", help="memguard's user (default memguard)")
     p.add_argument("--read-only-user", default="memguard-ro", help="the operator's (default memguard-ro)")
     p.add_argument("--no-beat", action="store_true", help="the beat's RedBeat keys live on another Redis")
+    p.add_argument("--app", help="grant this Celery app's RedBeat key prefix, as celery -A takes it "
+                   "(memguard: the ready app's)")
+    p.add_argument("--redbeat-prefix", help="grant this RedBeat key prefix (default: the app's, else "
+                   "RedBeat's default redbeat:)")
     p = sub.add_parser("drill", help="run the auth, failure and recovery drills end to end")
     p.add_argument("--redis-url", help="run against this Redis (a canary) instead of a local stack")
     p.add_argument("--zep-url", help="with --redis-url: the canary's Zep root URL")
@@ -176,8 +182,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         elif args.cmd == "acl":
             from memguard.ops import acl
 
+            prefix = args.redbeat_prefix or (redbeat_prefix(celery_app(args.app)) if args.app else "redbeat:")
             memguard_rule, read_only_rule = acl.rules(user=args.user, read_only_user=args.read_only_user,
-                                                      beat=not args.no_beat)
+                                                      beat=not args.no_beat, redbeat_prefix=prefix)
             print(f"# memguard's processes (workers, web apps, beat): REDIS_URL=redis://{args.user}:<pw>@host\n"
                   f"{memguard_rule}\n# a read-only operator (status, history, guards)\n{read_only_rule}")
         elif args.cmd == "drill":
@@ -221,6 +228,12 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
     if args.cmd == "status":
         res = ops.status(by)
         lines = cli_text.status_lines(res, res.get("redis_time") or now)
+        from_env = bool(os.environ.get("REDIS_URL"))
+        lines.append(cli_text.watchers_line(res["watchers"], where, from_env=from_env,
+                                            on_replicas=bool(proc.settings.view_urls)))
+        lock = _beat_lock(proc, args.app or "memguard", res.get("redis_time") or now)
+        res["beat_lock"] = lock if isinstance(lock, str) else lock.as_dict()
+        lines.append(lock if isinstance(lock, str) else lock.line())
         if args.all:
             res["guards"] = _rows(proc, indexed_guards(proc.state), degraded=True)
             lines += cli_text.guards_lines(res["guards"], now, heading="named guards not healthy:")
@@ -238,6 +251,48 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
     if args.json:
         return json.dumps(cli_text.json_safe({**res, "redis": where}), allow_nan=False)
     return "\n".join([*lines, f"redis:       {where}"])
+
+
+def celery_app(name: str) -> Any:
+    """The Celery app ``name`` names, found as ``celery -A`` finds it (the working directory first
+    on the import path); a name that finds none is refused in one line."""
+    from celery.app.utils import find_app
+
+    from memguard.ops.actions import OperatorError
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return find_app(name)
+    except Exception as exc:
+        raise OperatorError(f"--app {name[:100]}: no Celery app found there ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
+
+
+def redbeat_prefix(app: Any) -> str:
+    from redbeat.schedulers import RedBeatConfig
+
+    return str(RedBeatConfig(app).key_prefix)
+
+
+def _beat_lock(proc: Any, app_name: str, now: float) -> Any:
+    """The app's beat lock as read on REDIS_URL (a ``BeatLock``), or a line saying why not."""
+    from redbeat.schedulers import RedBeatConfig
+
+    from memguard.ops import beatlock
+
+    app = celery_app(app_name)
+    key = RedBeatConfig(app).lock_key
+    if not key:
+        return f"beat lock:   none: {app_name}'s redbeat_lock_key turns the lock off"
+    ours = proc.settings.redis_target.redbeat_conf().get("redbeat_redis_url")
+    if ours is None or app.conf.get("redbeat_redis_url") != ours:
+        return f"beat lock:   {key} lives on the app's own RedBeat Redis (redbeat_redis_url), not read here"
+    try:
+        return beatlock.read(proc.state.client, key, now)
+    except redis.RedisError as exc:  # the status itself was read: say why this line was not
+        why = cli_text.redis_error(exc, proc.settings.redis_url, CLI_TIMEOUT_S)
+        return f"beat lock:   {key} could not be read: {why}"
 
 
 def _rows(proc: Any, names: list[str], *, degraded: bool) -> list[dict[str, Any]]:

@@ -40,7 +40,14 @@ def status_lines(st: dict[str, Any], now: float) -> list[str]:
         lines.append(f"recovering:  {ramp['share_percent']:.0f} % of reads admitted, "
                      f"{ramp['seconds_left']:.0f} s of {ramp['seconds']:g} left (after {ramp['reason']}; "
                      f"the hold was {ramp['previous_reason']}, hold #{ramp['holds']})")
-    lines.append(f"failures:    {st['fail_count']} of {st['threshold']} in the current window")
+    count, threshold = st["fail_count"], st["threshold"]
+    if count >= threshold:  # a trip, not "4 of 3"
+        outcome = "which forced the fleet" if st["forced"] else \
+            "but nothing is forced (DISABLE_AUTO_DOWNGRADE or MEMORY_QUORUM_HOSTS held it back)"
+        lines.append(f"failures:    {count} in the current window: the threshold ({threshold}) was reached, "
+                     f"{outcome}")
+    else:
+        lines.append(f"failures:    {count} of {threshold} in the current window")
     seen = st["prober_seen_seconds_ago"]
     lines.append("prober:      " + ("no probe tick seen recently: is celery beat running?" if seen is None
                                     else f"last tick {duration(seen)} ago"))
@@ -52,6 +59,17 @@ def status_lines(st: dict[str, Any], now: float) -> list[str]:
     if st.get("state_problems"):
         lines.append(f"WARNING:     {st['state_problems']} (read as no record; the next change replaces it)")
     return lines
+
+
+def watchers_line(count: int, where: str, *, from_env: bool, on_replicas: bool) -> str:
+    """How many memguard processes follow this Redis; with none, that this may be the wrong one."""
+    if on_replicas:
+        return "watchers:    counted on the replicas (MEMGUARD_VIEW_URLS): the views follow those"
+    if count > 0:
+        who = "process follows" if count == 1 else "processes follow"
+        return f"watchers:    {count} memguard {who} this Redis"
+    named = f"REDIS_URL is {where}" if from_env else f"REDIS_URL is not set: this read the default {where}"
+    return f"watchers:    none: no memguard process follows this Redis; is it the fleet's? {named}"
 
 
 def guards_lines(rows: list[dict[str, Any]], now: float, heading: str = "") -> list[str]:

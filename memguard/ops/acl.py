@@ -24,12 +24,13 @@ READ_ONLY = ("-@all", "+@read", "+@connection", "+time", "+pubsub|numsub", "-@da
 
 def rules(*, user: str = "memguard", read_only_user: str = "memguard-ro", beat: bool = True,
           redbeat_prefix: str = "redbeat:") -> list[str]:
-    """The ``ACL SETUSER`` lines for memguard's user (with RedBeat's keys when the beat runs on
-    this Redis) and the read-only operator's."""
+    """The ``ACL SETUSER`` lines for memguard's user (with RedBeat's keys, under the app's
+    ``redbeat_prefix``, when the beat runs on this Redis) and the read-only operator's (who reads
+    the beat lock there)."""
     beat_keys = (f"~{redbeat_prefix}*",) if beat else ()
     return [
         " ".join(("ACL SETUSER", user, "on", ">CHANGE-ME", "resetkeys", "resetchannels", *KEYS, *beat_keys,
                   *CHANNELS, *COMMANDS)),
         " ".join(("ACL SETUSER", read_only_user, "on", ">CHANGE-ME-TOO", "resetkeys", "resetchannels",
-                  *(f"%R{k}" for k in KEYS), *CHANNELS, *READ_ONLY)),
+                  *(f"%R{k}" for k in (*KEYS, *beat_keys)), *CHANNELS, *READ_ONLY)),
     ]

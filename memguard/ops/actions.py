@@ -113,6 +113,8 @@ class Operations:
             "threshold": self.settings.threshold,
             "redis_time": fleet.redis_now,
             "prober_seen_seconds_ago": None if age is None else round(age, 1),
+            # memguard processes whose view follows this server (the change channel's subscribers)
+            "watchers": snap.fleet,
             "last_operator_action": audit.last_operator_action(self.state.client, self.state.keys.audit),
         }
         if fleet.ramp is not None and fleet.record is None:

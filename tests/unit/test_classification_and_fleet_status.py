@@ -19,6 +19,7 @@ from memguard.domain.classify import RESPONSE_ATTR, Action, classify
 from memguard.domain.fleet import FleetStatus
 from memguard.domain.modes import EffectiveMode
 from memguard.domain.record import ForcedRecord, Snapshot
+from memguard.integrations.cli_text import watchers_line
 from memguard.observe import counted
 
 
@@ -117,3 +118,10 @@ def test_an_operators_force_is_an_operator_action_and_only_a_triggers_force_a_do
     assert list(counted.counts(events.OperatorAction("status", True))) == []
     assert list(counted.counts(events.ReadUnguarded(guard="zep-t.acme", family="zep-t.*"))) == [
         ("unguarded", {"guard": "zep-t.*"})]
+
+
+def test_status_without_redis_url_names_the_default_it_read():
+    line = watchers_line(0, "redis://127.0.0.1:6379/0", from_env=False, on_replicas=False)
+    assert line.endswith("REDIS_URL is not set: this read the default redis://127.0.0.1:6379/0")
+    assert watchers_line(1, "x", from_env=True, on_replicas=False) == \
+        "watchers:    1 memguard process follows this Redis"
