@@ -55,13 +55,13 @@ def test_every_dashboard_metric_exists_in_a_real_scrape(configure, stub):
 def test_playbook_commands_name_real_tasks_and_subcommands():
     text = (RUNBOOK / "playbook.md").read_text()
     tasks = set(re.findall(r"call (memguard\.\w+)", text))
-    assert tasks == {"memguard.force", "memguard.clear", "memguard.status"}
+    assert tasks == {"memguard.force", "memguard.clear", "memguard.status", "memguard.doctor"}
     from memguard.celery import app
 
     assert tasks <= set(app.tasks)
     code = "\n".join(re.findall(r"```sh\n(.*?)```", text, re.S))
     subs = set(re.findall(r"^memguard (\w+)", code, re.M))
-    assert {"status", "force", "clear", "probe", "drill"} <= subs
+    assert {"status", "force", "clear", "probe", "drill", "doctor"} <= subs
     for sub in subs:
         out = subprocess.run([sys.executable, "-m", "memguard", sub, "--help"], capture_output=True,
                              text=True)

@@ -148,6 +148,10 @@ class Registry:
         """Whether ``name`` is a declaration's own name or pattern (not a family's member)."""
         return isinstance(name, str) and (name in self._exact or any(d.name == name for d in self._families))
 
+    def declarations(self) -> list[Declaration]:
+        """Every declaration, exact names first."""
+        return [*self._exact.values(), *self._families]
+
     def labels(self) -> list[str]:
         """Every declaration's name or pattern: the metrics' ``guard`` labels."""
         return [*self._exact, *(d.name for d in self._families)]

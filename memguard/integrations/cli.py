@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
                    "(memguard: the ready app's)")
     p.add_argument("--redbeat-prefix", help="grant this RedBeat key prefix (default: the app's, else "
                    "RedBeat's default redbeat:)")
+    p = sub.add_parser("doctor", help="check this deployment: Redis, permissions, beat, probe, webhooks, "
+                       "clock, eviction, settings; one line per check, exit 1 on any fail")
+    p.add_argument("--app", help="the Celery app to check, as celery -A takes it (default: memguard, the "
+                   "ready app)")
+    p.add_argument("--json", action="store_true", help="one JSON object per check")
     p = sub.add_parser("drill", help="run the auth, failure and recovery drills end to end")
     p.add_argument("--redis-url", help="run against this Redis (a canary) instead of a local stack")
     p.add_argument("--zep-url", help="with --redis-url: the canary's Zep root URL")
@@ -155,7 +160,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from memguard.observe import logs
     from memguard.ops.actions import OperatorError
 
-    one_shot = args.cmd in ("status", "force", "clear", "probe", "history", "guards")
+    one_shot = args.cmd in ("status", "force", "clear", "probe", "history", "guards", "doctor")
     if one_shot:  # they print their own outcome; a warning line would only repeat it
         logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="memguard: %(message)s")
     elif args.cmd == "metrics":
@@ -174,6 +179,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             url = settings.redis_url
             proc = process.configure(settings, watch=False, count_metrics=False)  # no thread, no metrics
             process.hooks.subscribe(note)
+            if args.cmd == "doctor":
+                return _doctor(args, proc, by)
             print(_one_shot(args, proc, by))
             # The action was done: say what went wrong around it (status prints its own warning).
             for trouble in (t for t in troubles if t.op != "status"):
@@ -253,6 +260,20 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
     return "\n".join([*lines, f"redis:       {where}"])
 
 
+def _doctor(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> int:
+    """``memguard doctor``: one line per check (or one JSON object), exit 1 on any fail."""
+    from memguard import process
+    from memguard.integrations.tasks import deployment
+    from memguard.ops import doctor
+
+    url = proc.settings.redis_url
+    checks = doctor.run(deployment(celery_app(args.app or "memguard"), proc, by), process.hooks,
+                        lambda exc: cli_text.redis_error(exc, url, CLI_TIMEOUT_S))
+    for c in checks:
+        print(json.dumps(c.as_dict()) if args.json else c.line())
+    return doctor.worst(checks)
+
+
 def celery_app(name: str) -> Any:
     """The Celery app ``name`` names, found as ``celery -A`` finds it (the working directory first
     on the import path); a name that finds none is refused in one line."""
@@ -263,10 +284,14 @@ def celery_app(name: str) -> Any:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        return find_app(name)
+        app = find_app(name)
     except Exception as exc:
         raise OperatorError(f"--app {name[:100]}: no Celery app found there ({type(exc).__name__}: "
                             f"{str(exc)[:200]})") from None
+    # An app's module may configure logging for its workers (the ready app's JSON lines on
+    # stdout): the command's own output stays what it prints.
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="memguard: %(message)s", force=True)
+    return app
 
 
 def redbeat_prefix(app: Any) -> str:

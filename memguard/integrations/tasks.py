@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,8 +34,9 @@ from memguard.domain import events
 from memguard.domain.events import origin
 from memguard.domain.guards import DEFAULT, GuardError, NamedProbe
 from memguard.observe import logs, metrics
+from memguard.ops import doctor
 from memguard.ops.actions import OperatorError
-from memguard.ops.prober import Probe
+from memguard.ops.prober import Probe, zep_probe
 from memguard.request.zep import make_reader
 
 PROBE_SCHEDULE_NAME = "memguard-probe"
@@ -44,6 +46,7 @@ SCHEDULER = "memguard.beat.Scheduler"  # RedBeat that rides through Redis blips
 # over within ~6 s (Celery's and RedBeat's own defaults would make that 25 minutes).
 LOOP_INTERVAL_S = 1.0
 LOCK_LOOPS = 5
+DOCTOR_LEVELS = {"ok": logging.INFO, "warn": logging.WARNING, "fail": logging.ERROR}
 
 
 def _by(task: Task) -> dict[str, Any]:
@@ -96,6 +99,7 @@ def install(app: Celery, *, probe: Probe | None = None, probes: Mapping[str, Nam
     except SettingsError:
         settings = None
     named_probes = _checked_probes(probes)
+    _installed[app] = (probe, named_probes)
     _register_tasks(app, probe, named_probes)
 
     def configure_beat(conf: Any) -> None:
@@ -137,6 +141,27 @@ def install(app: Celery, *, probe: Probe | None = None, probes: Mapping[str, Nam
     return app
 
 
+# What install gave each app: ``memguard doctor --app`` probes with the app's own probe.
+_installed: weakref.WeakKeyDictionary[Celery, tuple[Probe | None, dict[str, NamedProbe]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def deployment(app: Celery, proc: Any, by: dict[str, Any]) -> doctor.Deployment:
+    """What ``memguard doctor`` checks for ``app``: its probe, its RedBeat lock and prefix (when
+    RedBeat keeps them on REDIS_URL) and its declared guards."""
+    from redbeat.schedulers import RedBeatConfig
+
+    probe, probes = _installed.get(app, (None, {}))
+    conf = RedBeatConfig(app)
+    ours = proc.settings.redis_target.redbeat_conf().get("redbeat_redis_url")
+    on_ours = ours is not None and app.conf.get("redbeat_redis_url") == ours
+    return doctor.Deployment(
+        proc.state, proc.settings, lambda: probe or zep_probe(make_reader(proc.settings)),
+        lock_key=(conf.lock_key or None) if on_ours else None,
+        redbeat_prefix=conf.key_prefix if on_ours else None,
+        named=[(d.name, d.probe is not None or d.name in probes) for d in registry.declarations()], by=by)
+
+
 def _checked_probes(probes: Mapping[str, NamedProbe] | None) -> dict[str, NamedProbe]:
     """install's named probes: each a declared name or pattern, each callable."""
     out = dict(probes or {})
@@ -166,6 +191,20 @@ def _register_tasks(app: Celery, probe: Probe | None, probes: dict[str, NamedPro
     def status(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The fleet's mode, record, seconds left and failure count."""
         return _operator_call(self, "status", args, kwargs)
+
+    @app.task(name="memguard.doctor", **opts)
+    def doctor_task(self: Task) -> list[dict[str, str]]:
+        """Check this deployment from a worker: one entry per check (ok, warn or fail)."""
+        from memguard.integrations import cli_text
+
+        proc = process.get()
+        url = proc.settings.redis_url
+        checks = doctor.run(deployment(app, proc, _by(self)), process.hooks,
+                            lambda exc: cli_text.redis_error(exc, url, 2.0))
+        for c in checks:
+            logs.emit(DOCTOR_LEVELS[c.verdict], "memguard_doctor_check", verdict=c.verdict, check=c.name,
+                      detail=c.detail)
+        return [c.as_dict() for c in checks]
 
     @app.task(name="memguard.probe", ignore_result=True, **opts)
     def probe_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -19,8 +19,8 @@ CARD_PACKAGE = ("install", "guarded", "fetch_thread_context", "afetch_thread_con
                 "serve_metrics", "metrics_wsgi_app", "declare", "__version__")
 CARD_FLAGS = ("base_mode", "effective_mode", "get_forced_mode", "force_write_only", "clear_forced_mode",
               "increment_consecutive_failures", "reset_consecutive_failures")
-CARD_TASKS = ("memguard.force", "memguard.clear", "memguard.status", "memguard.probe")
-CARD_CLI = ("status", "force", "clear", "probe", "history", "guards", "acl", "drill", "metrics")
+CARD_TASKS = ("memguard.force", "memguard.clear", "memguard.status", "memguard.probe", "memguard.doctor")
+CARD_CLI = ("status", "force", "clear", "probe", "history", "guards", "acl", "doctor", "drill", "metrics")
 CARD_SETTINGS = (
     "REDIS_URL", "ZEP_API_KEY", "ZEP_API_URL", "ZEP_CLIENT", "FLAG_ZEP_READ", "FLAG_ZEP_WRITE",
     "MEMORY_DOWNGRADE_THRESHOLD", "MEMORY_DOWNGRADE_HOLD_SECONDS", "MEMORY_DOWNGRADE_PROBE_TIMEOUT_MS",
@@ -39,7 +39,8 @@ CARD_METRICS = (
     "memory_guard_errors_total", "memory_guard_overhead_seconds", "memory_zep_would_downgrade_total",
     "memory_guard_state_up", "memory_mode_holds", "memory_mode_hold_seconds_left",
     "memory_zep_consecutive_failures", "memory_prober_up", "memory_recovery_ramp_share",
-    "memory_recovery_ramp_seconds_left", "memory_recovery_ramps_total",
+    "memory_recovery_ramp_seconds_left", "memory_recovery_ramps_total", "memory_operator_actions_total",
+    "memory_zep_reads_unguarded_total",
 )
 CARD_LOG_EVENTS = (
     "memory_mode_forced", "memory_mode_restored", "zep_read_blocked_forced_mode",
