@@ -10,6 +10,7 @@ import os
 
 from memguard.config.settings import SettingsError
 from memguard.config.target import celery_transport
+from memguard.ops.beatlock import READY_APP_PREFIX
 
 # The broker (and the results, unless CELERY_RESULT_BACKEND says otherwise) follow
 # CELERY_BROKER_URL, else REDIS_URL: on Sentinel in kombu's sentinel:// form. A Redis Cluster
@@ -38,4 +39,4 @@ broker_connection_retry_on_startup = True
 # One active beat fleet-wide (RedBeat's lock); a standby takes over within ~6 s, and every
 # beat rides through a Redis restart (memguard.beat).
 beat_scheduler = "memguard.beat.Scheduler"
-redbeat_key_prefix = "memguard:redbeat:"
+redbeat_key_prefix = READY_APP_PREFIX

@@ -52,7 +52,10 @@ def test_prefork_exporter_shows_fleet_mode_and_summed_counters(stack, tmp_path):
     after = scrape(port)
     assert after[mode("write_only")] == 1
     assert after[mode("read_write")] == 0
-    assert after[counter("memory_zep_downgrades_total", reason="manual_ops")] == 3
+    # An operator's forces are operator actions, not downgrades: no page for a planned force.
+    assert after[("memory_operator_actions_total", (("action", "force"), ("guard", "default"),
+                                                    ("result", "accepted")))] == 3
+    assert counter("memory_zep_downgrades_total", reason="manual_ops") not in after
     assert after[counter("memory_mode_restored_total", reason="manual_clear")] == 2
     assert after[("memory_mode_hold_seconds_left", (("guard", "default"), ("name", "default")))] > 50
     # A clear made outside the worker shows too: the gauge reads Redis, not process memory.
@@ -70,7 +73,8 @@ def test_prefork_exporter_shows_fleet_mode_and_summed_counters(stack, tmp_path):
     assert recovered[mode("write_only")] == 0
     assert recovered[counter("memory_zep_probes_total", result="success")] == 1
     assert recovered[counter("memory_mode_restored_total", reason="probe_success")] == 1
-    assert recovered[counter("memory_zep_downgrades_total", reason="manual_ops")] == 4
+    assert recovered[("memory_operator_actions_total", (("action", "force"), ("guard", "default"),
+                                                        ("result", "accepted")))] == 4
     worker_log = worker.output()
     lines = [ln for ln in worker_log.splitlines() if ln.strip()]
     assert lines, "the worker logged nothing"

@@ -238,7 +238,7 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
         from_env = bool(os.environ.get("REDIS_URL"))
         lines.append(cli_text.watchers_line(res["watchers"], where, from_env=from_env,
                                             on_replicas=bool(proc.settings.view_urls)))
-        lock = _beat_lock(proc, args.app or "memguard", res.get("redis_time") or now)
+        lock = _beat_lock(proc, args.app, res.get("redis_time") or now)
         res["beat_lock"] = lock if isinstance(lock, str) else lock.as_dict()
         lines.append(lock if isinstance(lock, str) else lock.line())
         if args.all:
@@ -267,7 +267,7 @@ def _doctor(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> int:
     from memguard.ops import doctor
 
     url = proc.settings.redis_url
-    checks = doctor.run(deployment(celery_app(args.app or "memguard"), proc, by), process.hooks,
+    checks = doctor.run(deployment(celery_app(args.app) if args.app else None, proc, by), process.hooks,
                         lambda exc: cli_text.redis_error(exc, url, CLI_TIMEOUT_S))
     for c in checks:
         print(json.dumps(c.as_dict()) if args.json else c.line())
@@ -300,24 +300,27 @@ def redbeat_prefix(app: Any) -> str:
     return str(RedBeatConfig(app).key_prefix)
 
 
-def _beat_lock(proc: Any, app_name: str, now: float) -> Any:
-    """The app's beat lock as read on REDIS_URL (a ``BeatLock``), or a line saying why not."""
-    from redbeat.schedulers import RedBeatConfig
-
+def _beat_lock(proc: Any, app_name: str | None, now: float) -> Any:
+    """The app's beat lock as read on REDIS_URL (a ``BeatLock``), or a line saying why not. The
+    ready app's (no ``--app``) is known without importing Celery."""
     from memguard.ops import beatlock
 
-    app = celery_app(app_name)
-    key = RedBeatConfig(app).lock_key
-    if not key:
+    if app_name:
+        from memguard.integrations.tasks import beat_keys
+
+        keys = beat_keys(celery_app(app_name), proc.settings)
+    else:
+        keys = beatlock.ready_app(proc.settings)
+    if keys.lock_key is None:
         return f"beat lock:   none: {app_name}'s redbeat_lock_key turns the lock off"
-    ours = proc.settings.redis_target.redbeat_conf().get("redbeat_redis_url")
-    if ours is None or app.conf.get("redbeat_redis_url") != ours:
-        return f"beat lock:   {key} lives on the app's own RedBeat Redis (redbeat_redis_url), not read here"
+    if not keys.on_redis_url:
+        return (f"beat lock:   {keys.lock_key} lives on RedBeat's own Redis (redbeat_redis_url or the "
+                "broker), not read here")
     try:
-        return beatlock.read(proc.state.client, key, now)
+        return beatlock.read(proc.state.client, keys.lock_key, now)
     except redis.RedisError as exc:  # the status itself was read: say why this line was not
         why = cli_text.redis_error(exc, proc.settings.redis_url, CLI_TIMEOUT_S)
-        return f"beat lock:   {key} could not be read: {why}"
+        return f"beat lock:   {keys.lock_key} could not be read: {why}"
 
 
 def _rows(proc: Any, names: list[str], *, degraded: bool) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from memguard.domain import events
 from memguard.domain.events import origin
 from memguard.domain.guards import DEFAULT, GuardError, NamedProbe
 from memguard.observe import logs, metrics
-from memguard.ops import doctor
+from memguard.ops import beatlock, doctor
 from memguard.ops.actions import OperatorError
 from memguard.ops.prober import Probe, zep_probe
 from memguard.request.zep import make_reader
@@ -146,19 +146,27 @@ _installed: weakref.WeakKeyDictionary[Celery, tuple[Probe | None, dict[str, Name
     weakref.WeakKeyDictionary()
 
 
-def deployment(app: Celery, proc: Any, by: dict[str, Any]) -> doctor.Deployment:
-    """What ``memguard doctor`` checks for ``app``: its probe, its RedBeat lock and prefix (when
-    RedBeat keeps them on REDIS_URL) and its declared guards."""
+def beat_keys(app: Celery | None, settings: Settings) -> beatlock.BeatKeys:
+    """Where ``app``'s RedBeat keeps its lock and keys (the ready app's when None)."""
+    if app is None:
+        return beatlock.ready_app(settings)
     from redbeat.schedulers import RedBeatConfig
 
-    probe, probes = _installed.get(app, (None, {}))
+    ours = beatlock.redbeat_url(settings)
     conf = RedBeatConfig(app)
-    ours = proc.settings.redis_target.redbeat_conf().get("redbeat_redis_url")
-    on_ours = ours is not None and app.conf.get("redbeat_redis_url") == ours
+    return beatlock.BeatKeys(conf.lock_key or None, conf.key_prefix,
+                             ours is not None and app.conf.get("redbeat_redis_url") == ours)
+
+
+def deployment(app: Celery | None, proc: Any, by: dict[str, Any]) -> doctor.Deployment:
+    """What ``memguard doctor`` checks for ``app`` (the ready app's when None): its probe, its
+    RedBeat lock and prefix (when RedBeat keeps them on REDIS_URL) and its declared guards."""
+    probe, probes = _installed.get(app, (None, {})) if app is not None else (None, {})
+    keys = beat_keys(app, proc.settings)
     return doctor.Deployment(
         proc.state, proc.settings, lambda: probe or zep_probe(make_reader(proc.settings)),
-        lock_key=(conf.lock_key or None) if on_ours else None,
-        redbeat_prefix=conf.key_prefix if on_ours else None,
+        lock_key=keys.lock_key if keys.on_redis_url else None,
+        redbeat_prefix=keys.prefix if keys.on_redis_url else None,
         named=[(d.name, d.probe is not None or d.name in probes) for d in registry.declarations()], by=by)
 
 

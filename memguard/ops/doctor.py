@@ -226,35 +226,38 @@ def beat(d: Deployment, explain: Explain) -> Check:
 def probe(d: Deployment, hooks: events.Hooks) -> Check:
     """One real probe read within the probe budget; the mode is never touched."""
     budget = d.settings.probe_timeout_s
+    try:
+        read = d.probe()  # built first (memguard's Zep client): only the read is timed
+    except Exception as exc:
+        return Check(FAIL, "probe", f"cannot be made: {str(exc)[:200] or type(exc).__name__}")
     outcome: list[BaseException | None] = []
 
-    def read() -> None:
+    def attempt() -> None:
         try:
-            d.probe()(budget)
+            read(budget)
             outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)
 
     started = time.perf_counter()
-    try:
-        thread = threading.Thread(target=read, name="memguard-doctor-probe", daemon=True)
-        thread.start()
-        thread.join(budget * 4 + 1)  # a probe that ignores its timeout still ends the doctor
-    except Exception as exc:
-        outcome.append(exc)
+    thread = threading.Thread(target=attempt, name="memguard-doctor-probe", daemon=True)
+    thread.start()
+    thread.join(budget * 4 + 1)  # a probe that ignores its timeout still ends the doctor
     took = time.perf_counter() - started
     error = outcome[0] if outcome else TimeoutError(f"no answer in {took:.1f} s")
-    verdict = None if error is None else classify(error) if isinstance(error, Exception) else None
-    healthy = error is None or (verdict is not None and verdict.status == 404)  # Zep answered
-    result = "success" if healthy and took <= budget * 1.5 else "failed"
+    verdict = classify(error) if isinstance(error, Exception) else None
+    answered = error is None or (verdict is not None and verdict.status == 404)  # 404: Zep answered
+    in_time = took <= budget * 1.5  # the client's own timeout, give or take a scheduler's tick
     hooks.emit(events.OperatorAction("doctor_probe", True, by=d.by, arguments={
-        "result": result, "duration_ms": round(took * 1000, 1)}))
+        "result": "success" if answered and in_time else "failed", "duration_ms": round(took * 1000, 1)}))
     ms = f"{took * 1000:.0f} ms of {budget * 1000:.0f}"
-    if result == "success":
+    if answered and in_time:
         return Check(OK, "probe", f"answered in {ms}" + (" (404: Zep answered)" if error else ""))
-    why = "no error" if error is None else f"{verdict.reason if verdict else 'error'}: {type(error).__name__}"
-    return Check(FAIL, "probe", f"{why} after {ms}: a hold would never end by a probe; check ZEP_API_URL and "
-                                "ZEP_API_KEY (or the probe given to memguard.install)")
+    why = "answered too late" if answered else \
+        f"{verdict.reason if verdict else 'error'}: {type(error).__name__}"
+    return Check(FAIL, "probe",
+                 f"{why} after {ms}: a hold would never end by a probe; check ZEP_API_URL and ZEP_API_KEY "
+                 "(or the probe given to memguard.install)")
 
 
 def webhooks(settings: Settings) -> list[Check]:

@@ -125,3 +125,24 @@ def test_status_without_redis_url_names_the_default_it_read():
     assert line.endswith("REDIS_URL is not set: this read the default redis://127.0.0.1:6379/0")
     assert watchers_line(1, "x", from_env=True, on_replicas=False) == \
         "watchers:    1 memguard process follows this Redis"
+
+
+def test_the_doctors_settings_and_guards_checks_name_what_to_change():
+    from memguard.config.settings import Settings
+    from memguard.ops import doctor
+
+    assert [c.verdict for c in doctor.settings_checks(Settings(zep_api_key="x"))] == ["ok"]
+    risky = Settings(zep_api_key="x", disable_auto_downgrade=True, probe_grace_seconds=5,
+                     probe_interval_seconds=5.0, probe_timeout_ms=400, read_timeout_ms=250)
+    found = doctor.settings_checks(risky)
+    assert [c.verdict for c in found] == ["warn", "warn", "warn"]
+    assert [c.detail.split()[0] for c in found] == [
+        "DISABLE_AUTO_DOWNGRADE", "MEMORY_DOWNGRADE_PROBE_GRACE_SECONDS", "MEMORY_DOWNGRADE_PROBE_TIMEOUT_MS"]
+
+    def deployment(named: list[tuple[str, bool]]) -> doctor.Deployment:
+        return doctor.Deployment(None, risky, lambda: None, None, None, named)  # type: ignore[arg-type]
+
+    bare = doctor.named(deployment([("vectordb", True), ("zep-t.*", False)]))
+    assert bare.verdict == "warn" and bare.detail.startswith("zep-t.* has no probe of its own")
+    assert doctor.named(deployment([("vectordb", True)])).verdict == "ok"
+    assert doctor.worst([bare]) == 0 and doctor.worst([doctor.Check("fail", "x", "y"), bare]) == 1
