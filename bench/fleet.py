@@ -4,7 +4,7 @@
 
 Starts its own redis-server. For each fleet size N, ``--holders`` processes hold N views in all,
 each view a ``memguard.request.watch.Watcher`` run by the asyncio driver
-(``memguard.request.awatch``): memguard's own handshake, tracking, notices, heartbeat and
+(``memguard.drill.awatch``): memguard's own handshake, tracking, notices, heartbeat and
 liveness, one connection per view, as N processes would have. Measured, all from ``INFO``:
 
 - Redis CPU (``used_cpu_user + used_cpu_sys``) per view, idle, minus the same number of plain

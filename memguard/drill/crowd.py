@@ -1,7 +1,7 @@
 """Many views in one process: the fleet benchmark's holders and the propagation tests' crowd.
 
 Each view is a ``memguard.request.watch.Watcher`` run by the asyncio driver
-(``memguard.request.awatch``), with its own connection and its own read meter: memguard's own
+(``memguard.drill.awatch``), with its own connection and its own read meter: memguard's own
 handshake, tracking, notices, heartbeat, liveness and meter schedule, as that many processes
 would run them. A holder obeys its parent over a ``multiprocessing`` pipe:
 
@@ -31,7 +31,7 @@ import redis
 
 from memguard.config.settings import Settings
 from memguard.domain import events
-from memguard.request import awatch
+from memguard.drill import awatch
 from memguard.request.meter import FLUSH_S, ReadMeter
 from memguard.request.watch import GuardView, Watcher
 from memguard.store.state import State

@@ -67,6 +67,7 @@ HOT = "hot "  # + a window's name: the window holds bad reads (store/lua/window_
 # Named guards' views join and leave by a planned reconnect (new tracking prefixes and channels
 # cannot be added to a subscribed RESP2 connection): at most one per this many seconds.
 REPLAN_EVERY_S = 1.0
+VIEW_OPTIONS: dict[str, Any] = {"decode_responses": True, "protocol": 2}  # RESP2, text
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,15 @@ class Listen:
     """Wait up to ``timeout`` seconds for one pushed message; the reply is it, or ``QUIET``."""
 
     timeout: float
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``command`` on the watcher's own connection; the reply is its answer, or with
+    ``replies`` the list of that many answers (a SUBSCRIBE answers once per channel)."""
+
+    command: tuple[Any, ...]
+    replies: int | None = None
 
 
 QUIET = object()  # no message within the wait
@@ -96,11 +106,7 @@ class Watcher(Background):
         super().__init__()
         self.state = state  # the default guard's store: the heartbeat, and where to connect
         self.hooks = hooks
-        self.views: tuple[GuardView, ...] = (GuardView(state, grace_seconds, hooks),) if views is None \
-            else tuple(views)
-        self.view = next((v for v in self.views if v.state is state), None)  # the default guard's
-        self._by_channel = {v.channel: v for v in self.views}
-        self._by_key = {key: v for v in self.views for key in v.view_keys}
+        self._index((GuardView(state, grace_seconds, hooks),) if views is None else tuple(views))
         self._liveness_until = 0.0
         self._conn: redis.Connection | None = None
         self._replan_at = math.inf  # when the views set by ``set_views`` are to be followed
@@ -135,14 +141,17 @@ class Watcher(Background):
         views = tuple(views)
         for view in set(self.views) - set(views):
             view.current = None
-        self.view = next((v for v in views if v.state is self.state), None)
-        self._by_channel = {v.channel: v for v in views}
-        self._by_key = {key: v for v in views for key in v.view_keys}
-        self.views = views
+        self._index(views)
         self._replan_at = max(time.monotonic(), self._replanned + REPLAN_EVERY_S)
         if self._replan_at <= time.monotonic() and self._conn is not None:
             self._planned = True
             self.reconnect()
+
+    def _index(self, views: tuple[GuardView, ...]) -> None:
+        self.views = views
+        self.view = next((v for v in views if v.state is self.state), None)  # the default guard's
+        self._by_channel = {v.channel: v for v in views}
+        self._by_key = {key: v for v in views for key in v.view_keys}
 
     def stop(self) -> None:
         self._stop.set()
@@ -155,9 +164,8 @@ class Watcher(Background):
         return self._stop.is_set()
 
     def reconnect(self) -> None:
-        """Drop the connection now (the master moved): the thread reconnects, re-enables
-        tracking and re-reads at once. Only the socket is shut here; the thread, blocked
-        reading it, does the rest."""
+        """Drop the connection now (the master moved): only the socket is shut here; the thread,
+        blocked reading it, reconnects, re-enables tracking and re-reads at once."""
         sock = getattr(self._conn, "_sock", None)
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -180,15 +188,21 @@ class Watcher(Background):
                 self._follow()
                 backoff = 0.1
             except (redis.RedisError, OSError) as exc:
-                if self.take_planned():  # new views, or a recount: reconnect now, quietly
-                    continue
-                self.current = None
-                if self._stop.is_set():
-                    return  # stop() shut the socket: not a Redis error
-                self.placement.moved()  # a view on replicas tries the next server
-                self.hooks.emit(events.GuardTrouble("redis_error", "watch", type(exc).__name__))
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+                if self.lost(exc):
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+
+    def lost(self, exc: BaseException) -> bool:
+        """The connection ended with ``exc``: True when the driver waits its back-off; False to
+        reconnect now, quietly (new views, a recount), or not at all (stopped)."""
+        if self.take_planned():
+            return False
+        self.current = None
+        if self._stop.is_set():
+            return False  # stop() shut the socket: not a Redis error
+        self.placement.moved()  # a view on replicas tries the next server
+        self.hooks.emit(events.GuardTrouble("redis_error", "watch", type(exc).__name__))
+        return True
 
     def handshake(self, client_id: Any) -> list[tuple[Any, ...]]:
         """The commands that make a connection this watcher's: tracking of the views' keys,
@@ -208,50 +222,61 @@ class Watcher(Background):
             if not reply or reply[0] not in ("subscribe", b"subscribe"):
                 raise redis.ConnectionError(f"unexpected subscribe reply {reply!r}")
 
+    def connect_steps(self, servers: int | None) -> Generator[Send, Any, None]:
+        """The handshake as steps; on replicas (``servers`` of them), this one's subscribers first."""
+        if servers is not None:
+            numsub = yield Send(("PUBSUB", "NUMSUB", CHANGES_CHANNEL))
+            self.spread(int(numsub[1]), servers)
+        tracking, subscribe = self.handshake((yield Send(("CLIENT", "ID"))))
+        replies = [(yield Send(tracking))]
+        replies += (yield Send(subscribe, replies=len(subscribe) - 1))
+        self.check_handshake(replies)
+
+    def following(self) -> None:
+        """A connection is being made for these views: no replan due until ``set_views``."""
+        self._replan_at, self._replanned = math.inf, time.monotonic()
+
+    def followed(self) -> None:
+        """The connection ended: the views lapse, unless it was planned (it re-reads at once)."""
+        if not self._planned:
+            self.current = None
+        self._conn = None
+
     def _connect(self) -> redis.Connection:
         # RESP2: subscribe replies and tracking messages come back as plain replies.
         options: dict[str, Any] = dict(
-            client_name=connection_name("view"), decode_responses=True, socket_timeout=1.0,
-            socket_connect_timeout=1.0, socket_keepalive=True, socket_keepalive_options=keepalive_options(),
-            protocol=2)
-        servers = self.state.settings.view_servers
+            VIEW_OPTIONS, client_name=connection_name("view"), socket_timeout=1.0,
+            socket_connect_timeout=1.0, socket_keepalive=True, socket_keepalive_options=keepalive_options())
+        servers, of = self.state.settings.view_servers, None
         if servers is None:
             conn = self.state.settings.redis_target.connection(**options)
-            conn.connect()
         else:
             self.placement.server, of, conn = servers.connection(self.placement.index, **options)
-            conn.connect()
-            conn.send_command("PUBSUB", "NUMSUB", CHANGES_CHANNEL)
-            self.spread(int(conn.read_response()[1]), of)
-        conn.send_command("CLIENT", "ID")
-        tracking, subscribe = self.handshake(conn.read_response())
-        conn.send_command(*tracking)
-        replies = [conn.read_response()]
-        conn.send_command(*subscribe)
-        replies += [conn.read_response() for _ in range(len(subscribe) - 1)]
-        self.check_handshake(replies)
+        conn.connect()
+
+        def send(step: Send) -> Any:
+            conn.send_command(*step.command)
+            if step.replies is None:
+                return conn.read_response()
+            return [conn.read_response() for _ in range(step.replies)]
+
+        run_steps(self.connect_steps(of), send)
         return conn
 
     def _follow(self) -> None:
         """Drive ``follow_steps`` on a blocking connection (this thread)."""
-        self._replan_at, self._replanned = math.inf, time.monotonic()  # these views, from here on
+        self.following()
         conn = self._conn = self._connect()
-
-        idle_s = self.state.settings.command_idle_seconds
 
         def perform(step: WatchStep) -> Any:
             if isinstance(step, Listen):
-                if idle_s:  # an idle process keeps only this connection (MEMGUARD_COMMAND_IDLE_SECONDS)
-                    self.state.close_idle(idle_s)
                 return conn.read_response() if conn.can_read(timeout=step.timeout) else QUIET
             return self.state.perform(step, quiet=True)
 
         try:
             run_steps(self.follow_steps(), perform)
         finally:
-            if not self._planned:  # a planned reconnect re-reads at once: the views stay
-                self.current = None
-            self._conn = None
+            self.followed()
             with contextlib.suppress(redis.RedisError, OSError):
                 conn.disconnect()
 
@@ -277,11 +302,18 @@ class Watcher(Background):
         """What a live connection does, without doing the I/O itself: re-read, then take each
         pushed message, send the heartbeat when the channel has been quiet, re-read now and
         then, and end (raising) when nothing arrived within the liveness bound. The thread's
-        driver (``_follow``) and the asyncio one (``memguard.request.awatch``) run this same code."""
+        driver (``_follow``) and the asyncio one (``memguard.drill.awatch``) run this same code."""
         for view in self.views:
             view.forget_version()
         self._alive()
         resync_at = heartbeat_at = math.inf
+        idle_s = self.state.settings.command_idle_seconds
+
+        def listen(timeout: float) -> Generator[WatchStep, Any, Any]:
+            """Wait for a message; an idle process keeps only this connection meanwhile."""
+            if idle_s:
+                self.state.close_idle(idle_s)
+            return (yield Listen(timeout))
         explain_at: dict[GuardView, float] = {}
         drain = False  # before asking, take what has already arrived (the view waited for it)
 
@@ -319,7 +351,7 @@ class Watcher(Background):
             due = min(heartbeat_at, resync_at, self._liveness_until, self._replan_at,
                       self.placement.recount_at, *explain_at.values(),
                       *(v.current.valid_until for v in self.views if v.current is not None))
-            message = yield Listen(max(0.001, due - time.monotonic()))
+            message = yield from listen(max(0.001, due - time.monotonic()))
             if message is not QUIET:
                 yield from take(message)
             stale = [v for v in self.views if v.stale]
@@ -330,7 +362,7 @@ class Watcher(Background):
                 # First what has already arrived: most often another view's explanation.
                 drain = False
                 for _ in range(EXPLAIN_DRAIN):
-                    message = yield Listen(0.001)
+                    message = yield from listen(0.001)
                     if message is QUIET:
                         break
                     yield from take(message)
