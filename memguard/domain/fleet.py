@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from memguard.domain.modes import EffectiveMode, combine
 from memguard.domain.ramp import Ramp
-from memguard.domain.record import ForcedRecord, Snapshot
+from memguard.domain.record import ForcedRecord
+from memguard.domain.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

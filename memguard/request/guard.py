@@ -30,7 +30,8 @@ from memguard.domain.classify import Action, Verdict, classify, error_meta
 from memguard.domain.events import origin
 from memguard.domain.modes import EffectiveMode
 from memguard.domain.ramp import LocalRamp
-from memguard.domain.record import ForcedRecord, Snapshot, Transition
+from memguard.domain.record import ForcedRecord
+from memguard.domain.snapshot import Snapshot, Transition
 from memguard.store import steps
 from memguard.store.steps import Step, Steps
 

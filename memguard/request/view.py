@@ -19,7 +19,8 @@ from typing import Any
 
 from memguard.domain import events
 from memguard.domain.ramp import LocalRamp, Ramp, parse_ramp
-from memguard.domain.record import ForcedRecord, Snapshot, parse_record
+from memguard.domain.record import ForcedRecord, parse_record
+from memguard.domain.snapshot import Snapshot
 from memguard.store.state import State
 from memguard.store.steps import Step
 

@@ -29,16 +29,9 @@ from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.modes import EffectiveMode, base_mode_of, combine
 from memguard.domain.ramp import Ramp, parse_ramp
-from memguard.domain.record import (
-    CorruptRecord,
-    ForcedRecord,
-    Snapshot,
-    Status,
-    Transition,
-    parse_record,
-    shown,
-)
-from memguard.store import scripts
+from memguard.domain.record import ForcedRecord, Status, parse_record
+from memguard.domain.snapshot import Snapshot, Transition
+from memguard.store import scripts, snapshots
 from memguard.store.aio import AsyncRedis
 from memguard.store.keys import LATENCY_WINDOW, OUTCOMES_WINDOW, Keys
 from memguard.store.steps import ReadSnapshot, Script, Step, Steps, Via
@@ -54,18 +47,6 @@ CATCHUP_MS = 2000
 Counts = list[tuple[int, int, int]]  # a window's batch: (age in ms, reads, bad reads) per slot
 # The prober's heartbeat outlives this many probe intervals: its absence means no prober.
 HEARTBEAT_INTERVALS = 12
-
-
-def string_keys(keys: Keys) -> tuple[str, str, str, str]:
-    """The string keys a snapshot reads, whose type it checks."""
-    return keys.forced, keys.counter, keys.version, keys.ramp
-
-
-def _whole(raw: str | None) -> int | None:
-    """A counter's value: 0 when absent, None when it is not a whole number."""
-    if raw is None:
-        return 0
-    return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
 @dataclass
@@ -192,53 +173,15 @@ class State:
         (raw, count, beat, version, ramp), ttl, record_ttl, (secs, micros), numsub, *types = \
             yield ReadSnapshot()
         # MGET answers nil for a key of another type: TYPE tells that apart from no key.
-        typed = zip(string_keys(self.keys), types, strict=True)
+        typed = zip(snapshots.string_keys(self.keys), types, strict=True)
         problems = [f"{key} holds a {kind}, not a string" for key, kind in typed
                     if kind not in ("none", "string")]
-        return self._snapshot(raw, count, beat, version, int(ttl), int(record_ttl),
+        return snapshots.parse(self.keys, raw, count, beat, version, int(ttl), int(record_ttl),
                               secs + micros // 1000 / 1000.0, problems, fleet=int(numsub[0][1]), ramp=ramp)
 
     def explanation(self, data: str) -> Snapshot | None:
-        """The snapshot in an ``explain`` script's reply or message (``store/lua/explain.lua``);
-        None if it is not one."""
-        try:
-            s = json.loads(data)
-            now, version = float(s["now"]) / 1000.0, int(s["version"])
-            ttl, record_ttl = int(s["ttl"]), int(s["fttl"])
-            raw, count, ramp = (None if s.get(f) is False else s.get(f) for f in ("forced", "count", "ramp"))
-            problems = [str(p) for p in s.get("problems") or ()]
-            fleet = max(0, int(s.get("fleet") or 0))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-        if not all(isinstance(v, str | None) for v in (raw, count, ramp)):
-            return None
-        return self._snapshot(raw, count, None, str(version), ttl, record_ttl, now, problems, fleet=fleet,
-                              ramp=ramp)
-
-    def _snapshot(self, raw: str | None, count: str | None, beat: str | None, version: str | None, ttl: int,
-                  record_ttl: int, now: float, problems: list[str], *, fleet: int = 0,
-                  ramp: str | None = None) -> Snapshot:
-        k = self.keys
-        record = None
-        if raw is not None:  # an empty string too: memguard never writes one
-            try:
-                record = ForcedRecord.parse(raw, now)
-            except CorruptRecord as exc:
-                problems.append(f"{k.forced}: {exc}")
-        ramp_record = None
-        if ramp is not None:
-            try:
-                ramp_record = Ramp.parse(ramp, now)
-            except CorruptRecord as exc:
-                problems.append(f"{k.ramp}: {exc}")
-        fail_count = _whole(count)
-        if fail_count is None:
-            problems.append(f"{k.counter} is not a whole number: {shown(count)}")
-        if _whole(version) is None:
-            problems.append(f"{k.version} is not a whole number: {shown(version)}")
-        heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() and len(beat) < 20 else None
-        return Snapshot(record, "; ".join(problems) or None, fail_count or 0, ttl, now, heartbeat,
-                        _whole(version) or 0, record_ttl, fleet, ramp_record)
+        """The snapshot in an ``explain`` script's reply or message; None if it is not one."""
+        return snapshots.explained(self.keys, data)
 
     def snapshot_commands(self, pipe: Any) -> None:
         k = self.keys
@@ -247,7 +190,7 @@ class State:
         pipe.pttl(k.forced)
         pipe.time()
         pipe.pubsub_numsub(self.channel)
-        for key in string_keys(k):
+        for key in snapshots.string_keys(k):
             pipe.type(key)
 
     def _keys_node(self) -> redis.Redis:

@@ -13,7 +13,8 @@ import redis
 
 from memguard.domain.modes import EffectiveMode, combine
 from memguard.domain.ramp import LocalRamp, Ramp
-from memguard.domain.record import ForcedRecord, Snapshot, Status, Transition
+from memguard.domain.record import ForcedRecord, Status
+from memguard.domain.snapshot import Snapshot, Transition
 from memguard.request.watch import View
 from memguard.store.steps import Step, Steps
 

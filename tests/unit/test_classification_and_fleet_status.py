@@ -18,7 +18,8 @@ from memguard.domain import events
 from memguard.domain.classify import RESPONSE_ATTR, Action, classify
 from memguard.domain.fleet import FleetStatus
 from memguard.domain.modes import EffectiveMode
-from memguard.domain.record import ForcedRecord, Snapshot
+from memguard.domain.record import ForcedRecord
+from memguard.domain.snapshot import Snapshot
 from memguard.integrations.cli_text import watchers_line
 from memguard.observe import counted
 
