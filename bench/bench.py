@@ -299,7 +299,7 @@ def main() -> None:
         ramp_rt.state.force("bench", 60, {"via": "bench"}, auto=False)
         ramp_rt.state.clear({"via": "bench"})
         deadline = time.monotonic() + 5
-        while ((v := ramp_rt.watcher.current) is None or v.ramp is None) and time.monotonic() < deadline:
+        while ((v := ramp_rt.view.current) is None or v.ramp is None) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert ramp_rt.guard.call("t", noop)[1]["source"] == "zep", "the bench's thread is admitted"
         before = commands(raw)
@@ -315,13 +315,13 @@ def main() -> None:
         declared.declare("zep-t.*", parent="default")
         named_rt = process.build(settings, hooks=events.Hooks(), count_metrics=False, registry=declared)
         named_rt.watcher.wait_ready()
-        named_rt.named.for_read("zep-t.acme")[0].call("t", noop)
-        unit = named_rt.named.units["zep-t.acme"]
+        named_rt.units.for_read("zep-t.acme")[0].call("t", noop)
+        unit = named_rt.units.units["zep-t.acme"]
         deadline = time.monotonic() + 5
         while unit.view.current is None and time.monotonic() < deadline:
             time.sleep(0.01)
         before = commands(raw)
-        tenant = timed(lambda: named_rt.named.for_read("zep-t.acme")[0].call("t", noop), n, warmup=0)
+        tenant = timed(lambda: named_rt.units.for_read("zep-t.acme")[0].call("t", noop), n, warmup=0)
         res["memguard_named_tenant"] = summary(tenant, base)
         res["memguard_named_tenant"]["redis_commands_per_read"] = per_read(raw, before, n)
         named_rt.close()

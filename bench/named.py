@@ -56,11 +56,11 @@ def _processes(settings: Settings, n: int, registry: Registry, reads: list[str])
     for proc in built:
         assert proc.watcher.wait_ready(10), "a watcher did not subscribe"
         for name in reads:
-            guard = proc.named.guard(name)
+            guard = proc.units.guard(name)
             assert guard is not None
             guard.call("t", lambda: "ctx")
     for proc in built:  # the views of the guards read are followed (a planned reconnect)
-        wait_for(lambda p=proc: all(u.view.current is not None for u in p.named.units.values()), 10,
+        wait_for(lambda p=proc: all(u.view.current is not None for u in p.units.units.values()), 10,
                  "the named views")
     return built
 

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from memguard import flags
-    from memguard.declared import declare
+    from memguard.domain.declared import declare
+    from memguard.exporter import metrics_wsgi_app, serve_metrics
     from memguard.integrations.tasks import install
-    from memguard.process import metrics_wsgi_app, serve_metrics
     from memguard.service import Meta, fetch_thread_context, guarded
 
 __version__ = "0.2.0"  # the one place: pyproject.toml reads it, ``memguard --version`` prints it
@@ -42,11 +42,11 @@ __all__ = ["__version__", "afetch_thread_context", "awarm_up", "declare", "fetch
 
 _WHERE = {
     "install": "memguard.integrations.tasks",
-    "declare": "memguard.declared",
+    "declare": "memguard.domain.declared",
     "guarded": "memguard.service",
     "fetch_thread_context": "memguard.service",
-    "serve_metrics": "memguard.process",
-    "metrics_wsgi_app": "memguard.process",
+    "serve_metrics": "memguard.exporter",
+    "metrics_wsgi_app": "memguard.exporter",
 }
 
 

@@ -46,9 +46,11 @@ def effective_mode() -> EffectiveMode:
 
 
 def get_forced_mode(guard: str = "default") -> dict[str, Any] | None:
-    """The active forced record as stored, or None (of a named guard: read from Redis)."""
+    """The active forced record as stored, or None: from the guard's view while this process
+    reads it (the default's always), else read from Redis."""
     proc = process.get()
-    record = proc.guard.forced() if guard == "default" else proc.ops_for(guard).state.snapshot().record
+    unit = proc.units.unit(guard) if isinstance(guard, str) else None
+    record = unit.guard.forced() if unit is not None else proc.ops_for(guard).state.snapshot().record
     return None if record is None else record.as_dict()
 
 

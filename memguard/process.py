@@ -1,8 +1,10 @@
 """The one place that builds a process's memguard objects and wires them together.
 
 ``build`` makes them in order, each given what it needs: settings → subscribers (logs,
-metrics) → store → view → guard → read meter → the audit trail → notifications and operator
-actions. Below this module nothing looks up a global: every object holds what it was given.
+metrics) → the default guard's store → every guard's unit (``Units``: store, view, meter,
+guard) → the watcher of their views → the audit trail → operator actions, probes and
+notifications for any guard (``GuardOps``). Below this module nothing looks up a global:
+every object holds what it was given.
 
 The entry points (``memguard.service``, ``memguard.flags``, the Celery tasks, the command line,
 Django's app) call ``get()`` when they run, never at import: the first guarded read,
@@ -14,7 +16,6 @@ as cheap in a child as in the parent.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -23,27 +24,27 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from memguard.config.settings import Settings, SettingsError
+from memguard.config.settings import Settings
 from memguard.config.target import connection_name
-from memguard.declared import registry
 from memguard.domain import events, guards
-from memguard.domain.guards import DEFAULT, NamedProbe
-from memguard.named import NamedGuards
-from memguard.observe import logs
-from memguard.ops.actions import Operations, OperatorError
+from memguard.domain.declared import registry
+from memguard.domain.guards import DEFAULT
+from memguard.observe import feeds, logs
+from memguard.ops.actions import Operations
 from memguard.ops.audit import AuditTrail
 from memguard.ops.notify import Notifier
-from memguard.ops.prober import Prepared, Probe, probe_due, zep_probe
+from memguard.ops.resolve import GuardOps
 from memguard.request.guard import Guard
-from memguard.request.meter import ReadMeter
+from memguard.request.meter import Meters, ReadMeter
+from memguard.request.units import Units
+from memguard.request.view import GuardView
 from memguard.request.watch import Watcher
 from memguard.request.zep import Readers
 from memguard.store.failover import SwitchListener
-from memguard.store.index import indexed_guards
 from memguard.store.keys import Keys
 from memguard.store.state import State
 
-if TYPE_CHECKING:  # imported only when OpenTelemetry is fed (``_opentelemetry``)
+if TYPE_CHECKING:  # imported only when OpenTelemetry is fed (``feeds.opentelemetry``)
     from memguard.observe.otel import Telemetry
 
 # The process's subscribers: logs and metrics from the first build on, tests and the drill too.
@@ -69,64 +70,52 @@ class Process:
     """A process's memguard: everything ``build`` made, for the entry points to use."""
 
     settings: Settings
-    state: State
+    units: Units  # every guard it reads: the default's, and the named ones while read
     watcher: Watcher
-    guard: Guard
+    meters: Meters
     audit: AuditTrail
-    notifier: Notifier
-    ops: Operations
+    guards: GuardOps  # operator actions, probes and notifications for any guard
     readers: Readers
-    named: NamedGuards
-    meter: ReadMeter | None = None
     switches: SwitchListener | None = None
     telemetry: Telemetry | None = None  # OpenTelemetry's instruments and tracer, when fed
+
+    @property
+    def state(self) -> State:
+        """The default guard's store (its client is the process's command connection)."""
+        return self.units.state
+
+    @property
+    def guard(self) -> Guard:
+        return self.units.default
+
+    @property
+    def view(self) -> GuardView:
+        return self.units.own.view
+
+    @property
+    def meter(self) -> ReadMeter | None:
+        return self.units.own.meter
+
+    @property
+    def ops(self) -> Operations:
+        return self.guards.ops_for(DEFAULT)
+
+    @property
+    def notifier(self) -> Notifier:
+        return self.guards.notifier(DEFAULT)
+
+    def ops_for(self, guard: object = DEFAULT) -> Operations:
+        return self.guards.ops_for(guard)
+
+    def probe_due(self, by: dict[str, Any]) -> dict[str, Any]:
+        return self.guards.probe_due(by)
 
     def annotate(self, meta: Mapping[str, Any], guard: str) -> None:
         """Put a read's outcome on the caller's span (OpenTelemetry, when fed)."""
         if self.telemetry is not None:
             self.telemetry.annotate(meta, guard)
 
-    def ops_for(self, guard: object = DEFAULT, probes: Mapping[str, NamedProbe] | None = None) -> Operations:
-        """The operator actions on one guard (its probe: ``probe_of``). A valid name this process
-        has not declared is acted on with the default's settings (an operator's CLI knows no
-        application's declarations); an invalid one is refused."""
-        if guard == DEFAULT:
-            return self.ops
-        problem = guards.name_problem(guard)
-        if problem is not None:
-            raise OperatorError(problem)
-        assert isinstance(guard, str)
-        resolved = self.named.registry.resolve(guard) or guards.Resolved(guard, guard, None, None, {})
-        state, settings, guard_hooks = self.named.store(resolved)
-        return Operations(state, settings, guard_hooks,  # type: ignore[arg-type]
-                          lambda: self.probe_of(resolved, probes))
-
-    def probe_of(self, resolved: guards.Resolved, probes: Mapping[str, NamedProbe] | None = None) -> Probe:
-        """A named guard's probe: the one ``install`` was given (``probes``, by name or pattern),
-        its declaration's, else memguard's own Zep read."""
-        given = probes or {}
-        fn = given.get(resolved.name) or given.get(resolved.label) or resolved.probe
-        if fn is None:
-            return zep_probe(self.readers.reader)
-        return lambda timeout_s: fn(resolved.name, timeout_s)
-
-    def probe_due(self, by: dict[str, Any], probes: Mapping[str, NamedProbe] | None = None) -> dict[str, Any]:
-        """Probe the named guards whose holds have ended (beat's tick, after the default's)."""
-
-        def prepare(name: str) -> Prepared | None:
-            resolved = self.named.registry.resolve(name)
-            if resolved is None:
-                return None
-            state, settings, _ = self.named.store(resolved)
-            return state, settings, self.probe_of(resolved, probes)
-
-        def deliver(state: State, settings: Settings) -> int:
-            return Notifier(state, settings, state.hooks).deliver()  # nothing without webhooks
-
-        return probe_due(self.state, prepare, by, deliver=deliver if self.settings.webhook_urls else None)
-
     def close(self) -> None:
-        self.named.close()
         if self.telemetry is not None:
             self.state.hooks.unsubscribe(self.telemetry.on_event)
             self.telemetry.stop()
@@ -134,8 +123,7 @@ class Process:
         if self.switches is not None:
             self.switches.stop()
         self.watcher.stop()
-        if self.meter is not None:
-            self.meter.stop()
+        self.meters.stop()
 
 
 def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks,
@@ -154,17 +142,16 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
         hooks.subscribe(metrics.on_event)
         for label in registry.labels():  # declared before the build (memguard.declare's rule)
             metrics.start_series(label)
-    otel = _opentelemetry(settings) if count_metrics else None
-    telemetry = otel.start(current_state, held_guards) if otel is not None else None
+    otel = feeds.opentelemetry(settings) if count_metrics else None
+    telemetry = otel.start(lambda: get().state, lambda: get().guards.held()) if otel is not None else None
     if telemetry is not None:
         hooks.subscribe(telemetry.on_event)
     client = redis_client(settings, "cmd" if watch else "cli")
     state = State(client, settings, hooks)
-    watcher = Watcher(state, settings.probe_grace_seconds, hooks)
-    state.on_change = watcher.apply_notice
-    windowed = settings.latency_threshold_ms or settings.failure_rate_on
-    meter = ReadMeter(state, settings, hooks, watcher) if windowed else None
-    guard = Guard(settings, state, hooks, watcher, meter)
+    meters = Meters(autostart=watch)
+    units = Units(registry, settings, state, hooks, meters)
+    watcher = Watcher(state, settings.probe_grace_seconds, hooks, views=units.views())
+    units.follow(watcher)
     audit = AuditTrail(client, state.keys.audit, hooks,
                        key_of=lambda guard: Keys.for_guard(guard, state.keys.prefix).audit)
     hooks.subscribe(audit.on_event)
@@ -177,38 +164,13 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
 
         switches = SwitchListener(settings.redis_target, on_switch, hooks)
     readers = Readers(settings)  # memguard's own Zep reads, made on first use
-    ops = Operations(state, settings, hooks, lambda: zep_probe(readers.reader))
-    named = NamedGuards(registry, settings, state, guard, watcher, hooks)
-    proc = Process(settings, state, watcher, guard, audit, Notifier(state, settings, hooks), ops, readers,
-                   named, meter, switches, telemetry)
+    proc = Process(settings, units, watcher, meters, audit, GuardOps(units, readers), readers, switches,
+                   telemetry)
     if watch:
-        for thread in (watcher, meter, switches):
+        for thread in (watcher, switches):
             if thread is not None:
                 thread.start()
     return proc
-
-
-def _opentelemetry(settings: Settings) -> Any:
-    """``memguard.observe.otel`` when OpenTelemetry is to be fed: ``MEMGUARD_OTEL=auto`` (the
-    default) when ``opentelemetry-api`` is installed, ``on`` always (a SettingsError without it),
-    ``off`` never. Without it nothing of OpenTelemetry's is imported."""
-    if settings.otel == "off" or (settings.otel == "auto" and not _installed("opentelemetry")):
-        return None
-    try:
-        from memguard.observe import otel
-    except ImportError as exc:
-        if settings.otel == "on":
-            raise SettingsError(f"MEMGUARD_OTEL=on: OpenTelemetry cannot be imported ({exc}); "
-                                "install memguard[otel]") from None
-        return None
-    return otel
-
-
-def _installed(package: str) -> bool:
-    try:
-        return importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 _lock = threading.Lock()
@@ -282,35 +244,3 @@ def _after_fork_in_child() -> None:
         _current.state.hooks.unsubscribe(_current.audit.on_event)
     _current = None
     _lock = threading.Lock()  # the parent may have held it while forking
-
-
-def current_state() -> State:
-    """The process's store, for a metrics scrape (resolved at scrape time)."""
-    return get().state
-
-
-def held_guards() -> list[tuple[str, str, State]]:
-    """The named guards held or recovering that this process has declared, for a metrics scrape:
-    (declared name or pattern, name, store). A guard it does not know is left to the exporters
-    that do: it has no label of bounded cardinality here."""
-    proc = get()
-    out = []
-    for name in indexed_guards(proc.state, limit=100):
-        resolved = proc.named.registry.resolve(name)
-        if resolved is not None:
-            out.append((resolved.label, name, proc.named.store(resolved)[0]))
-    return out
-
-
-def serve_metrics(port: int, addr: str = "0.0.0.0") -> Any:
-    """Serve memguard's /metrics from this process, in a background thread."""
-    from memguard.observe import metrics
-
-    return metrics.serve(port, current_state, addr, held_guards)
-
-
-def metrics_wsgi_app() -> Any:
-    """A WSGI app serving memguard's /metrics, to mount in Flask or another WSGI app."""
-    from memguard.observe import metrics
-
-    return metrics.make_wsgi_app(current_state, held_guards)

@@ -167,8 +167,6 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
 
         def pick(proc: Process, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Guard, Meta]:
             """The read's guard, and the meta to add when the name it gave was not a guard's."""
-            if guard == DEFAULT:
-                return proc.guard, {}
             if callable(guard):
                 try:
                     name: object = guard(*args, **kwargs)
@@ -176,7 +174,7 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
                     name = exc
             else:
                 name = guard
-            chosen, unknown = proc.named.for_read(name)
+            chosen, unknown = proc.units.for_read(name)
             return chosen, {} if unknown is None else {"unknown_guard": unknown}
 
         def merged(result: tuple[Any, Meta], extra: Meta) -> tuple[Any, Meta]:
@@ -220,9 +218,9 @@ def guarded(fn: Callable[..., Any] | None = None, /, *, timeout_ms: int | None =
 def _check_guard(guard: object) -> None:
     """A static guard name must be declared already (a typo fails here, at import, not in
     production); anything else must be a function of the read's arguments."""
-    if callable(guard) or guard == DEFAULT:
+    if callable(guard):
         return
-    from memguard.declared import registry
+    from memguard.domain.declared import registry
 
     check_name(guard)
     if registry.resolve(guard) is None:  # type: ignore[arg-type]

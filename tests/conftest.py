@@ -178,7 +178,7 @@ def a_401_forces_and_another_process_sees_it(rt: process.Process, other: process
     stub.set_fault("401")
     assert rt.guard.call("t", rt.readers.reader.read_context, ("t", 0.2))[1]["reason"] == "auth"
     stub.set_fault("ok")
-    wait_for(lambda: (v := other.watcher.current) is not None and v.record is not None, 2,
+    wait_for(lambda: (v := other.view.current) is not None and v.record is not None, 2,
              "the force seen by another process")
 
 
@@ -188,7 +188,7 @@ def the_cli_shows_the_force_and_clears_it(redis_url: str, other: process.Process
     status = run_cli(redis_url, "status")
     assert status.returncode == 0 and "forced:      yes, reason auth" in status.stdout, status.stderr
     assert run_cli(redis_url, "clear", "--no-ramp").returncode == 0
-    wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
+    wait_for(lambda: (v := other.view.current) is not None and v.record is None, 2, "the clear seen")
 
 
 @pytest.fixture

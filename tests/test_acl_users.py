@@ -58,7 +58,7 @@ def test_memguard_runs_as_its_acl_user_and_the_operator_reads_as_the_read_only_o
         assert "Traceback" not in refused.stderr
         cleared = run_cli(url, "clear", "--no-ramp")
         assert cleared.returncode == 0, cleared.stderr
-        wait_for(lambda: (v := other.watcher.current) is not None and v.record is None, 2, "the clear seen")
+        wait_for(lambda: (v := other.view.current) is not None and v.record is None, 2, "the clear seen")
     finally:
         other.close()
 

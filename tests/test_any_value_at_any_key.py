@@ -229,7 +229,7 @@ def test_the_scripts_and_python_judge_a_ramp_by_one_rule(process_for_properties,
     and the reads agree with them: a ramp that is no ramp holds no read back."""
     rt = process_for_properties
     redis_db.delete(KEYS.forced)  # the last example's force
-    wait_for(lambda: (view := rt.watcher.current) is not None and view.record is None, 2, "the view")
+    wait_for(lambda: (view := rt.view.current) is not None and view.record is None, 2, "the view")
     redis_db.set(KEYS.ramp, json.dumps(ramp))
     parsed = parse_ramp(json.dumps(ramp), time.time())
     running = parsed is not None and time.time() < parsed.end

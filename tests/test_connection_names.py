@@ -65,7 +65,7 @@ def test_an_idle_process_holds_one_connection_its_view(configure, stub):
         idle = rt.settings.command_idle_seconds
         wait_for(lambda: roles() == ["view"], idle + 6, "the idle command connection to close")
         client.set(FORCED_MODE_KEY, original_record())  # explained by this process's watcher
-        wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 2,
+        wait_for(lambda: (v := rt.view.current) is not None and v.record is not None, 2,
                  "the hand write explained")
         wait_for(lambda: roles() == ["view"], 6, "the command connection closed after the upkeep")
         assert rt.guard.call("t", lambda t: t, ("t",))[1]["source"] == "write_only_forced"
@@ -75,6 +75,6 @@ def test_an_idle_process_holds_one_connection_its_view(configure, stub):
         kept.ops.status({"via": "test"})
         kept.state.usage.at = 0.0  # as if unused for ever
         client.delete(FORCED_MODE_KEY)
-        wait_for(lambda: (v := kept.watcher.current) is not None and v.record is None, 2,
+        wait_for(lambda: (v := kept.view.current) is not None and v.record is None, 2,
                  "the hand delete explained")
         assert roles() == ["cmd", "view"]

@@ -43,7 +43,7 @@ def test_three_failures_among_many_successes_trip_only_the_consecutive_policy(co
 
 def test_an_outage_trips_the_failure_rate_and_auth_still_trips_at_once(configure, stub, redis_db):
     rt = configure(**RATE)
-    rt.meter.stop()  # no flush once a second: the batch is flushed below, when the test says
+    rt.meters.stop()  # no flush once a second: the batch is flushed below, when the test says
     reads(stub, 200)
     reads(stub, 30, "503")  # 30 of 230: 13% > 10%
     assert flags.get_forced_mode() is None, "nothing is decided before the batch is flushed"
@@ -63,7 +63,7 @@ def test_an_outage_trips_the_failure_rate_and_auth_still_trips_at_once(configure
 
 def test_the_healthy_path_writes_nothing_and_a_batch_is_one_script(configure, stub, redis_db):
     rt = configure(**RATE)
-    rt.meter.stop()  # no flush once a second during the count: the batch is flushed below
+    rt.meters.stop()  # no flush once a second during the count: the batch is flushed below
     reads(stub, 1)
     rt.meter.flush()  # loads the script (a first EVALSHA answers NOSCRIPT and is sent again)
     before = evalsha_calls(redis_db)
@@ -103,7 +103,7 @@ def test_a_healthy_fleet_sends_no_counts_and_sends_them_all_once_told_of_a_failu
     kept = rt.meter.counts(rt.meter.windows[0], rt.meter._buckets, time.monotonic())
     assert sum(c[1] for c in kept) >= 20
     assert other.record_outcomes([(0, 1, 1)], {"via": "test"}).status == "counted"  # another process fails
-    wait_for(lambda: "outcomes" in rt.watcher.told, 2, "the hot message")
+    wait_for(lambda: "outcomes" in rt.view.told, 2, "the hot message")
     wait_for(lambda: sum(int(v) for k, v in redis_db.hgetall(OUTCOMES_KEY).items() if k.endswith(":t")) > 1,
              3, "the kept counts")
     window = redis_db.hgetall(OUTCOMES_KEY)

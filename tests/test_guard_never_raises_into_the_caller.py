@@ -118,7 +118,7 @@ def test_an_unexpected_script_reply_never_reaches_the_caller(configure, stub, mo
     assert len(internal_lines(caplog)) == 1
     # The scripts themselves ran: the third failure forced the fleet. The reply that would have
     # told this process's view at once was the unexpected one: the view hears the notice instead.
-    wait_for(lambda: (view := process.get().watcher.current) is not None and view.record is not None, 5,
+    wait_for(lambda: (view := process.get().view.current) is not None and view.record is not None, 5,
              "the view to see the force")
     context, meta = memguard.fetch_thread_context("t-500")
     assert meta["source"] == "write_only_forced" and meta["reason"] == "consecutive_failures"

@@ -73,7 +73,7 @@ def test_reads_go_on_under_a_stopped_redis_and_the_view_comes_back(own_redis, st
         stopped = time.monotonic()
         try:
             # The liveness bound: no view serves a state older than 5 s (the README's figure).
-            wait_for(lambda: (v := rt.watcher.current) is None or time.monotonic() >= v.valid_until,
+            wait_for(lambda: (v := rt.view.current) is None or time.monotonic() >= v.valid_until,
                      LIVENESS_BOUND_S + 1, "the view to lapse under SIGSTOP", interval=0.01)
             lapsed = time.monotonic() - stopped
             reading = time.monotonic()
@@ -97,7 +97,7 @@ def test_reads_go_on_under_a_stopped_redis_and_the_view_comes_back(own_redis, st
         assert typical <= 2 * healthy + 0.005, "the typical read costs what a healthy one does"
 
         # Redis is back: the view returns, and another writer's force is seen within the bound.
-        wait_for(lambda: rt.watcher.current is not None, 10, "the view after SIGCONT")
+        wait_for(lambda: rt.view.current is not None, 10, "the view after SIGCONT")
         other = other_state(own_redis)
         forced_at = time.perf_counter()
         other.force("manual_ops", 60, {"via": "test"}, auto=False)

@@ -51,7 +51,7 @@ def test_a_401_forces_the_tenant_alone_and_timeouts_force_the_parent(configure, 
         assert not redis_db.exists("mem:g:zep-t.other:mode:forced:v1")
         assert not redis_db.exists("mem:g:zep-t.other:read:consec_failures"), "counted toward the parent"
         stub.set_fault("ok")
-        wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 2, "parent's view")
+        wait_for(lambda: (v := rt.view.current) is not None and v.record is not None, 2, "parent's view")
         _, meta = other.call("t1", reader.read_context, ("t1", 0.2))
         assert (meta["source"], meta["guard"]) == ("write_only_forced", "default"), "blocked by its parent"
     finally:

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 import memguard
 from memguard import flags, process
-from memguard.declared import registry
 from memguard.domain import events
+from memguard.domain.declared import registry
 from memguard.domain.guards import GuardError
 from memguard.drill.localstack import stack_env, wait_for
 from memguard.request.zep import Readers
@@ -168,7 +168,7 @@ def test_a_named_guard_judges_its_own_failure_rate_and_one_under_a_meterless_par
         return "ok"
 
     read("t", "vectordb")
-    view = rt.named.units["vectordb"].view
+    view = rt.units.units["vectordb"].view
     wait_for(lambda: view.current is not None, 5, "the guard's view followed (it hears its windows)")
     read("t", "vectordb")
     failing.append(True)
@@ -177,7 +177,7 @@ def test_a_named_guard_judges_its_own_failure_rate_and_one_under_a_meterless_par
     assert not redis_db.exists("mem:g:vectordb:read:consec_failures"), "no consecutive count: the window's"
     wait_for(lambda: redis_db.exists("mem:g:vectordb:mode:forced:v1"), 10, "the window's verdict")
     assert flags.get_forced_mode(guard="vectordb")["reason"] == "failure_rate"
-    assert rt.named.units["vectordb"].meter is not None
+    assert rt.units.units["vectordb"].meter is not None
 
     for _ in range(3):
         read("t", "zep-t.acme")
@@ -191,7 +191,7 @@ def test_a_tenants_force_reaches_only_the_processes_that_read_that_tenant(declar
     other = process.build(make_settings(redis_server.url, stub), hooks=events.Hooks(), count_metrics=False)
     try:
         assert other.watcher.wait_ready(5)
-        guard = rt.named.guard("zep-t.acme")
+        guard = rt.units.guard("zep-t.acme")
         assert guard is not None and guard.call("t", lambda: "ctx")[1]["source"] == "zep"
         wait_for(lambda: guard.view.current is not None, 5, "acme's view followed")  # type: ignore[union-attr]
         channels = ["mem:mode:changes", "mem:g:zep-t.acme:mode:changes", "mem:g:zep-t.globex:mode:changes"]
@@ -205,7 +205,7 @@ def test_a_stream_of_100000_request_names_keeps_the_views_bounded_and_makes_no_k
         declared, configure, stub, redis_db):
     declared.declare("zep-t.*")
     rt = configure()
-    rt.named.bound = 32
+    rt.units.bound = 32
 
     @memguard.guarded(guard=lambda thread_id, tenant: tenant)
     def read(thread_id: str, tenant: str) -> str:
@@ -215,7 +215,7 @@ def test_a_stream_of_100000_request_names_keeps_the_views_bounded_and_makes_no_k
     for i in range(100_000):
         name = f"zep-t.{i}" if i % 50 == 0 else f"tenant-{i}"  # 2,000 declared, 98,000 not
         assert read("c", name)[0] == "ok"
-        most = max(most, len(rt.named.units))
+        most = max(most, len(rt.units.units))
     assert most == 32 and len(rt.watcher.views) <= 33, "the bound holds, default's view beside it"
     keys = list(redis_db.scan_iter("*tenant-*"))
     assert keys == [], "no keys for undeclared names"
@@ -273,7 +273,7 @@ def test_a_process_of_the_previous_main_and_this_one_share_the_default_guard(con
         return json.loads(run.stdout)
 
     old_process("print(json.dumps(flags.force_write_only('manual_ops', 60)))")
-    wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 2, "the force seen here")
+    wait_for(lambda: (v := rt.view.current) is not None and v.record is not None, 2, "the force seen here")
     assert memguard.fetch_thread_context("t")[1]["source"] == "write_only_forced"
     seen = old_process("print(json.dumps(service.fetch_thread_context('t')[1]['source']))")
     assert seen == "write_only_forced"

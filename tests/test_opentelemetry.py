@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from memguard import flags, process, service
+from memguard import exporter, flags, service
 from memguard.observe import counted, metrics, otel
 
 from .conftest import wait_past
@@ -104,7 +104,7 @@ def test_a_401_a_failure_burst_and_a_probe_count_alike_in_opentelemetry_and_prom
     # The mode gauge is read from Redis at collection, as the Prometheus collector reads it.
     modes = {dict(k[1])["mode"]: v for k, v in otel_points(sdk.reader).items() if k[0] == "memguard.mode"}
     assert modes == {"read_write": 0, "write_only": 1, "off": 0}
-    collector = metrics.FleetStateCollector(process.current_state)
+    collector = metrics.FleetStateCollector(exporter.current_state)
     prom = {s.labels["mode"]: s.value for family in collector.collect()
             if family.name == "memory_mode_gauge" for s in family.samples}
     assert prom == modes

@@ -36,7 +36,7 @@ def _reader(url: str, conn) -> None:
     while (want := conn.recv()) is not None:
         if want == "live":  # wait until the view is trusted again (after a reconnect)
             deadline = time.monotonic() + 10
-            while ((v := rt.watcher.current) is None or time.monotonic() >= v.valid_until) \
+            while ((v := rt.view.current) is None or time.monotonic() >= v.valid_until) \
                     and time.monotonic() < deadline:
                 time.sleep(0.005)
             conn.send(time.monotonic() < deadline)
@@ -45,7 +45,7 @@ def _reader(url: str, conn) -> None:
         deadline = time.monotonic() + 5
         while (rt.guard.forced() is not None) != want and time.monotonic() < deadline:
             time.sleep(0.0005)
-        view = rt.watcher.current
+        view = rt.view.current
         conn.send((time.perf_counter() if time.monotonic() < deadline else None,
                    view is not None and time.monotonic() < view.valid_until))
     rt.close()
@@ -292,17 +292,17 @@ def test_a_killed_or_paused_connection_lapses_the_view_and_reads_stay_right(conf
     killed = time.monotonic()
     redis_db.set(FORCED_MODE_KEY, original_record())
     assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
-    wait_for(lambda: rt.watcher.current is not None, 5, "tracking to come back after CLIENT KILL")
+    wait_for(lambda: rt.view.current is not None, 5, "tracking to come back after CLIENT KILL")
     print(f"view back {time.monotonic() - killed:.3f}s after CLIENT KILL")
-    assert rt.watcher.current.record is not None
+    assert rt.view.current.record is not None
     redis_db.delete(FORCED_MODE_KEY)
-    wait_for(lambda: rt.watcher.current is not None and rt.watcher.current.record is None, 1, "the DEL")
+    wait_for(lambda: rt.view.current is not None and rt.view.current.record is None, 1, "the DEL")
 
     # Paused: no heartbeat gets through, the view lapses within the 5 s bound; reads go to Redis.
     redis_db.execute_command("CLIENT", "PAUSE", str(int(LIVENESS_BOUND_S * 1000) + 2000), "WRITE")
     paused = time.monotonic()
     # What the guard goes by: a view past its deadline is not trusted, woken watcher or not.
-    wait_for(lambda: (v := rt.watcher.current) is None or time.monotonic() >= v.valid_until,
+    wait_for(lambda: (v := rt.view.current) is None or time.monotonic() >= v.valid_until,
              LIVENESS_BOUND_S + 1, "the view to lapse under CLIENT PAUSE", interval=0.01)
     lapsed = time.monotonic() - paused
     print(f"view lapsed {lapsed:.3f}s after CLIENT PAUSE")
@@ -310,7 +310,7 @@ def test_a_killed_or_paused_connection_lapses_the_view_and_reads_stay_right(conf
     assert service.fetch_thread_context("t")[1]["used"] is True  # read through Redis: not forced
     probe = redis.Redis(port=redis_db.connection_pool.connection_kwargs["port"], socket_timeout=0.2)
     wait_for(lambda: _writes(probe), 5, "CLIENT PAUSE to end")
-    wait_for(lambda: rt.watcher.current is not None, 5, "tracking to come back after the pause")
+    wait_for(lambda: rt.view.current is not None, 5, "tracking to come back after the pause")
     flags.force_write_only("manual_ops", 60)
     assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
 
@@ -333,7 +333,7 @@ def test_a_view_is_told_of_its_own_keys_only(configure, redis_db, idle_processes
     assert grown < 12_000, f"{grown} bytes sent for writes no watcher should hear"
     # The view's own keys are still tracked: a hand-written record is seen.
     redis_db.set(k.forced, original_record())
-    wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 2,
+    wait_for(lambda: (v := rt.view.current) is not None and v.record is not None, 2,
              "the view to hear of the hand-written record")
 
 
@@ -418,8 +418,8 @@ def test_a_view_past_its_own_write_stops_serving_and_reads_again(configure):
     newer one: its own write's notice looks old. The view must not hide the write."""
     rt = configure()
     assert rt.watcher.wait_ready()
-    rt.watcher.view._version = 10**12
+    rt.view._version = 10**12
     flags.force_write_only("manual_ops", 60)
     assert flags.get_forced_mode() is not None, "the own write is seen at once"
-    wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 5, "the view re-read")
-    assert rt.watcher.view._version < 10**12
+    wait_for(lambda: (v := rt.view.current) is not None and v.record is not None, 5, "the view re-read")
+    assert rt.view._version < 10**12

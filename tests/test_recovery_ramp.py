@@ -295,7 +295,7 @@ def test_a_hold_that_lapsed_unprobed_ends_in_a_ramp_too(configure, stub, redis_d
 
 def test_a_failure_rate_trip_during_a_ramp_is_judged_at_once(configure, stub):
     rt = configure(ramp_seconds=30, failure_rate_threshold=0.1, failure_rate_min_reads=5)
-    rt.meter.stop()  # the batch is sent below, when the test says
+    rt.meters.stop()  # the batch is sent below, when the test says
     rt.ops.force(BY, reason="manual_ops", ttl_seconds=60)
     rt.ops.clear(BY)
     stub.set_fault("503")
@@ -337,4 +337,4 @@ def test_a_foreign_publish_on_the_channel_is_named_and_the_view_lives_on(configu
     other = State(redis_db, replace(rt.settings, ramp_seconds=0), process.hooks)
     other.clear(BY)  # another process's clear, seen through the view that heard the junk
     wait_for(lambda: service.fetch_thread_context("t")[1]["source"] == "zep", 2, "the clear to be seen")
-    assert rt.watcher.current is not None, "the view is live"
+    assert rt.view.current is not None, "the view is live"

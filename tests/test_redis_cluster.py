@@ -11,8 +11,8 @@ from redis.cluster import key_slot
 
 from memguard import flags, process, service
 from memguard.config.settings import Settings
-from memguard.declared import registry
 from memguard.domain import events
+from memguard.domain.declared import registry
 from memguard.drill.localstack import CeleryProcess, ClusterGroup, free_port, stack_env, wait_for
 from memguard.ops.prober import PROBE_THREAD_ID
 from memguard.store.keys import FORCED_MODE_KEY, Keys
@@ -144,7 +144,7 @@ def test_a_named_guard_on_a_cluster_keeps_its_keys_in_one_slot_and_its_force_rea
     operator = process.build(settings, watch=False, hooks=events.Hooks(), count_metrics=False)
     try:
         assert rt.watcher.wait_ready(5)
-        guard = rt.named.guard("zep-t.acme")
+        guard = rt.units.guard("zep-t.acme")
         assert guard is not None and guard.call("t", lambda: "ctx")[1]["source"] == "zep"
         wait_for(lambda: guard.view.current is not None, 5, "the tenant's view followed")  # type: ignore[union-attr]
         operator.ops_for("zep-t.acme").force({"via": "test"}, reason="manual_ops", ttl_seconds=60)

@@ -11,7 +11,7 @@ import sys
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from memguard import flags, process, service
+from memguard import exporter, flags, service
 from memguard.observe import metrics
 
 from .conftest import ROOT
@@ -31,7 +31,7 @@ def test_promtool_rule_tests_pass():
 def test_every_dashboard_metric_exists_in_a_real_scrape(configure, stub):
 
     rt = configure()
-    metrics.registry(process.current_state)
+    metrics.registry(exporter.current_state)
     rt.ops.probe({"via": "test"}, scheduled=True)  # beat's tick: the heartbeat exists
     stub.set_fault("503")
     service.fetch_thread_context("t")

@@ -92,7 +92,7 @@ def test_failover_under_reads_loses_nothing_and_everything_follows_the_master(se
         switches = lambda: [e.detail for e in recorded  # noqa: E731
                             if isinstance(e, events.GuardTrouble) and e.kind == "master_switch"]
         wait_for(switches, 10, "this process to hear +switch-master")
-        wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 10,
+        wait_for(lambda: (v := rt.view.current) is not None and v.record is not None, 10,
                  "this process's view on the new master")
         seen.live()
         assert rt.guard.forced() is not None
@@ -143,7 +143,7 @@ def test_primary_killed_under_reads_the_fleet_follows_the_promoted_replica(stub,
                 new = group.master_port()
                 promoted = next(s for s in (group.primary, group.replica) if s.port == new)
                 wait_for(lambda: promoted.client().role()[0] == "master", 20, "the replica to take writes")
-                wait_for(lambda: rt.watcher.current is not None, 10, "the watcher on the new master")
+                wait_for(lambda: rt.view.current is not None, 10, "the watcher on the new master")
                 seen.live()
                 assert seen(True, lambda: flags.force_write_only("manual_ops", 60) and None) <= BOUND_MS
                 assert promoted.client().get(FORCED_MODE_KEY) is not None

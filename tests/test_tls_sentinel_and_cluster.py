@@ -118,7 +118,7 @@ def test_reads_forces_the_cli_and_a_failover_work_through_tls_sentinels(tls_sent
             except Exception:
                 return False
             return new.client().exists("mem:mode:forced:v1") == 1 and \
-                (v := other.watcher.current) is not None and v.record is not None
+                (v := other.view.current) is not None and v.record is not None
         wait_for(forced_on_new_master_and_seen, 20, "a force on the new master, seen by the other process")
     finally:
         other.close()

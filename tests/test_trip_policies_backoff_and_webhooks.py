@@ -142,7 +142,7 @@ def test_dry_run_counts_logs_and_meters_what_it_would_have_forced(configure, stu
 
     configure(disable_auto_downgrade=True, read_timeout_ms=2000, latency_threshold_ms=300,
               latency_min_reads=1)
-    process.get().meter.stop()  # the batches are sent below, when the test says: one verdict each
+    process.get().meters.stop()  # the batches are sent below, when the test says: one verdict each
     logs.configure(stream=None)
     before = {r: sample("memory_zep_would_downgrade_total", reason=r)
               for r in ("auth", "consecutive_failures", "latency")}

@@ -193,9 +193,9 @@ def test_a_replica_lost_moves_its_views_within_the_liveness_bound_and_none_serve
         stale = _stale_reads_after(rt, at, at + LIVENESS_S + 1.5)
         # A view keeps a state at most the liveness bound: past it, every read is held.
         assert not [s for s in stale if s > LIVENESS_S], stale
-        wait_for(lambda: rt.watcher.placement.server == survivor.url and rt.watcher.current is not None, 3,
+        wait_for(lambda: rt.watcher.placement.server == survivor.url and rt.view.current is not None, 3,
                  "the view to move to the other replica")
-        assert rt.watcher.current.record is not None, "the moved view shows the force"
+        assert rt.view.current.record is not None, "the moved view shows the force"
         assert numsub(survivor) == 1
     finally:
         other.close()
@@ -212,7 +212,7 @@ def test_a_lagging_replica_loses_its_views(replicated):
     assert rt.watcher.wait_ready(5)
     if rt.watcher.placement.server != lagging.url:  # a dropped connection moves the view to the other
         rt.watcher.reconnect()
-        wait_for(lambda: rt.watcher.placement.server == lagging.url and rt.watcher.current is not None, 3,
+        wait_for(lambda: rt.watcher.placement.server == lagging.url and rt.view.current is not None, 3,
                  "the view on the first replica")
     troubles: list[events.Event] = []
     process.hooks.subscribe(troubles.append)
@@ -227,7 +227,7 @@ def test_a_lagging_replica_loses_its_views(replicated):
     churn.start()
     try:
         replicated.link.delay = 2.0
-        wait_for(lambda: rt.watcher.placement.server != lagging.url and rt.watcher.current is not None,
+        wait_for(lambda: rt.watcher.placement.server != lagging.url and rt.view.current is not None,
                  LIVENESS_S + 3, "the view to leave the lagging replica")
     finally:
         stop.set()
@@ -250,7 +250,7 @@ def test_views_follow_the_replicas_sentinel_reports():
             assert rt.watcher.placement.server == f"127.0.0.1:{group.replica.port}", "Sentinel's replica"
             assert numsub(group.primary) == 0 and numsub(group.replica) == 1
             other.state.force("manual_ops", 60, {"via": "test"}, auto=False)
-            wait_for(lambda: (v := rt.watcher.current) is not None and v.record is not None, 1,
+            wait_for(lambda: (v := rt.view.current) is not None and v.record is not None, 1,
                      "the force to reach the view on the replica")
             # A failover: the replica becomes the primary. The view follows what Sentinel reports,
             # and a clear made on the new primary reaches it.
@@ -261,7 +261,7 @@ def test_views_follow_the_replicas_sentinel_reports():
                     other.state.clear({"via": "test"}, ramp=False)
                 except redis.RedisError:
                     return False
-                return (v := rt.watcher.current) is not None and v.record is None
+                return (v := rt.view.current) is not None and v.record is None
 
             wait_for(cleared_and_seen, 20, "a clear on the new primary to reach the view")
         finally:

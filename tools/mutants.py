@@ -171,7 +171,7 @@ MUTANTS = (
            "auto=True, quorum=quorum)) if self.parent else self.state.force_steps(verdict.reason, hold, by, "
            "auto=True, quorum=quorum))", ("tests/test_named_guard_parents.py",)),
     Mutant("views-not-evicted", "a process keeps a named guard's view for every name a read gave",
-           "memguard/named.py", "        while len(self.units) > self.bound:", "        while False:",
+           "memguard/request/units.py", "        while len(self.units) > self.bound:", "        while False:",
            ("tests/test_named_guards.py", "-k", "bound")),
     Mutant("default-keys-renamed", "the default guard's keys moved under a guard's own prefix",
            "memguard/store/keys.py", '        if name == "default":\n            return cls.under(prefix)',

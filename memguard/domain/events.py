@@ -54,6 +54,7 @@ class Named:
 
     guard: str = "default"  # the guard's own name
     family: str = "default"  # its declared name or pattern: the metrics' label, never a tenant's name
+    named: bool = False  # a named guard's (its logs and audit entries name it), set by GuardHooks
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ class GuardHooks:
         self.hooks.unsubscribe(fn)
 
     def emit(self, event: Event) -> None:
-        self.hooks.emit(dataclasses.replace(event, guard=self.guard, family=self.family))
+        self.hooks.emit(dataclasses.replace(event, guard=self.guard, family=self.family, named=True))
 
 
 class Hooks:

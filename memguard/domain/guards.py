@@ -26,6 +26,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 _PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,61}\*\Z")
 # A named guard's probe: called with the guard's name and the timeout in seconds; raises on failure.
 NamedProbe = Callable[[str, float], Any]
+Probe = Callable[[float], object]  # one guard's probe: called with the timeout in seconds
 MAX_DECLARED = 10_000  # declarations (names and patterns) one process holds
 
 # What a declaration may set, per guard: these settings, each held to its variable's range.
@@ -111,6 +112,26 @@ class Registry:
         self._exact: dict[str, Declaration] = {}
         self._families: tuple[Declaration, ...] = ()  # longest prefix first
         self._lock = threading.Lock()
+        self._probe: Probe | None = None  # the default guard's, from memguard.install
+        self._probes: Mapping[str, NamedProbe] = MappingProxyType({})  # by name or pattern, from install
+
+    def use_probes(self, probe: Probe | None, probes: Mapping[str, NamedProbe]) -> None:
+        """The probes ``memguard.install`` was given: the default guard's, and named guards' by
+        declared name or pattern (over their declarations' own)."""
+        self._probe, self._probes = probe, MappingProxyType(dict(probes))
+
+    def has_probe(self, declaration: Declaration) -> bool:
+        """Whether a declared guard has a probe of its own (install's or its declaration's)."""
+        return declaration.probe is not None or declaration.name in self._probes
+
+    def probe_of(self, resolved: Resolved) -> Probe | None:
+        """A guard's probe: install's, else its declaration's; None: memguard's own Zep read."""
+        if resolved.name == DEFAULT:
+            return self._probe
+        fn = self._probes.get(resolved.name) or self._probes.get(resolved.label) or resolved.probe
+        if fn is None:
+            return None
+        return lambda timeout_s: fn(resolved.name, timeout_s)
 
     def declare(self, name: str, *, parent: str | None = None, probe: NamedProbe | None = None,
                 **overrides: Any) -> Declaration:

@@ -102,8 +102,8 @@ async def _hold(url: str, count: int, conn: Any, view_urls: tuple[str, ...] = ()
 
     grace = settings.probe_grace_seconds
     watchers = [Watcher(state, grace, hooks, views=[TimedView(state, grace, hooks)]) for _ in range(count)]
-    views = [cast(TimedView, w.view) for w in watchers]
-    meters = [ReadMeter(state, settings, hooks, w) for w in watchers]
+    views = [cast(TimedView, w.views[0]) for w in watchers]
+    meters = [ReadMeter(state, settings, hooks, view) for view in views]
     tasks = []
     for i, watcher in enumerate(watchers):  # connect gradually, as a fleet starts: 100 at a time
         tasks.append(asyncio.create_task(awatch.run(watcher, perform)))

@@ -154,7 +154,7 @@ def _fault_detail(command: str, fault: Exception) -> str:
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from memguard import process
+    from memguard import exporter, process
     from memguard.domain import events
     from memguard.domain.events import origin
     from memguard.observe import logs
@@ -202,7 +202,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return _drill(drill, args)
         elif args.cmd == "metrics":
             print(f"serving /metrics on {args.addr}:{args.port}", file=sys.stderr)
-            process.serve_metrics(args.port, args.addr)
+            exporter.serve_metrics(args.port, args.addr)
             while True:
                 time.sleep(3600)
     except (OperatorError, SettingsError) as exc:
@@ -253,7 +253,7 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
     else:
         res = ops.probe(by)
         lines = cli_text.probe_lines(res)
-    if args.guard != "default":
+    if ops.state.guard is not None:  # a named guard's: say which
         res, lines = {"guard": args.guard, **res}, [f"guard:       {args.guard}", *lines]
     if args.json:
         return json.dumps(cli_text.json_safe({**res, "redis": where}), allow_nan=False)
@@ -333,7 +333,7 @@ def _guards(args: argparse.Namespace, proc: Any, where: str) -> str:
     """``memguard guards``: default, the declared guards (``--app``) and the indexed ones."""
     import importlib
 
-    from memguard.declared import registry
+    from memguard.domain.declared import registry
 
     if args.app:
         importlib.import_module(args.app)

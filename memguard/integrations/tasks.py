@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -26,17 +25,17 @@ import structlog
 from celery import Celery, Task, signals
 from celery.utils.imports import symbol_by_name
 
-from memguard import process
+from memguard import exporter, process
 from memguard.config.settings import Settings, SettingsError
 from memguard.config.target import tls_failure
-from memguard.declared import registry
 from memguard.domain import events
+from memguard.domain.declared import registry
 from memguard.domain.events import origin
 from memguard.domain.guards import DEFAULT, GuardError, NamedProbe
 from memguard.observe import logs, metrics
 from memguard.ops import beatlock, doctor
 from memguard.ops.actions import OperatorError
-from memguard.ops.prober import Probe, zep_probe
+from memguard.ops.prober import Probe
 from memguard.request.zep import make_reader
 
 PROBE_SCHEDULE_NAME = "memguard-probe"
@@ -57,16 +56,15 @@ class InternalFault(Exception):
     """A task failed on a fault of memguard's own; its one line names the fault."""
 
 
-def _operator_call(task: Task, action: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   probes: Mapping[str, NamedProbe] | None = None, **extra: Any) -> Any:
-    """Run an operator action as who sent it, on the guard it names (``probes``: named guards'
-    probes from ``install``); a refusal is recorded and logged by the action, and a fault of
-    memguard's own is counted, logged and answered in one line."""
+def _operator_call(task: Task, action: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run an operator action as who sent it, on the guard it names; a refusal is recorded and
+    logged by the action, and a fault of memguard's own is counted, logged and answered in one
+    line."""
     try:
         guard = kwargs.pop("guard", DEFAULT)  # which guard; the action checks the rest
-        fn: Callable[..., Any] = getattr(process.get().ops_for(guard, probes), action)
-        out = fn(_by(task), positional=args, **kwargs, **extra)
-        return out if guard == DEFAULT else {**out, "guard": guard}
+        ops = process.get().ops_for(guard)
+        out = getattr(ops, action)(_by(task), positional=args, **kwargs)
+        return out if ops.state.guard is None else {**out, "guard": guard}  # a named guard's says so
     except (OperatorError, SettingsError, redis.RedisError):
         raise
     except Exception as fault:
@@ -98,9 +96,8 @@ def install(app: Celery, *, probe: Probe | None = None, probes: Mapping[str, Nam
         settings: Settings | None = process.load_settings()
     except SettingsError:
         settings = None
-    named_probes = _checked_probes(probes)
-    _installed[app] = (probe, named_probes)
-    _register_tasks(app, probe, named_probes)
+    registry.use_probes(probe, _checked_probes(probes))  # found the same way for every guard
+    _register_tasks(app)
 
     def configure_beat(conf: Any) -> None:
         entry = probe_entry(settings or Settings(), conf.get("memguard_probe_interval"))
@@ -123,7 +120,7 @@ def install(app: Celery, *, probe: Probe | None = None, probes: Mapping[str, Nam
             _exit_on_config_error(probe)
             port = process.load_settings().metrics_port  # checked just above
             if port:
-                process.serve_metrics(port)
+                exporter.serve_metrics(port)
 
     def check_beat(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
@@ -141,11 +138,6 @@ def install(app: Celery, *, probe: Probe | None = None, probes: Mapping[str, Nam
     return app
 
 
-# What install gave each app: ``memguard doctor --app`` probes with the app's own probe.
-_installed: weakref.WeakKeyDictionary[Celery, tuple[Probe | None, dict[str, NamedProbe]]] = \
-    weakref.WeakKeyDictionary()
-
-
 def beat_keys(app: Celery | None, settings: Settings) -> beatlock.BeatKeys:
     """Where ``app``'s RedBeat keeps its lock and keys (the ready app's when None)."""
     if app is None:
@@ -159,15 +151,15 @@ def beat_keys(app: Celery | None, settings: Settings) -> beatlock.BeatKeys:
 
 
 def deployment(app: Celery | None, proc: Any, by: dict[str, Any]) -> doctor.Deployment:
-    """What ``memguard doctor`` checks for ``app`` (the ready app's when None): its probe, its
-    RedBeat lock and prefix (when RedBeat keeps them on REDIS_URL) and its declared guards."""
-    probe, probes = _installed.get(app, (None, {})) if app is not None else (None, {})
+    """What ``memguard doctor`` checks for ``app`` (the ready app's when None): the probe
+    ``install`` registered, the app's RedBeat lock and prefix (when RedBeat keeps them on
+    REDIS_URL) and the declared guards."""
     keys = beat_keys(app, proc.settings)
     return doctor.Deployment(
-        proc.state, proc.settings, lambda: probe or zep_probe(make_reader(proc.settings)),
+        proc.state, proc.settings, lambda: proc.guards.probe_of(proc.guards.resolve(DEFAULT)),
         lock_key=keys.lock_key if keys.on_redis_url else None,
         redbeat_prefix=keys.prefix if keys.on_redis_url else None,
-        named=[(d.name, d.probe is not None or d.name in probes) for d in registry.declarations()], by=by)
+        named=[(d.name, registry.has_probe(d)) for d in registry.declarations()], by=by)
 
 
 def _checked_probes(probes: Mapping[str, NamedProbe] | None) -> dict[str, NamedProbe]:
@@ -181,7 +173,7 @@ def _checked_probes(probes: Mapping[str, NamedProbe] | None) -> dict[str, NamedP
     return out
 
 
-def _register_tasks(app: Celery, probe: Probe | None, probes: dict[str, NamedProbe]) -> None:
+def _register_tasks(app: Celery) -> None:
     # A refusal is an expected outcome: Celery logs it in one line, without a traceback.
     opts: dict[str, Any] = {"bind": True, "shared": False, "throws": (OperatorError, InternalFault)}
 
@@ -218,12 +210,11 @@ def _register_tasks(app: Celery, probe: Probe | None, probes: dict[str, NamedPro
     def probe_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Beat's tick: probe Zep once fleet-wide if a hold has expired, and each named guard
         whose hold has ended, then send the notifications no other prober has taken."""
-        guard = kwargs.get("guard", DEFAULT)
-        own = probe if guard == DEFAULT else None  # a named guard's: ops_for's, from ``probes``
-        result = _operator_call(self, "probe", args, kwargs, probes, probe=own)
-        if kwargs.get("scheduled") is True and guard == DEFAULT:
+        tick = kwargs.get("scheduled") is True and "guard" not in kwargs  # beat's entry
+        result = _operator_call(self, "probe", args, kwargs)
+        if tick:
             try:
-                result["guards"] = process.get().probe_due(_by(self), probes)
+                result["guards"] = process.get().probe_due(_by(self))
             except redis.RedisError as exc:
                 process.hooks.emit(events.GuardTrouble("redis_error", "probe_due", type(exc).__name__))
         try:

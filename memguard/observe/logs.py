@@ -210,7 +210,7 @@ INTERNAL_KINDS_LOGGED = 256
 
 
 def on_event(event: events.Event) -> None:
-    _named.guard = None if event.guard == "default" else event.guard
+    _named.guard = event.guard if event.named else None
     try:
         _log(event)
     finally:

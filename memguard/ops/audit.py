@@ -69,7 +69,7 @@ class AuditTrail:
         if fields is None:
             return
         key = self.key
-        if event.guard != "default":
+        if event.named:
             if self.key_of is None:
                 return
             key = self.key_of(event.guard)

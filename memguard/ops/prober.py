@@ -17,6 +17,7 @@ from typing import Any
 
 from memguard.config.settings import Settings
 from memguard.domain.classify import classify
+from memguard.domain.guards import Probe
 from memguard.domain.record import Status
 from memguard.request.zep import ZepReader
 from memguard.store.index import due_guards, indexed_guards
@@ -25,7 +26,6 @@ from memguard.store.state import State
 PROBE_THREAD_ID = "memguard-probe"
 MIN_LOCK_MS = 2_000
 
-Probe = Callable[[float], object]
 
 
 def lock_ms(probe_timeout_ms: int) -> int:

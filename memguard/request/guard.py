@@ -97,13 +97,14 @@ class Guard:
 
     def __init__(self, settings: Settings, state: Store, hooks: events.Hooks | events.GuardHooks,
                  view: View | None = None, meter: Meter | None = None, *, name: str = "default",
-                 parent: Guard | None = None) -> None:
+                 parent: Guard | None = None, tagged: bool = False) -> None:
         self.settings = settings
         self.state = state
         self.hooks = hooks
         self.view = view
         self.name = name
         self.parent = parent
+        self.tagged = tagged  # a named guard's: its blocked reads' meta names it
         self.meter: Meter | None = meter if parent is None else parent.meter
         self.base = state.base
         self._down_until = 0.0
@@ -278,12 +279,12 @@ class Guard:
             return None
         self.hooks.emit(events.ReadBlocked(str(thread_id), "ramp", ramp.ramp.end))
         meta = {"used": False, "source": "ramp_held", "share": round(share, 4), "until": ramp.ramp.end}
-        return meta if self.name == "default" else {**meta, "guard": self.name}
+        return {**meta, "guard": self.name} if self.tagged else meta
 
     def _blocked(self, thread_id: str, record: ForcedRecord) -> Meta:
         self.hooks.emit(events.ReadBlocked(thread_id, record.reason, record.until))
         meta = {"used": False, "source": "write_only_forced", "reason": record.reason, "until": record.until}
-        return meta if self.name == "default" else {**meta, "guard": self.name}
+        return {**meta, "guard": self.name} if self.tagged else meta
 
     def _failed(self, exc: Exception, thread_id: str, called: float) -> Steps[Meta]:
         took = time.perf_counter() - called

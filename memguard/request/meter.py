@@ -36,7 +36,7 @@ import redis
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.events import origin
-from memguard.request.watch import Watcher
+from memguard.request.view import GuardView
 from memguard.store.background import Background
 from memguard.store.keys import LATENCY_WINDOW, OUTCOMES_WINDOW
 from memguard.store.state import CATCHUP_MS, WINDOW_SLOTS, Counts, State
@@ -59,12 +59,12 @@ class Window:
         return self.seconds / WINDOW_SLOTS
 
 
-class ReadMeter(Background):
-    THREAD_NAME = "memguard-meter"
+class ReadMeter:
+    """One guard's windowed counts (its ``view`` hears the fleet's "hot" messages); ``Meters``
+    sends them when due."""
 
     def __init__(self, state: State, settings: Settings, hooks: events.Hooks,
-                 view: Watcher | None = None) -> None:
-        super().__init__()
+                 view: GuardView | None = None) -> None:
         self.state = state
         self.hooks = hooks
         self.view = view
@@ -159,7 +159,34 @@ class ReadMeter(Background):
         except redis.RedisError as exc:
             self.hooks.emit(events.GuardTrouble("redis_error", "meter", f"{type(exc).__name__}: {exc}"[:200]))
 
+
+class Meters(Background):
+    """One thread for every guard's read meter in the process: each sends its counts when due,
+    started with the first meter and idle without any."""
+
+    THREAD_NAME = "memguard-meter"
+
+    def __init__(self, *, autostart: bool = True) -> None:
+        super().__init__()
+        self.meters: tuple[ReadMeter, ...] = ()
+        self._lock = threading.Lock()
+        self.autostart = autostart  # False: a one-shot command's (it starts no thread)
+
+    def add(self, meter: ReadMeter) -> None:
+        with self._lock:
+            self.meters = (*self.meters, meter)
+            if self._thread is None and self.autostart:
+                self.start()
+
+    def remove(self, meter: ReadMeter) -> None:
+        with self._lock:
+            self.meters = tuple(m for m in self.meters if m is not meter)
+
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_S):
-            if self.due(time.monotonic()):
-                self.flush()
+            for meter in self.meters:
+                try:
+                    if meter.due(time.monotonic()):
+                        meter.flush()
+                except Exception as fault:  # a bug of memguard's own: told, the others go on
+                    meter.hooks.emit(events.internal("meter", fault))

@@ -95,16 +95,16 @@ WatchStep = Listen | ReadSnapshot | Script | Via  # Script: the heartbeat or an 
 class Watcher(Background):
     """One daemon thread per process holding the tracked, subscribed connection.
 
-    It feeds the guard ``default``'s view (``views`` unset) or the given views (named guards', or
-    a view of the default guard's ``state``); its liveness and the heartbeat are the default
-    channel's either way."""
+    It feeds the views it is given (every guard's this process reads; without ``views``, one
+    view of ``state``). ``state`` is the store it connects through: its channel carries the
+    liveness heartbeat whatever views it feeds."""
 
     THREAD_NAME = "memguard-watch"
 
     def __init__(self, state: State, grace_seconds: float, hooks: events.Hooks,
                  views: Sequence[GuardView] | None = None) -> None:
         super().__init__()
-        self.state = state  # the default guard's store: the heartbeat, and where to connect
+        self.state = state
         self.hooks = hooks
         self._index((GuardView(state, grace_seconds, hooks),) if views is None else tuple(views))
         self._liveness_until = 0.0
@@ -115,24 +115,10 @@ class Watcher(Background):
         self.tick: Callable[[], None] = lambda: None  # called at each slow re-read (named guards' expiry)
         self.placement = Placement(state.settings.view_servers is not None)  # views on replicas
 
-    @property
-    def current(self) -> View | None:
-        """The default guard's view (None for a watcher of named guards)."""
-        return self.view.current if self.view is not None else None
-
-    @current.setter
-    def current(self, value: View | None) -> None:
+    def clear_views(self) -> None:
+        """Every view says nothing until the next re-read: the connection is gone or going."""
         for view in self.views:
-            view.current = value
-
-    @property
-    def told(self) -> dict[str, float]:
-        return self.view.told if self.view is not None else {}
-
-    def apply_notice(self, notice: str, *, from_channel: bool = False) -> None:
-        """The default guard's view applies a notice (see ``GuardView.apply_notice``)."""
-        if self.view is not None:
-            self.view.apply_notice(notice, from_channel=from_channel)
+            view.current = None
 
     def set_views(self, views: Sequence[GuardView]) -> None:
         """Follow these views from now on (named guards joining or leaving): a planned
@@ -149,13 +135,12 @@ class Watcher(Background):
 
     def _index(self, views: tuple[GuardView, ...]) -> None:
         self.views = views
-        self.view = next((v for v in views if v.state is self.state), None)  # the default guard's
         self._by_channel = {v.channel: v for v in views}
         self._by_key = {key: v for v in views for key in v.view_keys}
 
     def stop(self) -> None:
         self._stop.set()
-        self.current = None  # before the join: no read trusts a view that is going away
+        self.clear_views()  # before the join: no read trusts a view that is going away
         self.reconnect()  # wakes the thread, blocked reading until the next thing due
         super().stop()
 
@@ -197,7 +182,7 @@ class Watcher(Background):
         reconnect now, quietly (new views, a recount), or not at all (stopped)."""
         if self.take_planned():
             return False
-        self.current = None
+        self.clear_views()
         if self._stop.is_set():
             return False  # stop() shut the socket: not a Redis error
         self.placement.moved()  # a view on replicas tries the next server
@@ -239,7 +224,7 @@ class Watcher(Background):
     def followed(self) -> None:
         """The connection ended: the views lapse, unless it was planned (it re-reads at once)."""
         if not self._planned:
-            self.current = None
+            self.clear_views()
         self._conn = None
 
     def _connect(self) -> redis.Connection:

@@ -14,8 +14,8 @@ MAX_LINES = 450
 # Lower layers first; a module may import its own layer and those below, never above.
 LAYERS = {"config": 0, "domain": 1, "store": 2, "request": 3, "ops": 4, "observe": 5}
 ENTRY = 6  # process, service, flags, the ready app, integrations, contrib, drill
-ENTRY_POINTS = ("memguard.service", "memguard.flags", "memguard.celery", "memguard.integrations.",
-                "memguard.contrib.", "memguard.drill.")
+ENTRY_POINTS = ("memguard.service", "memguard.flags", "memguard.exporter", "memguard.celery",
+                "memguard.integrations.", "memguard.contrib.", "memguard.drill.")
 
 
 def module_name(path: Path) -> str:

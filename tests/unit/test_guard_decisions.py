@@ -301,7 +301,7 @@ def test_of_a_live_fleet_about_six_views_ask_for_an_explanation_at_once_and_a_la
 
     from memguard.request.watch import View
 
-    watcher = _watcher().view
+    watcher = _watcher().views[0]
     watcher.current, watcher.fleet = View(None, math.inf, 0.0), 10_000
     waits = [watcher.explain_wait() for _ in range(100_000)]  # ten fleets' worth: ~60 at once
     assert 25 <= sum(w == 0 for w in waits) <= 120, "about six of each 10,000 (the README's figure)"
@@ -328,7 +328,7 @@ def test_a_view_whose_re_read_covers_a_hand_write_does_not_ask_for_its_explanati
     steps = watcher.follow_steps()
     assert isinstance(next(steps), ReadSnapshot)
     step = steps.send(snapshot)  # a fleet this large: this view waits rather than asking at once
-    assert isinstance(step, watch.Listen) and watcher.current is not None
+    assert isinstance(step, watch.Listen) and watcher.views[0].current is not None
     step = steps.send(["message", watch.INVALIDATE_CHANNEL, [watcher.state.keys.forced]])
     assert isinstance(step, watch.Listen), "waiting for an explanation"
     time.sleep(0.015)

@@ -11,8 +11,8 @@ import redis
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.guards import Registry
-from memguard.named import NamedGuards
-from memguard.request.guard import Guard
+from memguard.request.meter import Meters
+from memguard.request.units import Units
 from memguard.request.view import View
 from memguard.store.state import State
 
@@ -20,8 +20,6 @@ from .fakes import record
 
 
 class Watcher:
-    view = None
-
     def __init__(self) -> None:
         self.given: list[list[Any]] = []
         self.tick = lambda: None
@@ -38,7 +36,7 @@ class Clock:
         return self.now
 
 
-def named(bound: int = 3, idle_s: float = 600.0) -> tuple[NamedGuards, Watcher, Clock, list[events.Event]]:
+def named(bound: int = 3, idle_s: float = 600.0) -> tuple[Units, Watcher, Clock, list[events.Event]]:
     registry = Registry()
     registry.declare("zep")
     registry.declare("zep-t.*", parent="zep")
@@ -49,8 +47,9 @@ def named(bound: int = 3, idle_s: float = 600.0) -> tuple[NamedGuards, Watcher, 
     hooks.subscribe(seen.append)
     state = State(redis.Redis(port=1), settings, hooks)
     watcher, clock = Watcher(), Clock()
-    guards = NamedGuards(registry, settings, state, Guard(settings, state, hooks), watcher,  # type: ignore[arg-type]
-                         hooks, bound=bound, idle_s=idle_s, clock=clock)
+    guards = Units(registry, settings, state, hooks, Meters(autostart=False), bound=bound, idle_s=idle_s,
+                   clock=clock)
+    guards.follow(watcher)  # type: ignore[arg-type]
     return guards, watcher, clock, seen
 
 
@@ -62,7 +61,7 @@ def test_the_least_recently_read_view_goes_past_the_bound():
     guards.guard("solo.a")  # read again: now the most recent
     guards.guard("solo.d")
     assert list(guards.units) == ["solo.c", "solo.a", "solo.d"]
-    assert len(watcher.given[-1]) == 3, "the watcher follows the views kept, and only those"
+    assert len(watcher.given[-1]) == 1 + 3, "the watcher follows the default's and the views kept, only those"
 
 
 def test_a_forced_view_that_is_read_is_kept_and_a_parent_outlives_its_children():

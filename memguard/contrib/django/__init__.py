@@ -31,10 +31,10 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     # Its counters register when first served, not when INSTALLED_APPS is loaded.
-    from memguard import process
+    from memguard import exporter
     from memguard.observe import metrics
 
-    return HttpResponse(generate_latest(metrics.registry(process.current_state, process.held_guards)),
+    return HttpResponse(generate_latest(metrics.registry(exporter.current_state, exporter.held_guards)),
                         content_type=CONTENT_TYPE_LATEST)
 
 

@@ -1,8 +1,10 @@
-"""A process's named guards: built on a guard's first read, followed while read, then let go.
+"""Every guard a process reads, each built by one factory (``Units._unit``): its store, view,
+read meter and request path.
 
-A declared guard (``memguard.declare``) costs a process nothing until a read names it. Its first
-read builds its unit (store, view, guard), and the process's watcher follows its keys and channel
-from then on. The units are bounded (``bound``, least recently read first) and expire after
+The guard ``default`` is built at once: every process reads it. A declared guard
+(``memguard.declare``) costs a process nothing until a read names it. Its first read builds its
+unit the same way, and the process's watcher follows its keys and channel from then on. The
+named units are bounded (``bound``, least recently read first) and expire after
 ``idle_s`` without a read, so that names taken from requests cannot grow a process without end.
 A guard that is forced is kept while it is read: forgetting it would let its next read call the
 dependency again, then read Redis before it learnt of the hold. A name nobody declared never gets
@@ -21,12 +23,11 @@ from dataclasses import dataclass
 
 from memguard.config.settings import Settings
 from memguard.domain import events
-from memguard.domain.guards import DEFAULT, Registry, Resolved
+from memguard.domain.guards import DEFAULT, DEFAULT_GUARD, Registry, Resolved
 from memguard.request.guard import Guard
-from memguard.request.meter import FLUSH_S, ReadMeter
+from memguard.request.meter import Meters, ReadMeter
 from memguard.request.view import GuardView
 from memguard.request.watch import Watcher
-from memguard.store.background import Background
 from memguard.store.keys import Keys
 from memguard.store.state import State
 
@@ -38,7 +39,7 @@ TOLD_UNKNOWN = 1024  # undeclared names told once each, at most this many
 
 @dataclass
 class Unit:
-    """One named guard in this process: its store, its view and its request path."""
+    """One guard in this process: its store, its view and its request path."""
 
     resolved: Resolved
     state: State
@@ -48,27 +49,37 @@ class Unit:
     meter: ReadMeter | None = None  # its own windows' (a guard with no parent and a windowed policy)
 
 
-class NamedGuards:
-    """The named guards this process reads, with the default guard beside them."""
+class Units:
+    """The guards this process reads: ``default`` always, the named ones while read (``units``,
+    least recently read first). The one place that knows the default guard's name."""
 
-    def __init__(self, registry: Registry, settings: Settings, state: State, guard: Guard,
-                 watcher: Watcher, hooks: events.Hooks, *, bound: int = BOUND, idle_s: float = IDLE_S,
+    def __init__(self, registry: Registry, settings: Settings, state: State, hooks: events.Hooks,
+                 meters: Meters, *, bound: int = BOUND, idle_s: float = IDLE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.settings = settings
-        self.state = state  # the default guard's store
-        self.default = guard
-        self.watcher = watcher
+        self.state = state  # the default guard's store: the client, and the fleet's index
         self.hooks = hooks
+        self.meters = meters
         self.bound = bound
         self.idle_s = idle_s
         self.clock = clock
-        self.units: OrderedDict[str, Unit] = OrderedDict()  # least recently read first
+        self.units: OrderedDict[str, Unit] = OrderedDict()  # named guards, least recently read first
         self._lock = threading.Lock()
         self._expired_at = clock()
         self._told: set[str] = set()
-        self.meters = Meters()
+        self.watcher: Watcher | None = None
+        self.own = self._unit(registry.resolve(DEFAULT) or DEFAULT_GUARD, None, clock())
+        self.default = self.own.guard
+
+    def follow(self, watcher: Watcher) -> None:
+        """``watcher`` follows every unit's view from now on."""
+        self.watcher = watcher
         watcher.tick = self.expire
+
+    def unit(self, name: str) -> Unit | None:
+        """The unit of ``name`` if this process has built it (never builds one)."""
+        return self.own if name == DEFAULT else self.units.get(name)
 
     def guard(self, name: str) -> Guard | None:
         """The guard a read names; None when the name is not declared (told once per name)."""
@@ -120,28 +131,34 @@ class NamedGuards:
             if unit is None:
                 unit = self.units[resolved.name] = self._unit(resolved, parent, now)
                 self._evict(now)
-            views = self._views()
-        self.watcher.set_views(views)
+            views = self.views()
+        if self.watcher is not None:
+            self.watcher.set_views(views)
         return unit
 
     def _unit(self, resolved: Resolved, parent: Guard | None, now: float) -> Unit:
+        """Every guard's unit, the default's included: its store, view, meter and guard."""
         state, settings, hooks = self.store(resolved)
         view = GuardView(state, settings.probe_grace_seconds, hooks)  # type: ignore[arg-type]
         state.on_change = view.apply_notice
         meter = None
         if parent is None and (settings.latency_threshold_ms or settings.failure_rate_on):
             # Its own windows, judged by its own meter (its view hears their "hot" messages),
-            # sent by the one thread that drives every named guard's meter.
+            # sent by the one thread that drives every meter.
             meter = ReadMeter(state, settings, hooks, view)  # type: ignore[arg-type]
             self.meters.add(meter)
         elif parent is not None and parent.meter is None:
             # Its failures count toward a parent that judges no window: the consecutive count.
             settings = dataclasses.replace(settings, failure_rate_threshold=0.0, latency_threshold_ms=0)
-        guard = Guard(settings, state, hooks, view, meter, name=resolved.name, parent=parent)
+        guard = Guard(settings, state, hooks, view, meter, name=resolved.name, parent=parent,
+                      tagged=resolved.name != DEFAULT)
         return Unit(resolved, state, view, guard, now, meter)
 
-    def store(self, resolved: Resolved) -> tuple[State, Settings, events.GuardHooks]:
-        """A named guard's store, settings and hooks, without a view (operators' actions too)."""
+    def store(self, resolved: Resolved) -> tuple[State, Settings, events.Hooks | events.GuardHooks]:
+        """A guard's store, settings and hooks, without a view (operators' actions too): the
+        default's are the process's own; a named guard's its own keys under the default's."""
+        if resolved.name == DEFAULT:
+            return self.state, self.settings, self.hooks
         settings = dataclasses.replace(self.settings, **resolved.overrides)
         hooks = events.GuardHooks(self.hooks, resolved.name, resolved.label)
         keys = Keys.for_guard(resolved.name, self.state.keys.prefix)
@@ -167,16 +184,13 @@ class NamedGuards:
         if unit.meter is not None:
             self.meters.remove(unit.meter)
 
-    def close(self) -> None:
-        self.meters.stop()
-
     def _kept(self, unit: Unit, now: float) -> bool:
         view = unit.view.current
         return view is not None and view.record is not None and now - unit.last_read < self.idle_s
 
-    def _views(self) -> list[GuardView]:
-        own = [self.watcher.view] if self.watcher.view is not None else []
-        return [*own, *(u.view for u in self.units.values())]
+    def views(self) -> list[GuardView]:
+        """Every unit's view: the watcher follows these."""
+        return [self.own.view, *(u.view for u in self.units.values())]
 
     def expire(self) -> None:
         """Let go of the units not read for ``idle_s`` (the watcher's slow re-read calls this too)."""
@@ -188,8 +202,9 @@ class NamedGuards:
                 return
             for name in idle:
                 self._drop(name)
-            views = self._views()
-        self.watcher.set_views(views)
+            views = self.views()
+        if self.watcher is not None:
+            self.watcher.set_views(views)
 
     def _unknown(self, name: str) -> None:
         shown = name[:80]
@@ -198,34 +213,3 @@ class NamedGuards:
         self._told.add(shown)
         self.hooks.emit(events.GuardTrouble("unknown_guard", "read", shown))
 
-
-
-class Meters(Background):
-    """One thread for every named guard's read meter: each sends its counts when due (as the
-    default's meter's own thread does), started with the first and idle without any."""
-
-    THREAD_NAME = "memguard-named-meters"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.meters: tuple[ReadMeter, ...] = ()
-        self._lock = threading.Lock()
-
-    def add(self, meter: ReadMeter) -> None:
-        with self._lock:
-            self.meters = (*self.meters, meter)
-            if self._thread is None:
-                self.start()
-
-    def remove(self, meter: ReadMeter) -> None:
-        with self._lock:
-            self.meters = tuple(m for m in self.meters if m is not meter)
-
-    def _run(self) -> None:
-        while not self._stop.wait(FLUSH_S):
-            for meter in self.meters:
-                try:
-                    if meter.due(time.monotonic()):
-                        meter.flush()
-                except Exception as fault:  # a bug of memguard's own: told, the others go on
-                    meter.hooks.emit(events.internal("meter", fault))
