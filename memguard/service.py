@@ -93,7 +93,7 @@ def fetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
     """
     try:
         proc = _get()
-        reader = proc.readers.reader
+        reader = proc.readers.get()
         timeout_s = proc.settings.read_timeout_s
     except SettingsError as exc:
         return None, _config_error(exc)
@@ -118,8 +118,8 @@ async def afetch_thread_context(thread_id: str) -> tuple[str | None, Meta]:
         return None, _config_error(exc)
     except Exception as fault:
         return await _aunguarded(fault, lambda: _abare_read(thread_id))
-    guard = proc.guard
-    result = await guard.acall(thread_id, reader.read_context, (thread_id, timeout_s), budget_s=timeout_s)
+    result = await proc.guard.acall(thread_id, reader.read_context, (thread_id, timeout_s),
+                                    budget_s=timeout_s)
     return _told(proc, proc.guard.name, result)
 
 
@@ -263,7 +263,7 @@ def _bare_readers() -> Readers:
 
 def _bare_read(thread_id: str) -> str | None:
     readers = _bare_readers()
-    return readers.reader.read_context(thread_id, readers.settings.read_timeout_s)
+    return readers.get().read_context(thread_id, readers.settings.read_timeout_s)
 
 
 async def _abare_read(thread_id: str) -> str | None:
@@ -276,6 +276,7 @@ def _report(fault: Exception) -> Meta:
     trouble = events.internal("build", fault)
     try:
         _wiring().hooks.emit(trouble)
+        _wiring().hooks.emit(events.ReadUnguarded())  # the read goes on without a guard: counted
     except Exception:  # not even the wiring imports: say so once per type, where it can be seen
         name = type(fault).__name__
         if name not in _unreported and len(_unreported) < 64:
@@ -285,7 +286,8 @@ def _report(fault: Exception) -> Meta:
 
 
 def _unguarded(fault: Exception, read: Callable[[], R]) -> tuple[R | None, Meta]:
-    """The read with no guard around it: memguard could not be had for it."""
+    """The read with no guard around it: memguard could not be had for it (``_aunguarded`` is
+    this, awaited)."""
     meta = _report(fault)
     try:
         value = read()
@@ -295,6 +297,7 @@ def _unguarded(fault: Exception, read: Callable[[], R]) -> tuple[R | None, Meta]
 
 
 async def _aunguarded(fault: Exception, read: Callable[[], Awaitable[R]]) -> tuple[R | None, Meta]:
+    """``_unguarded``, awaited."""
     meta = _report(fault)
     try:
         value = await read()

@@ -17,7 +17,6 @@ import memguard
 from memguard import flags, process, service
 from memguard.domain import events
 from memguard.drill.localstack import RedisServer
-from memguard.store import steps
 
 from .conftest import API_KEY, ROOT, make_settings
 
@@ -184,26 +183,6 @@ def test_the_fastapi_example_works_verbatim(configure, stub, monkeypatch):
         assert http.get("/answer/u1").json()["source"] == "zep_error"
         assert http.get("/context/u1").json() == {"context": None, "source": "write_only_forced"}
         assert flags.get_forced_mode()["reason"] == "auth"
-
-
-def test_call_and_acall_are_one_text_but_for_await():
-    """The two request-path skeletons cannot drift: with ``await`` and the asyncio driver
-    names taken out, ``acall``'s body is ``call``'s, line for line (every decision lives in
-    helpers and steps both share)."""
-    import inspect
-
-    from memguard.request.guard import Guard
-
-    def body(fn) -> list[str]:
-        src = inspect.getsource(fn)
-        code = src.split('"""')[-1]  # after the docstring
-        lines = [ln.split("  # ")[0].strip() for ln in code.splitlines() if ln.strip()]
-        return [ln.replace("await ", "").replace("steps.arun", "steps.run").replace("aperform", "perform")
-                for ln in lines]
-
-    assert body(Guard.acall) == body(Guard.call)
-    assert len(body(Guard.call)) >= 15
-    assert body(steps.arun) == body(steps.run)  # and so are the two step drivers
 
 
 @pytest.mark.parametrize("kind", ["zep-python", "zep-cloud", "guarded"])

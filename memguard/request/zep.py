@@ -226,6 +226,10 @@ class Readers:
             self._reader = make_reader(self.settings)
         return self._reader
 
+    def get(self) -> ZepReader:
+        """The blocking reader (``aget``'s counterpart); raises SettingsError as ``reader`` does."""
+        return self.reader
+
     async def aget(self) -> AsyncZepReader:
         """The running event loop's reader. The first one is made in a worker thread: importing
         an SDK and building its httpx client (TLS context) takes hundreds of milliseconds, which

@@ -46,6 +46,10 @@ class AsyncRedis:
         if self.settings.redis_target.kind == "cluster":
             return await asyncio.to_thread(self.blocking_perform, step)
         client, registered = self._for_running_loop()
+        return await self._on(client, registered, step)
+
+    async def _on(self, client: Any, registered: dict[str, Any], step: Step) -> Any:
+        """One step on ``client``, scripts by ``registered``: ``State._on``, awaited."""
         if isinstance(step, Script):
             spec = scripts.SPECS[step.name]
             reply = await registered[step.name](keys=spec.key_names(self.keys),
@@ -55,7 +59,7 @@ class AsyncRedis:
             pipe = client.pipeline(transaction=False)
             self.snapshot_commands(pipe)
             return await pipe.execute()
-        raise TypeError(f"AsyncRedis cannot perform {step!r}")
+        raise TypeError(f"{type(self).__name__} cannot perform {step!r}")
 
     def _for_running_loop(self) -> tuple[redis.asyncio.Redis, dict[str, Any]]:
         if self.shared is not None:

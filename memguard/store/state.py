@@ -97,16 +97,20 @@ class State:
             self.usage.at = time.monotonic()
         if isinstance(step, Via):
             return step.store.perform(step.step, quiet=quiet)
+        return self._on(self._keys_node(), self._scripts, step)
+
+    def _on(self, client: Any, registered: dict[str, Any], step: Step) -> Any:
+        """One step on ``client``, scripts by ``registered``: ``AsyncRedis._on`` is this, awaited."""
         if isinstance(step, Script):
             spec = scripts.SPECS[step.name]
-            reply = self._scripts[step.name](keys=spec.key_names(self.keys),
-                                             args=scripts.encode_args(step.name, step.args))
+            reply = registered[step.name](keys=spec.key_names(self.keys),
+                                          args=scripts.encode_args(step.name, step.args))
             return scripts.decode_reply(reply)
         if isinstance(step, ReadSnapshot):
-            pipe = self._keys_node().pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             self.snapshot_commands(pipe)
             return pipe.execute()
-        raise TypeError(f"State cannot perform {step!r}")
+        raise TypeError(f"{type(self).__name__} cannot perform {step!r}")
 
     async def aperform(self, step: Step) -> Any:
         return await self.async_redis.perform(step)
