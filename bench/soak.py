@@ -33,6 +33,7 @@ from celery import Celery
 
 import memguard
 from memguard.config.target import Target
+from memguard.integrations.celery_settings import celery_broker
 from memguard.store.keys import AUDIT_KEY
 
 READ_EVERY_S = 0.02
@@ -41,7 +42,7 @@ PROPAGATION_S = 0.1
 AUDIT_LAG_S = 0.05
 
 def _broker(url: str) -> Celery:
-    broker, options = Target.parse(url).celery_broker()
+    broker, options = celery_broker(Target.parse(url))
     celery = Celery("soak", broker=broker)
     celery.conf.broker_transport_options = options
     return celery

@@ -9,7 +9,7 @@ module that starts with ``from memguard.celeryconfig import *`` and name it in
 import os
 
 from memguard.config.settings import SettingsError
-from memguard.config.target import celery_transport
+from memguard.integrations.celery_settings import celery_transport
 from memguard.ops.beatlock import READY_APP_PREFIX
 
 # The broker (and the results, unless CELERY_RESULT_BACKEND says otherwise) follow

@@ -22,7 +22,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, cast
@@ -118,12 +118,12 @@ class Target:
         if self.kind == "single":
             return redis.Redis.from_url(self.url, **options)
         if self.kind == "sentinel":
-            return self.sentinels.master_for(self.service, db=self.db, **self._auth(), **self.tls, **options)
+            return self.sentinels.master_for(self.service, db=self.db, **self.auth(), **self.tls, **options)
         options.pop("retry_on_timeout", None)  # a cluster client retries by its own rules
         nodes = [ClusterNode(h, p) for h, p in self.nodes]
         # It forwards every command to the RedisCluster it makes on first use.
         return cast(redis.Redis, LazyCluster(lambda: RedisCluster(startup_nodes=nodes, ssl=self.ssl,
-                                                                  **self._auth(), **self.tls, **options)))
+                                                                  **self.auth(), **self.tls, **options)))
 
     def aclient(self, **options: Any) -> redis.asyncio.Redis:
         """An asyncio client (one server or the Sentinel master; a Cluster has none here)."""
@@ -133,7 +133,7 @@ class Target:
             order = [(kw["host"], kw["port"]) for kw in
                      (c.connection_pool.connection_kwargs for c in self.sentinels.sentinels)]
             manager = redis.asyncio.sentinel.Sentinel(order, **self._manager_options())
-            return manager.master_for(self.service, db=self.db, **self._auth(), **self.tls, **options)
+            return manager.master_for(self.service, db=self.db, **self.auth(), **self.tls, **options)
         raise ValueError("no asyncio client for a Redis Cluster")
 
     def connection(self, **options: Any) -> redis.Connection:
@@ -143,7 +143,7 @@ class Target:
             pool = redis.ConnectionPool.from_url(self.url, **options)
             return cast(redis.Connection, pool.make_connection())
         if self.kind == "sentinel":
-            master = self.sentinels.master_for(self.service, db=self.db, **self._auth(), **self.tls,
+            master = self.sentinels.master_for(self.service, db=self.db, **self.auth(), **self.tls,
                                                **options)
             return master.connection_pool.make_connection()  # asks the sentinels on connect
         finder = self.client(socket_timeout=options.get("socket_timeout"),
@@ -153,50 +153,20 @@ class Target:
         finally:
             finder.close()
         cls = redis.SSLConnection if self.ssl else redis.Connection
-        return cls(host=node.host, port=node.port, **self._auth(), **self.tls, **options)
+        return cls(host=node.host, port=node.port, **self.auth(), **self.tls, **options)
 
     def server_connection(self, host: str, port: int, **options: Any) -> redis.Connection:
         """One unpooled connection to another server of this deployment (a replica), with the
         credentials, database and TLS of ``REDIS_URL``."""
         cls = redis.SSLConnection if self.ssl else redis.Connection
-        return cls(host=host, port=port, db=self.db, **self._auth(), **self.tls, **options)
+        return cls(host=host, port=port, db=self.db, **self.auth(), **self.tls, **options)
 
     def server_aclient(self, host: str, port: int, **options: Any) -> redis.asyncio.Redis:
         """``server_connection``'s asyncio client."""
-        return redis.asyncio.Redis(host=host, port=port, db=self.db, ssl=self.ssl, **self._auth(), **self.tls,
+        return redis.asyncio.Redis(host=host, port=port, db=self.db, ssl=self.ssl, **self.auth(), **self.tls,
                                    **options)
 
-    def redbeat_conf(self) -> dict[str, Any]:
-        """Celery settings that point RedBeat at this Redis ({} on a cluster: RedBeat then
-        keeps to the broker's Redis, which must not be a cluster)."""
-        if self.kind == "single":
-            return {"redbeat_redis_url": self.url,
-                    "redbeat_redis_options": {"client_name": connection_name("beat")}}
-        if self.kind == "cluster":
-            return {}
-        options: dict[str, Any] = {"sentinels": list(self.nodes), "service_name": self.service,
-                                   "db": self.db, "socket_timeout": 1.0, **self._auth()}
-        if self.sentinel_kwargs:
-            options["sentinel_kwargs"] = dict(self.sentinel_kwargs)
-        tls = {"redbeat_redis_use_ssl": dict(self.tls)} if self.ssl else {}  # RedBeat: a dict turns TLS on
-        return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options, **tls}
-
-    def celery_broker(self) -> tuple[str, dict[str, Any]]:
-        """Celery's broker URL and transport options for this Redis (kombu's sentinel form)."""
-        if self.kind == "single":
-            return self.url, {}
-        if self.kind == "cluster":
-            raise ValueError("Celery's broker cannot be a Redis Cluster: set CELERY_BROKER_URL")
-        auth = ""
-        if self.password:
-            auth = f"{self.username or ''}:{self.password}@"
-        url = ";".join(f"sentinel://{auth}{h}:{p}/{self.db}" for h, p in self.nodes)
-        options: dict[str, Any] = {"master_name": self.service}
-        if self.sentinel_kwargs:
-            options["sentinel_kwargs"] = dict(self.sentinel_kwargs)
-        return url, options
-
-    def _auth(self) -> dict[str, Any]:
+    def auth(self) -> dict[str, Any]:
         auth: dict[str, Any] = {}
         if self.username:
             auth["username"] = self.username
@@ -270,19 +240,6 @@ class LazyCluster:
                 except RedisClusterException as exc:
                     raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
             return self._client
-
-
-def celery_transport(redis_url: str, env: Mapping[str, str]) -> dict[str, Any]:
-    """Celery's broker and result settings as memguard's ready app takes them:
-    CELERY_BROKER_URL, else ``redis_url`` (in kombu's ``sentinel://`` form for Sentinel);
-    results at CELERY_RESULT_BACKEND, else the broker. Raises ``ValueError`` for a Cluster
-    without CELERY_BROKER_URL: a Cluster cannot carry them."""
-    broker, options = env.get("CELERY_BROKER_URL"), cast(dict[str, Any], {})
-    if not broker:
-        broker, options = Target.parse(redis_url).celery_broker()
-    return {"broker_url": broker, "broker_transport_options": options,
-            "result_backend": env.get("CELERY_RESULT_BACKEND") or broker,
-            "result_backend_transport_options": options}
 
 
 def _sentinel_ssl(raw: str) -> bool:

@@ -23,11 +23,11 @@ from celery import Celery
 
 from memguard import process, service
 from memguard.config.settings import Settings, SettingsError, masked_url
-from memguard.config.target import celery_transport
 from memguard.domain import events
 from memguard.domain.events import origin
 from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env
 from memguard.drill.zepstub import ZepStub
+from memguard.integrations.celery_settings import celery_transport
 from memguard.ops.prober import PROBE_THREAD_ID
 
 DRILL_KEY = "drill-key-not-a-secret"

@@ -303,6 +303,7 @@ def redbeat_prefix(app: Any) -> str:
 def _beat_lock(proc: Any, app_name: str | None, now: float) -> Any:
     """The app's beat lock as read on REDIS_URL (a ``BeatLock``), or a line saying why not. The
     ready app's (no ``--app``) is known without importing Celery."""
+    from memguard.integrations.celery_settings import ready_app_keys
     from memguard.ops import beatlock
 
     if app_name:
@@ -310,7 +311,7 @@ def _beat_lock(proc: Any, app_name: str | None, now: float) -> Any:
 
         keys = beat_keys(celery_app(app_name), proc.settings)
     else:
-        keys = beatlock.ready_app(proc.settings)
+        keys = ready_app_keys(proc.settings)
     if keys.lock_key is None:
         return f"beat lock:   none: {app_name}'s redbeat_lock_key turns the lock off"
     if not keys.on_redis_url:

@@ -32,6 +32,7 @@ from memguard.domain import events
 from memguard.domain.declared import registry
 from memguard.domain.events import origin
 from memguard.domain.guards import DEFAULT, GuardError, NamedProbe
+from memguard.integrations.celery_settings import ready_app_keys, redbeat_conf, redbeat_url
 from memguard.observe import logs, metrics
 from memguard.ops import beatlock, doctor
 from memguard.ops.actions import OperatorError
@@ -109,7 +110,7 @@ def install(app: Celery, *, probe: Probe | None = None, probes: Mapping[str, Nam
     # Celery's own default (0, meaning 300 s) counts as set for conf.setdefault: add a
     # default that ranks above Celery's and below anything the app sets itself.
     app.add_defaults({"beat_max_loop_interval": LOOP_INTERVAL_S, "beat_scheduler": SCHEDULER,
-                      **(settings or Settings()).redis_target.redbeat_conf()})
+                      **redbeat_conf((settings or Settings()).redis_target)})
     if app.configured:
         configure_beat(app.conf)
     else:
@@ -141,10 +142,10 @@ def install(app: Celery, *, probe: Probe | None = None, probes: Mapping[str, Nam
 def beat_keys(app: Celery | None, settings: Settings) -> beatlock.BeatKeys:
     """Where ``app``'s RedBeat keeps its lock and keys (the ready app's when None)."""
     if app is None:
-        return beatlock.ready_app(settings)
+        return ready_app_keys(settings)
     from redbeat.schedulers import RedBeatConfig
 
-    ours = beatlock.redbeat_url(settings)
+    ours = redbeat_url(settings)
     conf = RedBeatConfig(app)
     return beatlock.BeatKeys(conf.lock_key or None, conf.key_prefix,
                              ours is not None and app.conf.get("redbeat_redis_url") == ours)

@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from memguard.config.settings import Settings
-
 PREFIX = "memguard:beat:"
 READY_APP_PREFIX = "memguard:redbeat:"  # the ready app's redbeat_key_prefix (memguard.celeryconfig)
 _NAMED = re.compile(r"memguard:beat:(?P<host>[A-Za-z0-9._-]{1,200}):(?P<pid>\d{1,10})@(?P<since>\d{1,16})")
@@ -40,16 +38,6 @@ class BeatKeys:
     lock_key: str | None
     prefix: str
     on_redis_url: bool
-
-
-def redbeat_url(settings: Settings) -> str | None:
-    """The RedBeat URL ``memguard.install`` gives an app for this REDIS_URL (None on a Cluster)."""
-    return settings.redis_target.redbeat_conf().get("redbeat_redis_url")
-
-
-def ready_app(settings: Settings) -> BeatKeys:
-    """The ready app's (``celery -A memguard``), known without importing Celery."""
-    return BeatKeys(f"{READY_APP_PREFIX}:lock", READY_APP_PREFIX, redbeat_url(settings) is not None)
 
 
 @dataclass(frozen=True)

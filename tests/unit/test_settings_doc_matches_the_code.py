@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from memguard.config.settings import _VARIABLES, Settings
+from memguard.integrations.celery_settings import redbeat_conf
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \| (.*?) \|")
@@ -104,7 +105,7 @@ def test_rediss_sentinel_asks_the_sentinels_over_tls_unless_told_not_to():
     assert tls.sentinel_kwargs == {"password": "pw", "ssl": True, "ssl_ca_certs": "/ca.pem",
                                    "ssl_certfile": "/c.crt", "ssl_keyfile": "/c.key"}
     files = {"ssl_ca_certs": "/ca.pem", "ssl_certfile": "/c.crt", "ssl_keyfile": "/c.key"}
-    assert tls.redbeat_conf()["redbeat_redis_use_ssl"] == files
+    assert redbeat_conf(tls)["redbeat_redis_use_ssl"] == files
     plain = Target.parse(f"rediss+sentinel://s1:26379/mg/0?{query}&sentinel_ssl=false")
     assert "ssl" not in plain.sentinel_kwargs and plain.tls["ssl_ca_certs"] == "/ca.pem"
     assert "ssl" not in Target.parse("redis+sentinel://s1:26379/mg/0").sentinel_kwargs
