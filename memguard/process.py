@@ -227,6 +227,15 @@ def configure(settings: Settings | None = None, *, watch: bool = True, count_met
         return _install(_settings, watch=watch, count_metrics=count_metrics)
 
 
+def release() -> None:
+    """Close the process's objects and forget them (a test's teardown): the next use builds anew."""
+    global _current, _settings
+    with _lock:
+        if _current is not None:
+            _current.close()
+        _current, _settings = None, None
+
+
 def _install(settings: Settings, *, watch: bool = True, count_metrics: bool = True) -> Process:
     global _current, _fork_hook_registered
     if not _fork_hook_registered:

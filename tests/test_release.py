@@ -255,3 +255,113 @@ def test_the_readmes_celery_example_runs_from_the_installed_wheel(dists, venv, o
         finally:
             for p in procs:
                 p.stop()
+
+
+USER_APP = '''
+import memguard
+
+memguard.declare("vectordb")
+
+
+def build_prompt(thread_id: str, question: str) -> str:
+    """The application under test: a prompt with the conversation's memory when there is some."""
+    context, _ = memguard.fetch_thread_context(thread_id)
+    return f"Context: {context}\\n\\nQuestion: {question}" if context else f"Question: {question}"
+
+
+async def abuild_prompt(thread_id: str, question: str) -> str:
+    context, _ = await memguard.afetch_thread_context(thread_id)
+    return f"Context: {context}\\n\\nQuestion: {question}" if context else f"Question: {question}"
+
+
+@memguard.guarded(guard="vectordb")
+def similar(thread_id: str) -> list[str]:
+    return ["a", "b"]
+'''
+# The same application with the bug the degraded path hides: it assumes memory is always there.
+BUGGY_APP = USER_APP.replace('if context else f"Question: {question}"', "").replace(
+    'f"Context: {context}', 'f"Context: {context.strip()}')
+
+USER_TESTS = '''
+import asyncio
+
+import memguard
+import pytest
+from celery import shared_task
+
+from userapp import abuild_prompt, build_prompt, similar
+
+
+def test_a_healthy_zep_puts_the_memory_in_the_prompt(memguard_guard, memguard_zep):
+    assert build_prompt("t1", "hi").startswith("Context: ")
+
+
+def test_a_bad_key_downgrades_and_the_prompt_goes_on_without_memory(memguard_guard, memguard_zep,
+                                                                   memguard_events):
+    memguard_zep.fault("401")
+    assert build_prompt("t1", "hi") == "Question: hi"
+    assert memguard_events.forced(reason="auth"), "memguard tripped"
+    assert memguard_guard.status()["mode"] == "write_only"
+
+
+def test_while_forced_no_read_reaches_zep(memguard_guard, memguard_zep):
+    memguard_guard.force(reason="consecutive_failures")
+    assert asyncio.run(abuild_prompt("t2", "hi")) == "Question: hi"
+    assert memguard_zep.reads_of("t2") == 0
+    memguard_guard.clear()
+    assert build_prompt("t2", "hi").startswith("Context: ")
+
+
+def test_a_ramp_admits_its_share_of_conversations(memguard_guard, memguard_zep):
+    memguard_guard.ramp(0.5)
+    admitted = sum(build_prompt(f"c{i}", "hi").startswith("Context: ") for i in range(200))
+    assert 60 <= admitted <= 140, admitted
+
+
+def test_a_named_guard_held_alone(memguard_guard, memguard_zep):
+    memguard_guard.force(reason="auth", guard="vectordb")
+    assert similar("t3") == (None, {"used": False, "source": "write_only_forced", "reason": "auth",
+                                    "until": similar("t3")[1]["until"], "guard": "vectordb"})
+    assert build_prompt("t3", "hi").startswith("Context: "), "the default guard reads on"
+
+
+@shared_task
+def answer(thread_id: str) -> str:
+    return build_prompt(thread_id, "hi")
+
+
+def test_a_task_in_celerys_own_test_worker_sees_the_state(memguard_guard, memguard_zep, celery_app,
+                                                          celery_worker):
+    memguard_guard.force(reason="auth")
+    assert answer.delay("t4").get(timeout=10) == "Question: hi"
+'''
+
+
+def test_a_users_suite_uses_the_plugin_from_the_installed_wheel(dists, venv, outside, tmp_path):
+    """A project of a user's own, outside the checkout, with memguard's wheel and pytest: its
+    suite passes on the application that handles "no context", and fails for the right reason
+    (the application's own TypeError/AttributeError) on the one that does not."""
+    install(venv, dists["wheel"])
+    run(venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", "pytest")
+    env = clean_env()
+    env.pop("REDIS_URL", None)
+    results = {}
+    for name, app in (("good", USER_APP), ("buggy", BUGGY_APP)):
+        project = tmp_path / name
+        project.mkdir()
+        (project / "userapp.py").write_text(app)
+        (project / "test_prompt.py").write_text(USER_TESTS)
+        (project / "conftest.py").write_text('pytest_plugins = ("celery.contrib.pytest",)\n')  # Celery's docs
+        results[name] = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project,
+            env=env, capture_output=True, text=True, timeout=300)
+    good, buggy = results["good"], results["buggy"]
+    assert good.returncode == 0, good.stdout[-4000:] + good.stderr[-2000:]
+    assert "6 passed" in good.stdout, good.stdout[-2000:]
+    assert buggy.returncode == 1, buggy.stdout[-4000:]
+    failed = set(re.findall(r"^FAILED test_prompt\.py::(\w+)", buggy.stdout, re.M))
+    assert failed == {"test_a_bad_key_downgrades_and_the_prompt_goes_on_without_memory",
+                      "test_while_forced_no_read_reaches_zep",
+                      "test_a_ramp_admits_its_share_of_conversations",
+                      "test_a_task_in_celerys_own_test_worker_sees_the_state"}, buggy.stdout[-4000:]
+    assert "AttributeError: 'NoneType' object has no attribute 'strip'" in buggy.stdout

@@ -137,9 +137,11 @@ class ProbeFinished(Named):
 
 @dataclass(frozen=True)
 class ReadUnguarded(Named):
-    """A read went to Zep without a guard: the state could not be read (Redis unreachable,
-    refused, TLS-rejected) or memguard's own check failed. Counted, not logged per read: the
+    """``reads`` reads went to Zep without a guard: the state could not be read (Redis
+    unreachable, refused, TLS-rejected) or memguard's own check failed. Counted, not logged: the
     ``GuardTrouble`` that caused it is."""
+
+    reads: int = 1
 
 
 @dataclass(frozen=True)

@@ -35,35 +35,36 @@ def guard_of(event: events.Event) -> str:
     return event.family if isinstance(event, events.Named) else DEFAULT
 
 
-def counts(event: events.Event) -> Iterator[tuple[str, dict[str, str]]]:
-    """The counters ``event`` adds one to, each with its labels."""
+def counts(event: events.Event) -> Iterator[tuple[str, dict[str, str], int]]:
+    """The counters ``event`` adds to, each with its labels and how much (one, but for a batch
+    of unguarded reads)."""
     guard = guard_of(event)
     if isinstance(event, events.ReadBlocked):
-        yield "blocked", {"reason": event.reason, "guard": guard}
+        yield "blocked", {"reason": event.reason, "guard": guard}, 1
     elif isinstance(event, events.FailureRecorded):
-        yield "failures", {"reason": event.reason, "guard": guard}
+        yield "failures", {"reason": event.reason, "guard": guard}, 1
     elif isinstance(event, events.ModeForced):
         if not event.operator:  # automatic downgrades only: a planned force pages nothing
-            yield "downgrades", {"reason": event.reason, "guard": guard}
+            yield "downgrades", {"reason": event.reason, "guard": guard}, 1
         if event.reason == "ramp_failed":
-            yield "ramps", {"result": "failed", "guard": guard}
+            yield "ramps", {"result": "failed", "guard": guard}, 1
     elif isinstance(event, events.WouldForce):
-        yield "would_downgrade", {"reason": event.reason, "guard": guard}
+        yield "would_downgrade", {"reason": event.reason, "guard": guard}, 1
     elif isinstance(event, events.ModeRestored):
-        yield "restored", {"reason": event.reason, "guard": guard}
+        yield "restored", {"reason": event.reason, "guard": guard}, 1
         if event.ramp_seconds > 0:
-            yield "ramps", {"result": "started", "guard": guard}
+            yield "ramps", {"result": "started", "guard": guard}, 1
     elif isinstance(event, events.RampCompleted):
-        yield "ramps", {"result": "completed", "guard": guard}
+        yield "ramps", {"result": "completed", "guard": guard}, 1
     elif isinstance(event, events.ProbeFinished):
-        yield "probes", {"result": event.result, "guard": guard}
+        yield "probes", {"result": event.result, "guard": guard}, 1
     elif isinstance(event, events.GuardTrouble):
-        yield "errors", {"kind": event.kind, "op": event.op, "guard": guard}
+        yield "errors", {"kind": event.kind, "op": event.op, "guard": guard}, 1
     elif isinstance(event, events.ReadUnguarded):
-        yield "unguarded", {"guard": guard}
+        yield "unguarded", {"guard": guard}, event.reads
     elif isinstance(event, events.OperatorAction) and event.action in OPERATOR_ACTIONS:
         yield "operator_actions", {"action": event.action, "result": "accepted" if event.accepted
-                                   else "refused", "guard": guard}
+                                   else "refused", "guard": guard}, 1
 
 
 StateSource = Callable[[], State]  # the process's store, resolved at collection time

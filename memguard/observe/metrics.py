@@ -78,8 +78,8 @@ def on_event(event: events.Event) -> None:
     if isinstance(event, events.ReadFinished):
         OVERHEAD.labels(counted.guard_of(event)).observe(event.overhead_seconds)
         return
-    for counter, labels in counted.counts(event):
-        COUNTERS[counter].labels(**labels).inc()
+    for counter, labels, amount in counted.counts(event):
+        COUNTERS[counter].labels(**labels).inc(amount)
 
 
 class FleetStateCollector(Collector):

@@ -85,8 +85,8 @@ class Telemetry:
         if isinstance(event, events.ReadFinished):
             self.overhead.record(event.overhead_seconds, {"guard": counted.guard_of(event)})
             return
-        for counter, labels in counted.counts(event):
-            self.counters[counter].add(1, labels)
+        for counter, labels, amount in counted.counts(event):
+            self.counters[counter].add(amount, labels)
         if isinstance(event, events.ProbeFinished):
             self._probe_span(event)
         elif (name := TRANSITIONS.get(type(event))) is not None:

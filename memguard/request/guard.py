@@ -38,6 +38,7 @@ from memguard.store.steps import Step, Steps
 REDIS_BACKOFF_S = 1.0
 UNKNOWN = object()  # the view cannot say: Redis must be asked
 OVERHEAD_SAMPLE_EVERY = 16
+UNGUARDED_EVERY_S = 1.0  # unguarded reads are told in one event at most this often
 
 R = TypeVar("R")
 Meta = dict[str, Any]
@@ -109,6 +110,8 @@ class Guard:
         self.base = state.base
         self._down_until = 0.0
         self._reads = 0
+        self._unguarded_n = 0  # unguarded reads not yet told (``_unguarded``)
+        self._unguarded_at = 0.0
         self._rate_on = settings.failure_rate_on
 
     # -- the state as this process sees it ------------------------------------------------
@@ -169,6 +172,8 @@ class Guard:
                 gate = steps.run(self._gate_from_redis(), self.state.perform)
             if gate is OPEN:
                 self._unguarded()
+            elif self._unguarded_n:  # guarded again: the last unguarded reads are told now
+                self._tell_unguarded()
             if gate.record is not None:
                 return None, self._blocked(thread_id, gate.record)
             if gate.ramp is not None and (held := self._ramp_held(thread_id, gate.ramp)) is not None:
@@ -212,6 +217,8 @@ class Guard:
                 gate = await steps.arun(self._gate_from_redis(), self.state.aperform)
             if gate is OPEN:
                 self._unguarded()
+            elif self._unguarded_n:  # guarded again: the last unguarded reads are told now
+                self._tell_unguarded()
             if gate.record is not None:
                 return None, self._blocked(thread_id, gate.record)
             if gate.ramp is not None and (held := self._ramp_held(thread_id, gate.ramp)) is not None:
@@ -261,9 +268,17 @@ class Guard:
         return {"guard_error": type(fault).__name__}
 
     def _unguarded(self) -> None:
-        """This read goes to Zep with no guard: counted (``memory_zep_reads_unguarded_total``)."""
+        """This read goes to Zep with no guard: counted (``memory_zep_reads_unguarded_total``),
+        told at most once per ``UNGUARDED_EVERY_S`` so that an outage's reads stay cheap."""
+        self._unguarded_n += 1
+        if time.monotonic() >= self._unguarded_at:
+            self._tell_unguarded()
+
+    def _tell_unguarded(self) -> None:
+        n, self._unguarded_n = self._unguarded_n, 0
+        self._unguarded_at = time.monotonic() + UNGUARDED_EVERY_S
         with contextlib.suppress(Exception):
-            self.hooks.emit(events.ReadUnguarded())
+            self.hooks.emit(events.ReadUnguarded(n))
 
     def _failed_unrecorded(self, exc: Exception, fault: Exception) -> Meta:
         """The read failed and memguard could not record it: the read's outcome, and the fault."""

@@ -15,7 +15,7 @@ MAX_LINES = 450
 LAYERS = {"config": 0, "domain": 1, "store": 2, "request": 3, "ops": 4, "observe": 5}
 ENTRY = 6  # process, service, flags, the ready app, integrations, contrib, drill
 ENTRY_POINTS = ("memguard.service", "memguard.flags", "memguard.exporter", "memguard.celery",
-                "memguard.integrations.", "memguard.contrib.", "memguard.drill.")
+                "memguard.testing", "memguard.integrations.", "memguard.contrib.", "memguard.drill.")
 
 
 def module_name(path: Path) -> str:
@@ -81,10 +81,10 @@ def test_dependencies_point_down_the_layers():
     assert upward == []
 
 
-def test_only_the_command_line_reaches_the_drill_tooling():
+def test_only_the_command_line_and_the_pytest_plugin_reach_the_drill_tooling():
     users = sorted(m for m, deps in GRAPH.items() if not m.startswith("memguard.drill")
                    and any(d.startswith("memguard.drill") for d in deps))
-    assert users == ["memguard.integrations.cli"]
+    assert users == ["memguard.integrations.cli", "memguard.testing"]
 
 
 def test_the_process_wiring_is_looked_up_only_by_entry_points():

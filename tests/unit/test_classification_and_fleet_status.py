@@ -111,14 +111,14 @@ def test_an_operators_force_is_an_operator_action_and_only_a_triggers_force_a_do
 
     assert list(counted.counts(forced(operator=True))) == []
     assert list(counted.counts(forced(operator=False))) == [
-        ("downgrades", {"reason": "auth", "guard": "default"})]
+        ("downgrades", {"reason": "auth", "guard": "default"}, 1)]
     assert list(counted.counts(events.OperatorAction("force", True))) == [
-        ("operator_actions", {"action": "force", "result": "accepted", "guard": "default"})]
+        ("operator_actions", {"action": "force", "result": "accepted", "guard": "default"}, 1)]
     assert list(counted.counts(events.OperatorAction("clear", False, ("bad",)))) == [
-        ("operator_actions", {"action": "clear", "result": "refused", "guard": "default"})]
+        ("operator_actions", {"action": "clear", "result": "refused", "guard": "default"}, 1)]
     assert list(counted.counts(events.OperatorAction("status", True))) == []
-    assert list(counted.counts(events.ReadUnguarded(guard="zep-t.acme", family="zep-t.*"))) == [
-        ("unguarded", {"guard": "zep-t.*"})]
+    assert list(counted.counts(events.ReadUnguarded(7, guard="zep-t.acme", family="zep-t.*"))) == [
+        ("unguarded", {"guard": "zep-t.*"}, 7)]
 
 
 def test_status_without_redis_url_names_the_default_it_read():

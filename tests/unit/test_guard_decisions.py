@@ -167,7 +167,10 @@ def test_redis_down_fails_open_and_backs_off_for_a_second():
     assert store.names() == ["snapshot"]  # nor is a failure counted during the back-off
 
 
-def test_every_read_that_skips_the_guard_is_counted_unguarded_and_none_that_was_guarded():
+def test_every_read_that_skips_the_guard_is_counted_unguarded_and_none_that_was_guarded(monkeypatch):
+    from memguard.request import guard as guard_module
+
+    monkeypatch.setattr(guard_module, "UNGUARDED_EVERY_S", 0.0)  # each read told at once
     view = FakeView()
     view.current = None
     guard, _, seen = make(FakeStore(down=True), view)
@@ -180,8 +183,22 @@ def test_every_read_that_skips_the_guard_is_counted_unguarded_and_none_that_was_
     healthy.call("t1", ok, ("t1",))
     live, _, seen_live = make()  # the view answers: guarded
     live.call("t1", ok, ("t1",))
-    count = lambda evs: sum(isinstance(e, events.ReadUnguarded) for e in evs)  # noqa: E731
+    count = lambda evs: sum(e.reads for e in evs if isinstance(e, events.ReadUnguarded))  # noqa: E731
     assert (count(seen), count(seen_broken), count(seen_healthy), count(seen_live)) == (4, 1, 0, 0)
+
+
+def test_an_outages_unguarded_reads_are_told_in_one_event_a_second_and_none_is_lost():
+    view = FakeView()
+    view.current = None
+    guard, _, seen = make(FakeStore(down=True), view)
+    for _ in range(50):
+        guard.call("t1", ok, ("t1",))
+    told = [e.reads for e in seen if isinstance(e, events.ReadUnguarded)]
+    assert told == [1], "the first at once, the rest batched"
+    guard.view = FakeView()  # Redis is back: the next guarded read tells the rest
+    guard.call("t1", ok, ("t1",))
+    told = [e.reads for e in seen if isinstance(e, events.ReadUnguarded)]
+    assert told == [1, 49]
 
 
 def test_failure_rate_policy_meters_failures_instead_of_counting():
