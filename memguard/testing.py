@@ -146,14 +146,11 @@ def memguard_guard(request: pytest.FixtureRequest, memguard_redis_url: str,
 
     _wipe(memguard_redis_url)
     monkeypatch.setenv("REDIS_URL", memguard_redis_url)  # a rebuild (a fork, a worker) finds it too
-    overrides: dict[str, Any] = {"redis_url": memguard_redis_url}
-    if "memguard_zep" in request.fixturenames:
+    if "memguard_zep" in request.fixturenames:  # memguard's own reads go to the test's Zep
         zep: Zep = request.getfixturevalue("memguard_zep")
         monkeypatch.setenv("ZEP_API_URL", zep.url)
         monkeypatch.setenv("ZEP_API_KEY", zep.api_key)
-        overrides.update(zep_api_url=zep.url, zep_api_key=zep.api_key)
-    settings = dataclasses.replace(Settings.from_env(), **overrides)
-    proc = process.configure(settings)
+    proc = process.configure(Settings.from_env())  # the environment, with the test's Redis and Zep
     if not proc.watcher.wait_ready(5):
         raise TimeoutError(f"memguard_guard: no view of {memguard_redis_url} within 5 s")
     try:
