@@ -1,4 +1,5 @@
-"""The public flags API: modes and the fleet-wide forced record (names fixed by DESIGN.md).
+"""The public flags API: modes and the fleet-wide forced record (names fixed by memguard's
+design contract and kept for older code).
 
 A force and a clear here take the operators' one path (``memguard.ops.actions``): the same
 checks, events and audit entry as ``memguard force`` and the ``memguard.force`` task. The key

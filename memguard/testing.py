@@ -1,6 +1,6 @@
 """memguard's pytest plugin: exercise your application's degraded path in your own tests.
 
-Installed with memguard (``pip install 'memguard[testing]'`` brings pytest) and loaded by pytest
+Installed with memguard (``pip install 'memguard-zep[testing]'`` brings pytest) and loaded by pytest
 through its ``pytest11`` entry point; it does nothing until a test asks for one of its fixtures:
 
 - ``memguard_guard``: the test's own guard state, on a Redis of the tests' own (never the one

@@ -108,8 +108,8 @@ def test_the_printed_rules_name_memguards_keys_channels_and_the_beats_keys():
     for part in ("~mem:*", "~{mem}:*", "&mem:*", "&__redis__:invalidate", "~redbeat:*", "+@scripting"):
         assert part in user.split(), part
     assert "+@scripting" not in read_only and "%R~mem:*" in read_only.split()
-    readme = (ROOT / "README.md").read_text()
-    assert out.stdout in readme, "the README shows what memguard acl prints"
+    guide = (ROOT / "docs" / "redis.md").read_text()
+    assert out.stdout in guide, "docs/redis.md shows what memguard acl prints"
     without_beat = run_cli(None, "acl", "--no-beat").stdout
     assert "~redbeat:*" not in without_beat
 

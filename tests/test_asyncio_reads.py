@@ -170,9 +170,9 @@ def test_the_fastapi_example_works_verbatim(configure, stub, monkeypatch):
     spec = importlib.util.spec_from_file_location("memguard_fastapi_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- example-fastapi -->\n```python\n(.*?)```", readme, re.S)
-    assert block and block.group(1) in path.read_text(), "the README shows examples/fastapi_app/app.py"
+    guide = (ROOT / "docs" / "asyncio.md").read_text()
+    block = re.search(r"<!-- example-fastapi -->\n```python\n(.*?)```", guide, re.S)
+    assert block and block.group(1) in path.read_text(), "docs/asyncio.md shows examples/fastapi_app/app.py"
 
     from fastapi.testclient import TestClient
 

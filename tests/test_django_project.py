@@ -57,10 +57,10 @@ def test_manage_py_memguard_takes_settings_memguard_and_the_environment_wins(env
     assert other.returncode != 0 and "unknown memguard command 'drill'" in other.stderr
 
 
-def test_the_readme_django_lines_are_the_projects():
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- example-django -->\n```python\n(.*?)```", readme, re.S)
-    assert block, "the README has no Django example"
+def test_the_django_guides_lines_are_the_projects():
+    guide = (ROOT / "docs" / "django.md").read_text()
+    block = re.search(r"<!-- example-django -->\n```python\n(.*?)```", guide, re.S)
+    assert block, "docs/django.md has no Django example"
     project = "\n".join(p.read_text() for p in (PROJECT / "mysite").glob("*.py"))
     code = [ln for ln in block.group(1).splitlines()
             if ln.strip() and not ln.startswith("#") and "..." not in ln]

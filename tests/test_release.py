@@ -45,8 +45,8 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     """The sdist, and the wheel built from it (so the wheel also proves the sdist complete)."""
     out = tmp_path_factory.mktemp("dist")
     run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT, cwd=out)
-    return {"wheel": out / f"memguard-{VERSION}-py3-none-any.whl",
-            "sdist": out / f"memguard-{VERSION}.tar.gz"}
+    return {"wheel": out / f"memguard_zep-{VERSION}-py3-none-any.whl",
+            "sdist": out / f"memguard_zep-{VERSION}.tar.gz"}
 
 
 def loaded_files() -> set[str]:
@@ -167,7 +167,7 @@ def test_the_installed_package_guards_reads_and_its_cli_and_drill_work(kind, dis
         def memguard_cli(*args: str) -> str:
             return run(bin_ / "memguard", *args, cwd=outside, env=env).stdout
 
-        assert memguard_cli("--version").strip() == f"memguard {VERSION}"
+        assert memguard_cli("--version").strip() == f"memguard-zep {VERSION}"
         healthy = json.loads(run(bin_ / "python", "reads.py", "t-ok", "1", cwd=outside, env=env).stdout)
         assert str(venv) in healthy["file"] and str(ROOT) not in healthy["file"]
         [(context, meta)] = healthy["reads"]
@@ -220,6 +220,14 @@ def readme_force_command() -> list[str]:
     return ["-A", "myapp", "call", "memguard.force", "--kwargs", json.dumps({**kwargs, "ttl_seconds": 2})]
 
 
+def readme_check_commands() -> list[list[str]]:
+    """The quick start's "Check it." commands, as the README shows them (comments dropped)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"\*\*Check it\.\*\*\n\n```sh\n(.*?)```", readme, re.S)
+    assert block, "the README's quick start has no check step"
+    return [line.split("#")[0].split() for line in block.group(1).splitlines() if line.strip()]
+
+
 def test_the_readmes_celery_example_runs_from_the_installed_wheel(dists, venv, outside, tmp_path):
     """The README's example app, verbatim: a prefork worker, two beats, ``celery call
     memguard.force`` (with a 2 s hold instead of 600), and the probe restores."""
@@ -252,6 +260,16 @@ def test_the_readmes_celery_example_runs_from_the_installed_wheel(dists, venv, o
             assert stub.reads_of("memguard-probe") >= 1
             assert all(p.alive() for p in procs), [p.output()[-2000:] for p in procs if not p.alive()]
             assert sum("Sending due task memguard-probe" in p.output() for p in procs[1:]) == 1
+            # The quick start's check step, verbatim, from the app's directory.
+            said = {}
+            for words in readme_check_commands():
+                assert words[0] == "memguard"
+                said[words[1]] = run(venv / "bin" / "memguard", *words[1:], cwd=app_dir, env=env).stdout
+            held = r"^beat lock:   redbeat::lock held by \S+:\d+ for \d+ s"
+            assert re.search(held, said["status"], re.M), said["status"]
+            assert re.search(r"^watchers:    [1-9]\d* memguard process", said["status"], re.M), said["status"]
+            assert not [ln for ln in said["doctor"].splitlines() if ln.startswith("fail")], said["doctor"]
+            assert "forced" in said["history"] and said["clear"]
         finally:
             for p in procs:
                 p.stop()

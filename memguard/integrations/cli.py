@@ -29,6 +29,7 @@ from memguard.config.settings import SettingsError, masked_url
 from memguard.integrations import cli_text
 from memguard.store.index import indexed_guards
 
+DISTRIBUTION = "memguard-zep"  # what pip installs (a test holds it to pyproject.toml and the README)
 CLI_TIMEOUT_S = 2.0  # an operator can wait for an answer; the request path waits 50 ms
 
 
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     from memguard.ops.actions import MAX_REASON_LEN, MAX_TTL_SECONDS, OPERATOR_HOLD_SECONDS
 
     parser = argparse.ArgumentParser(prog="memguard", description="Fleet-wide Zep read guard.")
-    parser.add_argument("--version", action="version", version=f"memguard {__version__}")
+    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("status", help="the fleet's mode, record, failure count, prober and last "
                        "operator action")
@@ -306,21 +307,24 @@ def _beat_lock(proc: Any, app_name: str | None, now: float) -> Any:
     from memguard.integrations.celery_settings import ready_app_keys
     from memguard.ops import beatlock
 
+    client = proc.state.client
     if app_name:
-        from memguard.integrations.tasks import beat_keys
+        from memguard.integrations.tasks import beat_keys, lock_client
 
         keys = beat_keys(celery_app(app_name), proc.settings)
+        client = lock_client(keys, proc, CLI_TIMEOUT_S)
     else:
         keys = ready_app_keys(proc.settings)
     if keys.lock_key is None:
         return f"beat lock:   none: {app_name}'s redbeat_lock_key turns the lock off"
-    if not keys.on_redis_url:
+    if client is None or (not keys.on_redis_url and app_name is None):
         return (f"beat lock:   {keys.lock_key} lives on RedBeat's own Redis (redbeat_redis_url or the "
                 "broker), not read here")
+    where = proc.settings.redis_url if keys.on_redis_url else (keys.elsewhere or "?")
     try:
-        return beatlock.read(proc.state.client, keys.lock_key, now)
+        return beatlock.read(client, keys.lock_key, now)
     except redis.RedisError as exc:  # the status itself was read: say why this line was not
-        why = cli_text.redis_error(exc, proc.settings.redis_url, CLI_TIMEOUT_S)
+        why = cli_text.redis_error(exc, where, CLI_TIMEOUT_S)
         return f"beat lock:   {keys.lock_key} could not be read: {why}"
 
 

@@ -147,8 +147,22 @@ def beat_keys(app: Celery | None, settings: Settings) -> beatlock.BeatKeys:
 
     ours = redbeat_url(settings)
     conf = RedBeatConfig(app)
-    return beatlock.BeatKeys(conf.lock_key or None, conf.key_prefix,
-                             ours is not None and app.conf.get("redbeat_redis_url") == ours)
+    theirs = app.conf.get("redbeat_redis_url") or app.conf.broker_url or ""
+    if ours is not None and theirs == ours:
+        return beatlock.BeatKeys(conf.lock_key or None, conf.key_prefix, True)
+    plain = theirs.split("://")[0] in ("redis", "rediss")
+    return beatlock.BeatKeys(conf.lock_key or None, conf.key_prefix, False, theirs if plain else None)
+
+
+def lock_client(keys: beatlock.BeatKeys, proc: Any, timeout_s: float) -> Any:
+    """A client of the Redis that holds the app's beat lock: memguard's own, or RedBeat's (with a
+    short timeout); None when that is not a plain Redis URL."""
+    if keys.on_redis_url:
+        return proc.state.client
+    if keys.elsewhere is None:
+        return None
+    return redis.Redis.from_url(keys.elsewhere, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                decode_responses=True)
 
 
 def deployment(app: Celery | None, proc: Any, by: dict[str, Any]) -> doctor.Deployment:
@@ -156,9 +170,10 @@ def deployment(app: Celery | None, proc: Any, by: dict[str, Any]) -> doctor.Depl
     ``install`` registered, the app's RedBeat lock and prefix (when RedBeat keeps them on
     REDIS_URL) and the declared guards."""
     keys = beat_keys(app, proc.settings)
+    locks = lock_client(keys, proc, 2.0)
     return doctor.Deployment(
         proc.state, proc.settings, lambda: proc.guards.probe_of(proc.guards.resolve(DEFAULT)),
-        lock_key=keys.lock_key if keys.on_redis_url else None,
+        lock_key=keys.lock_key if locks is not None else None, lock_client=locks,
         redbeat_prefix=keys.prefix if keys.on_redis_url else None,
         named=[(d.name, registry.has_probe(d)) for d in registry.declarations()], by=by)
 

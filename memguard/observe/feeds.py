@@ -20,7 +20,7 @@ def opentelemetry(settings: Settings) -> Any:
     except ImportError as exc:
         if settings.otel == "on":
             raise SettingsError(f"MEMGUARD_OTEL=on: OpenTelemetry cannot be imported ({exc}); "
-                                "install memguard[otel]") from None
+                                "install memguard-zep[otel]") from None
         return None
     return otel
 

@@ -93,8 +93,7 @@ class FleetStateCollector(Collector):
         self.named = named
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("memory_guard_state_up", "1 if the fleet state could be read from Redis",
-                               labels=GUARD_LABELS)
+        up = GaugeMetricFamily("memory_guard_state_up", STATE_UP, labels=GUARD_LABELS)
         guards = counted.fleet(self.source, self.named)
         up.add_metric([DEFAULT, DEFAULT], 0 if guards is None else 1)
         yield up
@@ -102,8 +101,7 @@ class FleetStateCollector(Collector):
             yield _gauge("memory_prober_up", PROBER_UP, 0)
             return
         fleet = guards[0][2]
-        mode = GaugeMetricFamily("memory_mode_gauge", "1 for the fleet's current effective mode",
-                                 labels=["mode", *GUARD_LABELS])
+        mode = GaugeMetricFamily("memory_mode_gauge", MODE, labels=["mode", *GUARD_LABELS])
         for label, name, each in guards:
             for m in EffectiveMode:
                 mode.add_metric([m.value, label, name], 1 if m is each.mode else 0)
@@ -116,10 +114,13 @@ class FleetStateCollector(Collector):
         age = fleet.prober_age
         yield _gauge("memory_prober_up", PROBER_UP, 0 if age is None else 1)
         if age is not None:
-            yield _gauge("memory_prober_heartbeat_age_seconds", "Seconds since the last probe tick", age)
+            yield _gauge("memory_prober_heartbeat_age_seconds", HEARTBEAT_AGE, age)
 
 
 GUARD_LABELS = ["guard", "name"]
+STATE_UP = "1 if the fleet state could be read from Redis"
+MODE = "1 for the fleet's current effective mode"
+HEARTBEAT_AGE = "Seconds since the last probe tick"
 PROBER_UP = ("1 while the prober's heartbeat is fresh (a probe tick within the last 12 probe intervals), "
              "0 when no prober is running or the heartbeat cannot be read")
 GAUGES: tuple[tuple[str, str, Callable[[FleetStatus], float]], ...] = (

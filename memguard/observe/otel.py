@@ -1,4 +1,4 @@
-"""OpenTelemetry beside Prometheus (``memguard[otel]``): the same counts as instruments, the
+"""OpenTelemetry beside Prometheus (``memguard-zep[otel]``): the same counts as instruments, the
 fleet's mode as an observable gauge, and memguard's part of a request on the request's span.
 
 Imported only when ``opentelemetry-api`` is installed (and ``MEMGUARD_OTEL`` is not ``off``):

@@ -38,6 +38,7 @@ class BeatKeys:
     lock_key: str | None
     prefix: str
     on_redis_url: bool
+    elsewhere: str | None = None  # RedBeat's own Redis (redis:// or rediss://) when not on REDIS_URL
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,10 @@ class Deployment:
     settings: Settings
     probe: Callable[[], Probe]
     lock_key: str | None
-    redbeat_prefix: str | None
+    redbeat_prefix: str | None  # when RedBeat keeps its keys on REDIS_URL: checked for permissions
     named: Sequence[tuple[str, bool]] = ()
     by: dict[str, Any] = field(default_factory=dict)
+    lock_client: Any = None  # where the lock is (RedBeat's own Redis); None: the store's
 
 
 Explain = Callable[[redis.RedisError], str]  # a Redis error told apart in one line (cli_text)
@@ -208,14 +209,16 @@ def beat(d: Deployment, explain: Explain) -> Check:
     try:
         snap = state.snapshot()
         fleet = FleetStatus.of(snap, state.base, d.settings.probe_grace_seconds)
-        lock = beatlock.read(state.client, d.lock_key, snap.redis_now) if d.lock_key else None
+        locks = d.lock_client or state.client
+        lock = beatlock.read(locks, d.lock_key, snap.redis_now) if d.lock_key else None
     except redis.RedisError as exc:
         return Check(WARN, "beat", f"could not tell: {explain(exc)}")
     if lock is not None and not lock.held:
         return Check(FAIL, "beat",
             f"no beat holds {lock.key}: no hold would end by a probe; run celery beat "
             "for this app (memguard.install makes memguard.beat.Scheduler its scheduler)")
-    holder = "no lock (redbeat_lock_key off)" if lock is None else lock.line().split(":", 1)[1].strip()
+    holder = "the beat lock not read (off, or not on a plain Redis)" if lock is None else \
+        lock.line().split(":", 1)[1].strip()
     if fleet.prober_age is None:
         return Check(FAIL, "beat",
             f"{holder}, but no probe tick within 12 probe intervals: no hold would end "

@@ -1,4 +1,5 @@
-"""memguard's key names in Redis (the first two are fixed by DESIGN.md and by older code).
+"""memguard's key names in Redis (the first two are fixed by
+memguard's design contract and by older code).
 
 On one server the names below; on a Redis Cluster the same names with ``{mem}:`` for ``mem:``,
 so that every script's keys share one hash slot. These are the guard ``default``'s keys; a named

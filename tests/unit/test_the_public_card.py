@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+from pathlib import Path
 
 from celery import Celery
 
@@ -14,6 +15,8 @@ from memguard.config.settings import VARIABLE_NAMES
 from memguard.domain import events
 from memguard.integrations import cli
 from memguard.observe import logs, metrics
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CARD_PACKAGE = ("install", "guarded", "fetch_thread_context", "afetch_thread_context", "awarm_up", "flags",
                 "serve_metrics", "metrics_wsgi_app", "declare", "__version__")
@@ -112,3 +115,14 @@ def test_every_log_event_on_the_card_is_emitted(caplog):
         logs.on_event(event)
     emitted = {r.getMessage().split(" ", 1)[0] for r in caplog.records}
     assert set(CARD_LOG_EVENTS) - emitted == set()
+
+
+def test_the_readmes_install_line_names_the_distribution_pyproject_publishes():
+    import tomllib
+
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    readme = (ROOT / "README.md").read_text()
+    installs = re.findall(r"^pip install '?([a-z0-9-]+)(?:\[\w+\])?'?", readme, re.M)
+    assert installs and set(installs) == {name} == {cli.DISTRIBUTION}, installs
+    assert name != "memguard", "memguard on the package index is another project"
+    assert f"`{name}`" in (ROOT / "CHANGELOG.md").read_text()
