@@ -152,7 +152,7 @@ def build(settings: Settings, *, watch: bool = True, hooks: events.Hooks = hooks
     units = Units(registry, settings, state, hooks, meters)
     watcher = Watcher(state, settings.probe_grace_seconds, hooks, views=units.views())
     units.follow(watcher)
-    audit = AuditTrail(client, state.keys.audit, hooks,
+    audit = AuditTrail(state.plain, state.keys.audit, hooks,
                        key_of=lambda guard: Keys.for_guard(guard, state.keys.prefix).audit)
     hooks.subscribe(audit.on_event)
     switches = None

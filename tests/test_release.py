@@ -31,6 +31,7 @@ from .conftest import API_KEY, ROOT
 pytestmark = pytest.mark.alone  # builds and installs: run after the rest (./run test)
 
 VERSION = memguard.__version__
+DIST = "memguard_zep"  # the distribution memguard-zep, as file names spell it
 EXCLUDED = ("tests/", "bench/", "tools/", ".venv", "examples/", ".ci/")
 
 
@@ -45,8 +46,7 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     """The sdist, and the wheel built from it (so the wheel also proves the sdist complete)."""
     out = tmp_path_factory.mktemp("dist")
     run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT, cwd=out)
-    return {"wheel": out / f"memguard_zep-{VERSION}-py3-none-any.whl",
-            "sdist": out / f"memguard_zep-{VERSION}.tar.gz"}
+    return {"wheel": out / f"{DIST}-{VERSION}-py3-none-any.whl", "sdist": out / f"{DIST}-{VERSION}.tar.gz"}
 
 
 def loaded_files() -> set[str]:
@@ -65,7 +65,7 @@ def package_files() -> set[str]:
 def test_the_wheel_and_the_sdist_carry_every_file_the_package_loads_and_nothing_else(dists):
     assert loaded_files() <= package_files(), "a loaded file is not in the checkout"
     wheel = set(zipfile.ZipFile(dists["wheel"]).namelist())
-    prefix = f"memguard-{VERSION}/"
+    prefix = f"{DIST}-{VERSION}/"
     with tarfile.open(dists["sdist"]) as tar:
         sdist = {name.removeprefix(prefix) for name in tar.getnames()}
     for name, files in (("wheel", wheel), ("sdist", sdist)):
@@ -73,13 +73,14 @@ def test_the_wheel_and_the_sdist_carry_every_file_the_package_loads_and_nothing_
         strays = sorted(f for f in files if f.startswith(EXCLUDED) or "__pycache__" in f)
         assert strays == [], f"the {name} holds files from outside the package: {strays[:5]}"
     assert {"LICENSE", "CHANGELOG.md", "README.md"} <= sdist
-    assert f"memguard-{VERSION}.dist-info/licenses/LICENSE" in wheel
+    assert f"{DIST}-{VERSION}.dist-info/licenses/LICENSE" in wheel
 
 
 def test_the_metadata_renders_on_pypi_and_declares_every_supported_python(dists):
     out = run(sys.executable, "-m", "twine", "check", "--strict", dists["wheel"], dists["sdist"])
     assert out.stdout.count("PASSED") == 2, out.stdout
-    metadata = zipfile.ZipFile(dists["wheel"]).read(f"memguard-{VERSION}.dist-info/METADATA").decode()
+    metadata = zipfile.ZipFile(dists["wheel"]).read(f"{DIST}-{VERSION}.dist-info/METADATA").decode()
+    assert "Name: memguard-zep" in metadata, "published as memguard-zep: memguard is another project's"
     assert "License-Expression: MIT" in metadata
     for minor in ("3.11", "3.12", "3.13"):
         assert f"Classifier: Programming Language :: Python :: {minor}" in metadata

@@ -55,8 +55,9 @@ def tasks_section() -> list[str]:
                          if k.arg == "name" and isinstance(k.value, ast.Constant)), None)
             if name:
                 rows.append(f"| `{name}` | {' '.join((ast.get_docstring(node) or '').split())} |")
-    out = ["## Celery tasks", "", "`celery -A <app> call <task> --kwargs '{...}'`; every task also takes "
-           "`guard` (default `default`).", "", "| task | what it does |", "| --- | --- |"]
+    out = ["## Celery tasks", "", "`celery -A <app> call <task> --kwargs '{...}'`; `force`, `clear`, "
+           "`status` and `probe` also take `guard` (default `default`).", "", "| task | what it does |",
+           "| --- | --- |"]
     return [*out, *sorted(rows), ""]
 
 

@@ -117,8 +117,11 @@ class Registry:
 
     def use_probes(self, probe: Probe | None, probes: Mapping[str, NamedProbe]) -> None:
         """The probes ``memguard.install`` was given: the default guard's, and named guards' by
-        declared name or pattern (over their declarations' own)."""
-        self._probe, self._probes = probe, MappingProxyType(dict(probes))
+        declared name or pattern (over their declarations' own). An install without one keeps
+        the one an earlier install gave (one process, one Zep)."""
+        if probe is not None:
+            self._probe = probe
+        self._probes = MappingProxyType({**self._probes, **probes})
 
     def has_probe(self, declaration: Declaration) -> bool:
         """Whether a declared guard has a probe of its own (install's or its declaration's)."""

@@ -228,7 +228,7 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
     if args.cmd == "history":
         if args.n < 1:
             raise OperatorError(f"-n must be at least 1, got {args.n}")
-        items = audit.history(ops.state.client, ops.state.keys.audit, args.n)
+        items = audit.history(ops.state.plain, ops.state.keys.audit, args.n)
         if args.json:  # one object per line on stdout; the Redis it read goes to stderr
             print(f"redis: {where}", file=sys.stderr)
             return "\n".join(json.dumps(cli_text.json_safe(item), allow_nan=False) for item in items)

@@ -213,10 +213,20 @@ def _register_tasks(app: Celery) -> None:
         """Check this deployment from a worker: one entry per check (ok, warn or fail)."""
         from memguard.integrations import cli_text
 
-        proc = process.get()
-        url = proc.settings.redis_url
-        checks = doctor.run(deployment(app, proc, _by(self)), process.hooks,
-                            lambda exc: cli_text.redis_error(exc, url, 2.0))
+        try:
+            proc = process.get()
+            url = proc.settings.redis_url
+            found = deployment(app, proc, _by(self))
+            try:
+                checks = doctor.run(found, process.hooks, lambda exc: cli_text.redis_error(exc, url, 2.0))
+            finally:
+                if found.lock_client is not None and found.lock_client is not proc.state.client:
+                    found.lock_client.close()
+        except Exception as fault:  # a fault of memguard's own: counted, logged, one line
+            trouble = events.internal("doctor", fault)
+            process.hooks.emit(trouble)
+            detail = logs.scrubbed(trouble.detail)
+            raise InternalFault(f"memguard.doctor failed on an internal error: {detail}") from None
         for c in checks:
             logs.emit(DOCTOR_LEVELS[c.verdict], "memguard_doctor_check", verdict=c.verdict, check=c.name,
                       detail=c.detail)

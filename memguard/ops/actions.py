@@ -115,12 +115,12 @@ class Operations:
             "prober_seen_seconds_ago": None if age is None else round(age, 1),
             # memguard processes whose view follows this server (the change channel's subscribers)
             "watchers": snap.fleet,
-            "last_operator_action": audit.last_operator_action(self.state.client, self.state.keys.audit),
+            "last_operator_action": audit.last_operator_action(self.state.plain, self.state.keys.audit),
         }
         if fleet.ramp is not None and fleet.record is None:
             out["ramp"] = fleet.ramp.as_dict(fleet.redis_now)
         problems = [snap.corrupt] if snap.corrupt is not None else []
-        audit_type = str(self.state.client.type(self.state.keys.audit))  # decoded: already text
+        audit_type = self.state.plain.kind(self.state.keys.audit)
         if audit_type not in ("none", "stream"):
             problems.append(f"{self.state.keys.audit} holds a {audit_type}, not a stream")
         if problems:

@@ -17,6 +17,7 @@ import redis
 
 from memguard.domain import events
 from memguard.domain.words import by_text, duration, iso
+from memguard.store.plain import Plain
 
 AUDIT_MAXLEN = 10_000
 RECORDED = (events.ModeForced, events.ModeRestored, events.RampCompleted, events.ProbeFinished,
@@ -55,9 +56,9 @@ class AuditTrail:
     """Appends the events worth keeping to the stream at ``key``; a named guard's to its own
     stream (``key_of(guard)``), with a ``guard`` field."""
 
-    def __init__(self, client: redis.Redis, key: str, hooks: events.Hooks,
+    def __init__(self, plain: Plain, key: str, hooks: events.Hooks,
                  key_of: Callable[[str], str] | None = None) -> None:
-        self.client = client
+        self.plain = plain
         self.key = key
         self.hooks = hooks
         self.key_of = key_of
@@ -79,21 +80,23 @@ class AuditTrail:
     def _add(self, key: str, fields: dict[str, str]) -> None:
         stream_fields: dict[Any, Any] = dict(fields)
         try:
-            self.client.xadd(key, stream_fields, maxlen=AUDIT_MAXLEN, approximate=True)
+            self.plain.append(key, stream_fields, AUDIT_MAXLEN)
         except redis.ResponseError as exc:  # a value memguard did not write (WRONGTYPE): replace it
             self.hooks.emit(events.GuardTrouble("corrupt_state", "audit", f"{key}: {exc}"[:200]))
             with contextlib.suppress(redis.RedisError):
-                self.client.delete(key)
-                self.client.xadd(key, stream_fields, maxlen=AUDIT_MAXLEN, approximate=True)
+                self.plain.remove(key)
+                self.plain.append(key, stream_fields, AUDIT_MAXLEN)
         except redis.RedisError as exc:
             self.hooks.emit(events.GuardTrouble("redis_error", "audit", f"{type(exc).__name__}: {exc}"[:200]))
 
 
-def history(client: redis.Redis, key: str, count: int = 20) -> list[dict[str, Any]]:
-    """The newest ``count`` entries, oldest first, with their Redis time. A key that is not a
+def history(source: Plain | redis.Redis, key: str, count: int = 20) -> list[dict[str, Any]]:
+    """The newest ``count`` entries, oldest first, with their Redis time, from the store (or a
+    client of its own that decodes responses: the soak and the tests). A key that is not a
     stream reads as no entries: the next recorded event replaces it."""
-    try:  # the client decodes responses: ids, names and values are text
-        rows: list[tuple[str, dict[str, str]]] = client.xrevrange(key, count=count)  # type: ignore[assignment]
+    try:
+        rows: list[tuple[str, dict[str, str]]] = source.newest(key, count) if isinstance(source, Plain) \
+            else source.xrevrange(key, count=count)  # type: ignore[assignment]
     except redis.ResponseError:
         return []
     out = []
@@ -108,9 +111,9 @@ def history(client: redis.Redis, key: str, count: int = 20) -> list[dict[str, An
     return out
 
 
-def last_operator_action(client: redis.Redis, key: str, scan: int = 500) -> dict[str, Any] | None:
+def last_operator_action(source: Plain | redis.Redis, key: str, scan: int = 500) -> dict[str, Any] | None:
     """The newest operator entry among the last ``scan`` entries."""
-    for item in reversed(history(client, key, scan)):
+    for item in reversed(history(source, key, scan)):
         if item.get("event") == "operator":
             return item
     return None

@@ -140,7 +140,7 @@ class Notifier:
         """
         if not self.settings.webhook_urls:
             return 0
-        lock = self.state.client.lock(self.state.keys.notify_lock, timeout=LOCK_S)
+        lock = self.state.plain.lock(self.state.keys.notify_lock, timeout=LOCK_S)
         if not lock.acquire(blocking=False) and not self._repair_lock(lock):
             return 0
         import httpx  # only a prober with webhooks pays for it
@@ -160,10 +160,10 @@ class Notifier:
         """A lock memguard did not write (another type, or no expiry) would block every delivery
         for good: replace it, and try once more."""
         key = self.state.keys.notify_lock
-        client = self.state.client
-        if client.type(key) == "string" and client.pttl(key) != -1:
+        plain = self.state.plain
+        if plain.kind(key) == "string" and plain.expiry_ms(key) != -1:
             return False  # another deliverer's: it expires by itself
-        client.delete(key)
+        plain.remove(key)
         self.hooks.emit(events.GuardTrouble("corrupt_state", "notify", f"{key} was not a lock memguard took"))
         return bool(lock.acquire(blocking=False))
 

@@ -69,7 +69,7 @@ class Units:
         self._expired_at = clock()
         self._told: set[str] = set()
         self.watcher: Watcher | None = None
-        self.own = self._unit(registry.resolve(DEFAULT) or DEFAULT_GUARD, None, clock())
+        self.own = self._unit(DEFAULT_GUARD, None, clock())
         self.default = self.own.guard
 
     def follow(self, watcher: Watcher) -> None:
@@ -121,11 +121,8 @@ class Units:
                 self.units.move_to_end(unit.resolved.name)
 
     def _add(self, resolved: Resolved, now: float) -> Unit:
-        parent: Guard | None = None
-        if resolved.parent == DEFAULT:
-            parent = self.default
-        elif resolved.parent is not None:
-            parent = self.guard(resolved.parent)  # declared before its family: never None
+        # The parent is declared before its family (or is the default): never None.
+        parent = self.guard(resolved.parent) if resolved.parent is not None else None
         with self._lock:
             unit = self.units.get(resolved.name)
             if unit is None:

@@ -13,23 +13,21 @@ from memguard.store.state import State
 
 def due_guards(state: State, limit: int) -> list[str]:
     """The named guards whose hold or ramp has ended by Redis's clock (the fleet's index)."""
-    secs, micros = state.client.time()
-    now_ms = int(secs) * 1000 + int(micros) // 1000
+    plain = state.plain
     try:
-        due = state.client.zrangebyscore(state.keys.holds, "-inf", now_ms, start=0, num=limit)
+        names = plain.scored_until(state.keys.holds, plain.time_ms(), limit)
     except redis.ResponseError:  # not a sorted set: the next named guard's transition repairs it
         return []
-    names = [str(name) for name in due]
     wrong = [name for name in names if name_problem(name) is not None]
     if wrong:  # a hand ZADD: no guard has that name, so nothing will ever take it out
-        state.client.zrem(state.keys.holds, *wrong)
+        plain.unscore(state.keys.holds, *wrong)
     return [name for name in names if name not in wrong]
 
 
 def indexed_guards(state: State, limit: int = 1_000) -> list[str]:
     """The named guards in the fleet's index (held or recovering), soonest due first."""
     try:
-        names = [str(name) for name in state.client.zrange(state.keys.holds, 0, limit - 1)]
+        names = state.plain.lowest(state.keys.holds, limit)
     except redis.ResponseError:  # not a sorted set: as good as empty until it is repaired
         return []
     return [name for name in names if name_problem(name) is None]

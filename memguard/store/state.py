@@ -34,6 +34,7 @@ from memguard.domain.snapshot import Snapshot, Transition
 from memguard.store import scripts, snapshots
 from memguard.store.aio import AsyncRedis
 from memguard.store.keys import LATENCY_WINDOW, OUTCOMES_WINDOW, Keys
+from memguard.store.plain import Plain
 from memguard.store.steps import ReadSnapshot, Script, Step, Steps, Via
 from memguard.store.steps import run as run_steps
 
@@ -68,6 +69,7 @@ class State:
                  on_change: Callable[[str], None] | None = None, keys: Keys | None = None,
                  shared: State | None = None, guard: str | None = None) -> None:
         self.client = client
+        self.plain = Plain(client)  # its other keys' commands (audit, locks, index)
         self.guard = guard  # a named guard's name (its transitions are indexed); None: default
         self.settings = settings
         self.hooks = hooks
