@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+import redis
+
 from memguard.config.settings import Settings
 from memguard.config.target import Target, connection_name
 from memguard.ops.beatlock import READY_APP_PREFIX, BeatKeys
@@ -65,3 +67,15 @@ def redbeat_url(settings: Settings) -> str | None:
 def ready_app_keys(settings: Settings) -> BeatKeys:
     """The ready app's (``celery -A memguard``) RedBeat keys, known without importing Celery."""
     return BeatKeys(f"{READY_APP_PREFIX}:lock", READY_APP_PREFIX, redbeat_url(settings) is not None)
+
+
+def lock_client(keys: BeatKeys, ours: redis.Redis, timeout_s: float) -> redis.Redis | None:
+    """A client of the Redis that holds the app's beat lock: ``ours`` (memguard's) when RedBeat
+    keeps it on REDIS_URL, else RedBeat's own with a short timeout; None when that is not a plain
+    Redis URL (the ready app on a Cluster, a Sentinel broker)."""
+    if keys.on_redis_url:
+        return ours
+    if keys.elsewhere is None:
+        return None
+    return redis.Redis.from_url(keys.elsewhere, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                decode_responses=True)

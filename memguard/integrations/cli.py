@@ -190,7 +190,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         elif args.cmd == "acl":
             from memguard.ops import acl
 
-            prefix = args.redbeat_prefix or (redbeat_prefix(celery_app(args.app)) if args.app else "redbeat:")
+            prefix = args.redbeat_prefix or (_redbeat_prefix(args.app) if args.app else "redbeat:")
             memguard_rule, read_only_rule = acl.rules(user=args.user, read_only_user=args.read_only_user,
                                                       beat=not args.no_beat, redbeat_prefix=prefix)
             print(f"# memguard's processes (workers, web apps, beat): REDIS_URL=redis://{args.user}:<pw>@host\n"
@@ -295,29 +295,30 @@ def celery_app(name: str) -> Any:
     return app
 
 
-def redbeat_prefix(app: Any) -> str:
-    from redbeat.schedulers import RedBeatConfig
+def _redbeat_prefix(app_name: str) -> str:
+    """The app's RedBeat key prefix (``beat_keys``; the settings matter only for where it is)."""
+    from memguard.config.settings import Settings
+    from memguard.integrations.tasks import beat_keys
 
-    return str(RedBeatConfig(app).key_prefix)
+    return beat_keys(celery_app(app_name), Settings()).prefix
 
 
 def _beat_lock(proc: Any, app_name: str | None, now: float) -> Any:
     """The app's beat lock as read on REDIS_URL (a ``BeatLock``), or a line saying why not. The
     ready app's (no ``--app``) is known without importing Celery."""
-    from memguard.integrations.celery_settings import ready_app_keys
+    from memguard.integrations.celery_settings import lock_client, ready_app_keys
     from memguard.ops import beatlock
 
-    client = proc.state.client
     if app_name:
-        from memguard.integrations.tasks import beat_keys, lock_client
+        from memguard.integrations.tasks import beat_keys
 
         keys = beat_keys(celery_app(app_name), proc.settings)
-        client = lock_client(keys, proc, CLI_TIMEOUT_S)
     else:
         keys = ready_app_keys(proc.settings)
     if keys.lock_key is None:
         return f"beat lock:   none: {app_name}'s redbeat_lock_key turns the lock off"
-    if client is None or (not keys.on_redis_url and app_name is None):
+    client = lock_client(keys, proc.state.client, CLI_TIMEOUT_S)
+    if client is None:
         return (f"beat lock:   {keys.lock_key} lives on RedBeat's own Redis (redbeat_redis_url or the "
                 "broker), not read here")
     where = proc.settings.redis_url if keys.on_redis_url else (keys.elsewhere or "?")

@@ -32,7 +32,7 @@ from memguard.domain import events
 from memguard.domain.declared import registry
 from memguard.domain.events import origin
 from memguard.domain.guards import DEFAULT, GuardError, NamedProbe
-from memguard.integrations.celery_settings import ready_app_keys, redbeat_conf, redbeat_url
+from memguard.integrations.celery_settings import lock_client, ready_app_keys, redbeat_conf, redbeat_url
 from memguard.observe import logs, metrics
 from memguard.ops import beatlock, doctor
 from memguard.ops.actions import OperatorError
@@ -154,23 +154,12 @@ def beat_keys(app: Celery | None, settings: Settings) -> beatlock.BeatKeys:
     return beatlock.BeatKeys(conf.lock_key or None, conf.key_prefix, False, theirs if plain else None)
 
 
-def lock_client(keys: beatlock.BeatKeys, proc: Any, timeout_s: float) -> Any:
-    """A client of the Redis that holds the app's beat lock: memguard's own, or RedBeat's (with a
-    short timeout); None when that is not a plain Redis URL."""
-    if keys.on_redis_url:
-        return proc.state.client
-    if keys.elsewhere is None:
-        return None
-    return redis.Redis.from_url(keys.elsewhere, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                decode_responses=True)
-
-
 def deployment(app: Celery | None, proc: Any, by: dict[str, Any]) -> doctor.Deployment:
     """What ``memguard doctor`` checks for ``app`` (the ready app's when None): the probe
     ``install`` registered, the app's RedBeat lock and prefix (when RedBeat keeps them on
     REDIS_URL) and the declared guards."""
     keys = beat_keys(app, proc.settings)
-    locks = lock_client(keys, proc, 2.0)
+    locks = lock_client(keys, proc.state.client, 2.0)
     return doctor.Deployment(
         proc.state, proc.settings, lambda: proc.guards.probe_of(proc.guards.resolve(DEFAULT)),
         lock_key=keys.lock_key if locks is not None else None, lock_client=locks,

@@ -29,6 +29,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     "unguarded": ("guard",),
 }
 OPERATOR_ACTIONS = ("force", "clear")  # the ones that change the state: dashboards annotate them
+OPERATOR_RESULTS = ("accepted", "refused")
 
 
 def guard_of(event: events.Event) -> str:
@@ -63,8 +64,8 @@ def counts(event: events.Event) -> Iterator[tuple[str, dict[str, str], int]]:
     elif isinstance(event, events.ReadUnguarded):
         yield "unguarded", {"guard": guard}, event.reads
     elif isinstance(event, events.OperatorAction) and event.action in OPERATOR_ACTIONS:
-        yield "operator_actions", {"action": event.action, "result": "accepted" if event.accepted
-                                   else "refused", "guard": guard}, 1
+        yield "operator_actions", {"action": event.action, "result": OPERATOR_RESULTS[not event.accepted],
+                                   "guard": guard}, 1
 
 
 StateSource = Callable[[], State]  # the process's store, resolved at collection time

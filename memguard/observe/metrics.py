@@ -63,7 +63,7 @@ def start_series(guard: str) -> None:
         for label in labels:
             counter.labels(label, guard)
     for action in counted.OPERATOR_ACTIONS:
-        for result in ("accepted", "refused"):
+        for result in counted.OPERATOR_RESULTS:
             OPERATOR.labels(action, result, guard)
     UNGUARDED.labels(guard)
     TROUBLE.labels("redis_error", "check", guard)
