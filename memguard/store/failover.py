@@ -44,6 +44,8 @@ class SwitchListener(Background):
             try:
                 self._listen(host, port)
             except (redis.RedisError, OSError) as exc:
+                if self._stop.is_set():  # stopped meanwhile (its process closed): not the process's trouble
+                    return
                 detail = f"{host}:{port} {type(exc).__name__}"
                 self.hooks.emit(events.GuardTrouble("redis_error", "sentinel", detail))
                 turn += 1
