@@ -44,8 +44,8 @@ MUTANTS = (
            "memguard/integrations/tasks.py", "os._exit(78)", "os._exit(1)",
            ("tests/test_existing_celery_app.py", "-k", "exits or refuses or naming")),
     Mutant("force-notice-unpublished", "memguard's own force publishes no freshness notice",
-           "memguard/store/lua/force.lua", "notice = notify({forced = new, ramp = ramp})",
-           "notice = (function() local c = {forced = new, ramp = ramp}; c.v = redis.call('INCR', VERSION); "
+           "memguard/store/lua/force.lua", "notice = notify({forced = new, ramp = ramp, chaos = chaos})",
+           "notice = (function() local c = {forced = new, ramp = ramp, chaos = chaos}; c.v = redis.call('INCR', VERSION); "
            "c.now = now_ms(); return cjson.encode(c) end)()",
            ("tests/test_propagation_to_every_view.py", "-k", "no_command")),
     Mutant("probe-lock-owner-unchecked", "a probe's result is applied without checking its lock's owner",

@@ -63,6 +63,7 @@ class Settings:
     otel: str = "auto"  # OpenTelemetry: auto (when opentelemetry-api is installed), on, off
     command_idle_seconds: int = 10  # close the command connection after this idle; 0: keep it open
     view_urls: tuple[str, ...] = ()  # the views' servers (memguard.config.views); () follows REDIS_URL
+    chaos: str = "off"  # allow: this process injects a game day's experiment (memguard chaos)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -303,6 +304,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "otel": ("MEMGUARD_OTEL", _choice("auto", "on", "off")),
     "view_urls": ("MEMGUARD_VIEW_URLS", _view_urls),
     "command_idle_seconds": ("MEMGUARD_COMMAND_IDLE_SECONDS", _int_in(0, 86_400)),
+    "chaos": ("MEMGUARD_CHAOS", _choice("off", "allow")),
 }
 
 VARIABLE_NAMES = frozenset(var for var, _ in _VARIABLES.values())

@@ -122,6 +122,12 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict(Action.IGNORE, "bad_payload" if isinstance(exc, ValueError) else "other")
 
 
+def of_fault(status: int | None) -> Verdict:
+    """What a read failing with ``status`` (None: a timeout) gets: a game day's injected fault is
+    judged as the real one would be (``memguard.domain.chaos``)."""
+    return Verdict(Action.COUNT, "timeout") if status is None else _by_status(status)
+
+
 # Exception classes of the HTTP libraries, by module and attribute path. Only libraries the
 # process has loaded are looked at: an exception of one that is not loaded cannot occur, and
 # looking costs no import.

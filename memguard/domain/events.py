@@ -145,6 +145,28 @@ class ReadUnguarded(Named):
 
 
 @dataclass(frozen=True)
+class ChaosInjected(Named):
+    """A read picked by a game day's experiment got its fault (``memguard.domain.chaos``): kind
+    timeout, error, latency or auth. Counted, not logged: the experiment's start and end are."""
+
+    fault: str
+
+
+@dataclass(frozen=True)
+class ChaosChanged(Named):
+    """A game day's experiment started, was stopped (by an operator's stop, force or clear) or
+    ended at its end (``change``: started, stopped, ended)."""
+
+    change: str
+    fault: str
+    percent: float
+    seconds: float
+    experiment: str  # its id
+    by: dict[str, Any] | None = None  # who started or stopped it
+    ended_by: str = ""  # stopped: chaos_stop, force or clear
+
+
+@dataclass(frozen=True)
 class ReadFinished(Named):
     """A read that went to Zep and returned; overhead is what the guard itself added."""
 
@@ -199,7 +221,8 @@ def internal(op: str, fault: BaseException, where: str = "") -> GuardTrouble:
 
 
 Event = (ModeForced | WouldForce | ModeRestored | RampCompleted | ReadBlocked | FailureRecorded
-         | ProbeFinished | ReadUnguarded | ReadFinished | OperatorAction | GuardTrouble)
+         | ProbeFinished | ReadUnguarded | ReadFinished | OperatorAction | GuardTrouble | ChaosInjected
+         | ChaosChanged)
 Subscriber = Callable[[Event], None]
 
 

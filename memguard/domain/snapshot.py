@@ -1,13 +1,14 @@
 """What one read of the state and one transition give back: plain values the store hands up.
 
-Apart from ``record`` and ``ramp`` (the two records it carries), so that neither imports the
-other.
+Apart from ``record``, ``ramp`` and ``chaos`` (the records it carries), so that none imports
+another.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memguard.domain.chaos import Chaos
 from memguard.domain.ramp import Ramp
 from memguard.domain.record import ForcedRecord, Status
 
@@ -27,6 +28,7 @@ class Snapshot:
     record_ttl_ms: int = -2  # the record key's own expiry (-1: none), e.g. a hand SET ... EX
     fleet: int = 0  # connections subscribed to the change channel, as the server counts them
     ramp: Ramp | None = None  # the recovery ramp's record, if valid (it may have run its course)
+    chaos: Chaos | None = None  # a game day's experiment, if valid (it may have run its course)
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,4 @@ class Transition:
     ident: str = ""
     ramp: Ramp | None = None  # the ramp this transition started, or the one it found complete
     waiting: bool = False  # a window script: its bad reads are judged after the catch-up
+    due: float | None = None  # a probe claim with no hold: when a ramp or an experiment running ends

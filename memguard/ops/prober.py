@@ -47,8 +47,8 @@ def probe_once(state: State, settings: Settings, read: Probe, by: dict[str, Any]
         return {"result": "corrupt_removed"}
     if claim.status is not Status.CLAIMED:
         out: dict[str, Any] = {"result": claim.status.value}
-        if claim.record is not None:
-            out["until"] = claim.record.until
+        if claim.record is not None or claim.due is not None:
+            out["until"] = claim.record.until if claim.record is not None else claim.due
         return out
 
     started = time.perf_counter()
@@ -93,10 +93,10 @@ def probe_due(default: State, prepare: Callable[[str], Prepared | None], by: dic
         out = probe_once(state, settings, read, by, scheduled=False)
         if deliver is not None:
             deliver(state, settings)
-        if out["result"] in ("idle", "corrupt_removed"):
-            state.index(None)
-        elif "until" in out:
+        if "until" in out:  # still held, or a ramp or an experiment still running
             state.index(out["until"])
+        elif out["result"] in ("idle", "corrupt_removed"):
+            state.index(None)
         return out
 
     def announce(name: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ but for ``await``); every Redis step (a failure, a force, a reset) is a generato
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -26,7 +27,8 @@ import redis
 
 from memguard.config.settings import Settings
 from memguard.domain import events
-from memguard.domain.classify import Action, Verdict, classify, error_meta
+from memguard.domain.chaos import Injection, LocalChaos
+from memguard.domain.classify import Action, Verdict, classify, error_meta, of_fault
 from memguard.domain.events import origin
 from memguard.domain.modes import EffectiveMode
 from memguard.domain.ramp import LocalRamp
@@ -76,11 +78,12 @@ class View(Protocol):
 
 @dataclass(frozen=True)
 class Gate:
-    """What decides a read when the view cannot: the forced record and the ramp, read from Redis
-    (the view's ``View`` has the same two fields)."""
+    """What decides a read when the view cannot: the forced record, the ramp and the experiment,
+    read from Redis (the view's ``View`` has the same fields)."""
 
     record: ForcedRecord | None
     ramp: LocalRamp | None
+    chaos: LocalChaos | None = None
 
 
 OPEN = Gate(None, None)  # Redis cannot say: the read fails open, unguarded (and counted so)
@@ -113,6 +116,7 @@ class Guard:
         self._unguarded_n = 0  # unguarded reads not yet told (``_unguarded``)
         self._unguarded_at = 0.0
         self._rate_on = settings.failure_rate_on
+        self._chaos_on = settings.chaos == "allow"  # this process takes part in experiments
 
     # -- the state as this process sees it ------------------------------------------------
 
@@ -137,14 +141,15 @@ class Guard:
             snap = yield from self.state.snapshot_steps()
             if snap.corrupt is not None:
                 self.hooks.emit(events.GuardTrouble("corrupt_state", "check", snap.corrupt[:120]))
-            record, ramp = snap.record, snap.ramp
-            local = None if ramp is None else LocalRamp.at(ramp, snap.redis_now, time.monotonic())
+            record, ramp, mono = snap.record, snap.ramp, time.monotonic()
+            local = None if ramp is None else LocalRamp.at(ramp, snap.redis_now, mono)
+            chaos = None if snap.chaos is None else LocalChaos.at(snap.chaos, snap.redis_now, mono)
             if record is None or snap.redis_now < record.lapse_time(self.settings.probe_grace_seconds):
-                return Gate(record, local)
+                return Gate(record, local, chaos)
             lapsed = yield from self.state.lapse_steps(origin("lapse"))
             if lapsed.ramp is not None:
-                return Gate(None, LocalRamp.at(lapsed.ramp, lapsed.ramp.start, time.monotonic()))
-            return NONE
+                return Gate(None, LocalRamp.at(lapsed.ramp, lapsed.ramp.start, time.monotonic()), chaos)
+            return NONE if chaos is None else Gate(None, None, chaos)
         except redis.RedisError as exc:
             self._redis_down("check", exc)
         return OPEN
@@ -163,7 +168,7 @@ class Guard:
         of memguard's own before the read lets the read run unguarded; one after it keeps the
         read's outcome. Either way ``meta["guard_error"]`` names the fault's type.
         """
-        started = time.perf_counter()
+        started, chaos = time.perf_counter(), None
         try:
             if self.base is not EffectiveMode.READ_WRITE:
                 return None, self._read_disabled()
@@ -181,12 +186,19 @@ class Guard:
             if self.parent is not None and (held := steps.run(self._parent_admits(thread_id),
                                                                self.state.perform)) is not None:
                 return None, held
+            if self._chaos_on and gate.chaos is not None:
+                chaos = self._injection(thread_id, gate.chaos, budget_s)
         except Exception as fault:
             bypass = self._fault("check", fault)
             self._unguarded()
         else:
             bypass = {}
-        called = time.perf_counter()
+        if chaos is not None:
+            time.sleep(chaos.delay)
+            if chaos.answers:
+                return None, steps.run(self._injected(chaos, thread_id), self.state.perform)
+            bypass = {**bypass, "chaos": chaos.fault.text}
+        called = time.perf_counter() - (chaos.counted if chaos is not None else 0.0)
         try:
             value = fn(*args, **(kwargs or {}))
         except Exception as exc:
@@ -208,7 +220,7 @@ class Guard:
                     budget_s: float | None = None) -> tuple[R | None, Meta]:
         """``call`` for a coroutine function: the same decisions, with the read and any Redis
         step awaited (``redis.asyncio``)."""
-        started = time.perf_counter()
+        started, chaos = time.perf_counter(), None
         try:
             if self.base is not EffectiveMode.READ_WRITE:
                 return None, self._read_disabled()
@@ -226,12 +238,19 @@ class Guard:
             if self.parent is not None and (held := await steps.arun(self._parent_admits(thread_id),
                                                                      self.state.aperform)) is not None:
                 return None, held
+            if self._chaos_on and gate.chaos is not None:
+                chaos = self._injection(thread_id, gate.chaos, budget_s)
         except Exception as fault:
             bypass = self._fault("check", fault)
             self._unguarded()
         else:
             bypass = {}
-        called = time.perf_counter()
+        if chaos is not None:
+            await asyncio.sleep(chaos.delay)
+            if chaos.answers:
+                return None, await steps.arun(self._injected(chaos, thread_id), self.state.aperform)
+            bypass = {**bypass, "chaos": chaos.fault.text}
+        called = time.perf_counter() - (chaos.counted if chaos is not None else 0.0)
         try:
             value = await fn(*args, **(kwargs or {}))
         except Exception as exc:
@@ -247,6 +266,30 @@ class Guard:
         except Exception as fault:
             meta = {"used": True, "source": "zep", **self._fault("success", fault)}
         return value, {**meta, **bypass}
+
+    def _injection(self, thread_id: str, chaos: LocalChaos, budget_s: float | None) -> Injection | None:
+        """What the experiment does to this read, or None: the read is not picked."""
+        fault = chaos.picked(thread_id if isinstance(thread_id, str) else str(thread_id), time.monotonic())
+        if fault is None:
+            return None
+        self.hooks.emit(events.ChaosInjected(fault.kind))
+        return Injection.of(fault, budget_s if budget_s is not None else self.settings.read_timeout_s,
+                            chaos.chaos.trip)
+
+    def _injected(self, chaos: Injection, thread_id: str) -> Steps[Meta]:
+        """An injected fault's answer: what the real fault would give, from source ``chaos``;
+        counted toward a trip only when the experiment says so (``--trip``)."""
+        verdict = of_fault(chaos.status)
+        meta = {"used": False, "source": "chaos", "reason": verdict.reason, "status": verdict.status,
+                "error": "chaos", "chaos": chaos.fault.text}
+        try:
+            if chaos.trip:
+                if self.meter is not None:
+                    self.meter.record(chaos.counted, failed=True)
+                yield from self._verdict_steps(verdict, str(thread_id), "chaos")
+        except Exception as fault:
+            return {**meta, **self._fault("chaos", fault)}
+        return meta
 
     def _parent_admits(self, thread_id: str) -> Steps[Meta | None]:
         """None when the parent lets the read go on; else the blocked read's meta (the parent's
@@ -347,10 +390,14 @@ class Guard:
 
     def _failure_steps(self, exc: BaseException, thread_id: str | None) -> Steps[Verdict]:
         verdict = classify(exc)
-        error = type(exc).__name__
+        yield from self._verdict_steps(verdict, thread_id, type(exc).__name__)
+        return verdict
+
+    def _verdict_steps(self, verdict: Verdict, thread_id: str | None, error: str) -> Steps[None]:
+        """A failed read's verdict acted on: counted, or a force (a 401/403, a 429's Retry-After)."""
         if verdict.action is Action.COUNT:
             yield from self._count_toward(verdict, thread_id, error)
-            return verdict
+            return
         self.hooks.emit(events.FailureRecorded(verdict.reason, verdict.action.value, verdict.status,
                                            thread_id, error=error))
         if verdict.action is Action.FORCE:
@@ -364,7 +411,6 @@ class Guard:
                 yield from self.state.force_steps(verdict.reason, hold, by, auto=True, quorum=quorum)
             except redis.RedisError as err:
                 self._redis_down("force", err)
-        return verdict
 
     def _count_toward(self, verdict: Verdict, thread_id: str | None, error: str) -> Steps[None]:
         """Count a failure: toward the parent when there is one (an outage is the parent's)."""

@@ -1,4 +1,4 @@
-"""One guard's in-process view: its forced record, failure count and recovery ramp.
+"""One guard's in-process view: its forced record, failure count, recovery ramp and experiment.
 
 A ``Watcher`` (``memguard.request.watch``) holds the connection and hands each view the messages
 of its guard: the notices on the guard's change channel and the tracking messages of its keys.
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memguard.domain import events
+from memguard.domain.chaos import Chaos, LocalChaos, parse_chaos
 from memguard.domain.ramp import LocalRamp, Ramp, parse_ramp
 from memguard.domain.record import ForcedRecord, parse_record
 from memguard.domain.snapshot import Snapshot
@@ -39,6 +40,7 @@ class View:
     valid_until: float  # monotonic; past it the view says nothing
     failures_until: float  # monotonic; before it the failure counter may be non-zero
     ramp: LocalRamp | None = None  # the recovery ramp, while one is in Redis
+    chaos: LocalChaos | None = None  # a game day's experiment, while one is in Redis
 
 
 class GuardView:
@@ -49,13 +51,15 @@ class GuardView:
         self.hooks = hooks
         self.grace_seconds = grace_seconds
         self.channel = state.channel
-        self.view_keys = {state.keys.forced: "forced", state.keys.counter: "count", state.keys.ramp: "ramp"}
+        self.view_keys = {state.keys.forced: "forced", state.keys.counter: "count", state.keys.ramp: "ramp",
+                          state.keys.chaos: "chaos"}
         self.current: View | None = None
         self.liveness_until = 0.0  # the watcher's: the connection was live until then
         self.last_read = time.monotonic()  # the guard's last read of this view (named guards' LRU)
         self._lock = threading.Lock()
         self._record: ForcedRecord | None = None
         self._ramp: LocalRamp | None = None
+        self._chaos: LocalChaos | None = None
         self._record_lapse_mono = float("inf")
         self._failures_until = 0.0
         self._version = -1
@@ -84,8 +88,8 @@ class GuardView:
             change = json.loads(notice)
             version, redis_now = int(change["v"]), float(change["now"]) / 1000.0
             count, ttl = (int(change["count"]), int(change["ttl"])) if "count" in change else (0, 0)
-            if not all(isinstance(change.get(f), str | None) for f in ("forced", "ramp")):
-                raise TypeError("forced and ramp are text")
+            if not all(isinstance(change.get(f), str | None) for f in ("forced", "ramp", "chaos")):
+                raise TypeError("forced, ramp and chaos are text")
         except (ValueError, KeyError, TypeError):
             self.hooks.emit(events.GuardTrouble("corrupt_state", "notice", notice[:120]))
             return
@@ -108,6 +112,8 @@ class GuardView:
                 self._set_failures(count, ttl, mono)
             if "ramp" in change:
                 self._set_ramp(parse_ramp(change["ramp"] or None), redis_now, mono)
+            if "chaos" in change:
+                self._set_chaos(parse_chaos(change["chaos"] or None, redis_now), redis_now, mono)
             self.publish()
 
     def apply_snapshot(self, snap: Snapshot) -> bool:
@@ -128,6 +134,7 @@ class GuardView:
                     self._record_lapse_mono = min(self._record_lapse_mono, mono + snap.record_ttl_ms / 1000)
             self._set_failures(snap.fail_count, snap.fail_ttl_ms, mono)
             self._set_ramp(snap.ramp, snap.redis_now, mono)
+            self._set_chaos(snap.chaos, snap.redis_now, mono)
             self.publish()
             return True
 
@@ -140,6 +147,11 @@ class GuardView:
         """The ramp on this process's clock, fixed while its id stays: so the share only grows."""
         if ramp is None or self._ramp is None or self._ramp.ramp.id != ramp.id:
             self._ramp = None if ramp is None else LocalRamp.at(ramp, redis_now, mono)
+
+    def _set_chaos(self, chaos: Chaos | None, redis_now: float, mono: float) -> None:
+        """The experiment on this process's clock, its end fixed while its id stays."""
+        if chaos is None or self._chaos is None or self._chaos.chaos.id != chaos.id:
+            self._chaos = None if chaos is None else LocalChaos.at(chaos, redis_now, mono)
 
     def _set_failures(self, count: int, ttl_ms: int, mono: float) -> None:
         if count <= 0 and ttl_ms <= 0:
@@ -156,7 +168,7 @@ class GuardView:
         deadline = self.liveness_until
         if self._record is not None:
             deadline = min(deadline, self._record_lapse_mono)
-        self.current = View(self._record, deadline, self._failures_until, self._ramp)
+        self.current = View(self._record, deadline, self._failures_until, self._ramp, self._chaos)
 
     def republish(self) -> None:
         if self.current is not None or self._version >= 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 FORCED_MODE_KEY = "mem:mode:forced:v1"
 RAMP_KEY = "mem:mode:ramp"  # the recovery ramp (memguard.domain.ramp); unknown to earlier releases
+CHAOS_KEY = "mem:mode:chaos"  # a game day's experiment (memguard.domain.chaos); unknown to earlier releases
 CONSECUTIVE_FAILURES_KEY = "mem:read:consec_failures"
 VERSION_KEY = "mem:state:version"
 PROBE_LOCK_KEY = "mem:probe:lock"
@@ -42,8 +43,8 @@ WINDOWS = (LATENCY_WINDOW, OUTCOMES_WINDOW)
 
 # The Redis type memguard writes at each key (``Keys`` field names); any other is repaired.
 KEY_TYPES = {
-    "forced": "string", "ramp": "string", "counter": "string", "version": "string", "lock": "string",
-    "heartbeat": "string",
+    "forced": "string", "ramp": "string", "chaos": "string", "counter": "string", "version": "string",
+    "lock": "string", "heartbeat": "string",
     "latency": "hash", "outcomes": "hash", "failing_hosts": "set", "auth_hosts": "set", "audit": "stream",
     "notify_cursor": "string", "notify_stuck": "string", "notify_lock": "string", "heartbeat_lock": "string",
     "explain_lock": "string", "holds": "zset",
@@ -56,6 +57,7 @@ class Keys:
 
     forced: str = FORCED_MODE_KEY
     ramp: str = RAMP_KEY
+    chaos: str = CHAOS_KEY
     counter: str = CONSECUTIVE_FAILURES_KEY
     version: str = VERSION_KEY
     lock: str = PROBE_LOCK_KEY

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 
+from memguard.domain.chaos import Chaos
 from memguard.domain.ramp import Ramp
 from memguard.domain.record import CorruptRecord, ForcedRecord, shown
 from memguard.domain.snapshot import Snapshot
 from memguard.store.keys import Keys
 
 
-def string_keys(keys: Keys) -> tuple[str, str, str, str]:
+def string_keys(keys: Keys) -> tuple[str, str, str, str, str]:
     """The string keys a snapshot reads, whose type it checks."""
-    return keys.forced, keys.counter, keys.version, keys.ramp
+    return keys.forced, keys.counter, keys.version, keys.ramp, keys.chaos
 
 
 def whole(raw: str | None) -> int | None:
@@ -33,19 +34,21 @@ def explained(keys: Keys, data: str) -> Snapshot | None:
         s = json.loads(data)
         now, version = float(s["now"]) / 1000.0, int(s["version"])
         ttl, record_ttl = int(s["ttl"]), int(s["fttl"])
-        raw, count, ramp = (None if s.get(f) is False else s.get(f) for f in ("forced", "count", "ramp"))
+        raw, count, ramp, chaos = (None if s.get(f) is False else s.get(f)
+                                   for f in ("forced", "count", "ramp", "chaos"))
         problems = [str(p) for p in s.get("problems") or ()]
         fleet = max(0, int(s.get("fleet") or 0))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    if not all(isinstance(v, str | None) for v in (raw, count, ramp)):
+    if not all(isinstance(v, str | None) for v in (raw, count, ramp, chaos)):
         return None
-    return parse(keys, raw, count, None, str(version), ttl, record_ttl, now, problems, fleet=fleet, ramp=ramp)
+    return parse(keys, raw, count, None, str(version), ttl, record_ttl, now, problems, fleet=fleet, ramp=ramp,
+                 chaos=chaos)
 
 
 def parse(keys: Keys, raw: str | None, count: str | None, beat: str | None, version: str | None, ttl: int,
           record_ttl: int, now: float, problems: list[str], *, fleet: int = 0,
-          ramp: str | None = None) -> Snapshot:
+          ramp: str | None = None, chaos: str | None = None) -> Snapshot:
     """The snapshot of these values read at ``now`` (Redis time); ``problems``: found so far."""
     record = None
     if raw is not None:  # an empty string too: memguard never writes one
@@ -59,6 +62,12 @@ def parse(keys: Keys, raw: str | None, count: str | None, beat: str | None, vers
             ramp_record = Ramp.parse(ramp, now)
         except CorruptRecord as exc:
             problems.append(f"{keys.ramp}: {exc}")
+    chaos_record = None
+    if chaos is not None:
+        try:
+            chaos_record = Chaos.parse(chaos, now)
+        except CorruptRecord as exc:
+            problems.append(f"{keys.chaos}: {exc}")
     fail_count = whole(count)
     if fail_count is None:
         problems.append(f"{keys.counter} is not a whole number: {shown(count)}")
@@ -66,4 +75,4 @@ def parse(keys: Keys, raw: str | None, count: str | None, beat: str | None, vers
         problems.append(f"{keys.version} is not a whole number: {shown(version)}")
     heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() and len(beat) < 20 else None
     return Snapshot(record, "; ".join(problems) or None, fail_count or 0, ttl, now, heartbeat,
-                    whole(version) or 0, record_ttl, fleet, ramp_record)
+                    whole(version) or 0, record_ttl, fleet, ramp_record, chaos_record)

@@ -27,6 +27,7 @@ from redis.cluster import RedisCluster
 
 from memguard.config.settings import Settings
 from memguard.domain import events
+from memguard.domain.chaos import Chaos, parse_chaos
 from memguard.domain.modes import EffectiveMode, base_mode_of, combine
 from memguard.domain.ramp import Ramp, parse_ramp
 from memguard.domain.record import ForcedRecord, Status, parse_record
@@ -155,19 +156,25 @@ class State:
         healthy. A failure here leaves the transition be."""
         change = json.loads(notice)
         if "forced" not in change and "ramp" not in change:
+            chaos = parse_chaos(change.get("chaos") or None)
+            if chaos is not None:  # an experiment started: ticked at its end, unless due sooner
+                yield from self._index_at(int(chaos.end * 1000), sooner=True)
             return
         record = parse_record(change.get("forced") or None)
         ramp = parse_ramp(change.get("ramp") or None)
         # Healthy again: due at once, so that the prober announces it (webhooks), then takes it out.
         due = record.until if record is not None else ramp.end if ramp is not None else change["now"] / 1000
+        yield from self._index_at(int(due * 1000), sooner=False)
+
+    def _index_at(self, due_ms: int, *, sooner: bool) -> Steps[None]:
         try:
-            yield Script("index_hold", {"guard": self.guard, "due_ms": int(due * 1000)})
+            yield Script("index_hold", {"guard": self.guard, "due_ms": due_ms, "sooner": sooner})
         except redis.RedisError as exc:
             self.hooks.emit(events.GuardTrouble("redis_error", "index", type(exc).__name__))
 
     def index(self, due: float | None) -> None:
         """Put this named guard's hold end (epoch seconds) in the fleet's index, or take it out."""
-        self.call("index_hold", guard=self.guard, due_ms=None if due is None else int(due * 1000))
+        self.call("index_hold", guard=self.guard, due_ms=None if due is None else int(due * 1000), sooner=False)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -176,14 +183,15 @@ class State:
 
     def snapshot_steps(self) -> Steps[Snapshot]:
         """One round trip of plain reads (no Lua: a script costs an idle Redis ~70 µs of CPU)."""
-        (raw, count, beat, version, ramp), ttl, record_ttl, (secs, micros), numsub, *types = \
+        (raw, count, beat, version, ramp, chaos), ttl, record_ttl, (secs, micros), numsub, *types = \
             yield ReadSnapshot()
         # MGET answers nil for a key of another type: TYPE tells that apart from no key.
         typed = zip(snapshots.string_keys(self.keys), types, strict=True)
         problems = [f"{key} holds a {kind}, not a string" for key, kind in typed
                     if kind not in ("none", "string")]
         return snapshots.parse(self.keys, raw, count, beat, version, int(ttl), int(record_ttl),
-                              secs + micros // 1000 / 1000.0, problems, fleet=int(numsub[0][1]), ramp=ramp)
+                              secs + micros // 1000 / 1000.0, problems, fleet=int(numsub[0][1]), ramp=ramp,
+                              chaos=chaos)
 
     def explanation(self, data: str) -> Snapshot | None:
         """The snapshot in an ``explain`` script's reply or message; None if it is not one."""
@@ -191,7 +199,7 @@ class State:
 
     def snapshot_commands(self, pipe: Any) -> None:
         k = self.keys
-        pipe.mget(k.forced, k.counter, k.heartbeat, k.version, k.ramp)
+        pipe.mget(k.forced, k.counter, k.heartbeat, k.version, k.ramp, k.chaos)
         pipe.pttl(k.counter)
         pipe.pttl(k.forced)
         pipe.time()
@@ -235,6 +243,7 @@ class State:
         t = Transition(Status.FORCED, record=parse_record(reply["record"]),
                        previous=parse_record(reply["previous"]))
         self._forced(t, operator=not auto)
+        self._chaos_over(reply.get("chaos_ended"), "stopped", by, "force")
         return t
 
     def record_failure(self, by: dict[str, Any]) -> Transition:
@@ -317,6 +326,7 @@ class State:
         """Remove the record and the failure count now (an operator's clear): reads return
         through a ramp, or (``ramp=False``) at once, which also ends a ramp in progress."""
         reply = self.call("clear", ramp=self.settings.ramp if ramp else None)
+        self._chaos_over(reply.get("chaos_ended"), "stopped", by, "clear")
         previous = parse_record(reply["previous"])
         if previous is None:  # no hold ended; --no-ramp may have ended a ramp in progress ("")
             return Transition(Status.CLEARED if reply.get("ramp") == "" else Status.IDLE)
@@ -348,12 +358,14 @@ class State:
         if status is Status.CORRUPT:
             self.hooks.emit(events.GuardTrouble("corrupt_state", "probe", "forced record removed"))
             return Transition(Status.CORRUPT), token
+        self._chaos_over(reply.get("chaos_ended"), "ended", None, "")
         completed = parse_ramp(reply.get("completed"))
         if completed is not None:  # this tick ended a ramp that had run its course: once fleet-wide
             self.hooks.emit(events.RampCompleted(completed.previous_reason, completed.holds,
                                                  completed.seconds))
-        record = parse_record(reply.get("record"))
-        return Transition(status, record=record, ident=reply.get("ident", ""), ramp=completed), token
+        record, due = parse_record(reply.get("record")), reply.get("due")
+        return Transition(status, record=record, ident=reply.get("ident", ""), ramp=completed,
+                          due=due / 1000 if isinstance(due, int | float) else None), token
 
     def finish_probe(self, token: str, claim: Transition, *, success: bool, started: float,
                      error: str, by: dict[str, Any]) -> Transition:
@@ -376,6 +388,31 @@ class State:
         elif t.status is Status.REFORCED:
             self._forced(t)
         return t
+
+    # -- game days (memguard.domain.chaos) --------------------------------------------------
+
+    def chaos_start(self, fault: str, percent: float, seconds: int, trip: bool, by: dict[str, Any]) -> Chaos:
+        """Start an experiment (replacing one in progress): every view carries it at the notice."""
+        reply = self.call("chaos_start", fault=fault, percent=percent, seconds=seconds, trip=trip, by=by)
+        self._chaos_over(reply["previous"] or None, "stopped", by, "chaos_start")
+        chaos = Chaos.parse(reply["chaos"])
+        self._chaos_event("started", chaos, by, "")
+        return chaos
+
+    def chaos_stop(self, by: dict[str, Any]) -> Chaos | None:
+        """End the experiment in every view; the one ended (None: there was none, or not a valid one)."""
+        return self._chaos_over(self.call("chaos_stop")["previous"] or None, "stopped", by, "chaos_stop")
+
+    def _chaos_over(self, raw: str | None, change: str, by: dict[str, Any] | None, ended_by: str) -> Chaos | None:
+        """An experiment a script removed (``raw``; None: none was) is told as stopped or ended."""
+        chaos = parse_chaos(raw)
+        if chaos is not None:
+            self._chaos_event(change, chaos, by, ended_by)
+        return chaos
+
+    def _chaos_event(self, change: str, chaos: Chaos, by: dict[str, Any] | None, ended_by: str) -> None:
+        self.hooks.emit(events.ChaosChanged(change, chaos.fault.text, chaos.percent, chaos.seconds, chaos.id,
+                                            by if change == "started" or ended_by else chaos.by, ended_by))
 
     def _forced(self, t: Transition, *, operator: bool = False) -> None:
         record = t.record

@@ -19,7 +19,7 @@ from memguard.store.state import State
 # Longest first: each asyncio name and the blocking name it stands for.
 RENAMES = (("_aunguarded", "_unguarded"), ("_abare_read", "_bare_read"), ("awrapper", "wrapper"),
            ("aperform", "perform"), ("steps.arun", "steps.run"), ("_aget", "_get"), ("acall", "call"),
-           ("aget", "get"), ("async ", ""))
+           ("aget", "get"), ("asyncio.sleep", "time.sleep"), ("async ", ""))
 
 
 class Unawait(ast.NodeTransformer):

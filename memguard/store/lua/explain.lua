@@ -19,9 +19,9 @@ local function read(key)
   return false
 end
 local t = redis.call('TIME')
-local forced, count, ramp = read(FORCED), read(COUNTER), read(RAMP)
+local forced, count, ramp, chaos = read(FORCED), read(COUNTER), read(RAMP), read(CHAOS)
 local expires = redis.pcall('PEXPIRETIME', FORCED)  -- Redis 7; on 6 an error, left out
-local digest = redis.sha1hex(table.concat({tostring(forced), tostring(count), tostring(ramp),
+local digest = redis.sha1hex(table.concat({tostring(forced), tostring(count), tostring(ramp), tostring(chaos),
                                            table.concat(problems, ';'),
                                            type(expires) == 'number' and expires or ''}, '\0'))
 local v = tonumber(current)
@@ -33,7 +33,7 @@ if sent or v == nil then
   redis.call('SET', LOCK, digest .. ':' .. v, 'PX', A.ttl_ms)
 end
 local snapshot = cjson.encode({
-  forced = forced, count = count, ramp = ramp, version = v,
+  forced = forced, count = count, ramp = ramp, chaos = chaos, version = v,
   ttl = redis.call('PTTL', COUNTER), fttl = redis.call('PTTL', FORCED),
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), problems = problems,
   fleet = redis.call('PUBSUB', 'NUMSUB', A.channel)[2]})

@@ -9,11 +9,12 @@ local now = now_ms()
 if prev and not A.replace and prev['until'] * 1000 > now + A.hold_ms then
   return cjson.encode({status = 'kept', record = raw})
 end
-local new, ramp
+local new, ramp, chaos, ended
 if A.auto then
   new, ramp = trip(now, A.reason, A.hold_ms, A.grace_ms, A.by, A.cap_ms, A.jitter)
-else  -- an operator's force starts a run of holds of its own, and ends any ramp
+else  -- an operator's force starts a run of holds of its own, and ends any ramp and experiment
   new, ramp = write_record(now, A.reason, A.hold_ms, A.grace_ms, A.by, prev), end_ramp()
+  chaos, ended = end_chaos()
 end
-return cjson.encode({status = 'forced', record = new, previous = raw or '',
-                     notice = notify({forced = new, ramp = ramp})})
+return cjson.encode({status = 'forced', record = new, previous = raw or '', chaos_ended = ended,
+                     notice = notify({forced = new, ramp = ramp, chaos = chaos})})

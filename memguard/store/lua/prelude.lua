@@ -162,3 +162,45 @@ local function trip(now, reason, hold_ms, grace_ms, by, cap_ms, jitter)
   end
   return new, end_ramp()
 end
+
+-- A game day's experiment (memguard.domain.chaos). Its validity rule, the same as chaos_problem
+-- there: a JSON object with id a string of 1 to MAX_ID_BYTES, fault one of timeout, auth,
+-- error:5xx or latency:<1-60000>ms, percent in (0, 100], start a finite number at most
+-- CLOCK_SKEW_MS ahead of the Redis clock, seconds in [5, 3600], and optional trip (a boolean)
+-- and by (an object). The key outlives its end by CHAOS_KEPT_MS: a safety net, the prober ends it.
+local CHAOS_MIN_S, CHAOS_MAX_S, CHAOS_KEPT_MS = 5, 3600, 60000  -- chaos.MIN_SECONDS, MAX_SECONDS
+
+local function fault_ok(f)
+  if type(f) ~= 'string' then return false end
+  if f == 'timeout' or f == 'auth' or f:match('^error:5%d%d$') then return true end
+  local ms = f:match('^latency:([1-9]%d?%d?%d?%d?)ms$')
+  return ms ~= nil and tonumber(ms) <= 60000
+end
+
+-- nil: no experiment; false: a value that is not a valid one; else the experiment.
+local function decode_chaos(raw, now)
+  if not raw then return nil end
+  local ok, c = pcall(cjson.decode, raw)
+  if not ok or type(c) ~= 'table' then return false end
+  if type(c.id) ~= 'string' or #c.id < 1 or #c.id > MAX_ID_BYTES then return false end
+  if not fault_ok(c.fault) then return false end
+  if not finite(c.percent) or c.percent <= 0 or c.percent > 100 then return false end
+  if not finite(c.start) or c.start * 1000 > now + CLOCK_SKEW_MS then return false end
+  if not within(c.seconds, CHAOS_MIN_S, CHAOS_MAX_S) then return false end
+  if not absent(c.trip) and type(c.trip) ~= 'boolean' then return false end
+  if not absent(c.by) and (type(c.by) ~= 'table' or c.by[1] ~= nil) then return false end
+  return c
+end
+
+-- Writes an experiment ending at end_ms; its key outlives that by CHAOS_KEPT_MS.
+local function keep_chaos(raw, end_ms)
+  redis.call('SET', CHAOS, raw, 'PXAT', end_ms + CHAOS_KEPT_MS)
+end
+
+-- Removes the experiment: the notice's chaos field ('' if there was one, else nil), and the
+-- value it removed.
+local function end_chaos()
+  local raw = redis.call('GET', CHAOS)
+  if raw and redis.call('DEL', CHAOS) == 1 then return '', raw end
+  return nil, nil
+end
