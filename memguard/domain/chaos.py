@@ -33,6 +33,7 @@ CLOCK_SKEW_S = 5
 MAX_LATENCY_MS = 60_000
 MAX_INPUT_CHARS = 32  # an operator's --fault, --share or --for: longer is refused unread
 FAULTS = ("timeout", "error:<500-599>", "latency:<1-60000>ms", "auth")
+FAULT_KINDS = ("timeout", "error", "latency", "auth")  # memory_chaos_injected_total's fault label
 _FAULT = re.compile(r"(timeout|auth|error:(5[0-9][0-9])|latency:([1-9][0-9]{0,4})ms)")  # ASCII, as Lua's %d
 _SHARE = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,2})?)%?")
 _DURATION = re.compile(r"([1-9][0-9]{0,4})(s|m|h)")

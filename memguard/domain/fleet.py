@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memguard.domain.chaos import Chaos
 from memguard.domain.modes import EffectiveMode, combine
 from memguard.domain.ramp import Ramp
 from memguard.domain.record import ForcedRecord
@@ -22,12 +23,14 @@ class FleetStatus:
     probe_heartbeat: float | None
     grace_seconds: float
     ramp: Ramp | None = None  # a recovery ramp still running (None once it has run its course)
+    chaos: Chaos | None = None  # a game day's experiment still running
 
     @classmethod
     def of(cls, snap: Snapshot, base: EffectiveMode, grace_seconds: float) -> FleetStatus:
         ramp = snap.ramp if snap.ramp is not None and snap.redis_now < snap.ramp.end else None
+        chaos = snap.chaos if snap.chaos is not None and snap.redis_now < snap.chaos.end else None
         return cls(combine(base, snap.record is not None), snap.record, snap.redis_now, snap.fail_count,
-                   snap.probe_heartbeat, grace_seconds, ramp)
+                   snap.probe_heartbeat, grace_seconds, ramp, chaos)
 
     @property
     def ramp_share(self) -> float:

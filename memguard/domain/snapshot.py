@@ -43,3 +43,4 @@ class Transition:
     ramp: Ramp | None = None  # the ramp this transition started, or the one it found complete
     waiting: bool = False  # a window script: its bad reads are judged after the catch-up
     due: float | None = None  # a probe claim with no hold: when a ramp or an experiment running ends
+    chaos_ended: bool = False  # an operator's force or clear ended an experiment

@@ -64,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="probe Zep now if a hold has expired (a manual probe: it does "
                        "not count as beat's tick)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("chaos", help="a game day: make a share of conversations' reads fail fleet-wide, "
+                       "for a bounded time, in the processes that allow it (MEMGUARD_CHAOS=allow)")
+    chaos = p.add_subparsers(dest="chaos", required=True)
+    c = chaos.add_parser("start", help="start an experiment (it replaces one in progress)")
+    c.add_argument("--fault", required=True, help="timeout, error:<500-599>, latency:<1-60000>ms or auth")
+    c.add_argument("--share", required=True, help="the share of conversations picked: 30%% or 30")
+    c.add_argument("--for", dest="duration", required=True, help="how long: 90s, 10m or 1h (5 s to 1 h)")
+    c.add_argument("--trip", action="store_true",
+                   help="injected faults count toward a trip, so the whole path runs (force, hold, probe, "
+                   "ramp)")
+    chaos.add_parser("stop", help="end the experiment in every process now")
+    for c in chaos.choices.values():
+        c.add_argument("--guard", default="default",
+                       help="the guard (default: default, memguard's Zep guard)")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("history", help="transitions, probe results and operator actions, oldest first")
     p.add_argument("-n", type=int, default=20, help="how many entries (default 20)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -161,7 +176,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from memguard.observe import logs
     from memguard.ops.actions import OperatorError
 
-    one_shot = args.cmd in ("status", "force", "clear", "probe", "history", "guards", "doctor")
+    one_shot = args.cmd in ("status", "force", "clear", "probe", "history", "guards", "doctor", "chaos")
     if one_shot:  # they print their own outcome; a warning line would only repeat it
         logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="memguard: %(message)s")
     elif args.cmd == "metrics":
@@ -251,6 +266,10 @@ def _one_shot(args: argparse.Namespace, proc: Any, by: dict[str, Any]) -> str:
     elif args.cmd == "clear":
         res = ops.clear(by, ramp=not args.no_ramp)
         lines = cli_text.clear_lines(res)
+    elif args.cmd == "chaos":
+        res = ops.chaos_stop(by) if args.chaos == "stop" else \
+            ops.chaos_start(by, fault=args.fault, share=args.share, duration=args.duration, trip=args.trip)
+        lines = cli_text.chaos_lines(res)
     else:
         res = ops.probe(by)
         lines = cli_text.probe_lines(res)

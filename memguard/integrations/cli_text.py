@@ -40,6 +40,8 @@ def status_lines(st: dict[str, Any], now: float) -> list[str]:
         lines.append(f"recovering:  {ramp['share_percent']:.0f} % of reads admitted, "
                      f"{ramp['seconds_left']:.0f} s of {ramp['seconds']:g} left (after {ramp['reason']}; "
                      f"the hold was {ramp['previous_reason']}, hold #{ramp['holds']})")
+    if st.get("chaos"):
+        lines.append(f"chaos:       {chaos_text(st['chaos'])}")
     count, threshold = st["fail_count"], st["threshold"]
     if count >= threshold:  # a trip, not "4 of 3"
         outcome = "which forced the fleet" if st["forced"] else \
@@ -86,23 +88,50 @@ def guards_lines(rows: list[dict[str, Any]], now: float, heading: str = "") -> l
             detail = f", {row['share_percent']:.0f} % of reads admitted until {iso(row['until'])}"
         elif row["fail_count"]:
             detail = f", {row['fail_count']} failures counted"
+        if row.get("chaos"):
+            detail += f"; chaos: {chaos_text(row['chaos'])}"
         lines.append(f"  {row['guard']:<32} {row['state']}{detail}")
     return lines
 
 
+def chaos_text(c: dict[str, Any]) -> str:
+    """A running experiment in one line, with its time left."""
+    return (f"{c['fault']} on {c['share_percent']:g}% of conversations, {duration(c['seconds_left'])} left "
+            f"(experiment {c['id'][:12]}, {'counts toward a trip' if c['trip'] else 'no trip'}; "
+            "injected only where MEMGUARD_CHAOS=allow)")
+
+
+def chaos_lines(res: dict[str, Any]) -> list[str]:
+    if "started" in res:
+        return [f"chaos started: {chaos_text(res)}", "ended by: memguard chaos stop, any force or clear, "
+                f"or its end at {iso(res['end'])}"]
+    if not res["stopped"]:
+        return ["no chaos experiment was running"]
+    return [f"chaos stopped: {res['fault']} on {res['share_percent']:g}% of conversations "
+            f"(experiment {res['id'][:12]}); every process reads normally within a second"]
+
+
+ENDED_CHAOS = "and ended the chaos experiment that was running"
+
+
 def force_lines(res: dict[str, Any], now: float) -> list[str]:
     left = f"{iso(res['until'])} ({duration(res['until'] - now)} left)"
+    ended = [ENDED_CHAOS] if res.get("chaos_ended") else []
     if res["kept"]:
         return [f"kept the longer hold in place: reason {res['reason']} until {left}; "
                 "add --replace to shorten it"]
-    return [f"forced write_only fleet-wide: reason {res['reason']} until {left}"]
+    return [f"forced write_only fleet-wide: reason {res['reason']} until {left}", *ended]
 
 
 def clear_lines(res: dict[str, Any]) -> list[str]:
+    return [*_cleared(res), *([ENDED_CHAOS] if res.get("chaos_ended") else [])]
+
+
+def _cleared(res: dict[str, Any]) -> list[str]:
     if res.get("ramp_ended"):
         return ["ended the recovery ramp: every read goes to Zep again"]
     if not res["cleared"]:
-        return ["nothing to clear: the fleet was not forced"]
+        return [] if res.get("chaos_ended") else ["nothing to clear: the fleet was not forced"]
     if res.get("ramp_seconds"):
         return [f"cleared: reads return to Zep through a {res['ramp_seconds']:g} s recovery ramp "
                 f"(the hold was {res['previous_reason']}; --no-ramp restores every read at once)"]

@@ -192,6 +192,16 @@ def _register_tasks(app: Celery) -> None:
         """Remove the forced record now; reads return through the recovery ramp unless ramp=False."""
         return _operator_call(self, "clear", args, kwargs)
 
+    @app.task(name="memguard.chaos_start", **opts)
+    def chaos_start(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Start a game day's experiment: kwargs fault, share, duration, trip (false)."""
+        return _operator_call(self, "chaos_start", args, kwargs)
+
+    @app.task(name="memguard.chaos_stop", **opts)
+    def chaos_stop(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """End the experiment in every process now."""
+        return _operator_call(self, "chaos_stop", args, kwargs)
+
     @app.task(name="memguard.status", **opts)
     def status(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The fleet's mode, record, seconds left and failure count."""

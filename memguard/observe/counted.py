@@ -27,8 +27,10 @@ LABELS: dict[str, tuple[str, ...]] = {
     "errors": ("kind", "op", "guard"),
     "operator_actions": ("action", "result", "guard"),
     "unguarded": ("guard",),
+    "chaos_injected": ("fault", "guard"),
 }
-OPERATOR_ACTIONS = ("force", "clear")  # the ones that change the state: dashboards annotate them
+# The ones that change the state: dashboards annotate them.
+OPERATOR_ACTIONS = ("force", "clear", "chaos_start", "chaos_stop")
 OPERATOR_RESULTS = ("accepted", "refused")
 
 
@@ -61,6 +63,8 @@ def counts(event: events.Event) -> Iterator[tuple[str, dict[str, str], int]]:
         yield "probes", {"result": event.result, "guard": guard}, 1
     elif isinstance(event, events.GuardTrouble):
         yield "errors", {"kind": event.kind, "op": event.op, "guard": guard}, 1
+    elif isinstance(event, events.ChaosInjected):
+        yield "chaos_injected", {"fault": event.fault, "guard": guard}, 1
     elif isinstance(event, events.ReadUnguarded):
         yield "unguarded", {"guard": guard}, event.reads
     elif isinstance(event, events.OperatorAction) and event.action in OPERATOR_ACTIONS:

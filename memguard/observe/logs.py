@@ -265,6 +265,10 @@ def _log(event: events.Event) -> None:
         else:
             emit(logging.WARNING, "memguard_operator_refused", action=event.action,
                  errors=list(event.errors), arguments=event.arguments, by=event.by)
+    elif isinstance(event, events.ChaosChanged):  # its injected reads are counted, not logged
+        emit(logging.WARNING if event.change == "started" else logging.INFO, f"memguard_chaos_{event.change}",
+             fault=event.fault, percent=event.percent, seconds=event.seconds, experiment=event.experiment,
+             by=event.by, **({"ended_by": event.ended_by} if event.ended_by else {}))
     elif isinstance(event, events.GuardTrouble) and event.kind == "config_error":
         if event.detail not in _config_errors_logged:  # once per process: it will not fix itself
             _config_errors_logged.add(event.detail)

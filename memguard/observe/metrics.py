@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 from memguard.domain import events
+from memguard.domain.chaos import FAULT_KINDS
 from memguard.domain.classify import FAILURE_REASONS
 from memguard.domain.fleet import FleetStatus
 from memguard.domain.guards import DEFAULT
@@ -47,9 +48,11 @@ OPERATOR = Counter("memory_operator_actions_total", "Operators' forces and clear
 UNGUARDED = Counter("memory_zep_reads_unguarded_total", "Reads that went to Zep unguarded because the "
                     "state could not be read (Redis unreachable, refused, TLS-rejected) or the check failed",
                     ["guard"])
+CHAOS = Counter("memory_chaos_injected_total", "Reads a game day's experiment gave its fault, by kind "
+                "(timeout, error, latency, auth)", ["fault", "guard"])
 COUNTERS = {"downgrades": DOWNGRADES, "would_downgrade": WOULD, "failures": FAILURES, "probes": PROBES,
             "blocked": BLOCKED, "restored": RESTORED, "ramps": RAMPS, "errors": TROUBLE,
-            "operator_actions": OPERATOR, "unguarded": UNGUARDED}
+            "operator_actions": OPERATOR, "unguarded": UNGUARDED, "chaos_injected": CHAOS}
 OVERHEAD = Histogram("memory_guard_overhead_seconds", "Time the guard adds to a read (sampled)",
                      ["guard"], buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2))
 
@@ -66,6 +69,8 @@ def start_series(guard: str) -> None:
         for result in counted.OPERATOR_RESULTS:
             OPERATOR.labels(action, result, guard)
     UNGUARDED.labels(guard)
+    for kind in FAULT_KINDS:
+        CHAOS.labels(kind, guard)
     TROUBLE.labels("redis_error", "check", guard)
     TROUBLE.labels("internal", "check", guard)
 
@@ -136,6 +141,9 @@ GAUGES: tuple[tuple[str, str, Callable[[FleetStatus], float]], ...] = (
      "while one runs, 1 with none, 0 while forced", lambda f: f.ramp_share),
     ("memory_recovery_ramp_seconds_left", "Seconds left in the recovery ramp (0 with none)",
      lambda f: f.ramp.seconds_left(f.redis_now) if f.ramp and not f.forced else 0.0),
+    ("memory_chaos_share", "Share of conversations a game day's experiment picks while one runs (memguard "
+     "chaos start), 0 with none: the dashboard marks it",
+     lambda f: f.chaos.percent / 100 if f.chaos else 0.0),
 )
 
 

@@ -44,6 +44,7 @@ INSTRUMENTS: dict[str, tuple[str, str, str]] = {
                          "Operators' forces and clears (the tasks, the CLI, the flags API), by result"),
     "unguarded": ("memguard.zep.reads.unguarded", "{read}",
                   "Reads that went to Zep unguarded: the state could not be read"),
+    "chaos_injected": ("memguard.chaos.injected", "{read}", "Reads a game day's experiment gave its fault"),
 }
 OVERHEAD = ("memguard.guard.overhead", "s", "Time the guard adds to a read (sampled)")
 OVERHEAD_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2)  # Prometheus's

@@ -10,10 +10,10 @@ event: the audit trail and the logs hear it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from memguard.config.settings import Settings
-from memguard.domain import events
+from memguard.domain import chaos, events
 from memguard.domain.fleet import FleetStatus
 from memguard.domain.record import Status, shown
 from memguard.ops import audit
@@ -26,6 +26,8 @@ OPERATOR_HOLD_SECONDS = 600
 MAX_TTL_SECONDS = 86_400
 MAX_REASON_LEN = 64
 FORCE_KEYS = frozenset({"reason", "ttl_seconds", "replace"})
+CHAOS_KEYS = frozenset({"fault", "share", "duration", "trip"})
+T = TypeVar("T")
 Positional = tuple[Any, ...]  # what `celery call -a` sent: always refused, named with the rest
 
 
@@ -64,6 +66,18 @@ def key_problems(kwargs: dict[str, Any], allowed: frozenset[str]) -> list[str]:
     return [f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed | {'guard'}))}"]
 
 
+def _parsed(kwargs: dict[str, Any], name: str, parse: Callable[[Any], T], problems: list[str]) -> T | None:
+    """``kwargs[name]`` parsed, or None with the problem added."""
+    if name not in kwargs:
+        problems.append(f"{name} is required")
+        return None
+    try:
+        return parse(kwargs[name])
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
+
+
 class Operations:
     """force, clear, status and probe for one process, each checked, evented and audited."""
 
@@ -84,7 +98,7 @@ class Operations:
         assert t.record is not None
         if t.status is Status.KEPT:  # the answer says the longer hold stays, and how to shorten it
             return {"forced": False, "kept": True, **t.record.as_dict()}
-        return {"forced": True, "kept": False, **t.record.as_dict()}
+        return {"forced": True, "kept": False, "chaos_ended": t.chaos_ended, **t.record.as_dict()}
 
     def clear(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
         """End the hold: reads return through the recovery ramp, or (``ramp=False``) at once,
@@ -98,7 +112,29 @@ class Operations:
         return {"cleared": t.previous is not None,
                 "previous_reason": t.previous.reason if t.previous else None,
                 "ramp_seconds": t.ramp.seconds if t.ramp else 0,
-                "ramp_ended": t.previous is None and t.status is Status.CLEARED}
+                "ramp_ended": t.previous is None and t.status is Status.CLEARED,
+                "chaos_ended": t.chaos_ended}
+
+    def chaos_start(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
+        """Start a game day's experiment (``memguard.domain.chaos``): kwargs fault, share (30% or
+        30), duration (90s, 10m, 1h), trip (false: injected faults do not count toward a trip)."""
+        problems = key_problems(kwargs, CHAOS_KEYS)
+        fault = _parsed(kwargs, "fault", chaos.parse_fault, problems)
+        share = _parsed(kwargs, "share", chaos.parse_share, problems)
+        seconds = _parsed(kwargs, "duration", chaos.parse_duration, problems)
+        if kwargs.get("trip", False) not in (True, False):
+            problems.append(f"trip must be true or false, got {shown(kwargs['trip'])}")
+        self._accept("chaos_start", by, kwargs, problems, positional)
+        assert fault is not None and share is not None and seconds is not None
+        started = self.state.chaos_start(fault.text, share, seconds, kwargs.get("trip") is True, by)
+        return {"started": True, **started.as_dict(started.start)}
+
+    def chaos_stop(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
+        """End the experiment in every process now."""
+        self._accept("chaos_stop", by, kwargs, key_problems(kwargs, frozenset()), positional)
+        stopped = self.state.chaos_stop(by)
+        return {"stopped": stopped is not None, **({} if stopped is None else {
+            "id": stopped.id, "fault": stopped.fault.text, "share_percent": stopped.percent})}
 
     def status(self, by: dict[str, Any], positional: Positional = (), **kwargs: Any) -> dict[str, Any]:
         self._accept("status", by, kwargs, key_problems(kwargs, frozenset()), positional)
@@ -119,6 +155,8 @@ class Operations:
         }
         if fleet.ramp is not None and fleet.record is None:
             out["ramp"] = fleet.ramp.as_dict(fleet.redis_now)
+        if fleet.chaos is not None:
+            out["chaos"] = fleet.chaos.as_dict(fleet.redis_now)
         problems = [snap.corrupt] if snap.corrupt is not None else []
         audit_type = self.state.plain.kind(self.state.keys.audit)
         if audit_type not in ("none", "stream"):
@@ -153,6 +191,8 @@ class Operations:
             out.update(reason=fleet.record.reason, until=fleet.record.until, holds=fleet.holds)
         elif fleet.ramp is not None:
             out.update(share_percent=round(fleet.ramp_share * 100, 1), until=fleet.ramp.end)
+        if fleet.chaos is not None:
+            out["chaos"] = fleet.chaos.as_dict(fleet.redis_now)
         return out
 
     def probe(self, by: dict[str, Any], probe: Probe | None = None, positional: Positional = (),

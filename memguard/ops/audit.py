@@ -21,7 +21,7 @@ from memguard.store.plain import Plain
 
 AUDIT_MAXLEN = 10_000
 RECORDED = (events.ModeForced, events.ModeRestored, events.RampCompleted, events.ProbeFinished,
-            events.OperatorAction)
+            events.OperatorAction, events.ChaosChanged)
 
 
 def entry(event: events.Event) -> dict[str, str] | None:
@@ -40,6 +40,10 @@ def entry(event: events.Event) -> dict[str, str] | None:
     elif isinstance(event, events.ProbeFinished):
         fields = {"event": "probe", "result": event.result,
                   "duration_ms": round(event.duration_seconds * 1000, 1), "error": event.error}
+    elif isinstance(event, events.ChaosChanged):
+        fields = {"event": f"chaos_{event.change}", "fault": event.fault, "percent": event.percent,
+                  "seconds": event.seconds, "experiment": event.experiment, "by": event.by,
+                  "ended_by": event.ended_by or None}
     elif isinstance(event, events.OperatorAction):
         if event.accepted and event.action == "status":
             return None  # reading is not an action worth a trail entry
@@ -140,6 +144,16 @@ def describe(item: dict[str, Any]) -> str:
     elif kind == "ramp_completed":
         what = "recovery ramp completed: every read goes to Zep " \
                f"(the hold was {item.get('previous_reason')}, holds={item.get('holds')})"
+    elif kind in ("chaos_started", "chaos_stopped", "chaos_ended"):
+        seconds = item.get("seconds")
+        what = f"chaos {kind.removeprefix('chaos_')}: {item.get('fault')} on {item.get('percent')}% of " \
+               f"conversations for {duration(seconds) if isinstance(seconds, int | float) else seconds} " \
+               f"(experiment {str(item.get('experiment'))[:12]})"
+        if kind == "chaos_stopped" and item.get("ended_by") not in (None, "chaos_stop"):
+            what += f" by an operator's {item.get('ended_by')}"
+        if kind == "chaos_ended":
+            what += ", its time was up"
+            who = f" (started by {by_text(item.get('by'))})" if item.get("by") else ""
     elif kind == "probe":
         what = f"probe {item.get('result')} in {item.get('duration_ms')} ms" + \
                (f" ({item['error']})" if item.get("error") else "")

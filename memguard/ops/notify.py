@@ -41,7 +41,14 @@ BACKOFF_S = (0.2, 0.5)
 # A restore that starts a recovery ramp is "recovering"; the ramp's end is the "restore". A
 # restore without a ramp (MEMORY_RECOVERY_RAMP_SECONDS=0, clear --no-ramp) is the "restore" at once.
 NOTIFIED = {"forced": "downgrade", "restored": "restore", "lapsed": "restore", "manual_clear": "restore",
-            "ramp_completed": "restore"}
+            "ramp_completed": "restore", "chaos_started": "chaos", "chaos_stopped": "chaos",
+            "chaos_ended": "chaos"}
+CHAOS_TEXT = {"chaos_started": "memguard: chaos experiment started: {fault} on {percent}% of conversations "
+                               "for {seconds} (experiment {experiment})",
+              "chaos_stopped": "memguard: chaos experiment stopped (by {ended_by}): reads are normal again "
+                               "(experiment {experiment})",
+              "chaos_ended": "memguard: chaos experiment ended, its time was up: reads are normal again "
+                             "(experiment {experiment})"}
 PAGERDUTY_DEDUP_KEY = "memguard-fleet-write-only"  # one incident: triggers and resolves pair up
 
 
@@ -64,12 +71,19 @@ def messages(state: State, settings: Settings) -> list[dict[str, Any]]:
     stuck_now = record is not None and fleet.stuck_seconds >= settings.notify_stuck_seconds
     episode = repr(record.since) if stuck_now and record is not None else ""
     stuck, entries = claim(state, episode)
-    out = []
+    out: list[dict[str, Any]] = []
     for e in entries:
         kind = NOTIFIED.get(e.get("event", ""))
         if kind is None:
             continue
         ramp = e.get("ramp_seconds")
+        if kind == "chaos":
+            fields = {k: str(e.get(k, "?")).strip('"')
+                      for k in ("fault", "percent", "experiment", "ended_by")}
+            text = CHAOS_TEXT[e["event"]].format(**fields, seconds=_seconds(e.get("seconds", "?")))
+            out.append({"kind": kind, "reason": e["event"], "text": text, "id": e["id"],
+                        "experiment": fields["experiment"]})
+            continue
         if kind == "downgrade":
             until = float(json.loads(e.get("until", "0")))
             trigger = f", the recovery ramp failed on {e['trigger']}" if e.get("trigger") else ""
@@ -111,6 +125,14 @@ def payload(fmt: str, url: str, msg: dict[str, Any]) -> tuple[str, dict[str, Any
     """The URL to POST to and the body, for the receiver's format."""
     named = {"guard": msg["guard"]} if "guard" in msg else {}  # the default guard's bodies are as before
     details = {"kind": msg["kind"], "reason": msg["reason"], "id": msg["id"], **named}
+    if fmt == "pagerduty" and msg["kind"] == "chaos":  # an incident of its own, informational
+        target, routing_key = urldefrag(url)
+        return target, {
+            "routing_key": routing_key,
+            "event_action": "trigger" if msg["reason"] == "chaos_started" else "resolve",
+            "dedup_key": f"memguard-chaos-{msg['experiment']}",
+            "payload": {"summary": msg["text"], "source": "memguard", "severity": "info",
+                        "custom_details": details}}
     if fmt == "pagerduty":
         target, routing_key = urldefrag(url)
         return target, {

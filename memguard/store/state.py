@@ -14,6 +14,7 @@ actions and notifications call it and never finish a transition by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import secrets
@@ -174,7 +175,8 @@ class State:
 
     def index(self, due: float | None) -> None:
         """Put this named guard's hold end (epoch seconds) in the fleet's index, or take it out."""
-        self.call("index_hold", guard=self.guard, due_ms=None if due is None else int(due * 1000), sooner=False)
+        self.call("index_hold", guard=self.guard, due_ms=None if due is None else int(due * 1000),
+                  sooner=False)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -243,7 +245,8 @@ class State:
         t = Transition(Status.FORCED, record=parse_record(reply["record"]),
                        previous=parse_record(reply["previous"]))
         self._forced(t, operator=not auto)
-        self._chaos_over(reply.get("chaos_ended"), "stopped", by, "force")
+        if self._chaos_over(reply.get("chaos_ended"), "stopped", by, "force") is not None:
+            return dataclasses.replace(t, chaos_ended=True)
         return t
 
     def record_failure(self, by: dict[str, Any]) -> Transition:
@@ -326,13 +329,13 @@ class State:
         """Remove the record and the failure count now (an operator's clear): reads return
         through a ramp, or (``ramp=False``) at once, which also ends a ramp in progress."""
         reply = self.call("clear", ramp=self.settings.ramp if ramp else None)
-        self._chaos_over(reply.get("chaos_ended"), "stopped", by, "clear")
+        ended = self._chaos_over(reply.get("chaos_ended"), "stopped", by, "clear") is not None
         previous = parse_record(reply["previous"])
         if previous is None:  # no hold ended; --no-ramp may have ended a ramp in progress ("")
-            return Transition(Status.CLEARED if reply.get("ramp") == "" else Status.IDLE)
+            return Transition(Status.CLEARED if reply.get("ramp") == "" else Status.IDLE, chaos_ended=ended)
         started = parse_ramp(reply.get("ramp"))
         self._restored("manual_clear", previous, started, by)
-        return Transition(Status.CLEARED, previous=previous, ramp=started)
+        return Transition(Status.CLEARED, previous=previous, ramp=started, chaos_ended=ended)
 
     def lapse(self, by: dict[str, Any]) -> Transition:
         return self.run(self.lapse_steps(by))
@@ -403,7 +406,8 @@ class State:
         """End the experiment in every view; the one ended (None: there was none, or not a valid one)."""
         return self._chaos_over(self.call("chaos_stop")["previous"] or None, "stopped", by, "chaos_stop")
 
-    def _chaos_over(self, raw: str | None, change: str, by: dict[str, Any] | None, ended_by: str) -> Chaos | None:
+    def _chaos_over(self, raw: str | None, change: str, by: dict[str, Any] | None,
+                    ended_by: str) -> Chaos | None:
         """An experiment a script removed (``raw``; None: none was) is told as stopped or ended."""
         chaos = parse_chaos(raw)
         if chaos is not None:
@@ -412,7 +416,7 @@ class State:
 
     def _chaos_event(self, change: str, chaos: Chaos, by: dict[str, Any] | None, ended_by: str) -> None:
         self.hooks.emit(events.ChaosChanged(change, chaos.fault.text, chaos.percent, chaos.seconds, chaos.id,
-                                            by if change == "started" or ended_by else chaos.by, ended_by))
+                                            by if by is not None else chaos.by, ended_by))
 
     def _forced(self, t: Transition, *, operator: bool = False) -> None:
         record = t.record
