@@ -67,7 +67,7 @@ def parse_fault(raw: Any) -> Fault:
     if m.group(3):
         ms = int(m.group(3))
         if ms > MAX_LATENCY_MS:
-            raise ValueError(f"latency must be 1 to {MAX_LATENCY_MS} ms, got {ms}")
+            raise ValueError(f"fault latency must be 1 to {MAX_LATENCY_MS} ms, got {ms}")
         return Fault(m.group(1), "latency", delay_ms=ms)
     return Fault(m.group(1), m.group(1), status=401 if m.group(1) == "auth" else None)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from memguard.domain.chaos import Chaos, LocalChaos, parse_fault
 from memguard.domain.modes import EffectiveMode, combine
 from memguard.domain.ramp import LocalRamp, Ramp
 from memguard.domain.record import ForcedRecord, Status
@@ -84,10 +85,11 @@ class FakeView:
     """The watcher's view: ``current`` is what it can say now (None: nothing)."""
 
     def __init__(self, record: ForcedRecord | None = None, *, valid_s: float = 60.0,
-                 failures_for_s: float = 0.0, ramp: LocalRamp | None = None) -> None:
+                 failures_for_s: float = 0.0, ramp: LocalRamp | None = None,
+                 chaos: LocalChaos | None = None) -> None:
         now = time.monotonic()
         failures_until = now + failures_for_s if failures_for_s else 0.0
-        self.current: View | None = View(record, now + valid_s, failures_until, ramp)
+        self.current: View | None = View(record, now + valid_s, failures_until, ramp, chaos)
 
 
 def ramp(seconds: float = 30.0, elapsed: float = 0.0, min_percent: float = 10.0, aggression: float = 1.0,
@@ -100,6 +102,13 @@ def ramp(seconds: float = 30.0, elapsed: float = 0.0, min_percent: float = 10.0,
 def local_ramp(**kw: Any) -> LocalRamp:
     r = ramp(**kw)
     return LocalRamp.at(r, time.time(), time.monotonic())
+
+
+def local_chaos(fault: str = "error:503", percent: float = 30.0, seconds: float = 600.0, elapsed: float = 0.0,
+                trip: bool = False, chaos_id: str = "c1") -> LocalChaos:
+    """An experiment that started ``elapsed`` seconds ago (on this machine's clock)."""
+    c = Chaos(chaos_id, parse_fault(fault), percent, time.time() - elapsed, seconds, trip, {"via": "test"})
+    return LocalChaos.at(c, time.time(), time.monotonic())
 
 
 class FakeMeter:

@@ -340,8 +340,8 @@ def test_a_view_whose_re_read_covers_a_hand_write_does_not_ask_for_its_explanati
     monkeypatch.setattr(view, "EXPLAIN_WAIT_S", (0.05, 0.05))
     monkeypatch.setattr(watch, "RESYNC_S", (0.01, 0.01))
     watcher = _watcher()
-    snapshot = [[None, None, None, "5", None, None], -2, -2, [1_796_000_000, 0], [("mem:mode:changes", 10**9)],
-                "none", "none", "none", "none", "none"]
+    snapshot = [[None, None, None, "5", None, None], -2, -2, [1_796_000_000, 0],
+                [("mem:mode:changes", 10**9)], "none", "none", "none", "none", "none"]
     steps = watcher.follow_steps()
     assert isinstance(next(steps), ReadSnapshot)
     step = steps.send(snapshot)  # a fleet this large: this view waits rather than asking at once
