@@ -25,6 +25,7 @@ from memguard import process, service
 from memguard.config.settings import Settings, SettingsError, masked_url
 from memguard.domain import events
 from memguard.domain.events import origin
+from memguard.drill import gameday
 from memguard.drill.localstack import CeleryProcess, RedisServer, stack_env
 from memguard.drill.zepstub import ZepStub
 from memguard.integrations.celery_settings import celery_transport
@@ -224,7 +225,7 @@ def _canary_sender(settings: Settings) -> Celery:
 
 def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str | None = None,
         hold: int = HOLD_SECONDS, out: Any = None, logdir: str | None = None,
-        ramp: int = RAMP_SECONDS) -> int:
+        ramp: int = RAMP_SECONDS, chaos: bool = False) -> int:
     tl = Timeline(out)
     interval = 1.0
     show = _on_event(tl)
@@ -235,7 +236,7 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
         if redis_url:
             settings = Settings.from_env({**os.environ, "REDIS_URL": redis_url})
             real_zep = replace(settings, zep_api_url=zep_url or settings.zep_api_url,
-                               zep_api_key=zep_key or settings.zep_api_key)
+                               zep_api_key=zep_key or settings.zep_api_key, chaos="allow" if chaos else "off")
             hang_stub = ZepStub().start()
             stack.append(hang_stub)
             hold = real_zep.hold_seconds
@@ -253,7 +254,7 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
                     process.configure(real_zep)
 
             process.configure(real_zep)
-            probes = zep_reads = None
+            probes = zep_reads = reads_of = None
             sender = _canary_sender(settings)
             threshold = real_zep.threshold
         else:
@@ -281,8 +282,8 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
             worker.start()
             beat.start()
             tl.say(f"worker and beat up (logs in {logdir})")
-            process.configure(Settings.from_env(env))
-            set_fault = stub.set_fault
+            process.configure(replace(Settings.from_env(env), chaos="allow" if chaos else "off"))
+            set_fault, reads_of = stub.set_fault, stub.reads_of
 
             def probes() -> int:
                 return stub.reads_of(PROBE_THREAD_ID)
@@ -301,6 +302,9 @@ def run(redis_url: str | None = None, zep_url: str | None = None, zep_key: str |
             failure_drill(tl, set_fault, threshold),
             recovery_drill(tl, set_fault, hold, interval, probes, zep_reads),
         ]
+        if chaos:
+            ok, detail = gameday.chaos_drill(tl.say, sender, reads_of)
+            results.append(DrillResult("chaos", ok, detail))
     finally:
         process.hooks.unsubscribe(show)
         for p in procs:

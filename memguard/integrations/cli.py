@@ -116,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hold", type=int, default=5, help="hold seconds for the local stack (default 5)")
     p.add_argument("--ramp", type=int, default=6,
                    help="recovery ramp seconds for the local stack (default 6; 0: restore at once)")
+    p.add_argument("--chaos", action="store_true",
+                   help="also a game day: an experiment makes a share of conversations fail, and stops")
     p = sub.add_parser("metrics", help="serve /metrics")
     p.add_argument("--port", type=int, default=9464)
     p.add_argument("--addr", default="0.0.0.0")
@@ -133,7 +135,7 @@ def _drill(drill: Any, args: argparse.Namespace) -> int:
     stream = sys.stderr if args.verbose else open(path, "a")  # noqa: SIM115
     logs.configure(level="INFO", stream=stream)
     code = drill.run(args.redis_url, args.zep_url, args.zep_key, hold=args.hold, logdir=logdir,
-                     ramp=args.ramp)
+                     ramp=args.ramp, chaos=args.chaos)
     files = sorted(name for name in os.listdir(logdir) if name.endswith(".log"))
     print(f"logs (JSON lines) in {logdir}: {', '.join(files) or 'none'}")
     return code

@@ -265,10 +265,15 @@ def _log(event: events.Event) -> None:
         else:
             emit(logging.WARNING, "memguard_operator_refused", action=event.action,
                  errors=list(event.errors), arguments=event.arguments, by=event.by)
-    elif isinstance(event, events.ChaosChanged):  # its injected reads are counted, not logged
-        emit(logging.WARNING if event.change == "started" else logging.INFO, f"memguard_chaos_{event.change}",
-             fault=event.fault, percent=event.percent, seconds=event.seconds, experiment=event.experiment,
-             by=event.by, **({"ended_by": event.ended_by} if event.ended_by else {}))
+    elif isinstance(event, events.ChaosChanged) and event.change == "started":  # its reads are counted
+        emit(logging.WARNING, "memguard_chaos_started", fault=event.fault, percent=event.percent,
+             seconds=event.seconds, experiment=event.experiment, by=event.by)
+    elif isinstance(event, events.ChaosChanged) and event.change == "stopped":
+        emit(logging.INFO, "memguard_chaos_stopped", fault=event.fault, experiment=event.experiment,
+             ended_by=event.ended_by, by=event.by)
+    elif isinstance(event, events.ChaosChanged):
+        emit(logging.INFO, "memguard_chaos_ended", fault=event.fault, experiment=event.experiment,
+             seconds=event.seconds, by=event.by)
     elif isinstance(event, events.GuardTrouble) and event.kind == "config_error":
         if event.detail not in _config_errors_logged:  # once per process: it will not fix itself
             _config_errors_logged.add(event.detail)
