@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from memguard import flags, service
+from memguard.domain.chaos import chaos_problem, parse_chaos
 from memguard.domain.events import origin
 from memguard.domain.ramp import parse_ramp, ramp_problem
 from memguard.domain.record import Status, parse_record, record_problem
@@ -79,12 +80,37 @@ valid_ramps = st.fixed_dictionaries(
 one_ramp_field_off = st.tuples(valid_ramps, st.sampled_from(sorted(RAMP_FIELDS)).flatmap(
     lambda name: RAMP_FIELDS[name].map(lambda value: (name, value)))).map(
     lambda r: {**r[0], r[1][0]: r[1][1]})
+# Experiments (game days): running ones started in the last 100 s and last at least 3000 s, ended
+# ones ended over 1000 s ago.
+CHAOS_FIELDS = {
+    "id": RAMP_FIELDS["id"],
+    "fault": st.one_of(st.sampled_from(["timeout", "auth", "error:503", "error:599", "latency:1ms",
+                                        "latency:60000ms", "latency:60001ms", "error:404", "TIMEOUT", " auth",
+                                        "latency:0300ms"]), json_values),
+    "percent": st.one_of(st.floats(0.01, 100), st.floats(100.01, 1e6), st.floats(-1e6, 0), json_values),
+    "start": RAMP_FIELDS["start"],
+    "seconds": st.one_of(st.floats(3_000, 3_600), st.floats(3_601, 1e9), st.floats(0, 4.99), json_values),
+    "trip": st.one_of(st.booleans(), json_values),
+    "by": st.one_of(st.dictionaries(st.text(max_size=5), scalars, max_size=2), json_values),
+}
+chaos_records = st.fixed_dictionaries({}, optional=CHAOS_FIELDS)
+valid_chaos = st.fixed_dictionaries(
+    {"id": st.text(min_size=1, max_size=20), "fault": st.sampled_from(["timeout", "auth", "error:503",
+                                                                      "latency:300ms"]),
+     "percent": st.floats(0.01, 100), "start": st.floats(NOW - 100, NOW - 1),
+     "seconds": st.floats(3_000, 3_600)},
+    optional={"trip": st.booleans(),
+              "by": st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2)})
+one_chaos_field_off = st.tuples(valid_chaos, st.sampled_from(sorted(CHAOS_FIELDS)).flatmap(
+    lambda name: CHAOS_FIELDS[name].map(lambda value: (name, value)))).map(
+    lambda r: {**r[0], r[1][0]: r[1][1]})
 strings = st.one_of(
     st.text(max_size=30),
     st.sampled_from(["0", "1", "-5", "99999999999999999999", "NaN", "1e400", "xyz", "0-0", "1-1", "{}"]),
     json_values.map(json.dumps),
     records.map(json.dumps),
     st.one_of(ramps, valid_ramps).map(json.dumps),
+    st.one_of(chaos_records, valid_chaos).map(json.dumps),
 )
 texts = st.text(min_size=1, max_size=8)
 redis_values = st.one_of(
@@ -131,7 +157,7 @@ def quick(action: Callable[[], Any], what: str) -> Any:
 
 @pytest.fixture
 def process_for_properties(configure, stub):
-    return configure(read_timeout_ms=200, window_seconds=60)
+    return configure(read_timeout_ms=200, window_seconds=60, chaos="allow")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -152,7 +178,7 @@ def test_any_value_at_any_key_fails_open_and_is_repaired_by_the_next_change(proc
     for read in (lambda: service.fetch_thread_context("t"),
                  lambda: asyncio.run(service.afetch_thread_context("t"))):
         _, meta = quick(read, "a read")
-        assert meta["source"] in ("zep", "write_only_forced", "ramp_held"), meta
+        assert meta["source"] in ("zep", "write_only_forced", "ramp_held", "chaos"), meta
     status = quick(lambda: rt.ops.status(by), "status")
     json.dumps(json_safe(status), allow_nan=False)
     if values["forced"] is not None and status["forced"] is False:
@@ -174,6 +200,7 @@ def test_any_value_at_any_key_fails_open_and_is_repaired_by_the_next_change(proc
     # Operators are never locked out: force forces and clear clears, whatever was there.
     forced = quick(lambda: rt.ops.force(by, reason="manual_ops", ttl_seconds=60, replace=True), "force")
     assert forced["forced"] is True and flags.get_forced_mode() is not None
+    assert not redis_db.exists(KEYS.chaos), "an operator's force ends any experiment, or removes what is none"
     assert service.fetch_thread_context("t")[1]["source"] == "write_only_forced"
     quick(lambda: rt.ops.clear(by), "clear")
     assert flags.get_forced_mode() is None
@@ -241,6 +268,29 @@ def test_the_scripts_and_python_judge_a_ramp_by_one_rule(process_for_properties,
     t = rt.state.force("auth", 300, BY, auto=True)
     assert t.record is not None and (t.record.reason == "ramp_failed") == running, (ramp, t.record)
     assert not redis_db.exists(KEYS.ramp), "the new hold ends the ramp"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chaos=st.one_of(chaos_records, valid_chaos, one_chaos_field_off))
+@example(chaos={"id": "e", "fault": "timeout", "percent": 10, "start": NOW + 60, "seconds": 600})
+@example(chaos={"id": "\ud800", "fault": "timeout", "percent": 10, "start": NOW - 10, "seconds": 3_600})
+def test_the_scripts_and_python_judge_an_experiment_by_one_rule(process_for_properties, redis_db, chaos):
+    """The prober's tick keeps a valid running experiment and removes anything else (an
+    experiment past its end, or no experiment): the Lua verdict. ``chaos_problem`` and its end
+    are the Python one. They agree, and the reads agree with them."""
+    rt = process_for_properties
+    redis_db.delete(KEYS.forced, KEYS.chaos)
+    wait_for(lambda: (view := rt.view.current) is not None and view.chaos is None, 2, "the view")
+    redis_db.set(KEYS.chaos, json.dumps(chaos))
+    parsed = parse_chaos(json.dumps(chaos), time.time())
+    assert (parsed is not None) == (chaos_problem(json.loads(json.dumps(chaos)), time.time()) is None
+                                    and not _lone_surrogate(chaos))
+    running = parsed is not None and time.time() < parsed.end
+    if not running:
+        sources = {service.fetch_thread_context(f"t{i}")[1]["source"] for i in range(20)}
+        assert sources == {"zep"}, (chaos, sources)
+    rt.ops.probe(BY, probe=lambda timeout_s: None, scheduled=True)
+    assert bool(redis_db.exists(KEYS.chaos)) == running, (chaos, running)
 
 
 def test_the_heartbeat_works_over_any_value_at_its_lock(configure, redis_db):
