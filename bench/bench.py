@@ -291,6 +291,26 @@ def main() -> None:
         res["memguard_failure_rate"]["redis_commands_per_read"] = per_read(raw, before, n)
         rate_rt.close()
 
+        # Game days (memguard chaos): a process that allows experiments, first with none running
+        # (the healthy read must cost what it did), then with a record its views carry, which does
+        # not pick the bench's conversation (the read hashes it with the experiment's id and reads on).
+        chaos_rt = quiet_build(Settings(redis_url=server.url, zep_api_key="x", threshold=10**6,
+                                        ramp_seconds=0, chaos="allow"))
+        chaos_rt.watcher.wait_ready()
+        before = commands(raw)
+        res["memguard_chaos_allowed"] = summary(timed(lambda: chaos_rt.guard.call("t", noop), n), base)
+        res["memguard_chaos_allowed"]["redis_commands_per_read"] = per_read(raw, before, n)
+        chaos_rt.state.chaos_start("error:503", 0.01, 600, False, {"via": "bench"})
+        deadline = time.monotonic() + 5
+        while ((v := chaos_rt.view.current) is None or v.chaos is None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert chaos_rt.guard.call("t", noop)[1] == {"used": True, "source": "zep"}, "t is not picked"
+        before = commands(raw)
+        res["memguard_chaos_record"] = summary(timed(lambda: chaos_rt.guard.call("t", noop), n), base)
+        res["memguard_chaos_record"]["redis_commands_per_read"] = per_read(raw, before, n)
+        chaos_rt.state.chaos_stop({"via": "bench"})
+        chaos_rt.close()
+
         # Inside a recovery ramp: each read also hashes (ramp id, thread id) and computes the share.
         # A share just under 1 makes the read take the whole decision and still be admitted.
         ramp_rt = quiet_build(Settings(redis_url=server.url, zep_api_key="x", threshold=10**6,
@@ -377,6 +397,10 @@ def main() -> None:
                 (res["memguard_in_ramp"]["p50_us"] - res["memguard"]["p50_us"])
                 / res["bare_redis_get"]["p50_us"], 4),
             "ramp_extra_p50_us": round(res["memguard_in_ramp"]["p50_us"] - res["memguard"]["p50_us"], 3),
+            "chaos_allowed_over_memguard_p50": round(
+                res["memguard_chaos_allowed"]["p50_us"] / max(res["memguard"]["p50_us"], 1e-3), 2),
+            "chaos_record_extra_p50_us": round(
+                res["memguard_chaos_record"]["p50_us"] - res["memguard_chaos_allowed"]["p50_us"], 3),
         }
 
         # Failure path: round trips per recorded failure.
@@ -424,6 +448,8 @@ def main() -> None:
         ("memguard_latency_trip", "memguard overhead, latency trip on"),
         ("memguard_failure_rate", "memguard overhead, failure-rate on"),
         ("memguard_in_ramp", "memguard overhead, in a ramp"),
+        ("memguard_chaos_allowed", "memguard overhead, chaos allowed"),
+        ("memguard_chaos_record", "memguard ovh, experiment running"),
         ("memguard_named_tenant", "memguard overhead, a tenant's guard"),
         ("async_call", "awaited coroutine call (asyncio)"),
         ("memguard_async", "memguard overhead, async (acall)"),
@@ -441,6 +467,10 @@ def main() -> None:
           "(one implementation, driven by acall)")
     print(f"in-ramp read, extra p50:             {r['ramp_extra_p50_us']} µs = "
           f"{r['ramp_extra_p50_over_bare_rtt']} bare RTT (target <= 2 µs)")
+    print(f"chaos allowed, no experiment / off:  {r['chaos_allowed_over_memguard_p50']}x p50 "
+          "(target ~1: unchanged)")
+    print(f"an experiment's record, extra p50:   {r['chaos_record_extra_p50_us']} µs on a read it does not "
+          "pick (no Redis round trip: the record rides in the view)")
     print("memguard's idle cost per process: see --fleet")
     startup.report(res["startup"])
     otel.report(res["otel"])

@@ -21,7 +21,7 @@ def bench(*args: str) -> dict:
 def test_the_benchmark_runs_and_a_healthy_read_costs_no_redis_command():
     res = bench("--reads", "300", "--startup-rounds", "1")
     for case in ("memguard", "memguard_async", "forked_child_decorated", "memguard_failure_rate",
-                 "memguard_named_tenant"):
+                 "memguard_named_tenant", "memguard_chaos_allowed", "memguard_chaos_record"):
         assert res[case]["redis_commands_per_read"] == 0, case
     assert res["seed_get_del"]["redis_commands_per_read"] == 2
     assert round(res["failure_path"]["round_trips_per_failure"]) == 1  # one script per failure
