@@ -141,7 +141,7 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
                                    ).get(timeout=20)
             stack.sender.send_task("memguard.clear").get(timeout=20)
         forced = time.time()
-        actions = 'sum by (action) (memory_operator_actions_total{result="accepted"})'
+        actions = 'sum by (action) (memory_operator_actions_total{result="accepted"}) > 0'
         wait_for(lambda: {r["metric"]["action"]: float(r["value"][1])
                           for r in prom.api("query", query=actions)["result"]} == {"force": 4, "clear": 4},
                  20, "the worker's four forces and four clears scraped")
@@ -150,8 +150,18 @@ def test_alerts_fire_and_resolve_in_a_real_prometheus(stack, tmp_path):
         assert float(downgrades[0]["value"][1]) == 0, "no force was counted as a downgrade"
         assert prom.alerts("firing") == [] and prom.alerts("pending") == [], \
             "a planned force fires neither MemoryAutoDowngrade nor MemoryDowngradeFlapping"
-        marks = prom.api("query", query=annotation_queries()["Operator forces and clears"])["result"]
+        marks = prom.api("query",
+                         query=annotation_queries()["Operator forces, clears and experiments"])["result"]
         assert {m["metric"]["action"] for m in marks} == {"force", "clear"}, "the dashboard marks them"
+
+        # A game day: the dashboard marks the experiment while it runs, and it pages nothing.
+        stack.sender.send_task("memguard.chaos_start", kwargs={"fault": "error:503", "share": "20%",
+                                                               "duration": "1m"}).get(timeout=20)
+        running = annotation_queries()["Chaos experiment running"]
+        wait_for(lambda: prom.api("query", query=running)["result"], 20, "the dashboard's mark")
+        stack.sender.send_task("memguard.chaos_stop").get(timeout=20)
+        wait_for(lambda: not prom.api("query", query=running)["result"], 20, "the mark to end with the stop")
+        assert prom.alerts("firing") == [] and prom.alerts("pending") == []
 
         # A 401: the reader downgrades the fleet at once.
         stack.stub.set_fault("401")
