@@ -281,7 +281,7 @@ class Guard:
         counted toward a trip only when the experiment says so (``--trip``)."""
         verdict = of_fault(chaos.status)
         meta = {"used": False, "source": "chaos", "reason": verdict.reason, "status": verdict.status,
-                "error": "chaos", "chaos": chaos.fault.text}
+                "error": "chaos", "chaos": chaos.fault.text, **({"guard": self.name} if self.tagged else {})}
         try:
             if chaos.trip:
                 if self.meter is not None:
