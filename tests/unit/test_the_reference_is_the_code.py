@@ -34,3 +34,24 @@ def test_the_reference_names_every_metric_task_and_command():
     sub = next(a for a in cli._parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     for command in sub.choices:
         assert f"### memguard {command}" in page
+
+
+def test_the_python_api_page_renders_every_public_name_and_only_those():
+    """docs/api.md renders each name of ``memguard.__all__`` from the object ``memguard.<name>``
+    is, and nothing else."""
+    import importlib
+    import re
+
+    import memguard
+
+    page = (ROOT / "docs" / "api.md").read_text()
+    rendered = re.findall(r"^::: ([\w.]+)$", page, flags=re.M)
+    public = sorted(set(memguard.__all__) - {"__version__"})
+    assert sorted(path.rsplit(".", 1)[-1] for path in rendered) == public
+    for path in rendered:
+        module, _, name = path.rpartition(".")
+        target = importlib.import_module(path) if name == "flags" else \
+            getattr(importlib.import_module(module), name)
+        exported = getattr(memguard, name)
+        # The asyncio entry points are thin wrappers in memguard/__init__.py around the service's.
+        assert exported is target or (exported.__module__ == "memguard" and exported.__name__ == name), path
