@@ -221,6 +221,14 @@ def readme_force_command() -> list[str]:
     return ["-A", "myapp", "call", "memguard.force", "--kwargs", json.dumps({**kwargs, "ttl_seconds": 2})]
 
 
+def readme_run_commands() -> list[list[str]]:
+    """The quick start's "Run a worker and two beats" commands, as the README shows them."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"\*\*Run a worker and two beats\*\*.*?\n\n```sh\n(.*?)```", readme, re.S)
+    assert block, "the README's quick start has no run step"
+    return [line.split() for line in block.group(1).splitlines() if line.strip()]
+
+
 def readme_check_commands() -> list[list[str]]:
     """The quick start's "Check it." commands, as the README shows them (comments dropped)."""
     readme = (ROOT / "README.md").read_text()
@@ -241,10 +249,12 @@ def test_the_readmes_celery_example_runs_from_the_installed_wheel(dists, venv, o
         env = clean_env(**{k: v for k, v in stack_env(state.url, stub.url, API_KEY).items()
                            if k in ("REDIS_URL", "ZEP_API_URL", "ZEP_API_KEY", "PYTHONUNBUFFERED")},
                         CELERY_BROKER_URL=broker.url, MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS="1")
-        procs = [CeleryProcess("worker", env, str(tmp_path), "w", "-P", "prefork", "-c", "2", app="myapp",
-                               cwd=str(app_dir), python=python)]
-        procs += [CeleryProcess("beat", env, str(tmp_path), name, app="myapp", cwd=str(app_dir),
-                                python=python) for name in ("b1", "b2")]
+        # The quick start's run step, its flags verbatim: a prefork worker and two beats.
+        commands = readme_run_commands()
+        assert [words[:4] for words in commands] == [["celery", "-A", "myapp", kind]
+                                                     for kind in ("worker", "beat", "beat")], commands
+        procs = [CeleryProcess(words[3], env, str(tmp_path), f"p{i}", *words[4:], app="myapp",
+                               cwd=str(app_dir), python=python) for i, words in enumerate(commands)]
         try:
             for p in procs:
                 p.start()

@@ -126,3 +126,19 @@ def test_the_readmes_install_line_names_the_distribution_pyproject_publishes():
     assert installs and set(installs) == {name} == {cli.DISTRIBUTION}, installs
     assert name != "memguard", "memguard on the package index is another project"
     assert f"`{name}`" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_the_quick_starts_first_step_names_the_variables_memguard_reads_and_its_default():
+    """Step 1 exports exactly the variables every process needs, each one memguard reads, and the
+    default it states for REDIS_URL is the code's."""
+    import re
+    from pathlib import Path
+
+    from memguard.config.settings import VARIABLE_NAMES, Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    step = re.search(r"1\. \*\*Point every process.*?```sh\n(.*?)```", readme, re.S)
+    assert step, "the README's quick start has no first step"
+    exported = re.findall(r"\b([A-Z][A-Z_]+)=", step.group(1))
+    assert exported == ["REDIS_URL", "ZEP_API_URL", "ZEP_API_KEY"] and set(exported) <= VARIABLE_NAMES
+    assert f"default `{Settings().redis_url}`" in step.group(0)

@@ -55,3 +55,34 @@ def test_the_python_api_page_renders_every_public_name_and_only_those():
         exported = getattr(memguard, name)
         # The asyncio entry points are thin wrappers in memguard/__init__.py around the service's.
         assert exported is target or (exported.__module__ == "memguard" and exported.__name__ == name), path
+
+
+def test_the_operations_synopsis_names_every_command_and_flag():
+    """docs/operations.md's one-paragraph synopsis of the command line is written by hand: it
+    must still name every command and every flag the parser has."""
+    import re
+
+    from memguard.integrations import cli
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    synopsis = re.search(r"^`memguard (.*?)`;", text, re.S | re.M)
+    assert synopsis, "docs/operations.md has no command-line synopsis"
+    words = set(re.findall(r"-{0,2}[a-z][\w-]*", synopsis.group(1)))
+
+    def parsers(parser, path=""):
+        sub = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        if not sub:
+            yield path, parser
+        for action in sub:
+            for name, child in action.choices.items():
+                yield from parsers(child, f"{path} {name}".strip())
+
+    missing = []
+    for path, parser in parsers(cli._parser()):
+        missing += [path.split()[0]] if path.split()[0] not in words else []
+        for action in parser._actions:
+            flags = [o for o in action.option_strings if o not in ("-h", "--help")]
+            said = any(f in words for f in flags) or (flags == ["--guard"] and "`--guard NAME`" in text)
+            if flags and not said:
+                missing.append(f"{path} {flags[0]}")
+    assert missing == [], missing
