@@ -165,6 +165,17 @@ def _shown(var: str, raw: str) -> str:
     return repr(masked_url(raw)) if "://" in raw else repr(raw)
 
 
+class _Parser:
+    """A variable's parser, and what it takes in words (``takes``: docs/settings.md shows it, and
+    a test holds the page to it)."""
+
+    def __init__(self, takes: str, parse: Callable[[str], Any]) -> None:
+        self.takes, self.parse = takes, parse
+
+    def __call__(self, raw: str) -> Any:
+        return self.parse(raw)
+
+
 def _bool(raw: str) -> bool:
     low = raw.lower()
     if low in _TRUE:
@@ -174,7 +185,7 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true/false (or 1/0, yes/no, on/off)")
 
 
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+def _int_in(lo: int, hi: int) -> _Parser:
     def parse(raw: str) -> int:
         try:
             value = int(raw)
@@ -184,10 +195,10 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
             raise ValueError(f"must be between {lo} and {hi}")
         return value
 
-    return parse
+    return _Parser(f"a whole number, {lo} to {hi}", parse)
 
 
-def _float_in(lo: float, hi: float) -> Callable[[str], float]:
+def _float_in(lo: float, hi: float) -> _Parser:
     def parse(raw: str) -> float:
         try:
             value = float(raw)
@@ -197,17 +208,17 @@ def _float_in(lo: float, hi: float) -> Callable[[str], float]:
             raise ValueError(f"must be between {lo:g} and {hi:g}")
         return value
 
-    return parse
+    return _Parser(f"a number, {lo:g} to {hi:g}", parse)
 
 
-def _url(*schemes: str) -> Callable[[str], str]:
+def _url(*schemes: str) -> _Parser:
     def parse(raw: str) -> str:
         scheme, sep, rest = raw.partition("://")
         if not sep or scheme not in schemes or not rest:
             raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
         return raw.rstrip("/")
 
-    return parse
+    return _Parser(f"a URL: {' or '.join(s + '://' for s in schemes)}", parse)
 
 
 def _redis_url(raw: str) -> str:
@@ -232,13 +243,13 @@ def _views_problem(values: dict[str, Any]) -> str | None:
     return check_with(values["view_urls"], values.get("redis_url", Settings.redis_url))
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
+def _choice(*choices: str) -> _Parser:
     def parse(raw: str) -> str:
         if raw not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}")
         return raw
 
-    return parse
+    return _Parser(f"one of {', '.join(choices)}", parse)
 
 
 def _text(raw: str) -> str:
@@ -268,13 +279,16 @@ def _webhooks(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(entries)
 
 
-_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "redis_url": ("REDIS_URL", _redis_url),
-    "zep_api_key": ("ZEP_API_KEY", _text),
+_BOOL = _Parser("true or false", _bool)
+_TEXT = _Parser("text", _text)
+
+_VARIABLES: dict[str, tuple[str, _Parser]] = {
+    "redis_url": ("REDIS_URL", _Parser("a Redis URL: one server, Sentinel or Cluster", _redis_url)),
+    "zep_api_key": ("ZEP_API_KEY", _TEXT),
     "zep_api_url": ("ZEP_API_URL", _url("http", "https")),
     "zep_client": ("ZEP_CLIENT", _choice(*ZEP_CLIENTS)),
-    "flag_zep_read": ("FLAG_ZEP_READ", _bool),
-    "flag_zep_write": ("FLAG_ZEP_WRITE", _bool),
+    "flag_zep_read": ("FLAG_ZEP_READ", _BOOL),
+    "flag_zep_write": ("FLAG_ZEP_WRITE", _BOOL),
     "threshold": ("MEMORY_DOWNGRADE_THRESHOLD", _int_in(1, 1000)),
     "hold_seconds": ("MEMORY_DOWNGRADE_HOLD_SECONDS", _int_in(1, 86_400)),
     "probe_timeout_ms": ("MEMORY_DOWNGRADE_PROBE_TIMEOUT_MS", _int_in(1, 10_000)),
@@ -282,7 +296,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "read_timeout_ms": ("MEMORY_ZEP_READ_TIMEOUT_MS", _int_in(1, 60_000)),
     "probe_interval_seconds": ("MEMORY_DOWNGRADE_PROBE_INTERVAL_SECONDS", _float_in(0.1, 3_600)),
     "probe_grace_seconds": ("MEMORY_DOWNGRADE_PROBE_GRACE_SECONDS", _int_in(1, 86_400)),
-    "disable_auto_downgrade": ("DISABLE_AUTO_DOWNGRADE", _bool),
+    "disable_auto_downgrade": ("DISABLE_AUTO_DOWNGRADE", _BOOL),
     "redis_timeout_ms": ("MEMORY_REDIS_TIMEOUT_MS", _int_in(1, 5_000)),
     "hold_max_seconds": ("MEMORY_DOWNGRADE_HOLD_MAX_SECONDS", _int_in(1, 86_400)),
     "latency_threshold_ms": ("MEMORY_LATENCY_THRESHOLD_MS", _int_in(0, 60_000)),
@@ -291,23 +305,28 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "failure_rate_threshold": ("MEMORY_FAILURE_RATE_THRESHOLD", _float_in(0.0, 0.99)),
     "failure_rate_window_seconds": ("MEMORY_FAILURE_RATE_WINDOW_SECONDS", _int_in(1, 3_600)),
     "failure_rate_min_reads": ("MEMORY_FAILURE_RATE_MIN_READS", _int_in(1, 1_000_000)),
-    "webhook_urls": ("MEMORY_WEBHOOK_URLS", _webhooks),
+    "webhook_urls": ("MEMORY_WEBHOOK_URLS", _Parser("comma-separated http(s) URLs", _webhooks)),
     "webhook_format": ("MEMORY_WEBHOOK_FORMAT", _choice("auto", *WEBHOOK_FORMATS)),
     "notify_stuck_seconds": ("MEMORY_NOTIFY_STUCK_SECONDS", _int_in(1, 7 * 86_400)),
     "quorum_hosts": ("MEMORY_QUORUM_HOSTS", _int_in(0, 1_000)),
-    "quorum_auth": ("MEMORY_QUORUM_AUTH", _bool),
-    "instance": ("MEMGUARD_INSTANCE", _text),
+    "quorum_auth": ("MEMORY_QUORUM_AUTH", _BOOL),
+    "instance": ("MEMGUARD_INSTANCE", _TEXT),
     "metrics_port": ("MEMGUARD_METRICS_PORT", _int_in(1, 65_535)),
     "ramp_seconds": ("MEMORY_RECOVERY_RAMP_SECONDS", _int_in(0, 3_600)),  # ramp.MAX_RAMP_SECONDS
     "ramp_min_percent": ("MEMORY_RECOVERY_RAMP_MIN_PERCENT", _float_in(0.0, 100.0)),
     "ramp_aggression": ("MEMORY_RECOVERY_RAMP_AGGRESSION", _float_in(0.1, 10.0)),  # ramp.MIN_/MAX_AGGRESSION
     "otel": ("MEMGUARD_OTEL", _choice("auto", "on", "off")),
-    "view_urls": ("MEMGUARD_VIEW_URLS", _view_urls),
+    "view_urls": ("MEMGUARD_VIEW_URLS", _Parser("replica URLs, or sentinel", _view_urls)),
     "command_idle_seconds": ("MEMGUARD_COMMAND_IDLE_SECONDS", _int_in(0, 86_400)),
     "chaos": ("MEMGUARD_CHAOS", _choice("off", "allow")),
 }
 
 VARIABLE_NAMES = frozenset(var for var, _ in _VARIABLES.values())
+
+
+def takes(variable: str) -> str:
+    """What ``variable`` takes, in words: its type and range."""
+    return next(parse.takes for var, parse in _VARIABLES.values() if var == variable)
 
 
 def checked_value(attr: str, value: int | float) -> Any:

@@ -13,18 +13,19 @@ from memguard.config.settings import _VARIABLES, Settings
 from memguard.integrations.celery_settings import redbeat_conf
 
 ROOT = Path(__file__).resolve().parents[2]
-ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \| (.*?) \|")
+ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \| (.*?) \| (.*?) \|")
 # Read outside the Settings table (by Celery, prometheus-client or the worker's start-up).
 ELSEWHERE = {"CELERY_CONFIG_MODULE", "PROMETHEUS_MULTIPROC_DIR"}
 
 
-def documented() -> dict[str, str]:
-    """variable -> the default column's value (its first code span, else its text)."""
+def documented(column: int = 3) -> dict[str, str]:
+    """variable -> a column's value: ``takes`` (2) as it is, the default (3) as its first code
+    span, else its text."""
     rows = {}
     for line in (ROOT / "docs" / "settings.md").read_text().splitlines():
         if m := ROW.match(line):
-            cell = m.group(2)
-            code = re.match(r"`([^`]*)`", cell)
+            cell = m.group(column)
+            code = re.match(r"`([^`]*)`", cell) if column == 3 else None
             rows[m.group(1)] = code.group(1) if code else cell
     return rows
 
@@ -58,6 +59,14 @@ def code_defaults() -> dict[str, str]:
 def test_every_setting_is_documented_with_its_default():
     docs, code = documented(), code_defaults()
     assert {v: docs.get(v) for v in code} == code
+
+
+def test_every_setting_is_documented_with_what_it_takes():
+    """The "takes" column is each variable's parser's own words: its type and range."""
+    from memguard.config.settings import takes
+
+    docs = documented(column=2)
+    assert {v: docs.get(v) for v in code_defaults()} == {v: takes(v) for v in code_defaults()}
 
 
 def test_every_documented_variable_is_read_by_memguard():
