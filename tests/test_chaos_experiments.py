@@ -234,3 +234,22 @@ def test_a_process_of_the_release_before_game_days_reads_normally_beside_an_expe
     assert run.returncode == 0, run.stderr[-2000:]
     assert set(json.loads(run.stdout)) == {"zep"}
     assert all(stub.reads_of(f"t{i}") == 1 for i in range(1, 100))
+
+
+def test_a_named_guards_experiment_is_ended_and_recorded_by_the_prober_at_its_end(
+        configure, redis_server, redis_db):
+    from memguard.domain.declared import registry
+    from memguard.store.keys import HOLDS_KEY
+
+    registry.declare("vectordb", hold_seconds=60, probe=lambda name, timeout_s: None)
+    try:
+        rt = configure(chaos="allow")
+        started = rt.ops_for("vectordb").chaos_start(BY, fault="timeout", share="50", duration="5s")
+        assert redis_db.zscore(HOLDS_KEY, "vectordb") == int(started["end"] * 1000), "the prober's index"
+        assert rt.probe_due(BY) == {}, "not due before its end"
+        wait_for(lambda: rt.probe_due(BY).get("vectordb", {}).get("result") == "idle", 10, "its end's tick")
+        assert not redis_db.exists("mem:g:vectordb:mode:chaos") and redis_db.zcard(HOLDS_KEY) == 0
+        history = run_cli(redis_server.url, "history", "--guard", "vectordb").stdout
+        assert history.count("chaos ended: timeout on 50.0% of conversations for 5s") == 1, history
+    finally:
+        registry.__init__()  # type: ignore[misc]

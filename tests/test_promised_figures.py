@@ -1,4 +1,4 @@
-"""The figures the README and docs/settings.md promise, and the names DESIGN.md fixes, written here
+"""The figures the README and docs/settings.md promise, and the names memguard's contract fixes, written here
 as the documents write them. A test that read them back from the code would move with a bug:
 these do not. Each runs memguard with its defaults (no setting given) against the real
 redis-server and the Zep stub, and looks at Redis through a plain redis-py client, as an
@@ -17,7 +17,8 @@ from memguard.config.settings import Settings
 
 from .conftest import API_KEY, wait_for
 
-# DESIGN.md's names, kept exactly: operators' scripts, alerts and older code use them.
+# The contract's names (docs/store.md, docs/reference.md), kept exactly: operators' scripts, alerts and
+# older code use them.
 FORCED_KEY = "mem:mode:forced:v1"
 FAILURES_KEY = "mem:read:consec_failures"
 CHANGES_CHANNEL = "mem:mode:changes"  # the README and docs/store.md: where every change is told

@@ -149,7 +149,7 @@ MUTANTS = (
            "bad reads a window kept waiting are judged only when more reads come",
            "memguard/request/meter.py", "self._recheck_at[window.name] = now + RECHECK_S", "pass",
            ("tests/test_a_window_is_judged_without_later_reads.py",)),
-    # Promised figures and names (README, docs/settings.md, DESIGN.md): their tests write them.
+    # Promised figures and names (README, docs/settings.md, the key and metric names): their tests write them.
     Mutant("liveness-60s", "the liveness bound raised from 5 s to 60 s",
            "memguard/request/watch.py", "LIVENESS_S = 5.0", "LIVENESS_S = 60.0",
            ("tests/test_hung_redis.py",)),
