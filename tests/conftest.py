@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -67,10 +68,30 @@ def require_rabbitmq() -> None:
     require("RabbitMQ at 127.0.0.1:5672", up, "start rabbitmq-server (Debian package rabbitmq-server)")
 
 
+def _not_pytests(handlers: list[logging.Handler]) -> list[logging.Handler]:
+    return [h for h in handlers if not type(h).__module__.startswith("_pytest")]
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """A test that sends log lines to its captured stdout (``logs.configure``) leaves the root
+    logger's handlers as it found them: a later test's watcher thread must not write to a
+    stream pytest has closed."""
+    root = logging.getLogger()
+    before, level = _not_pytests(root.handlers), root.level
+    yield
+    added = _not_pytests(root.handlers)
+    root.handlers[:] = [h for h in root.handlers if h not in added] + before
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+        # The last test's process may still follow this server: close it before the server
+        # stops, so that its watcher does not report a lost server to a closed log stream.
+        process.release()
 
 
 @pytest.fixture
