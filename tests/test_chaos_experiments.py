@@ -205,7 +205,7 @@ def test_a_webhook_announces_the_start_and_the_stop(configure, redis_server, web
     texts = [body["text"] for body in webhooks.bodies]
     assert texts[0].startswith("memguard: chaos experiment started: latency:300ms on 10.0% of conversations "
                                "for 90 s"), texts
-    assert texts[1].startswith("memguard: chaos experiment stopped (by chaos_stop)"), texts
+    assert texts[1].startswith("memguard: chaos experiment stopped (by memguard chaos stop)"), texts
 
 
 def test_bad_input_is_refused_by_name_and_changes_nothing(redis_server, redis_db):

@@ -20,6 +20,9 @@ from memguard.domain.words import by_text, duration, iso
 from memguard.store.plain import Plain
 
 AUDIT_MAXLEN = 10_000
+# What ended an experiment early (``ChaosChanged.ended_by``), as a person reads it.
+ENDED_BY = {"chaos_stop": "memguard chaos stop", "force": "an operator's force",
+            "clear": "an operator's clear", "chaos_start": "a new experiment"}
 RECORDED = (events.ModeForced, events.ModeRestored, events.RampCompleted, events.ProbeFinished,
             events.OperatorAction, events.ChaosChanged)
 
@@ -150,7 +153,7 @@ def describe(item: dict[str, Any]) -> str:
                f"conversations for {duration(seconds) if isinstance(seconds, int | float) else seconds} " \
                f"(experiment {str(item.get('experiment'))[:12]})"
         if kind == "chaos_stopped" and item.get("ended_by") not in (None, "chaos_stop"):
-            what += f" by an operator's {item.get('ended_by')}"
+            what += f" by {ENDED_BY.get(str(item.get('ended_by')), item.get('ended_by'))}"
         if kind == "chaos_ended":
             what += ", its time was up"
             who = f" (started by {by_text(item.get('by'))})" if item.get("by") else ""

@@ -29,6 +29,7 @@ import redis
 from memguard.config.settings import Settings
 from memguard.domain import events
 from memguard.domain.fleet import FleetStatus
+from memguard.ops import audit
 from memguard.store.state import State
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def messages(state: State, settings: Settings) -> list[dict[str, Any]]:
         if kind == "chaos":
             fields = {k: str(e.get(k, "?")).strip('"')
                       for k in ("fault", "percent", "experiment", "ended_by")}
+            fields["ended_by"] = audit.ENDED_BY.get(fields["ended_by"], fields["ended_by"])
             text = CHAOS_TEXT[e["event"]].format(**fields, seconds=_seconds(e.get("seconds", "?")))
             out.append({"kind": kind, "reason": e["event"], "text": text, "id": e["id"],
                         "experiment": fields["experiment"]})

@@ -1,5 +1,6 @@
 -- An operator's experiment (memguard chaos start): A.fault, A.percent and A.seconds, checked by
--- memguard.ops.chaos; A.trip, A.by. It replaces one in progress (previous, in the reply).
+-- memguard.ops.actions with memguard.domain.chaos's parsers; A.trip, A.by. It replaces one in
+-- progress (previous, in the reply).
 local now = now_ms()
 local previous = redis.call('GET', CHAOS)
 local c = {id = redis.sha1hex('chaos:' .. now .. ':' .. cjson.encode(A.by)), fault = A.fault,

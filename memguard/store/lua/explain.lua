@@ -21,8 +21,8 @@ end
 local t = redis.call('TIME')
 local forced, count, ramp, chaos = read(FORCED), read(COUNTER), read(RAMP), read(CHAOS)
 local expires = redis.pcall('PEXPIRETIME', FORCED)  -- Redis 7; on 6 an error, left out
-local digest = redis.sha1hex(table.concat({tostring(forced), tostring(count), tostring(ramp), tostring(chaos),
-                                           table.concat(problems, ';'),
+local digest = redis.sha1hex(table.concat({tostring(forced), tostring(count), tostring(ramp),
+                                           tostring(chaos), table.concat(problems, ';'),
                                            type(expires) == 'number' and expires or ''}, '\0'))
 local v = tonumber(current)
 local sent = redis.pcall('GET', LOCK) ~= digest .. ':' .. tostring(current)
