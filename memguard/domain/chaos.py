@@ -15,7 +15,7 @@ The validity rule of a record is here and, word for word, in the scripts' prelud
 (0, 100], ``start`` a finite number at most ``CLOCK_SKEW_S`` ahead of the Redis clock,
 ``seconds`` in [``MIN_SECONDS``, ``MAX_SECONDS``], and optional ``trip`` (a boolean) and ``by``
 (an object). Anything else is no experiment: reads go on, status names the problem, and the
-next transition removes it.
+next probe tick, operator force or clear removes it.
 """
 
 from __future__ import annotations
@@ -43,16 +43,12 @@ _WHOLE = 2.0 ** 64
 
 @dataclass(frozen=True)
 class Fault:
-    """What a picked read gets: ``reason`` is the one the real fault would have (None: a delay)."""
+    """What a picked read gets: the HTTP status it fails with (none for a timeout or a delay)."""
 
     text: str  # canonical: timeout, auth, error:503, latency:300ms
     kind: str  # timeout, auth, error, latency
     status: int | None = None
     delay_ms: int = 0
-
-    @property
-    def reason(self) -> str | None:
-        return {"timeout": "timeout", "auth": "auth", "error": "http_5xx"}.get(self.kind)
 
 
 def parse_fault(raw: Any) -> Fault:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from celery import Celery
 
@@ -24,7 +23,8 @@ def _failing(ids: list[str]) -> set[str]:
     return {i for i in ids if service.fetch_thread_context(i)[1].get("source") == "chaos"}
 
 
-def chaos_drill(say: Callable[[str], None], sender: Celery, reads_of: Callable[[str], int] | None) -> Any:
+def chaos_drill(say: Callable[[str], None], sender: Celery,
+                reads_of: Callable[[str], int] | None) -> tuple[bool, str]:
     """The game day's steps and verdict: (ok, detail)."""
     say(f"== chaos drill: error:503 on {SHARE_PERCENT}% of conversations, fleet-wide, in the processes "
         "that allow it (MEMGUARD_CHAOS=allow: this one)")
