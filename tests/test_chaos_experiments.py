@@ -253,3 +253,28 @@ def test_a_named_guards_experiment_is_ended_and_recorded_by_the_prober_at_its_en
         assert history.count("chaos ended: timeout on 50.0% of conversations for 5s") == 1, history
     finally:
         registry.__init__()  # type: ignore[misc]
+
+
+def test_a_named_guards_experiment_outliving_its_hold_is_ticked_again_at_its_end(
+        configure, redis_server, redis_db):
+    """The index keeps the sooner of a hold and an experiment: the tick at the hold's end restores
+    the guard and indexes it again at the experiment's end, whose tick records it."""
+    from memguard.domain.declared import registry
+    from memguard.store.keys import HOLDS_KEY
+
+    registry.declare("vectordb", hold_seconds=60, ramp_seconds=0, probe=lambda name, timeout_s: None)
+    try:
+        rt = configure(chaos="allow")
+        ops = rt.ops_for("vectordb")
+        held = ops.force(BY, reason="manual_ops", ttl_seconds=2)
+        started = ops.chaos_start(BY, fault="error:503", share="50", duration="6s")
+        assert redis_db.zscore(HOLDS_KEY, "vectordb") == int(held["until"] * 1000), "the hold: sooner"
+        wait_for(lambda: rt.probe_due(BY).get("vectordb", {}).get("result") == "success", 10, "the hold's tick")
+        assert redis_db.exists("mem:g:vectordb:mode:chaos"), "a clear by the probe is not an operator's"
+        wait_for(lambda: (rt.probe_due(BY), not redis_db.exists("mem:g:vectordb:mode:chaos"))[1], 10,
+                 "the experiment's end to be ticked")
+        assert time.time() >= started["end"]
+        history = run_cli(redis_server.url, "history", "--guard", "vectordb").stdout
+        assert history.count("chaos ended: error:503 on 50.0% of conversations for 6s") == 1, history
+    finally:
+        registry.__init__()  # type: ignore[misc]
