@@ -269,7 +269,7 @@ def test_a_named_guards_experiment_outliving_its_hold_is_ticked_again_at_its_end
         held = ops.force(BY, reason="manual_ops", ttl_seconds=2)
         started = ops.chaos_start(BY, fault="error:503", share="50", duration="6s")
         assert redis_db.zscore(HOLDS_KEY, "vectordb") == int(held["until"] * 1000), "the hold: sooner"
-        wait_for(lambda: rt.probe_due(BY).get("vectordb", {}).get("result") == "success", 10, "the hold's tick")
+        wait_for(lambda: rt.probe_due(BY).get("vectordb", {}).get("result") == "success", 10, "its tick")
         assert redis_db.exists("mem:g:vectordb:mode:chaos"), "a clear by the probe is not an operator's"
         wait_for(lambda: (rt.probe_due(BY), not redis_db.exists("mem:g:vectordb:mode:chaos"))[1], 10,
                  "the experiment's end to be ticked")
