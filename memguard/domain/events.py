@@ -154,8 +154,8 @@ class ChaosInjected(Named):
 
 @dataclass(frozen=True)
 class ChaosChanged(Named):
-    """A game day's experiment started, was stopped (by an operator's stop, force or clear) or
-    ended at its end (``change``: started, stopped, ended)."""
+    """A game day's experiment started, was stopped (by an operator's stop, force or clear, or by
+    a new one) or ended at its end (``change``: started, stopped, ended)."""
 
     change: str
     fault: str
@@ -163,7 +163,7 @@ class ChaosChanged(Named):
     seconds: float
     experiment: str  # its id
     by: dict[str, Any] | None = None  # who started or stopped it
-    ended_by: str = ""  # stopped: chaos_stop, force or clear
+    ended_by: str = ""  # stopped: chaos_stop, force, clear or chaos_start (a new experiment)
 
 
 @dataclass(frozen=True)
