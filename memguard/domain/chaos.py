@@ -10,12 +10,11 @@ so the same conversations are affected in every process for the experiment's who
 a process whose own setting allows it (``MEMGUARD_CHAOS=allow``) injects; the rest ignore it.
 
 The validity rule of a record is here and, word for word, in the scripts' prelude
-(``store/lua/prelude.lua``, ``decode_chaos``): a JSON object with ``id`` a string of 1 to
-``MAX_ID_BYTES``, ``fault`` one of the faults below in its canonical text, ``percent`` in
-(0, 100], ``start`` a finite number at most ``CLOCK_SKEW_S`` ahead of the Redis clock,
-``seconds`` in [``MIN_SECONDS``, ``MAX_SECONDS``], and optional ``trip`` (a boolean) and ``by``
-(an object). Anything else is no experiment: reads go on, status names the problem, and the
-next probe tick, operator force or clear removes it.
+(``store/lua/prelude.lua``, ``decode_chaos``): a JSON object with ``id`` and ``start`` as a
+ramp's (``memguard.domain.ramp.keyed_problem``), ``fault`` one of the faults below in its
+canonical text, ``percent`` in (0, 100], ``seconds`` in [``MIN_SECONDS``, ``MAX_SECONDS``], and
+optional ``trip`` (a boolean) and ``by`` (an object). Anything else is no experiment: reads go
+on, status names the problem, and the next probe tick, operator force or clear removes it.
 """
 
 from __future__ import annotations
@@ -25,11 +24,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from memguard.domain.record import CorruptRecord, finite, shown, valid
+from memguard.domain.ramp import keyed_problem
+from memguard.domain.record import finite, parsed_or_none, shown, valid
 
 MIN_SECONDS, MAX_SECONDS = 5, 3600
-MAX_ID_BYTES = 64
-CLOCK_SKEW_S = 5
 MAX_LATENCY_MS = 60_000
 MAX_INPUT_CHARS = 32  # an operator's --fault, --share or --for: longer is refused unread
 FAULTS = ("timeout", "error:<500-599>", "latency:<1-60000>ms", "auth")
@@ -92,24 +90,17 @@ def parse_duration(raw: Any) -> int:
 
 def chaos_problem(data: Any, now: float | None) -> str | None:
     """Why ``data`` (a decoded record) is not a valid experiment, or None. ``now``: the Redis clock."""
-    if not isinstance(data, dict):
-        return f"not a JSON object: {shown(data)}"
-    eid = data.get("id")
-    if not (isinstance(eid, str) and 1 <= len(eid.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES):
-        return f"id is not a string of 1 to {MAX_ID_BYTES} bytes: {shown(eid)}"
+    if (problem := keyed_problem(data, now)) is not None:
+        return problem
     fault = data.get("fault")
     try:
         if parse_fault(fault).text != fault:
             return f"fault is not in its canonical form: {shown(fault)}"
     except ValueError as exc:
         return str(exc)
-    percent, start, seconds = data.get("percent"), data.get("start"), data.get("seconds")
+    percent, seconds = data.get("percent"), data.get("seconds")
     if not finite(percent) or not 0 < percent <= 100:
         return f"percent is not a number in (0, 100]: {shown(percent)}"
-    if not finite(start):
-        return f"start is not a finite number: {shown(start)}"
-    if now is not None and start > now + CLOCK_SKEW_S:
-        return f"start is {start - now:.0f} s ahead of the Redis clock"
     if not finite(seconds) or not MIN_SECONDS <= seconds <= MAX_SECONDS:
         return f"seconds is not a number in [{MIN_SECONDS}, {MAX_SECONDS}]: {shown(seconds)}"
     if data.get("trip") is not None and not isinstance(data.get("trip"), bool):
@@ -150,12 +141,7 @@ class Chaos:
 
 def parse_chaos(raw: str | None, now: float | None = None) -> Chaos | None:
     """The experiment in ``raw``, or None when there is none or it is not valid."""
-    if not raw:
-        return None
-    try:
-        return Chaos.parse(raw, now)
-    except CorruptRecord:
-        return None
+    return parsed_or_none(Chaos.parse, raw, now)
 
 
 @dataclass(frozen=True, eq=False)

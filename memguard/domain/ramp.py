@@ -30,7 +30,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from memguard.domain.record import CorruptRecord, finite, optional_problem, shown, valid
+from memguard.domain.record import finite, optional_problem, parsed_or_none, shown, valid
 
 MAX_RAMP_SECONDS = 3600
 MAX_ID_BYTES = 64  # a blake2b key is at most 64 bytes
@@ -39,8 +39,10 @@ MIN_AGGRESSION, MAX_AGGRESSION = 0.1, 10.0
 _WHOLE = 2.0 ** 64
 
 
-def ramp_problem(data: Any, now: float | None) -> str | None:
-    """Why ``data`` (a decoded ramp record) is not valid, or None. ``now``: the Redis clock."""
+def keyed_problem(data: Any, now: float | None) -> str | None:
+    """The part of the rule every record read through ``position``'s keyed hash shares (a ramp,
+    a game day's experiment): a JSON object whose ``id`` keys the hash and whose ``start`` is on
+    the Redis clock (``now``). None when that part holds."""
     if not isinstance(data, dict):
         return f"not a JSON object: {shown(data)}"
     rid = data.get("id")
@@ -51,6 +53,13 @@ def ramp_problem(data: Any, now: float | None) -> str | None:
         return f"start is not a finite number: {shown(start)}"
     if now is not None and start > now + CLOCK_SKEW_S:
         return f"start is {start - now:.0f} s ahead of the Redis clock"
+    return None
+
+
+def ramp_problem(data: Any, now: float | None) -> str | None:
+    """Why ``data`` (a decoded ramp record) is not valid, or None. ``now``: the Redis clock."""
+    if (problem := keyed_problem(data, now)) is not None:
+        return problem
     for name, lo, hi, low_open in (("seconds", 0, MAX_RAMP_SECONDS, True), ("min_percent", 0, 100, False),
                                    ("aggression", MIN_AGGRESSION, MAX_AGGRESSION, False)):
         value = data.get(name)
@@ -160,9 +169,4 @@ class LocalRamp:
 
 def parse_ramp(raw: str | None, now: float | None = None) -> Ramp | None:
     """The ramp in ``raw``, or None when there is none or it is not valid."""
-    if not raw:
-        return None
-    try:
-        return Ramp.parse(raw, now)
-    except CorruptRecord:
-        return None
+    return parsed_or_none(Ramp.parse, raw, now)

@@ -21,10 +21,11 @@ import math
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 # The longest hold memguard writes (a day: the operators' and the backoff cap's limit), plus
 # clock skew between hosts. A record ending later was not written by memguard.
+T = TypeVar("T")
 LONGEST_AHEAD_S = 86_400 + 5
 MAX_REASON_BYTES = 200  # UTF-8; longer than any reason memguard or an operator may give
 _NUMBERS = ("forced_at", "lapse_at", "since", "hold_seconds")
@@ -195,13 +196,18 @@ class ForcedRecord:
         }
 
 
-def parse_record(raw: str | None, now: float | None = None) -> ForcedRecord | None:
-    """The record in ``raw``, or None when there is none or it is not valid."""
+def parsed_or_none(parse: Callable[[str, float | None], T], raw: str | None, now: float | None) -> T | None:
+    """``parse(raw, now)``, or None when there is no ``raw`` or it is not valid (``CorruptRecord``)."""
     if not raw:
         return None
     try:
-        return ForcedRecord.parse(raw, now)
+        return parse(raw, now)
     except CorruptRecord:
         return None
+
+
+def parse_record(raw: str | None, now: float | None = None) -> ForcedRecord | None:
+    """The record in ``raw``, or None when there is none or it is not valid."""
+    return parsed_or_none(ForcedRecord.parse, raw, now)
 
 

@@ -79,8 +79,7 @@ def messages(state: State, settings: Settings) -> list[dict[str, Any]]:
             continue
         ramp = e.get("ramp_seconds")
         if kind == "chaos":
-            fields = {k: str(e.get(k, "?")).strip('"')
-                      for k in ("fault", "percent", "experiment", "ended_by")}
+            fields = {k: str(e.get(k, "?")) for k in ("fault", "percent", "experiment", "ended_by")}
             fields["ended_by"] = audit.ENDED_BY.get(fields["ended_by"], fields["ended_by"])
             text = CHAOS_TEXT[e["event"]].format(**fields, seconds=_seconds(e.get("seconds", "?")))
             out.append({"kind": kind, "reason": e["event"], "text": text, "id": e["id"],

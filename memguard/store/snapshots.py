@@ -8,12 +8,16 @@ and is named in ``Snapshot.corrupt``, for the status line, the log and the next 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 from memguard.domain.chaos import Chaos
 from memguard.domain.ramp import Ramp
 from memguard.domain.record import CorruptRecord, ForcedRecord, shown
 from memguard.domain.snapshot import Snapshot
 from memguard.store.keys import Keys
+
+T = TypeVar("T")
 
 
 def string_keys(keys: Keys) -> tuple[str, str, str, str, str]:
@@ -50,24 +54,9 @@ def parse(keys: Keys, raw: str | None, count: str | None, beat: str | None, vers
           record_ttl: int, now: float, problems: list[str], *, fleet: int = 0,
           ramp: str | None = None, chaos: str | None = None) -> Snapshot:
     """The snapshot of these values read at ``now`` (Redis time); ``problems``: found so far."""
-    record = None
-    if raw is not None:  # an empty string too: memguard never writes one
-        try:
-            record = ForcedRecord.parse(raw, now)
-        except CorruptRecord as exc:
-            problems.append(f"{keys.forced}: {exc}")
-    ramp_record = None
-    if ramp is not None:
-        try:
-            ramp_record = Ramp.parse(ramp, now)
-        except CorruptRecord as exc:
-            problems.append(f"{keys.ramp}: {exc}")
-    chaos_record = None
-    if chaos is not None:
-        try:
-            chaos_record = Chaos.parse(chaos, now)
-        except CorruptRecord as exc:
-            problems.append(f"{keys.chaos}: {exc}")
+    record = _checked(ForcedRecord.parse, raw, now, keys.forced, problems)
+    ramp_record = _checked(Ramp.parse, ramp, now, keys.ramp, problems)
+    chaos_record = _checked(Chaos.parse, chaos, now, keys.chaos, problems)
     fail_count = whole(count)
     if fail_count is None:
         problems.append(f"{keys.counter} is not a whole number: {shown(count)}")
@@ -76,3 +65,16 @@ def parse(keys: Keys, raw: str | None, count: str | None, beat: str | None, vers
     heartbeat = int(beat) / 1000.0 if beat and beat.isdigit() and len(beat) < 20 else None
     return Snapshot(record, "; ".join(problems) or None, fail_count or 0, ttl, now, heartbeat,
                     whole(version) or 0, record_ttl, fleet, ramp_record, chaos_record)
+
+
+def _checked(parse: Callable[[str, float], T], raw: str | None, now: float, key: str,
+             problems: list[str]) -> T | None:
+    """The record at ``key`` read as ``raw`` (an empty string too: memguard never writes one), or
+    None, with what is wrong with it added to ``problems``."""
+    if raw is None:
+        return None
+    try:
+        return parse(raw, now)
+    except CorruptRecord as exc:
+        problems.append(f"{key}: {exc}")
+        return None
